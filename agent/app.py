@@ -1,0 +1,107 @@
+"""`runyard-agent`: the node agent. Picks the implementations, wires the parts, runs them in one TaskGroup.
+
+Start-up: load config, kill attempts a previous agent process left behind, read capacity, then keep a link to
+the head and supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them,
+and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
+from agent.config import AgentConfig, load_agent_config
+from agent.link import HeadLink, JoinRefused
+from agent.outbox import Outbox
+from agent.supervisor import Supervisor, kill_leftovers
+from runyard import logsetup
+from runyard.errors import RunyardError
+
+log = logging.getLogger("agent")
+
+
+def gpu_probe(config: AgentConfig) -> GpuProbe:
+    if config.fake_gpus:
+        return FakeGpuProbe(config.fake_gpus, config.fake_gpu_model, config.fake_gpu_memory_bytes, config.name)
+    return NvmlProbe()
+
+
+async def serve(config: AgentConfig) -> None:
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    killed = kill_leftovers(config.data_path / "runs")
+    if killed:
+        log.warning("killed runs left by a previous agent process", extra={"count": killed})
+    capacity = await asyncio.to_thread(
+        read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes
+    )
+    outbox = Outbox(config.outbox_max_messages)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with asyncio.TaskGroup() as tasks:
+        link: HeadLink
+        supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks)
+        link = HeadLink(config=config, outbox=outbox, capacity=capacity, live_attempts=supervisor.live,
+                        on_assign=supervisor.start, on_stop=supervisor.stop)
+        log.info("agent starting", extra={"node": config.name, "head": config.head_address,
+                                          "cpus": capacity.cpus, "gpus": len(capacity.gpus)})
+        link_task = tasks.create_task(link.run(), name="head-link")
+        stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
+        await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("agent stopping")
+        await supervisor.stop_all()
+        await _drain(outbox, link, timeout_s=3.0)
+        link_task.cancel()
+        stopped.cancel()
+    await link.close()
+
+
+async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:
+    """Give the head a moment to acknowledge the last reports before exiting."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(outbox) and link.connected.is_set():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        log.warning("exiting with unacknowledged reports", extra={"count": len(outbox)})
+
+
+class _LazyFiles:
+    """HeadFiles through the link, which is created after the supervisor."""
+
+    def __init__(self, get: object) -> None:
+        self._get = get
+
+    async def fetch_snapshot(self, run_id: str, attempt: int, dest: Path) -> None:
+        await self._get().fetch_snapshot(run_id, attempt, dest)  # type: ignore[operator]
+
+    async def upload_outputs(self, run_id: str, attempt: int, archive: Path, sha256: str) -> None:
+        await self._get().upload_outputs(run_id, attempt, archive, sha256)  # type: ignore[operator]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="runyard-agent", description="The Runyard node agent.")
+    parser.add_argument("--config", type=Path, help="agent.toml (every key can also be set as RUNYARD_AGENT_<KEY>)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_agent_config(args.config)
+        logsetup.configure(config.log_level, name="agent")
+        asyncio.run(serve(config))
+    except* JoinRefused as group:
+        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+        sys.exit(2)
+    except* RunyardError as group:
+        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+        sys.exit(2)
+    except* KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""What this node offers: CPUs, memory and disk from psutil, GPUs from a `GpuProbe`.
+
+Probes: `NvmlProbe` asks the NVIDIA driver (none when NVML is missing), `FakeGpuProbe` reports configured fake
+GPUs (tests, demos on machines without GPUs). `app.py` picks one. All calls block: use `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from protos import runyard_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    uuid: str
+    model: str
+    memory_bytes: int
+
+
+class GpuProbe(Protocol):
+    def gpus(self) -> list[Gpu]:
+        """The GPUs of this machine; [] when there are none. Must not raise for a machine without GPUs."""
+        ...
+
+
+class NvmlProbe:
+    """GPUs as the NVIDIA driver reports them; none when the NVML library or driver is missing."""
+
+    def gpus(self) -> list[Gpu]:
+        import pynvml
+
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            log.info("no nvidia gpus", extra={"why": str(err)})
+            return []
+        try:
+            found = []
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                uuid = pynvml.nvmlDeviceGetUUID(handle)
+                name = pynvml.nvmlDeviceGetName(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+                found.append(Gpu(index, _text(uuid), _text(name), int(memory)))
+            return found
+        finally:
+            pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGpuProbe:
+    count: int
+    model: str = "FakeGPU 80GB"
+    memory_bytes: int = 80 * 1024**3
+    node_name: str = "node"
+
+    def gpus(self) -> list[Gpu]:
+        return [Gpu(i, f"GPU-fake-{self.node_name}-{i}", self.model, self.memory_bytes) for i in range(self.count)]
+
+
+def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_bytes: int = 0) -> pb.Capacity:
+    """This node's capacity; `cpus`/`memory_bytes` > 0 override what psutil sees."""
+    gpus = probe.gpus()
+    return pb.Capacity(
+        cpus=cpus or float(psutil.cpu_count(logical=True) or 1),
+        memory_bytes=memory_bytes or psutil.virtual_memory().total,
+        disk_bytes=psutil.disk_usage(str(data_dir)).total,
+        gpus=[pb.GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in gpus],
+    )

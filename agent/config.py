@@ -1,0 +1,51 @@
+"""The agent's configuration: one frozen dataclass, loaded once in `app.py` and passed down."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runyard.configfile import load_config
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    head_address: str = "127.0.0.1:7433"
+    join_token: str = ""
+    join_token_file: str = ""
+    name: str = field(default_factory=socket.gethostname)
+    cluster: str = "default"
+    labels: dict = field(default_factory=dict)
+    data_dir: str = "/var/lib/runyard-agent"
+    cpus: float = 0.0                       # 0: what the machine has
+    memory_bytes: int = 0                   # 0: what the machine has
+    fake_gpus: int = 0                      # > 0: report this many fake GPUs instead of probing NVML (tests)
+    fake_gpu_model: str = "FakeGPU 80GB"
+    fake_gpu_memory_bytes: int = 80 * 1024**3
+    heartbeat_interval_s: float = 5.0
+    reconnect_max_s: float = 2.0
+    stop_grace_s: float = 10.0              # SIGTERM -> SIGKILL
+    log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records
+    log_flush_s: float = 0.05
+    outbox_max_messages: int = 20_000       # beyond: log records are dropped and a gap record says how many
+    snapshot_max_entries: int = 100_000
+    snapshot_max_bytes: int = 8 * 1024**3
+    outputs_max_bytes: int = 2 * 1024**3
+    python_bin_dir: str = ""                # prepended to a run's PATH; default: this agent's interpreter's dir
+    log_level: str = "INFO"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def join_secret(self) -> str:
+        if self.join_token:
+            return self.join_token
+        if self.join_token_file:
+            return Path(self.join_token_file).read_text().strip()
+        return ""
+
+
+def load_agent_config(path: Path | None, **overrides: object) -> AgentConfig:
+    return load_config(AgentConfig, path, env_prefix="RUNYARD_AGENT_", **overrides)

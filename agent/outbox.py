@@ -1,0 +1,61 @@
+"""Everything the agent must tell the head, kept until the head has committed it.
+
+Each message gets a sequence number; the head acknowledges the highest one it committed, cumulatively, and the
+agent drops everything up to it. After a reconnect every unacknowledged message is sent again with its original
+number, in order; the head stores logs and metrics idempotently, so nothing is lost and nothing doubled.
+Heartbeats are not kept. Must not: do I/O; `link.py` drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+
+from protos import runyard_pb2 as pb
+
+
+class Outbox:
+    def __init__(self, max_messages: int) -> None:
+        self._max = max_messages
+        self._pending: deque[pb.AgentMessage] = deque()
+        self._seq = itertools.count(1)
+        self.changed = asyncio.Event()
+
+    def full(self) -> bool:
+        return len(self._pending) >= self._max
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def put(self, message: pb.AgentMessage) -> None:
+        message.msg_seq = self.next_seq()
+        self._pending.append(message)
+        self.changed.set()
+
+    def ack(self, msg_seq: int) -> None:
+        while self._pending and self._pending[0].msg_seq <= msg_seq:
+            self._pending.popleft()
+
+    def after(self, msg_seq: int) -> list[pb.AgentMessage]:
+        """Pending messages numbered above `msg_seq`, in order."""
+        return [m for m in self._pending if m.msg_seq > msg_seq]
+
+    def drop_attempt(self, run_id: str, attempt: int) -> None:
+        """Forget what is queued about an attempt the head refused."""
+        self._pending = deque(m for m in self._pending if _attempt_of(m) != (run_id, attempt))
+
+    def attempts(self) -> set[tuple[str, int]]:
+        """Attempts with reports still waiting for the head."""
+        return {a for m in self._pending if (a := _attempt_of(m)) is not None}
+
+
+def _attempt_of(message: pb.AgentMessage) -> tuple[str, int] | None:
+    kind = message.WhichOneof("body")
+    if kind in ("run_update", "logs", "metrics"):
+        body = getattr(message, kind)
+        return body.run_id, body.attempt
+    return None

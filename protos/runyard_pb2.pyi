@@ -1,0 +1,671 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_UNSPECIFIED: _ClassVar[Stream]
+    STDOUT: _ClassVar[Stream]
+    STDERR: _ClassVar[Stream]
+    SYSTEM: _ClassVar[Stream]
+STREAM_UNSPECIFIED: Stream
+STDOUT: Stream
+STDERR: Stream
+SYSTEM: Stream
+
+class Resources(_message.Message):
+    __slots__ = ("cpus", "memory_bytes", "gpus", "instance_count")
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    instance_count: int
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., instance_count: _Optional[int] = ...) -> None: ...
+
+class RunSpec(_message.Message):
+    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute")
+    class EnvironmentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    environment: _containers.ScalarMap[str, str]
+    resources: Resources
+    timeout_s: float
+    compute: str
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ...) -> None: ...
+
+class GpuInfo(_message.Message):
+    __slots__ = ("index", "uuid", "model", "memory_bytes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    model: str
+    memory_bytes: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class Capacity(_message.Message):
+    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus")
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    memory_bytes: int
+    disk_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
+
+class LogRecord(_message.Message):
+    __slots__ = ("stream", "seq", "ts", "data", "continued", "gap", "rank")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTINUED_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    stream: Stream
+    seq: int
+    ts: float
+    data: bytes
+    continued: bool
+    gap: bool
+    rank: int
+    def __init__(self, stream: _Optional[_Union[Stream, str]] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., data: _Optional[bytes] = ..., continued: _Optional[bool] = ..., gap: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("key", "value", "step", "ts")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: float
+    step: int
+    ts: float
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ...) -> None: ...
+
+class MetricRecord(_message.Message):
+    __slots__ = ("seq", "points", "params", "tags")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    params: _containers.ScalarMap[str, str]
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("experiment", "display_name", "tags", "properties", "snapshot_sha256", "spec", "idempotency_key", "parent_run_id")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    display_name: str
+    tags: _containers.ScalarMap[str, str]
+    properties: _containers.ScalarMap[str, str]
+    snapshot_sha256: str
+    spec: RunSpec
+    idempotency_key: str
+    parent_run_id: str
+    def __init__(self, experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., snapshot_sha256: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ("run_id", "existed")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    existed: bool
+    def __init__(self, run_id: _Optional[str] = ..., existed: _Optional[bool] = ...) -> None: ...
+
+class SnapshotRef(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class HasSnapshotResponse(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: bool
+    def __init__(self, present: _Optional[bool] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("sha256", "size", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadSnapshotResponse(_message.Message):
+    __slots__ = ("sha256", "existed")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    existed: bool
+    def __init__(self, sha256: _Optional[str] = ..., existed: _Optional[bool] = ...) -> None: ...
+
+class RunRef(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("at", "from_state", "to_state", "event", "detail")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATE_FIELD_NUMBER: _ClassVar[int]
+    TO_STATE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    from_state: str
+    to_state: str
+    event: str
+    detail: str
+    def __init__(self, at: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    workspace: str
+    experiment: str
+    display_name: str
+    parent_run_id: str
+    state: str
+    reason: str
+    has_exit_code: bool
+    exit_code: int
+    pending_reason: str
+    attempt: int
+    node: str
+    tags: _containers.ScalarMap[str, str]
+    properties: _containers.ScalarMap[str, str]
+    params: _containers.ScalarMap[str, str]
+    spec: RunSpec
+    snapshot_sha256: str
+    outputs_sha256: str
+    created_at: float
+    started_at: float
+    ended_at: float
+    events: _containers.RepeatedCompositeFieldContainer[RunEvent]
+    desired_state: str
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("experiment", "state", "limit")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    state: str
+    limit: int
+    def __init__(self, experiment: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("run_ids",)
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("run_id", "follow", "tail", "has_rank", "rank")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    HAS_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    follow: bool
+    tail: int
+    has_rank: bool
+    rank: int
+    def __init__(self, run_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("attempt", "record")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    record: LogRecord
+    def __init__(self, attempt: _Optional[int] = ..., record: _Optional[_Union[LogRecord, _Mapping]] = ...) -> None: ...
+
+class LogsResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ("run_id", "key")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    key: str
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class MetricSummary(_message.Message):
+    __slots__ = ("key", "last", "min", "max", "count", "last_step")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    last: float
+    min: float
+    max: float
+    count: int
+    last_step: int
+    def __init__(self, key: _Optional[str] = ..., last: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
+
+class MetricsResponse(_message.Message):
+    __slots__ = ("points", "summaries", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    summaries: _containers.RepeatedCompositeFieldContainer[MetricSummary]
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("id", "name", "cluster", "state", "capacity", "allocated", "running", "last_seen", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    cluster: str
+    state: str
+    capacity: Capacity
+    allocated: Resources
+    running: _containers.RepeatedScalarFieldContainer[str]
+    last_seen: float
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cluster: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., running: _Optional[_Iterable[str]] = ..., last_seen: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("run_id", "what")
+    class What(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        WHAT_UNSPECIFIED: _ClassVar[DownloadRequest.What]
+        SNAPSHOT: _ClassVar[DownloadRequest.What]
+        OUTPUTS: _ClassVar[DownloadRequest.What]
+    WHAT_UNSPECIFIED: DownloadRequest.What
+    SNAPSHOT: DownloadRequest.What
+    OUTPUTS: DownloadRequest.What
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    what: DownloadRequest.What
+    def __init__(self, run_id: _Optional[str] = ..., what: _Optional[_Union[DownloadRequest.What, str]] = ...) -> None: ...
+
+class DataChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("name", "cluster", "labels", "capacity")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cluster: str
+    labels: _containers.ScalarMap[str, str]
+    capacity: Capacity
+    def __init__(self, name: _Optional[str] = ..., cluster: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("node_id", "node_token")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    node_token: str
+    def __init__(self, node_id: _Optional[str] = ..., node_token: _Optional[str] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("msg_seq", "hello", "heartbeat", "run_update", "logs", "metrics")
+    MSG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RUN_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    msg_seq: int
+    hello: Hello
+    heartbeat: Heartbeat
+    run_update: RunUpdate
+    logs: LogBatch
+    metrics: MetricBatch
+    def __init__(self, msg_seq: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., run_update: _Optional[_Union[RunUpdate, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("capacity", "running")
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    capacity: Capacity
+    running: _containers.RepeatedCompositeFieldContainer[RunHandle]
+    def __init__(self, capacity: _Optional[_Union[Capacity, _Mapping]] = ..., running: _Optional[_Iterable[_Union[RunHandle, _Mapping]]] = ...) -> None: ...
+
+class RunHandle(_message.Message):
+    __slots__ = ("run_id", "attempt")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_at",)
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    sent_at: float
+    def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
+
+class RunUpdate(_message.Message):
+    __slots__ = ("run_id", "attempt", "phase", "exit_code", "reason", "detail", "outputs_sha256", "at", "pid")
+    class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PHASE_UNSPECIFIED: _ClassVar[RunUpdate.Phase]
+        PREPARING: _ClassVar[RunUpdate.Phase]
+        RUNNING: _ClassVar[RunUpdate.Phase]
+        FINALIZING: _ClassVar[RunUpdate.Phase]
+        EXITED: _ClassVar[RunUpdate.Phase]
+    PHASE_UNSPECIFIED: RunUpdate.Phase
+    PREPARING: RunUpdate.Phase
+    RUNNING: RunUpdate.Phase
+    FINALIZING: RunUpdate.Phase
+    EXITED: RunUpdate.Phase
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    phase: RunUpdate.Phase
+    exit_code: int
+    reason: str
+    detail: str
+    outputs_sha256: str
+    at: float
+    pid: int
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[RunUpdate.Phase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., at: _Optional[float] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class LogBatch(_message.Message):
+    __slots__ = ("run_id", "attempt", "records")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    records: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+
+class MetricBatch(_message.Message):
+    __slots__ = ("run_id", "attempt", "records")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    records: _containers.RepeatedCompositeFieldContainer[MetricRecord]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ...) -> None: ...
+
+class HeadMessage(_message.Message):
+    __slots__ = ("ack", "assign", "cancel", "refusal")
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    ack: Ack
+    assign: Assignment
+    cancel: CancelRun
+    refusal: Refusal
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("msg_seq",)
+    MSG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    msg_seq: int
+    def __init__(self, msg_seq: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("run_id", "attempt", "workspace", "experiment", "parent_run_id", "snapshot_sha256", "spec", "gpu_indices", "extra_env")
+    class ExtraEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_ENV_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    workspace: str
+    experiment: str
+    parent_run_id: str
+    snapshot_sha256: str
+    spec: RunSpec
+    gpu_indices: _containers.RepeatedScalarFieldContainer[int]
+    extra_env: _containers.ScalarMap[str, str]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., snapshot_sha256: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., extra_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CancelRun(_message.Message):
+    __slots__ = ("run_id", "attempt", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("msg_seq", "run_id", "attempt", "why")
+    MSG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    msg_seq: int
+    run_id: str
+    attempt: int
+    why: str
+    def __init__(self, msg_seq: _Optional[int] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., why: _Optional[str] = ...) -> None: ...
+
+class FetchSnapshotRequest(_message.Message):
+    __slots__ = ("run_id", "attempt")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class OutputsChunk(_message.Message):
+    __slots__ = ("run_id", "attempt", "sha256", "size", "data")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    sha256: str
+    size: int
+    data: bytes
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class OutputsResponse(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...

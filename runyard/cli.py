@@ -1,0 +1,290 @@
+"""`runyard`: the command line. Each command is a thin shell over `Client`; errors become one line and an exit code.
+
+Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a failed or refused operation;
+2 a usage mistake; 130 interrupted (for `submit`, Ctrl-C detaches and the run goes on).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protos import runyard_pb2 as pb
+from runyard import render
+from runyard.client import Client
+from runyard.config import ClientConfig, load_client_config
+from runyard.errors import RunyardError, UsageError
+from runyard.jobfile import CliOptions, build_request
+from runyard.units import format_size
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+_TERMINAL = ("Completed", "Failed", "Canceled")
+
+
+def connect() -> Client:
+    return Client(load_client_config())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="runyard")
+def cli() -> None:
+    """Runyard: queue, run and follow ML training runs on your own machines."""
+
+
+# --- cluster -------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--agents", default=2, show_default=True, type=click.IntRange(0, 64), help="local agents to start")
+@click.option("--gpus-per-agent", default=0, show_default=True, type=click.IntRange(0, 16), help="fake GPUs per agent")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="data directory [~/.local/share/runyard/local]")
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="head port (0: any free port)")
+def up(agents: int, gpus_per_agent: int, data_dir: Path | None, port: int) -> None:
+    """Run a local cluster (a head and N agents) in the foreground; Ctrl-C stops it."""
+    from runyard.cluster import LocalCluster, default_data_dir, run_local_cluster
+
+    def ready_nodes(config: ClientConfig) -> int:
+        try:
+            with Client(config, timeout_s=2) as client:
+                return sum(n.state == "Ready" for n in client.nodes())
+        except RunyardError:
+            return 0
+
+    cluster = LocalCluster((data_dir or default_data_dir()).resolve(), agents, gpus_per_agent, port)
+    sys.exit(run_local_cluster(cluster, say=lambda text: render.err_console.print(f"[bold]runyard up[/]: {text}"),
+                               nodes_ready=ready_nodes))
+
+
+# --- submit --------------------------------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("-f", "--file", "job_file", type=click.Path(path_type=Path), help="job file (Azure ML command-job YAML)")
+@click.option("-e", "--experiment")
+@click.option("-n", "--name", "display_name")
+@click.option("-c", "--compute", help="compute cluster")
+@click.option("--cpus", type=float)
+@click.option("--memory", help="e.g. 8G")
+@click.option("--gpus", type=int)
+@click.option("--nodes", type=int)
+@click.option("--env", multiple=True, metavar="K=V")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a job file key, e.g. inputs.lr=0.1")
+@click.option("--priority", type=click.Choice(["low", "medium", "high"]))
+@click.option("--timeout", type=float, help="seconds")
+@click.option("-d", "--detach", is_flag=True, help="return once the run is queued")
+@click.option("-q", "--quiet", is_flag=True, help="print only the run id")
+@click.pass_context
+def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, experiment: str | None,
+           display_name: str | None, compute: str | None, cpus: float | None, memory: str | None, gpus: int | None,
+           nodes: int | None, env: tuple[str, ...], sets: tuple[str, ...], priority: str | None,
+           timeout: float | None, detach: bool, quiet: bool) -> None:
+    """Snapshot DIRECTORY and run a command on the cluster: runyard submit [DIR] [-f job.yml] -- COMMAND..."""
+    from runyard.submit import submit_run
+
+    request = build_request(CliOptions(
+        directory=directory, job_file=job_file, experiment=experiment, display_name=display_name, compute=compute,
+        cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, env=env, sets=sets, priority=priority, timeout_s=timeout,
+        command=tuple(ctx.obj or ()),
+    ))
+    with connect() as client:
+        sys.exit(submit_run(client, request, detach=detach, quiet=quiet))
+
+
+# --- runs ----------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-e", "--experiment", default="")
+@click.option("--state", default="", help="Queued, Running, Completed, Failed, ...")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@OUTPUT
+def runs(experiment: str, state: str, limit: int, output: str) -> None:
+    """List runs, newest first."""
+    with connect() as client:
+        found = client.list_runs(experiment=experiment, state=state, limit=limit)
+    if output == "json":
+        render.print_json([render.as_dict(r) for r in found])
+        return
+    render.print_table(
+        ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "CREATED", "DURATION"),
+        ((r.id, r.display_name, r.experiment, r.state, render.outcome(r), r.node, render.when(r.created_at),
+          render.duration(r)) for r in found),
+    )
+
+
+@cli.command()
+@click.argument("run_id")
+@OUTPUT
+def show(run_id: str, output: str) -> None:
+    """Show one run: its configuration, state, and the history of its state changes."""
+    with connect() as client:
+        run = client.get_run(run_id)
+    if output == "json":
+        render.print_json(render.as_dict(run))
+        return
+    fields: list[tuple[str, Any]] = [
+        ("run", run.id), ("name", run.display_name), ("experiment", run.experiment), ("state", run.state),
+    ]
+    if run.state == "Queued":
+        fields.append(("pending", run.pending_reason))
+    if run.state in _TERMINAL:
+        fields.append(("exit", render.outcome(run) or "-"))
+    fields += [
+        ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
+        ("resources", render.resources(run.spec)), ("compute", run.spec.compute),
+        ("timeout", f"{run.spec.timeout_s:g}s" if run.spec.timeout_s else "none"),
+        ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
+        ("created", render.when(run.created_at)), ("duration", render.duration(run)),
+    ]
+    fields += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
+    fields += [(f"param {k}", v) for k, v in sorted(run.params.items())]
+    fields += [(k, v) for k, v in sorted(run.properties.items())]
+    render.print_table(("FIELD", "VALUE"), fields)
+    render.print_table(
+        ("WHEN", "EVENT", "FROM", "TO", "DETAIL"),
+        ((render.when(e.at), e.event, e.from_state, e.to_state, e.detail) for e in run.events),
+        title="history",
+    )
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("-f", "--follow", is_flag=True, help="keep streaming until the run ends")
+@click.option("--tail", default=0, type=click.IntRange(0), help="only the last N lines")
+@click.option("--rank", type=int, help="only this process rank")
+def logs(run_id: str, follow: bool, tail: int, rank: int | None) -> None:
+    """Print a run's output (stdout to stdout, stderr to stderr)."""
+    with connect() as client:
+        try:
+            attempts: set[int] = set()
+            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank):
+                attempts.add(line.attempt)
+                render.write_log(line, prefix_attempt=len(attempts) > 1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--key", default="", help="only this metric, as a series")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def metrics(run_id: str, key: str, output: str) -> None:
+    """Show a run's metrics: a summary per key, or the series of one key."""
+    with connect() as client:
+        found = client.metrics(run_id, key)
+    if output == "json":
+        render.print_json(render.as_dict(found))
+        return
+    points = [(p.key, p.step, p.value, p.ts) for p in found.points]
+    if output == "csv":
+        render.print_csv(("key", "step", "value", "ts"), points)
+        return
+    if key:
+        render.print_table(("STEP", "VALUE", "TIME"), ((s, f"{v:.6g}", render.when(t)) for _, s, v, t in points))
+        return
+    if not found.summaries and not found.params:
+        render.err_console.print(f"run {run_id} has no metrics yet")
+        return
+    render.print_table(
+        ("KEY", "LAST", "MIN", "MAX", "COUNT", "LAST STEP"),
+        ((s.key, f"{s.last:.6g}", f"{s.min:.6g}", f"{s.max:.6g}", s.count, s.last_step) for s in found.summaries),
+    )
+    if found.params:
+        render.print_table(("PARAM", "VALUE"), sorted(found.params.items()))
+
+
+@cli.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@OUTPUT
+def cancel(run_ids: tuple[str, ...], output: str) -> None:
+    """Cancel runs: queued ones at once, running ones are stopped (SIGTERM, grace, SIGKILL)."""
+    with connect() as client:
+        found = client.cancel(list(run_ids))
+    if output == "json":
+        render.print_json([render.as_dict(r) for r in found])
+        return
+    for run in found:
+        note = "canceled" if run.state == "Canceled" else ("stopping" if run.state not in _TERMINAL else f"already {run.state}")
+        render.console.print(f"{run.id}: {note}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option("--outputs", "what", flag_value="outputs", default=True, help="the files the run wrote to ./outputs")
+@click.option("--snapshot", "what", flag_value="snapshot", help="the code the run was submitted with")
+def download(run_id: str, dest: Path | None, what: str) -> None:
+    """Download a run's outputs (default) or snapshot into DEST (a new or empty directory)."""
+    from runyard.snapshot import safe_extract
+
+    dest = dest or Path(f"{run_id}-{what}")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} exists and is not an empty directory; name a new one")
+    kind = pb.DownloadRequest.OUTPUTS if what == "outputs" else pb.DownloadRequest.SNAPSHOT
+    with connect() as client, tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "download.zip"
+        size = client.download(run_id, kind, archive)
+        written = safe_extract(archive, dest, max_entries=1_000_000, max_bytes=64 * 1024**3)
+    render.err_console.print(f"{what} of {run_id} ({format_size(size)} zipped, {format_size(written)}) -> {dest}")
+
+
+@cli.command()
+@OUTPUT
+def nodes(output: str) -> None:
+    """List the cluster's nodes with their capacity and what is allocated on them."""
+    with connect() as client:
+        found = client.nodes()
+    if output == "json":
+        render.print_json([render.as_dict(n) for n in found])
+        return
+    render.print_table(
+        ("NODE", "CLUSTER", "STATE", "CPUS", "MEMORY", "GPUS", "RUNS"),
+        ((n.name, n.cluster, n.state, f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
+          f"{format_size(n.allocated.memory_bytes)}/{format_size(n.capacity.memory_bytes)}",
+          f"{n.allocated.gpus}/{len(n.capacity.gpus)}", len(n.running)) for n in found),
+    )
+
+
+@cli.command()
+@click.option("-c", "--compute", default="", help="only this compute cluster")
+@OUTPUT
+def queue(compute: str, output: str) -> None:
+    """List queued runs in the order they will be considered, each with why it is waiting."""
+    with connect() as client:
+        found = [r for r in reversed(client.list_runs(state="Queued", limit=10_000))
+                 if not compute or r.spec.compute == compute]
+    if output == "json":
+        render.print_json([render.as_dict(r) for r in found])
+        return
+    render.print_table(
+        ("RUN", "NAME", "COMPUTE", "RESOURCES", "WAITING BECAUSE"),
+        ((r.id, r.display_name, r.spec.compute, render.resources(r.spec), r.pending_reason) for r in found),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: split off the command after `--`, run, and turn runyard errors into one line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if args[:1] == ["submit"] and "--" in args:
+        cut = args.index("--")
+        args, command = args[:cut], args[cut + 1:]
+    try:
+        cli.main(args=args, prog_name="runyard", obj=command, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except RunyardError as err:
+        render.err_console.print(f"runyard: {err}", markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

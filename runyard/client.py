@@ -1,0 +1,139 @@
+"""The CLI's connection to the head: a blocking gRPC client, and the one place gRPC errors become runyard errors."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from protos import runyard_pb2 as pb
+from protos import runyard_pb2_grpc as pb_grpc
+from runyard import errors
+from runyard.config import ClientConfig
+
+T = TypeVar("T")
+CHUNK_BYTES = 1024 * 1024
+_BY_CODE: dict[grpc.StatusCode, type[errors.HeadError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationFailed,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AuthenticationFailed,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+def translate(err: grpc.RpcError, address: str) -> errors.HeadError:
+    code = err.code()  # type: ignore[attr-defined]
+    details = err.details() or code.name  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return errors.AuthenticationFailed(f"authentication failed: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return errors.Unavailable(f"cannot reach the head at {address}; is it running? (`runyard up` starts one)")
+    return _BY_CODE.get(code, errors.HeadError)(details)
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def call(self: Client, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except grpc.RpcError as err:
+            raise translate(err, self.address) from None
+    return call
+
+
+class Client:
+    def __init__(self, config: ClientConfig, *, timeout_s: float = 30.0) -> None:
+        self.address = config.address
+        self._metadata = (("authorization", f"Bearer {config.token}"),)
+        self._timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(
+            config.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self._stub = pb_grpc.RunyardStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _kw(self, timeout: bool = True) -> dict[str, Any]:
+        return {"metadata": self._metadata, **({"timeout": self._timeout_s} if timeout else {})}
+
+    @_translated
+    def has_snapshot(self, sha256: str) -> bool:
+        return self._stub.HasSnapshot(pb.SnapshotRef(sha256=sha256), **self._kw()).present
+
+    @_translated
+    def upload_snapshot(self, path: Path, sha256: str, progress: Callable[[int], None] = lambda n: None) -> bool:
+        """Upload the zip at `path`; returns True when the head already had it."""
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[pb.SnapshotChunk]:
+            with open(path, "rb") as f:
+                first = True
+                while (data := f.read(CHUNK_BYTES)) or first:
+                    first = False
+                    progress(len(data))
+                    yield pb.SnapshotChunk(sha256=sha256, size=size, data=data)
+
+        return self._stub.UploadSnapshot(chunks(), **self._kw(timeout=False)).existed
+
+    @_translated
+    def submit(self, request: pb.SubmitRequest) -> pb.SubmitResponse:
+        if not request.idempotency_key:
+            request.idempotency_key = uuid.uuid4().hex
+        return self._stub.Submit(request, **self._kw())
+
+    @_translated
+    def get_run(self, run_id: str) -> pb.Run:
+        return self._stub.GetRun(pb.RunRef(run_id=run_id), **self._kw())
+
+    @_translated
+    def list_runs(self, *, experiment: str = "", state: str = "", limit: int = 50) -> list[pb.Run]:
+        return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
+
+    @_translated
+    def cancel(self, run_ids: list[str]) -> list[pb.Run]:
+        return list(self._stub.Cancel(pb.CancelRequest(run_ids=run_ids), **self._kw()).runs)
+
+    @_translated
+    def logs(self, run_id: str, *, follow: bool = False, tail: int = 0, rank: int | None = None) -> Iterator[pb.LogLine]:
+        request = pb.LogsRequest(run_id=run_id, follow=follow, tail=tail, has_rank=rank is not None, rank=rank or 0)
+        stream = self._stub.StreamLogs(request, **self._kw(timeout=not follow))
+        try:
+            for response in stream:
+                yield from response.lines
+        except grpc.RpcError as err:
+            raise translate(err, self.address) from None
+        finally:
+            stream.cancel()
+
+    @_translated
+    def metrics(self, run_id: str, key: str = "") -> pb.MetricsResponse:
+        return self._stub.GetMetrics(pb.MetricsRequest(run_id=run_id, key=key), **self._kw())
+
+    @_translated
+    def nodes(self) -> list[pb.Node]:
+        return list(self._stub.ListNodes(pb.ListNodesRequest(), **self._kw()).nodes)
+
+    @_translated
+    def download(self, run_id: str, what: int, dest: Path) -> int:
+        """Write the run's snapshot or outputs zip to `dest`; returns its size."""
+        written = 0
+        with open(dest, "wb") as f:
+            for chunk in self._stub.Download(pb.DownloadRequest(run_id=run_id, what=what), **self._kw(timeout=False)):
+                f.write(chunk.data)
+                written += len(chunk.data)
+        return written

@@ -1,0 +1,458 @@
+"""The job file (a subset of Azure ML v2 command-job YAML) and the `runyard submit` flags, turned into a RunRequest.
+
+`load_job_file` reads and validates one job file; `build_request` merges it with the flags into the RunRequest the
+CLI sends. Every fault becomes one `UsageError` (a `JobFileError` carrying the YAML path when the file is at fault)
+whose text is the one line the user sees. Keys of Azure's schema that Runyard does not support yet are refused by
+name, never ignored.
+
+This module only reads the job file: it must not talk to the head, snapshot the directory or print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import field_validator, model_validator
+
+from runyard.errors import JobFileError, UsageError
+from runyard.units import parse_size
+
+DEFAULT_MEMORY_BYTES = 1024**3
+MAX_MEMORY_BYTES = 64 * 1024**4
+MAX_TIMEOUT_S = 30 * 24 * 3600
+
+# Keys of Azure ML's job schemas (command, sweep, pipeline, component) that Runyard refuses by name, per mapping.
+_NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
+    (): frozenset({
+        "environment", "distribution", "outputs", "identity", "services", "properties", "is_deterministic",
+        "component", "jobs", "settings", "sampling_algorithm", "search_space", "objective", "trial",
+        "early_termination",
+    }),
+    ("resources",): frozenset({"instance_type", "shm_size", "docker_args", "locations"}),
+    ("limits",): frozenset({"max_total_trials", "max_concurrent_trials", "trial_timeout"}),
+    ("queue_settings",): frozenset({"job_tier"}),
+}
+_LITERAL_INPUT_TYPES = frozenset({"string", "integer", "number", "boolean"})
+_EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
+_T = TypeVar("_T")
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+def _kind(value: object) -> str:
+    return {type(None): "null", dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def scalar_text(value: object) -> str:
+    """A tag, environment variable or input value as text; booleans lower-case, as YAML and Azure write them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ValueError(f"must be a string, number or boolean, not {_kind(value)}")
+
+
+def _input_value(value: object) -> str | int | float | bool:
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if isinstance(kind, str) and kind not in _LITERAL_INPUT_TYPES:
+            raise ValueError(f"inputs of type {kind} are not supported yet by Runyard; give a literal value")
+        raise ValueError("the {type:, default:} / {value:} form is not supported yet by Runyard; "
+                         "write the value itself, e.g. lr: 0.01")
+    scalar_text(value)
+    return value  # type: ignore[return-value]  # scalar_text checked it
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a size such as 16G or a number of bytes, not {_kind(value)}")
+    n_bytes = parse_size(value)
+    if n_bytes <= 0:
+        raise ValueError("must be > 0")
+    if n_bytes > MAX_MEMORY_BYTES:
+        raise ValueError(f"must be at most 64T, got {value}")
+    return n_bytes
+
+
+def _compute(value: object) -> object:
+    if isinstance(value, str):
+        value = value.removeprefix("azureml:")
+        if not value.strip():
+            raise ValueError("must not be empty")
+    return value
+
+
+def _code(value: object) -> object:
+    if isinstance(value, str) and (value.startswith("azureml:") or "://" in value):
+        raise ValueError("only a local directory is supported by Runyard, not a code asset or URL")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(scalar_text)]
+InputValue = Annotated[str | int | float | bool, BeforeValidator(_input_value)]
+Size = Annotated[int, BeforeValidator(_size)]
+
+
+class _Section(BaseModel):
+    """A mapping of the job file: unknown keys refused, no type coercion, an empty (null) value means absent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_absent(cls, data: object) -> object:
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class Properties(_Section):
+    cpus: float | None = Field(None, gt=0, le=4096)
+    memory: Size | None = None
+    gpus: int | None = Field(None, ge=0, le=64)
+    gpu_model: str | None = Field(None, min_length=1)
+    gpu_memory: Size | None = None
+
+
+class Resources(_Section):
+    instance_count: int | None = Field(None, ge=1, le=1024)
+    properties: Properties = Properties()
+
+
+class Limits(_Section):
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
+
+
+class QueueSettings(_Section):
+    priority: Annotated[Priority, Field(strict=False)] | None = None
+
+
+class JobFile(_Section):
+    """A validated job file. `inputs` comes before `command` so the command's references can be checked."""
+
+    schema_url: Any = Field(None, alias="$schema")
+    type: Literal["command"] = "command"
+    name: Any = None
+    description: str | None = None
+    experiment_name: str | None = Field(None, min_length=1)
+    display_name: str | None = None
+    tags: dict[str, Text] = {}
+    code: Annotated[str | None, BeforeValidator(_code), Field(min_length=1)] = None
+    inputs: dict[str, InputValue] = {}
+    command: str | None = None
+    environment_variables: dict[str, Text] = {}
+    compute: Annotated[str | None, BeforeValidator(_compute)] = None
+    resources: Resources = Resources()
+    limits: Limits = Limits()
+    queue_settings: QueueSettings = QueueSettings()
+
+    @field_validator("command")
+    @classmethod
+    def _command_references(cls, command: str | None, info: ValidationInfo) -> str | None:
+        if command is not None:
+            if not command.strip():
+                raise ValueError("must not be empty")
+            render_command(command, info.data.get("inputs", {}))
+        return command
+
+    def rendered_command(self) -> str | None:
+        return None if self.command is None else render_command(self.command, self.inputs)
+
+
+def render_command(command: str, inputs: Mapping[str, object]) -> str:
+    """Replace each `${{inputs.NAME}}` with the input's value, as plain text like Azure (no shell quoting)."""
+    if "$[[" in command:
+        raise ValueError("$[[...]] optional arguments are not supported yet by Runyard")
+    if "${{" in _EXPRESSION.sub("", command):
+        raise ValueError("a ${{ expression is not closed with }}")
+
+    def substitute(match: re.Match[str]) -> str:
+        expression = match.group(1).strip()
+        head, _, name = expression.partition(".")
+        if head != "inputs":
+            raise ValueError("${{" + expression + "}} is not supported yet by Runyard; only ${{inputs.NAME}} is")
+        if name not in inputs:
+            raise ValueError("${{inputs." + name + "}} is not defined in inputs")
+        return scalar_text(inputs[name])
+
+    return _EXPRESSION.sub(substitute, command)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that keeps dates as the text written and refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _read_mapping(path: Path, source: str) -> dict[Any, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read job file {source}: {why}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else 0
+        raise JobFileError(source, "", f"invalid YAML at line {line}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise JobFileError(source, "", f"invalid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"{_kind(data)}, not a mapping"
+        raise JobFileError(source, "", f"is {what}; a job file is a mapping such as `command: python train.py`")
+    return data
+
+
+def _parse_scalar(text: str) -> object:
+    """A `--set` value as a YAML scalar (`2` an int, `true` a bool); anything else stays the text given."""
+    if not text:
+        return ""
+    try:
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, str | int | float | bool) else text
+
+
+def _apply_set(raw: dict[Any, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise UsageError(f"--set {item!r}: expected key=value, e.g. resources.properties.gpus=2")
+    target = raw
+    for depth, part in enumerate(parts[:-1]):
+        if target.get(part) is None:
+            target[part] = {}
+        if not isinstance(target[part], dict):
+            raise UsageError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        target = target[part]
+    target[parts[-1]] = _parse_scalar(text)
+
+
+def _refuse_not_yet(raw: Mapping[Any, Any], source: str) -> None:
+    kind = raw.get("type")
+    if isinstance(kind, str) and kind != "command":
+        raise JobFileError(source, "type", f"{kind} jobs are not supported yet by Runyard; only type: command")
+    for prefix, keys in _NOT_YET.items():
+        section: object = raw
+        for part in prefix:
+            section = section.get(part) if isinstance(section, Mapping) else None
+        if isinstance(section, Mapping):
+            for key in section:
+                if key in keys:
+                    raise JobFileError(source, ".".join((*prefix, key)), "not supported yet by Runyard")
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _number(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key", "missing": "is required", "string_type": "must be a string",
+    "string_too_short": "must not be empty", "too_short": "must not be empty",
+    "int_type": "must be a whole number", "float_type": "must be a number", "finite_number": "must be a finite number",
+    "bool_type": "must be true or false", "dict_type": "must be a mapping", "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _explain(error: ValidationError) -> tuple[str, str]:
+    """The first fault of a validation as (YAML path with dots, one plain line)."""
+    first = error.errors(include_url=False)[0]
+    loc, kind, ctx = list(first["loc"]), first["type"], first.get("ctx", {})
+    if kind == "invalid_key" or loc[-1:] == ["[key]"]:  # the key itself is at fault: name it, not an index
+        loc = [*loc[:-1], str(loc[-1])] if kind == "invalid_key" else [*loc[:-2], str(loc[-2])]
+        message = "key must be a string; quote it"
+    elif kind in _MESSAGES:
+        message = _MESSAGES[kind]
+    elif bound := _BOUNDS.keys() & ctx.keys():
+        name = bound.pop()
+        message = f"must be {_BOUNDS[name]} {_number(ctx[name])}"
+    elif kind in ("literal_error", "enum"):
+        message = f"must be one of {str(ctx['expected']).replace(chr(39), '')}"
+    elif kind == "value_error":
+        message = str(ctx["error"])
+    else:
+        message = first["msg"]
+    return _dotted(loc), " ".join(message.split())
+
+
+def load_job_file(path: Path, sets: Sequence[str] = ()) -> JobFile:
+    """Read, override (`--set key=value`, applied to the YAML before validation) and validate a job file."""
+    source = str(path)
+    raw = _read_mapping(path, source)
+    for item in sets:
+        _apply_set(raw, item)
+    _refuse_not_yet(raw, source)
+    try:
+        return JobFile.model_validate(raw)
+    except ValidationError as err:
+        where, message = _explain(err)
+        raise JobFileError(source, where, message) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What `runyard submit` asks the head to run, after the job file and the flags are merged."""
+
+    code_dir: Path
+    argv: tuple[str, ...]
+    experiment: str
+    display_name: str
+    tags: dict[str, str]
+    environment: dict[str, str]
+    compute: str
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    instance_count: int
+    timeout_s: float
+    priority: str
+    gpu_model: str = ""
+    gpu_memory_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CliOptions:
+    """Everything the `runyard submit` flags can say; None = not given."""
+
+    directory: Path | None = None
+    job_file: Path | None = None
+    experiment: str | None = None
+    display_name: str | None = None
+    compute: str | None = None
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: int | None = None
+    nodes: int | None = None
+    env: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
+    priority: str | None = None
+    timeout_s: float | None = None
+    command: tuple[str, ...] = ()
+
+
+_FLAGS = {
+    "experiment_name": "--experiment", "display_name": "--name", "compute": "--compute",
+    "resources.properties.cpus": "--cpus", "resources.properties.memory": "--memory",
+    "resources.properties.gpus": "--gpus", "resources.instance_count": "--nodes",
+    "queue_settings.priority": "--priority", "limits.timeout": "--timeout",
+}
+
+
+def _env_items(items: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _validate_flags(options: CliOptions) -> JobFile:
+    """The flags as a job file of their own, so they get the job file's checks; a fault names the flag."""
+    raw = {
+        "experiment_name": options.experiment, "display_name": options.display_name, "compute": options.compute,
+        "environment_variables": _env_items(options.env),
+        "resources": {"instance_count": options.nodes, "properties": {
+            "cpus": options.cpus, "memory": options.memory, "gpus": options.gpus}},
+        "limits": {"timeout": options.timeout_s},
+        "queue_settings": {"priority": options.priority},
+    }
+    try:
+        return JobFile.model_validate(raw)
+    except ValidationError as err:
+        where, message = _explain(err)
+        raise UsageError(f"{_FLAGS.get(where, where)}: {message}") from None
+
+
+def _code_dir(options: CliOptions, job: JobFile) -> Path:
+    if options.directory is not None:
+        directory = Path(os.path.abspath(options.directory.expanduser()))
+        if not directory.is_dir():
+            raise UsageError(f"{options.directory} is not a directory")
+        return directory
+    if options.job_file is None:
+        return Path.cwd()
+    base = Path(os.path.abspath(options.job_file)).parent
+    if job.code is None:
+        return base
+    directory = Path(os.path.normpath(base / job.code))
+    if not directory.is_dir():
+        raise JobFileError(str(options.job_file), "code", f"{directory} is not a directory")
+    return directory
+
+
+def _argv(options: CliOptions, job: JobFile) -> tuple[str, ...]:
+    if options.command:
+        return tuple(options.command)
+    command = job.rendered_command()
+    if command is not None:
+        return ("/bin/sh", "-c", command)
+    raise UsageError("no command: give one after -- or set command: in the job file")
+
+
+def _first(*values: _T | None, default: _T) -> _T:
+    return next((value for value in values if value is not None), default)
+
+
+def build_request(options: CliOptions) -> RunRequest:
+    """Merge the job file (if any) and the flags; flags win. Raises UsageError / JobFileError."""
+    if options.sets and options.job_file is None:
+        raise UsageError("--set needs a job file: give one with -f job.yml")
+    flags = _validate_flags(options)
+    job = load_job_file(options.job_file, options.sets) if options.job_file is not None else JobFile()
+    code_dir = _code_dir(options, job)
+    asked, given = flags.resources.properties, job.resources.properties
+    return RunRequest(
+        code_dir=code_dir,
+        argv=_argv(options, job),
+        experiment=_first(flags.experiment_name, job.experiment_name, default=code_dir.name.lower() or "default"),
+        display_name=_first(flags.display_name, job.display_name, default=""),
+        tags=dict(job.tags),
+        environment={**job.environment_variables, **flags.environment_variables},
+        compute=_first(flags.compute, job.compute, default="default"),
+        cpus=_first(asked.cpus, given.cpus, default=1.0),
+        memory_bytes=_first(asked.memory, given.memory, default=DEFAULT_MEMORY_BYTES),
+        gpus=_first(asked.gpus, given.gpus, default=0),
+        instance_count=_first(flags.resources.instance_count, job.resources.instance_count, default=1),
+        timeout_s=_first(flags.limits.timeout, job.limits.timeout, default=0.0),
+        priority=str(_first(flags.queue_settings.priority, job.queue_settings.priority, default=Priority.MEDIUM)),
+        gpu_model=_first(given.gpu_model, default=""),
+        gpu_memory_bytes=_first(given.gpu_memory, default=0),
+    )

@@ -1,0 +1,81 @@
+"""How the CLI shows things: tables for people (rich), JSON and CSV for scripts, log lines as written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from protos import runyard_pb2 as pb
+from runyard.units import format_size
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    table = Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def print_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(columns)
+    writer.writerows(rows)
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def duration(run: pb.Run) -> str:
+    if not run.started_at:
+        return ""
+    seconds = (run.ended_at or time.time()) - run.started_at
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def outcome(run: pb.Run) -> str:
+    parts = []
+    if run.has_exit_code:
+        parts.append(str(run.exit_code))
+    if run.reason and run.reason != "exit_code":
+        parts.append(run.reason)
+    return " ".join(parts)
+
+
+def resources(spec: pb.RunSpec) -> str:
+    res = spec.resources
+    text = f"{res.cpus:g} CPU, {format_size(res.memory_bytes)}"
+    return text + (f", {res.gpus} GPU" if res.gpus else "")
+
+
+def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
+    """Write one record as the run wrote it: stdout to stdout, stderr and runyard's own lines to stderr."""
+    record = line.record
+    data = record.data
+    if record.stream == pb.SYSTEM or record.gap:
+        data = b"[runyard] " + data
+    if prefix_attempt:
+        data = f"[attempt {line.attempt}] ".encode() + data
+    out = sys.stdout.buffer if record.stream == pb.STDOUT else sys.stderr.buffer
+    out.write(data if record.continued else data + b"\n")
+    out.flush()

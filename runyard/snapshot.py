@@ -1,0 +1,377 @@
+"""The snapshot format: a deterministic zip of the submitted directory, and the only code that opens one.
+
+The client builds snapshots (`create_snapshot`, `git_properties`); the head checks every upload
+(`validate_archive`) and the agent unpacks one into a run directory (`safe_extract`). The same directory gives
+the same bytes, so the head can deduplicate by sha256.
+
+Must not: follow or create links, write anything outside the destination, trust the sizes an archive declares,
+or read a whole file into memory. Functions here block; async callers wrap them in `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit, urlunsplit
+
+import pathspec
+
+from runyard.errors import SnapshotInvalid, SnapshotTooLarge, UsageError
+
+IGNORE_FILES = (".runyardignore", ".amlignore", ".gitignore")
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_CHUNK_BYTES = 1 << 20
+_GIT_TIMEOUT_S = 5.0
+_ARCHIVE = "<archive>"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_ALLOWED_TYPES = (0, stat.S_IFREG, stat.S_IFDIR)
+_ALLOWED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    path: Path  # a zip file in a temp location the caller owns and deletes
+    sha256: str  # hex digest of the zip bytes
+    size_bytes: int  # size of the zip file
+    file_count: int
+    source_bytes: int  # sum of the uncompressed file sizes included
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    name: str  # POSIX path relative to the snapshot root
+    source: Path  # where to read the bytes from (a link to a file reads its target)
+    size_bytes: int
+    mode: int  # permission bits only
+
+
+# --- create -------------------------------------------------------------------------------------------------
+
+
+def create_snapshot(directory: Path, dest_dir: Path, *, max_bytes: int = 300_000_000) -> Snapshot:
+    """Zip `directory` into a new file in `dest_dir`; raise `SnapshotTooLarge` before writing if over `max_bytes`."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise UsageError(f"{directory} does not exist; pass the directory holding your code")
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; pass the directory holding your code")
+    members = _collect(directory, _ignore_spec(directory))
+    total = sum(m.size_bytes for m in members)
+    largest = [(m.name, m.size_bytes) for m in sorted(members, key=lambda m: (-m.size_bytes, m.name))[:5]]
+    if total > max_bytes:
+        raise SnapshotTooLarge(str(directory), total, max_bytes, largest)
+    fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".zip", dir=dest_dir)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as raw:
+            written = _write_zip(raw, members)
+        if written > max_bytes:  # a file grew while we were reading it
+            raise SnapshotTooLarge(str(directory), written, max_bytes, largest)
+        with path.open("rb") as zipped:
+            digest = hashlib.file_digest(zipped, "sha256").hexdigest()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Snapshot(path, digest, path.stat().st_size, len(members), written)
+
+
+def _ignore_spec(directory: Path) -> pathspec.GitIgnoreSpec | None:
+    """The first ignore file that exists at the root wins; the others are not read (Azure ML's rule)."""
+    for name in IGNORE_FILES:
+        candidate = directory / name
+        if candidate.is_file():
+            lines = candidate.read_text(encoding="utf-8", errors="replace").splitlines()
+            return pathspec.GitIgnoreSpec.from_lines(lines)
+    return None
+
+
+def _collect(root: Path, spec: pathspec.GitIgnoreSpec | None) -> list[_Member]:
+    """Walk `root`, pruning ignored directories without entering them; return members sorted by name."""
+    members: list[_Member] = []
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        for entry in _scan(root / prefix):
+            rel = prefix + entry.name
+            if entry.name == ".git":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if spec is None or not spec.match_file(rel + "/"):
+                    pending.append(rel + "/")
+            elif spec is None or not spec.match_file(rel):
+                member = _member(entry, rel)
+                if member is not None:
+                    members.append(member)
+    members.sort(key=lambda m: m.name)
+    return members
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except PermissionError as exc:
+        raise UsageError(f"cannot read {directory}: permission denied; list it in .runyardignore") from exc
+
+
+def _member(entry: os.DirEntry[str], rel: str) -> _Member | None:
+    """A regular file, or a link to one (stored as its content); links to directories and special files are skipped."""
+    try:
+        info = entry.stat(follow_symlinks=True)
+    except FileNotFoundError:  # a dangling link, or a file deleted while we walk
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"file name {rel!r} is not valid UTF-8; rename it or list it in .runyardignore") from exc
+    return _Member(rel, Path(entry.path), info.st_size, stat.S_IMODE(info.st_mode) & 0o777)
+
+
+def _write_zip(raw: BinaryIO, members: list[_Member]) -> int:
+    """Write members with fixed metadata so equal contents give equal bytes; return the source bytes read."""
+    written = 0
+    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member in members:
+            info = zipfile.ZipInfo(member.name, date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, whatever the building machine
+            info.external_attr = (stat.S_IFREG | member.mode) << 16
+            info.file_size = member.size_bytes  # lets zipfile pick zip64 for big files
+            try:
+                with member.source.open("rb") as src, archive.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK_BYTES)
+            except PermissionError as exc:
+                raise UsageError(f"cannot read {member.source}: permission denied; list it in .runyardignore") from exc
+            written += info.file_size
+    return written
+
+
+# --- git ----------------------------------------------------------------------------------------------------
+
+
+def git_properties(directory: Path) -> dict[str, str]:
+    """Repository URL, branch, commit and dirty flag of the work tree holding `directory`; `{}` when there is none."""
+    if _git(directory, "rev-parse", "--is-inside-work-tree") != "true":
+        return {}
+    commit = _git(directory, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if not commit:
+        return {}
+    status = _git(directory, "status", "--porcelain")
+    props = {
+        "git.repository_url": _without_credentials(_git(directory, "config", "--get", "remote.origin.url") or ""),
+        "git.branch": _git(directory, "rev-parse", "--abbrev-ref", "HEAD") or "HEAD",
+        "git.commit": commit,
+        "git.dirty": "" if status is None else ("true" if status else "false"),
+    }
+    return {key: value for key, value in props.items() if value}
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    """Stripped stdout of one git command, or None if git is missing, fails or times out."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    env |= {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True, encoding="utf-8", errors="replace", env=env,
+            stdin=subprocess.DEVNULL, timeout=_GIT_TIMEOUT_S, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _without_credentials(url: str) -> str:
+    """`https://user:token@host/x` -> `https://host/x`: a token in a remote URL must not become a run property."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+# --- validate and extract -----------------------------------------------------------------------------------
+
+
+def validate_archive(path: Path, *, max_entries: int, max_bytes: int) -> None:
+    """Raise `SnapshotInvalid` unless every entry is safe to extract; writes nothing, decompresses everything."""
+    with _open_archive(path) as archive:
+        total = 0
+        for info, _ in _checked_entries(archive, max_entries):
+            for chunk in _read_entry(archive, info):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise SnapshotInvalid(info.filename, f"archive unpacks to more than {max_bytes} bytes")
+
+
+def safe_extract(path: Path, dest: Path, *, max_entries: int, max_bytes: int) -> int:
+    """Extract into `dest` (missing or empty) after checking every entry; return bytes written.
+
+    On any failure everything written is removed and `dest` is left as it was found.
+    """
+    dest = Path(dest)
+    with _open_archive(path) as archive:
+        entries = _checked_entries(archive, max_entries)
+        created = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        if any(dest.iterdir()):
+            raise FileExistsError(f"extraction target {dest} is not empty")
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            return _extract_all(archive, entries, root_fd, max_bytes)
+        except BaseException:
+            _remove_contents(dest, remove_root=created)
+            raise
+        finally:
+            os.close(root_fd)
+
+
+@contextmanager
+def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise SnapshotInvalid(_ARCHIVE, "not a zip archive") from exc
+    with archive:
+        yield archive
+
+
+def _checked_entries(archive: zipfile.ZipFile, max_entries: int) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+    """Every entry with its path components, or `SnapshotInvalid` for the first entry that must not be written."""
+    infos = archive.infolist()
+    if len(infos) > max_entries:
+        raise SnapshotInvalid(_ARCHIVE, f"{len(infos)} entries, over the limit of {max_entries}")
+    entries: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for info in infos:
+        parts = _entry_parts(info)
+        if not parts:
+            continue  # "./" or "/" alone: the root itself
+        name = "/".join(parts)
+        if name in files or (not info.is_dir() and name in dirs):
+            raise SnapshotInvalid(info.filename, "duplicate or conflicting entry")
+        parents = {"/".join(parts[:i]) for i in range(1, len(parts))}
+        if parents & files:
+            raise SnapshotInvalid(info.filename, "a parent directory is also a file entry")
+        (dirs if info.is_dir() else files).add(name)
+        dirs |= parents
+        entries.append((info, parts))
+    return entries
+
+
+def _entry_parts(info: zipfile.ZipInfo) -> list[str]:
+    name = info.filename
+    if not name or "\0" in name:
+        raise SnapshotInvalid(name, "empty name or NUL byte in name")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or _DRIVE.match(posix):
+        raise SnapshotInvalid(name, "absolute path")
+    parts = [p for p in posix.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SnapshotInvalid(name, "path leaves the snapshot directory ('..')")
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise SnapshotInvalid(name, "path component longer than 255 bytes")
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        raise SnapshotInvalid(name, "symbolic link entry")
+    if kind not in _ALLOWED_TYPES:
+        raise SnapshotInvalid(name, "not a regular file or directory")
+    if info.flag_bits & 0x1:
+        raise SnapshotInvalid(name, "encrypted entry")
+    if info.compress_type not in _ALLOWED_COMPRESSION:
+        raise SnapshotInvalid(name, f"unsupported compression method {info.compress_type}")
+    if not parts and not info.is_dir():
+        raise SnapshotInvalid(name, "empty file name")
+    return parts
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """Decompressed chunks of one entry, as produced (never sized from the header); corrupt data is invalid."""
+    try:
+        with archive.open(info) as src:
+            while chunk := src.read(_CHUNK_BYTES):
+                yield chunk
+    except _CORRUPT as exc:
+        raise SnapshotInvalid(info.filename, f"corrupt entry: {exc}") from exc
+
+
+def _extract_all(archive: zipfile.ZipFile, entries: list[tuple[zipfile.ZipInfo, list[str]]], root_fd: int,
+                 max_bytes: int) -> int:
+    total = 0
+    for info, parts in entries:
+        dir_parts = parts if info.is_dir() else parts[:-1]
+        parent_fd = _open_dirs(root_fd, dir_parts, info.filename)
+        try:
+            if not info.is_dir():
+                total = _extract_file(archive, info, parts[-1], parent_fd, total, max_bytes)
+        finally:
+            os.close(parent_fd)
+    return total
+
+
+def _open_dirs(root_fd: int, parts: list[str], entry: str) -> int:
+    """Create and open each directory below `root_fd` relative to a directory fd, refusing links at every step."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                raise SnapshotInvalid(entry, f"{part!r} is not a directory") from exc
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _extract_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, parent_fd: int, total: int,
+                  max_bytes: int) -> int:
+    """Stream one entry into a new file; stop before the running total would pass `max_bytes`."""
+    mode = 0o755 if (info.external_attr >> 16) & stat.S_IXUSR else 0o644
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+    except FileExistsError as exc:  # e.g. "A" and "a" on a case-insensitive file system
+        raise SnapshotInvalid(info.filename, "collides with another entry") from exc
+    with os.fdopen(fd, "wb") as out:
+        for chunk in _read_entry(archive, info):
+            if total + len(chunk) > max_bytes:
+                raise SnapshotInvalid(info.filename, f"archive unpacks to more than {max_bytes} bytes")
+            out.write(chunk)
+            total += len(chunk)
+        os.fchmod(out.fileno(), mode)
+    return total
+
+
+def _remove_contents(dest: Path, *, remove_root: bool) -> None:
+    if remove_root:
+        shutil.rmtree(dest)
+        return
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

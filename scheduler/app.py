@@ -1,0 +1,134 @@
+"""`runyard-head`: the head daemon. Picks the implementations, wires the parts, runs them in one TaskGroup.
+
+Start-up: load config, open the database (refusing a lost one), make sure the admin and join tokens exist,
+serve gRPC, then write the ready file. SIGTERM/SIGINT stop it gracefully; a background task that dies takes
+the daemon down so that systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import uvloop
+
+from protos import runyard_pb2_grpc as pb_grpc
+from runyard import logsetup
+from runyard.errors import RunyardError
+from scheduler.agent_api import NodeAgentService
+from scheduler.artifacts import ArtifactStore
+from scheduler.auth import Boundary, Credentials, new_token, token_sha
+from scheduler.client_api import RunyardService
+from scheduler.config import HeadConfig, load_head_config
+from scheduler.dispatch import Dispatcher
+from scheduler.errors import HeadError
+from scheduler.followers import Followers
+from scheduler.sessions import Sessions
+from scheduler.store import Store
+
+log = logging.getLogger("scheduler")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only, atomically."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+async def ensure_token(store: Store, path: Path, *, workspace: str | None) -> str:
+    """Read the token at `path`, creating it on first start; registers user tokens in the store."""
+    if path.exists():
+        token = path.read_text().strip()
+    else:
+        token = new_token()
+        write_private(path, token + "\n")
+        log.info("token created", extra={"path": str(path)})
+    if workspace is not None:
+        await store.add_token(token_sha(token), workspace, "admin")
+    return token
+
+
+async def serve(config: HeadConfig) -> None:
+    data = config.data_path
+    store = await Store.open(data, synchronous=config.sqlite_synchronous)
+    try:
+        await store.ensure_workspace("default")
+        await ensure_token(store, Path(config.admin_token_file or data / "admin.token"), workspace="default")
+        join_token = await ensure_token(store, Path(config.join_token_file or data / "join.token"), workspace=None)
+        credentials = Credentials(await store.principals(), token_sha(join_token))
+        artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
+        sessions, followers = Sessions(), Followers()
+        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
+        pb_grpc.add_RunyardServicer_to_server(
+            RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions,
+                           dispatcher=dispatcher, followers=followers), server)
+        pb_grpc.add_NodeAgentServicer_to_server(
+            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, dispatcher=dispatcher,
+                             followers=followers, credentials=credentials, tmp_dir=data / "tmp",
+                             max_retries=config.max_retries, max_outputs_bytes=config.snapshot_max_bytes), server)
+        host, _, port = config.listen.rpartition(":")
+        bound = server.add_insecure_port(config.listen)
+        if bound == 0:
+            raise RunyardError(f"cannot listen on {config.listen}: the address is in use or invalid")
+        await server.start()
+        address = f"{host}:{bound}"
+        if config.ready_file:
+            tmp = Path(config.ready_file + ".tmp")
+            tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "cluster_id": store.cluster_id}))
+            os.replace(tmp, config.ready_file)
+        log.info("head ready", extra={"address": address, "data_dir": str(data), "cluster_id": store.cluster_id})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                dispatch_task = tasks.create_task(dispatcher.run(), name="dispatch")
+                dispatcher.wake()
+                await stop.wait()
+                log.info("head stopping")
+                dispatch_task.cancel()
+        finally:
+            await server.stop(grace=2.0)
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="runyard-head", description="The Runyard head daemon.")
+    parser.add_argument("--config", type=Path, help="head.toml (every key can also be set as RUNYARD_HEAD_<KEY>)")
+    parser.add_argument("--data-dir", help="overrides data_dir")
+    parser.add_argument("--listen", help="overrides listen (host:port)")
+    parser.add_argument("--ready-file", help="overrides ready_file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_head_config(args.config, data_dir=args.data_dir, listen=args.listen, ready_file=args.ready_file)
+        logsetup.configure(config.log_level, name="scheduler")
+        uvloop.run(serve(config))
+    except (RunyardError, HeadError) as err:
+        print(f"runyard-head: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The Runyard gRPC service: what `runyard` (the CLI) calls. Every call is authenticated (auth.py) and scoped
+to the caller's workspace: another workspace's run is NOT_FOUND, exactly like a missing one.
+
+Must not: place runs (dispatch) or interpret agent reports (agent_api).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos import runyard_pb2 as pb
+from protos import runyard_pb2_grpc as pb_grpc
+from runyard.errors import SnapshotInvalid
+from runyard.snapshot import validate_archive
+from scheduler.agent_api import receive_blob
+from scheduler.artifacts import ArtifactStore
+from scheduler.auth import caller
+from scheduler.config import HeadConfig
+from scheduler.convert import log_to_pb, node_to_pb, run_to_pb, spec_from_pb
+from scheduler.dispatch import Dispatcher
+from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from scheduler.followers import Followers, wait_changed
+from scheduler.lifecycle import ACTIVE, TERMINAL, InvalidTransition, Reason, RunState, Trigger
+from scheduler.model import NewRun, RunRecord, RunSpec
+from scheduler.sessions import Sessions
+from scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+LOG_PAGE = 1000
+FOLLOW_POLL_S = 1.0
+
+
+def validate_spec(spec: RunSpec) -> None:
+    """Refuse a run spec the head would never run as it is."""
+    if not spec.argv or not spec.argv[0]:
+        raise InvalidArgument("the run has no command")
+    if sum(len(a) for a in spec.argv) > 128 * 1024:
+        raise InvalidArgument("the command is over 128 KiB; put it in a script in the snapshot")
+    for key in spec.environment:
+        if not _ENV_KEY.match(key):
+            raise InvalidArgument(f"environment variable name {key!r} is not valid")
+    if not (0 < spec.cpus <= 4096):
+        raise InvalidArgument(f"cpus must be in (0, 4096], not {spec.cpus:g}")
+    if not (0 < spec.memory_bytes <= 64 * 1024**4):
+        raise InvalidArgument("memory must be between 1 byte and 64 TiB")
+    if not (0 <= spec.gpus <= 64):
+        raise InvalidArgument(f"gpus must be in [0, 64], not {spec.gpus}")
+    if spec.instance_count != 1:
+        raise InvalidArgument("multi-node runs (instance_count > 1) are not supported yet")
+    if not (0 <= spec.timeout_s <= 366 * 86400) or math.isnan(spec.timeout_s):
+        raise InvalidArgument("timeout must be between 0 (none) and 366 days")
+    if not _NAME.match(spec.compute):
+        raise InvalidArgument(f"compute cluster name {spec.compute!r} is not valid")
+
+
+class RunyardService(pb_grpc.RunyardServicer):
+    def __init__(
+        self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
+        dispatcher: Dispatcher, followers: Followers,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._artifacts = artifacts
+        self._sessions = sessions
+        self._dispatcher = dispatcher
+        self._followers = followers
+
+    async def _run(self, run_id: str) -> RunRecord:
+        return await self._store.get_run(run_id, caller().workspace)
+
+    async def _node_names(self) -> dict[str, str]:
+        return {n.id: n.name for n in await self._store.list_nodes()}
+
+    async def HasSnapshot(self, request: pb.SnapshotRef, context: grpc.aio.ServicerContext) -> pb.HasSnapshotResponse:
+        present = _SHA256.match(request.sha256) and await asyncio.to_thread(self._artifacts.exists, "snapshots", request.sha256)
+        return pb.HasSnapshotResponse(present=bool(present))
+
+    async def UploadSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> pb.UploadSnapshotResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidArgument("empty snapshot upload")
+        if _SHA256.match(first.sha256) and await asyncio.to_thread(self._artifacts.exists, "snapshots", first.sha256):
+            return pb.UploadSnapshotResponse(sha256=first.sha256, existed=True)
+        path = await receive_blob(
+            first.data, (c.data async for c in request_iterator), first.sha256,
+            tmp_dir=self._config.data_path / "tmp", max_bytes=self._config.snapshot_max_bytes,
+        )
+        try:
+            await asyncio.to_thread(
+                validate_archive, path, max_entries=self._config.snapshot_max_entries,
+                max_bytes=self._config.snapshot_max_unpacked_bytes,
+            )
+        except SnapshotInvalid as err:
+            path.unlink(missing_ok=True)
+            raise InvalidArgument(str(err)) from None
+        existed = not await asyncio.to_thread(self._artifacts.put, "snapshots", first.sha256, path)
+        log.info("snapshot stored", extra={"sha256": first.sha256, "existed": existed})
+        return pb.UploadSnapshotResponse(sha256=first.sha256, existed=existed)
+
+    async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext) -> pb.SubmitResponse:
+        workspace = caller().workspace
+        spec = spec_from_pb(request.spec)
+        validate_spec(spec)
+        experiment = request.experiment or "default"
+        if not _NAME.match(experiment):
+            raise InvalidArgument(f"experiment name {experiment!r} must be letters, digits, '_', '-' or '.'")
+        if len(request.display_name) > 256 or len(request.tags) > 100 or len(request.properties) > 100:
+            raise InvalidArgument("display name, tags or properties are over their size limits")
+        if not _SHA256.match(request.snapshot_sha256) or not await asyncio.to_thread(
+            self._artifacts.exists, "snapshots", request.snapshot_sha256
+        ):
+            raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
+        if request.parent_run_id:
+            await self._run(request.parent_run_id)
+        run_id, existed = await self._store.create_run(
+            NewRun(
+                workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
+                properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
+                idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
+            )
+        )
+        if not existed:
+            log.info("run submitted", extra={"run_id": run_id, "workspace": workspace, "experiment": experiment})
+            self._dispatcher.wake()
+        return pb.SubmitResponse(run_id=run_id, existed=existed)
+
+    async def GetRun(self, request: pb.RunRef, context: grpc.aio.ServicerContext) -> pb.Run:
+        run = await self._run(request.run_id)
+        return run_to_pb(
+            run, node_name=(await self._node_names()).get(run.node_id, ""),
+            events=await self._store.run_events(run.id), params=await self._store.params(run.id),
+        )
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
+        if request.state and request.state not in RunState.__members__.values():
+            raise InvalidArgument(f"unknown state {request.state!r}; one of {', '.join(RunState)}")
+        runs = await self._store.list_runs(
+            caller().workspace, experiment=request.experiment, state=request.state,
+            limit=min(request.limit or 50, 10_000),
+        )
+        names = await self._node_names()
+        return pb.ListRunsResponse(runs=[run_to_pb(r, node_name=names.get(r.node_id, "")) for r in runs])
+
+    async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelResponse:
+        runs = [await self._run(run_id) for run_id in request.run_ids]
+        result = []
+        for run in runs:
+            if run.state is RunState.QUEUED:
+                try:
+                    await self._store.transition(run.id, Trigger.CANCEL, reason=Reason.CANCELED_BY_USER,
+                                                 ended_at=self._store.clock(), detail="canceled while queued")
+                except InvalidTransition:
+                    pass  # placed meanwhile: stop it below
+            run = await self._store.get_run(run.id)
+            if run.state in ACTIVE:
+                await self._store.request_stop(run.id, "canceled by user")
+                self._sessions.send(run.node_id, pb.HeadMessage(
+                    cancel=pb.CancelRun(run_id=run.id, attempt=run.attempt, reason=Reason.CANCELED_BY_USER)))
+                run = await self._store.get_run(run.id)
+            log.info("cancel requested", extra={"run_id": run.id, "state": run.state})
+            self._followers.notify(run.id)
+            result.append(run_to_pb(run))
+        return pb.CancelResponse(runs=result)
+
+    async def StreamLogs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
+        run = await self._run(request.run_id)
+        rank = request.rank if request.has_rank else None
+        after = await self._store.tail_start(run.id, request.tail, rank) if request.tail > 0 else 0
+        with self._followers.follow(run.id) as changed:
+            ended = False
+            while True:
+                changed.clear()
+                rows = await self._store.read_logs(run.id, after_id=after, limit=LOG_PAGE, rank=rank)
+                if rows:
+                    after = rows[-1].id
+                    yield pb.LogsResponse(lines=[log_to_pb(r) for r in rows])
+                    continue
+                if not request.follow or ended:
+                    return
+                # Logs of an attempt are committed before its end is: one more read after the end sees them all.
+                ended = (await self._store.get_run(run.id)).state in TERMINAL
+                if not ended:
+                    await wait_changed(changed, FOLLOW_POLL_S)
+
+    async def GetMetrics(self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext) -> pb.MetricsResponse:
+        run = await self._run(request.run_id)
+        rows = await self._store.read_metrics(run.id, request.key)
+        response = pb.MetricsResponse(params=await self._store.params(run.id))
+        by_key: dict[str, list] = {}
+        for row in rows:
+            response.points.add(key=row.key, value=row.value, step=row.step, ts=row.ts)
+            by_key.setdefault(row.key, []).append(row)
+        for key, series in by_key.items():
+            finite = [r.value for r in series if not math.isnan(r.value)] or [math.nan]
+            response.summaries.add(key=key, last=series[-1].value, min=min(finite), max=max(finite),
+                                   count=len(series), last_step=series[-1].step)
+        return response
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:
+        active = await self._store.runs_in(ACTIVE)
+        nodes = []
+        for node in await self._store.list_nodes():
+            mine = [r for r in active if r.node_id == node.id]
+            state = "Ready" if self._sessions.get(node.id) else ("Disconnected" if node.state != "Joined" else node.state)
+            allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
+            nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
+        return pb.ListNodesResponse(nodes=nodes)
+
+    async def Download(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
+        run = await self._run(request.run_id)
+        if request.what == pb.DownloadRequest.OUTPUTS:
+            kind, sha = "outputs", run.outputs_sha256
+            if not sha:
+                raise NotFound(f"run {run.id} has no outputs" + ("" if run.state in TERMINAL else " yet"))
+        else:
+            kind, sha = "snapshots", run.snapshot_sha256
+        size = await asyncio.to_thread(self._artifacts.size, kind, sha)
+        chunks = self._artifacts.read_chunks(kind, sha)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield pb.DataChunk(data=chunk, size=size)
+
+
+__all__ = ["RunyardService", "validate_spec"]

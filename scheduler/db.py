@@ -1,0 +1,113 @@
+"""Opening the head's SQLite database: pragmas, migrations, and the refusal to start on a lost database.
+
+The schema lives in `sql/schema.sql` (fresh databases) and `sql/migrations/NNNN_*.sql` (upgrades); a test
+proves that the migrations end at exactly the fresh schema. `PRAGMA user_version` is the applied migration.
+Must not: hold queries of the store (that is `store.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+from scheduler.errors import StartupRefused
+
+log = logging.getLogger(__name__)
+
+_SQL = resources.files("scheduler") / "sql"
+MARKER = "cluster.id"
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, sql) of every migration, in order."""
+    found = []
+    for entry in (_SQL / "migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def fresh_schema() -> str:
+    return (_SQL / "schema.sql").read_text()
+
+
+async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=5000")
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the database to the latest version; returns the version."""
+    latest = migrations()[-1][0]
+    async with conn.execute("PRAGMA user_version") as cur:
+        (version,) = await cur.fetchone()  # type: ignore[misc]
+    if version == 0:
+        async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:
+            (objects,) = await cur.fetchone()  # type: ignore[misc]
+        if objects == 0:
+            await conn.executescript(f"BEGIN; {fresh_schema()}; PRAGMA user_version={latest}; COMMIT;")
+            return latest
+    for number, sql in migrations():
+        if number > version:
+            log.info("applying migration", extra={"version": number})
+            await conn.executescript(f"BEGIN; {sql}; PRAGMA user_version={number}; COMMIT;")
+    return latest
+
+
+async def open_database(data_dir: Path, *, synchronous: str = "FULL") -> tuple[aiosqlite.Connection, str]:
+    """Open (creating on first start) the database; returns the connection and the cluster id.
+
+    Once a data dir was initialised (its marker file exists), a missing or foreign database is refused: the head
+    never starts empty by accident.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "runyard.db"
+    marker = data_dir / MARKER
+    if marker.exists() and not path.exists():
+        raise StartupRefused(
+            f"{path} is missing but {marker} says this cluster was initialised; restore the database "
+            f"or remove {marker} to start an empty cluster"
+        )
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(conn, synchronous)
+        await migrate(conn)
+        cluster_id = await _cluster_id(conn, marker)
+    except aiosqlite.DatabaseError as err:
+        await conn.close()
+        raise StartupRefused(f"{path} is not a usable database ({err}); restore it from a backup") from None
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, cluster_id
+
+
+async def _cluster_id(conn: aiosqlite.Connection, marker: Path) -> str:
+    async with conn.execute("SELECT value FROM meta WHERE key = 'cluster_id'") as cur:
+        row = await cur.fetchone()
+    if row is None:
+        if marker.exists():
+            raise StartupRefused(f"the database has no cluster id but {marker} exists; restore the database")
+        cluster_id = secrets.token_hex(8)
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('cluster_id', ?)", (cluster_id,))
+        marker.write_text(cluster_id + "\n")
+        return cluster_id
+    cluster_id = row[0]
+    if marker.exists() and marker.read_text().strip() != cluster_id:
+        raise StartupRefused(f"the database belongs to cluster {cluster_id}, not to the one in {marker}")
+    if not marker.exists():
+        marker.write_text(cluster_id + "\n")
+    return cluster_id
+
+
+async def open_reader(data_dir: Path) -> aiosqlite.Connection:
+    """A second connection for reads; WAL lets it read while the writer commits."""
+    conn = await aiosqlite.connect(f"file:{data_dir / 'runyard.db'}?mode=ro", uri=True, isolation_level=None)
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn

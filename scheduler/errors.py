@@ -1,0 +1,61 @@
+"""Errors of the head. Each maps to exactly one gRPC status code at the service boundary (`auth.py`).
+
+    HeadError                       root; the docstring of each class says what it means
+    ├── Unauthenticated             UNAUTHENTICATED: no token, or not a valid one
+    ├── PermissionDenied            PERMISSION_DENIED: valid credential, wrong kind (a node token on the client API)
+    ├── NotFound                    NOT_FOUND: no such run or node in the caller's workspace
+    ├── InvalidArgument             INVALID_ARGUMENT: a request the head will never accept as it is
+    ├── FailedPrecondition          FAILED_PRECONDITION: not now (e.g. snapshot not uploaded, stale attempt)
+    ├── ResourceExhausted           RESOURCE_EXHAUSTED: over a size cap, or the disk is full
+    └── StartupRefused              the head will not start on this data dir (never reaches a client)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class HeadError(Exception):
+    """The head refused a request."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unauthenticated(HeadError):
+    """Missing or invalid token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(HeadError):
+    """The credential is valid but not for this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(HeadError):
+    """No such object in the caller's workspace."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(HeadError):
+    """The request is malformed or out of range."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(HeadError):
+    """The request is valid but not in the current state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(HeadError):
+    """A size cap was hit or the head's disk is full."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class StartupRefused(HeadError):
+    """The head refuses to start on this data directory."""

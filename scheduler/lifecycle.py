@@ -1,0 +1,123 @@
+"""The run state machine: one table, no I/O.
+
+Every state change of a run is one `Trigger`. The table below says from which states a trigger may fire and
+which state it leads to; the store turns each entry into a guarded `UPDATE ... WHERE state IN (...)` plus an
+appended run event, so a transition the table forbids fails loudly instead of overwriting state.
+
+    trigger        from                                   to
+    assign         Queued                                 Preparing     (placed on a node, attempt N+1)
+    start          Preparing                              Running       (agent started the process)
+    finalize       Preparing, Running                     Finalizing    (process ended, outputs uploading)
+    complete       Running, Finalizing                    Completed     (exit code 0)
+    fail           Queued, Preparing, Running, Finalizing Failed        (reason says why)
+    cancel         Queued, Preparing, Running, Finalizing Canceled
+    requeue        Preparing, Running, Finalizing         Queued        (attempt lost; tried again)
+
+The final state comes from what the agent observed (`outcome`), never from what the script claimed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RunState(StrEnum):
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    RUNNING = "Running"
+    FINALIZING = "Finalizing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+TERMINAL = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELED})
+ACTIVE = frozenset({RunState.PREPARING, RunState.RUNNING, RunState.FINALIZING})
+
+
+class Trigger(StrEnum):
+    SUBMIT = "submit"
+    ASSIGN = "assign"
+    START = "start"
+    FINALIZE = "finalize"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    CANCEL = "cancel"
+    REQUEUE = "requeue"
+
+
+class Reason(StrEnum):
+    """Why a run ended badly (or was requeued)."""
+
+    EXIT_CODE = "exit_code"
+    OOM_KILLED = "oom_killed"
+    TIMEOUT = "timeout"
+    NODE_LOST = "node_lost"
+    ENV_BUILD_FAILED = "env_build_failed"
+    SNAPSHOT_INVALID = "snapshot_invalid"
+    UNSCHEDULABLE = "unschedulable"
+    CANCELED_BY_USER = "canceled_by_user"
+    PARENT_CANCELED = "parent_canceled"
+    SIBLING_FAILED = "sibling_failed"
+
+
+class DesiredState(StrEnum):
+    RUN = "run"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    sources: frozenset[RunState]
+    target: RunState
+
+
+_LIVE = frozenset({RunState.QUEUED}) | ACTIVE
+
+TABLE: dict[Trigger, Transition] = {
+    Trigger.ASSIGN: Transition(frozenset({RunState.QUEUED}), RunState.PREPARING),
+    Trigger.START: Transition(frozenset({RunState.PREPARING}), RunState.RUNNING),
+    Trigger.FINALIZE: Transition(frozenset({RunState.PREPARING, RunState.RUNNING}), RunState.FINALIZING),
+    Trigger.COMPLETE: Transition(frozenset({RunState.RUNNING, RunState.FINALIZING}), RunState.COMPLETED),
+    Trigger.FAIL: Transition(_LIVE, RunState.FAILED),
+    Trigger.CANCEL: Transition(_LIVE, RunState.CANCELED),
+    Trigger.REQUEUE: Transition(ACTIVE, RunState.QUEUED),
+}
+
+
+class InvalidTransition(Exception):
+    """The state machine forbids this trigger in the run's current state."""
+
+    def __init__(self, run_id: str, state: str, trigger: Trigger) -> None:
+        self.run_id = run_id
+        self.state = state
+        self.trigger = trigger
+        super().__init__(f"run {run_id}: {trigger} is not allowed in state {state}")
+
+
+def next_state(run_id: str, state: RunState, trigger: Trigger) -> RunState:
+    """The state `trigger` leads to from `state`, or InvalidTransition."""
+    transition = TABLE.get(trigger)
+    if transition is None or state not in transition.sources:
+        raise InvalidTransition(run_id, state, trigger)
+    return transition.target
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    trigger: Trigger
+    reason: str
+
+
+def outcome(*, exit_code: int, agent_reason: str, desired: DesiredState) -> Outcome:
+    """How an attempt that the agent saw end finishes the run.
+
+    A run the user asked to stop is Canceled whatever its exit code, as long as the agent stopped it; a clean
+    exit is Completed; anything else Failed with the agent's reason, or `exit_code` when it gave none.
+    """
+    if agent_reason == Reason.CANCELED_BY_USER or (desired is DesiredState.STOP and exit_code != 0):
+        return Outcome(Trigger.CANCEL, Reason.CANCELED_BY_USER)
+    if exit_code == 0 and not agent_reason:
+        return Outcome(Trigger.COMPLETE, "")
+    return Outcome(Trigger.FAIL, agent_reason or Reason.EXIT_CODE)

@@ -1,0 +1,145 @@
+"""The head's domain values. Protobuf stays at the edge (`convert.py`); everything inside works on these."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from scheduler.lifecycle import DesiredState, RunState
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    argv: tuple[str, ...]
+    environment: dict[str, str] = field(default_factory=dict)
+    cpus: float = 1.0
+    memory_bytes: int = 1024**3
+    gpus: int = 0
+    instance_count: int = 1
+    timeout_s: float = 0.0
+    compute: str = "default"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        data = json.loads(text)
+        data["argv"] = tuple(data["argv"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What a client submits, validated."""
+
+    workspace: str
+    experiment: str
+    display_name: str
+    tags: dict[str, str]
+    properties: dict[str, str]
+    snapshot_sha256: str
+    spec: RunSpec
+    idempotency_key: str
+    parent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    workspace: str
+    experiment: str
+    parent_id: str
+    display_name: str
+    state: RunState
+    desired_state: DesiredState
+    reason: str
+    exit_code: int | None
+    pending_reason: str
+    attempt: int
+    node_id: str
+    gpu_indices: tuple[int, ...]
+    spec: RunSpec
+    snapshot_sha256: str
+    outputs_sha256: str
+    tags: dict[str, str]
+    properties: dict[str, str]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEventRecord:
+    at: float
+    from_state: str
+    to_state: str
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    index: int
+    uuid: str
+    model: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    cpus: float
+    memory_bytes: int
+    disk_bytes: int
+    gpus: tuple[Gpu, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Capacity:
+        data = json.loads(text or "{}")
+        if not data:
+            return cls(0.0, 0, 0)
+        data["gpus"] = tuple(Gpu(**g) for g in data.get("gpus", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: str
+    name: str
+    cluster: str
+    labels: dict[str, str]
+    capacity: Capacity
+    state: str
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    id: int
+    attempt: int
+    rank: int
+    stream: int
+    seq: int
+    ts: float
+    flags: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    key: str
+    value: float
+    step: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user of a workspace, or a node."""
+
+    workspace: str
+    role: str               # admin | user | node
+    node_id: str = ""

@@ -1,0 +1,132 @@
+"""Placement: which queued run goes on which node, as a pure function of (queue, nodes). No I/O.
+
+`place()` takes the queue in the order it must be considered and the nodes with what is free on them, and
+returns a plan: placements to commit and, for every run left queued, the one-line reason why.
+
+Policy: strict FIFO per compute cluster. A run that does not fit blocks the runs behind it in its cluster, so a
+large run is never starved by a stream of small ones. GPU runs go to the node where they fit most tightly (fewest
+free GPUs left over), so whole nodes stay free for large runs; CPU-only runs prefer nodes without free GPUs,
+then the node with the most free CPUs. Concrete GPU indices are chosen here; nothing is over-committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from runyard.units import format_size
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    run_id: str
+    cluster: str
+    cpus: float
+    memory_bytes: int
+    gpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    id: str
+    name: str
+    cluster: str
+    cpus_free: float
+    memory_free: int
+    gpus_free: tuple[int, ...]          # free GPU indices
+    cpus_total: float
+    memory_total: int
+    gpus_total: int
+    schedulable: bool = True            # False: disconnected, draining, cordoned
+
+    def fits(self, req: Request) -> bool:
+        return (
+            self.schedulable
+            and req.cpus <= self.cpus_free + 1e-9
+            and req.memory_bytes <= self.memory_free
+            and req.gpus <= len(self.gpus_free)
+        )
+
+    def could_ever_fit(self, req: Request) -> bool:
+        return req.cpus <= self.cpus_total + 1e-9 and req.memory_bytes <= self.memory_total and req.gpus <= self.gpus_total
+
+    def take(self, req: Request) -> tuple[NodeView, tuple[int, ...]]:
+        gpus = self.gpus_free[: req.gpus]
+        rest = replace(
+            self,
+            cpus_free=self.cpus_free - req.cpus,
+            memory_free=self.memory_free - req.memory_bytes,
+            gpus_free=self.gpus_free[req.gpus :],
+        )
+        return rest, gpus
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    run_id: str
+    node_id: str
+    gpu_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    placements: tuple[Placement, ...]
+    pending: dict[str, str]             # run id -> reason it stays queued
+
+
+def _preference(node: NodeView, req: Request) -> tuple[float, ...]:
+    if req.gpus:
+        return (len(node.gpus_free) - req.gpus, -node.cpus_free, node.name)  # type: ignore[return-value]
+    return (len(node.gpus_free), -node.cpus_free, node.name)  # type: ignore[return-value]
+
+
+def place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
+    """Place as many runs of `queue` (in order) as fit on `nodes` without passing a blocked run of the same cluster."""
+    free = {node.id: node for node in nodes}
+    placements: list[Placement] = []
+    pending: dict[str, str] = {}
+    blocked: dict[str, int] = {}        # cluster -> queued runs ahead that could not be placed
+    for req in queue:
+        if req.cluster in blocked:
+            blocked[req.cluster] += 1
+            pending[req.run_id] = f"{blocked[req.cluster]} run(s) ahead in cluster {req.cluster}"
+            continue
+        candidates = [n for n in free.values() if n.cluster == req.cluster and n.fits(req)]
+        if not candidates:
+            pending[req.run_id] = pending_reason(req, [n for n in free.values() if n.cluster == req.cluster])
+            blocked[req.cluster] = 0
+            continue
+        best = min(candidates, key=lambda n: _preference(n, req))
+        free[best.id], gpus = best.take(req)
+        placements.append(Placement(req.run_id, best.id, gpus))
+    return Plan(tuple(placements), pending)
+
+
+def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
+    """One line saying why `req` cannot start now on any of `nodes` (all of its cluster)."""
+    asked = _describe(req)
+    up = [n for n in nodes if n.schedulable]
+    if not up:
+        return f"no node in cluster {req.cluster} is up"
+    if not any(n.could_ever_fit(req) for n in up):
+        largest = max(up, key=lambda n: (n.gpus_total, n.cpus_total, n.memory_total))
+        return (
+            f"no node in cluster {req.cluster} can hold {asked}; largest: {largest.name} with "
+            f"{largest.cpus_total:g} CPUs, {format_size(largest.memory_total)}, {largest.gpus_total} GPUs"
+        )
+    if req.gpus:
+        best = max(up, key=lambda n: len(n.gpus_free))
+        return (
+            f"waiting for {req.gpus} GPUs on one node in cluster {req.cluster}; "
+            f"largest free: {len(best.gpus_free)} on {best.name}"
+        )
+    best = max(up, key=lambda n: (n.cpus_free, n.memory_free))
+    return (
+        f"waiting for {asked} in cluster {req.cluster}; largest free: {best.cpus_free:g} CPUs, "
+        f"{format_size(best.memory_free)} on {best.name}"
+    )
+
+
+def _describe(req: Request) -> str:
+    text = f"{req.cpus:g} CPUs, {format_size(req.memory_bytes)}"
+    return text + (f", {req.gpus} GPUs" if req.gpus else "")

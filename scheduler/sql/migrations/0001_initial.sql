@@ -1,0 +1,110 @@
+-- The first schema of the head's database.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE workspaces (
+    name       TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE tokens (
+    sha256     TEXT PRIMARY KEY,          -- sha256 of the token; the token itself is never stored
+    workspace  TEXT NOT NULL REFERENCES workspaces(name),
+    role       TEXT NOT NULL,             -- admin | user
+    created_at REAL NOT NULL
+);
+
+CREATE TABLE experiments (
+    workspace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (workspace, name)
+);
+
+CREATE TABLE runs (
+    id              TEXT PRIMARY KEY,
+    workspace       TEXT NOT NULL,
+    experiment      TEXT NOT NULL,
+    parent_id       TEXT,
+    display_name    TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    desired_state   TEXT NOT NULL DEFAULT 'run',
+    reason          TEXT NOT NULL DEFAULT '',
+    exit_code       INTEGER,
+    pending_reason  TEXT NOT NULL DEFAULT '',
+    attempt         INTEGER NOT NULL DEFAULT 0,
+    node_id         TEXT,
+    gpu_indices     TEXT NOT NULL DEFAULT '[]',
+    spec            TEXT NOT NULL,        -- JSON of the run spec
+    snapshot_sha256 TEXT NOT NULL,
+    outputs_sha256  TEXT NOT NULL DEFAULT '',
+    tags            TEXT NOT NULL DEFAULT '{}',
+    properties      TEXT NOT NULL DEFAULT '{}',
+    idempotency_key TEXT,
+    created_at      REAL NOT NULL,
+    started_at      REAL,
+    ended_at        REAL
+);
+CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
+CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
+CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+
+CREATE TABLE run_events (
+    id         INTEGER PRIMARY KEY,
+    run_id     TEXT NOT NULL,
+    at         REAL NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state   TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX run_events_run ON run_events (run_id, id);
+
+CREATE TABLE nodes (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    token_sha  TEXT NOT NULL,
+    cluster    TEXT NOT NULL,
+    labels     TEXT NOT NULL DEFAULT '{}',
+    capacity   TEXT NOT NULL DEFAULT '{}',
+    state      TEXT NOT NULL,
+    last_seen  REAL NOT NULL,
+    joined_at  REAL NOT NULL
+);
+
+-- One row per log record; (run, attempt, rank, stream, seq) makes a resent batch a no-op.
+CREATE TABLE logs (
+    id        INTEGER PRIMARY KEY,
+    run_id    TEXT NOT NULL,
+    attempt   INTEGER NOT NULL,
+    rank      INTEGER NOT NULL,
+    stream    INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    ts        REAL NOT NULL,
+    flags     INTEGER NOT NULL,           -- 1 = continued on the next record, 2 = gap record
+    data      BLOB NOT NULL
+);
+CREATE UNIQUE INDEX logs_key ON logs (run_id, attempt, rank, stream, seq);
+CREATE INDEX logs_run ON logs (run_id, id);
+
+CREATE TABLE metrics (
+    run_id   TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    key      TEXT NOT NULL,
+    step     INTEGER NOT NULL,
+    value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
+    ts       REAL NOT NULL,
+    PRIMARY KEY (run_id, attempt, seq, key)
+) WITHOUT ROWID;
+CREATE INDEX metrics_series ON metrics (run_id, key, step);
+
+CREATE TABLE params (
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
