@@ -17,8 +17,9 @@ from rich.table import Table
 from protos import runyard_pb2 as pb
 from runyard.units import format_size
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output is for scripts and logs: never wrap or cut it at 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
 
 
 def as_dict(message: Message) -> dict[str, Any]:
@@ -29,8 +30,13 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
+_NEVER_WRAP = {"RUN", "NODE", "STATE", "CREATED", "WHEN"}
+
+
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
-    table = Table(*columns, title=title, box=None, header_style="bold", pad_edge=False)
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column in _NEVER_WRAP)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

@@ -183,7 +183,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                     ended_at=update.at or self._store.clock(), detail=update.detail,
                 )
                 log.info("run ended", extra={"run_id": update.run_id, "exit_code": update.exit_code,
-                                             "state": result.trigger, "reason": result.reason})
+                                             "trigger": result.trigger, "reason": result.reason})
                 self._dispatcher.wake()
             else:
                 raise InvalidArgument(f"unknown run phase {update.phase}")

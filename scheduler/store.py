@@ -67,6 +67,13 @@ def _node(row: Sequence[Any]) -> NodeRecord:
     )
 
 
+def default_name(spec: RunSpec) -> str:
+    """A display name from the command, for runs submitted without one: `python train.py --lr 0.1`."""
+    argv = spec.argv[2:] if spec.argv[:2] == ("/bin/sh", "-c") else spec.argv
+    text = " ".join(argv)
+    return text if len(text) <= 48 else text[:47] + "…"
+
+
 class Store:
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
@@ -162,7 +169,7 @@ class Store:
                 "tags, properties, idempotency_key, created_at, pending_reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, new.workspace, new.experiment, new.parent_id or None, new.display_name or run_id,
+                    run_id, new.workspace, new.experiment, new.parent_id or None, new.display_name or default_name(new.spec),
                     RunState.QUEUED, new.spec.to_json(), new.snapshot_sha256, json.dumps(new.tags),
                     json.dumps(new.properties), new.idempotency_key or None, now, "waiting for the scheduler",
                 ),

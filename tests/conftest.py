@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A head and two agents shared by the tests of one module."""
+    found = Cluster.start(tmp_path_factory.mktemp("cluster"), agents=2)
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A small code directory to submit."""
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "hello.py").write_text("print('hello from the run')\n")
+    return code

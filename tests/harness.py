@@ -1,0 +1,177 @@
+"""Real processes for end-to-end tests: a head, agents on loopback, and the `runyard` CLI as a subprocess.
+
+No fixed ports (the head binds 127.0.0.1:0 and writes its address to a ready file), no sleeps for readiness
+(every wait polls a condition with a deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEADLINE_S = 30.0
+
+
+def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = DEADLINE_S, every_s: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+
+
+@dataclass
+class Head:
+    data_dir: Path
+    log_file: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    address: str = ""
+
+    def start(self) -> None:
+        ready = self.data_dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "scheduler", "--data-dir", str(self.data_dir), "--listen",
+                 f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
+                stdout=log, stderr=log, env=_env(),
+            )
+        wait_until("the head to be ready", lambda: ready.exists() or self.proc.poll() is not None)  # type: ignore[union-attr]
+        assert self.proc.poll() is None, f"head exited: {self.log_file.read_text()[-2000:]}"
+        self.address = json.loads(ready.read_text())["address"]
+        self.port = int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def join_token_file(self) -> Path:
+        return self.data_dir / "join.token"
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Agent:
+    name: str
+    data_dir: Path
+    log_file: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, head: Head) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "head_address": head.address, "join_token_file": str(head.join_token_file), "name": self.name,
+            "data_dir": str(self.data_dir), "heartbeat_interval_s": 1.0, "reconnect_max_s": 0.5, "stop_grace_s": 3.0,
+            **self.settings,
+        }
+        path = self.data_dir / "agent.toml"
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(path)],
+                                         stdout=log, stderr=log, env=_env())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    root: Path
+    head: Head
+    agents: list[Agent] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, root: Path, agents: int = 2, **agent_settings: Any) -> Cluster:
+        cluster = cls(root, Head(root / "head", root / "head.log"))
+        cluster.head.start()
+        for index in range(1, agents + 1):
+            cluster.add_agent(f"node-{index}", **agent_settings)
+        cluster.wait_nodes_ready(agents)
+        return cluster
+
+    def add_agent(self, name: str, **settings: Any) -> Agent:
+        agent = Agent(name, self.root / name, self.root / f"{name}.log", settings)
+        agent.start(self.head)
+        self.agents.append(agent)
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        self.head.stop()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**_env(), "RUNYARD_ADDRESS": self.head.address, "RUNYARD_TOKEN": self.head.token,
+                "RUNYARD_CONFIG": str(self.root / "no-config.toml"), **extra}
+
+    def cli(self, *args: str, cwd: Path | None = None, timeout_s: float = 60, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "runyard", *args], cwd=cwd, env=env or self.env(),
+                                capture_output=True, text=True, timeout=timeout_s)
+        if check and result.returncode != 0:
+            raise AssertionError(f"runyard {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def popen_cli(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "runyard", *args], cwd=cwd, env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json", check=True).stdout)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.json("show", run_id)
+
+    def wait_state(self, run_id: str, *states: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def reached() -> bool:
+            found.update(self.run(run_id))
+            return found["state"] in states
+        wait_until(f"run {run_id} to be {'/'.join(states)}", reached, timeout_s, every_s=0.1)
+        return found
+
+    def wait_nodes_ready(self, count: int) -> None:
+        wait_until(f"{count} nodes ready",
+                   lambda: sum(n["state"] == "Ready" for n in self.json("nodes")) >= count, every_s=0.1)
+
+    def logs_text(self, run_id: str) -> str:
+        return self.cli("logs", run_id, check=True).stdout
