@@ -261,3 +261,12 @@ def test_interrupting_submit_detaches_and_the_run_goes_on(cluster: Cluster, proj
     assert cluster.run(run_id)["state"] == "Running"
     gate.touch()
     cluster.wait_state(run_id, "Completed")
+
+
+def test_a_run_past_its_time_limit_is_stopped(cluster: Cluster, project: Path) -> None:
+    result = cluster.cli("submit", str(project), "--timeout", "1", "--", "sleep", "600")
+    assert result.returncode != 0 and "timeout" in result.stderr
+    run_id = result.stderr.split("run ", 1)[1].split()[0]
+    run = cluster.run(run_id)
+    assert run["state"] == "Failed" and run["reason"] == "timeout"
+    assert "stopping the run: timeout" in cluster.cli("logs", run_id, check=True).stderr

@@ -1,0 +1,53 @@
+"""`runyard up` as a new user runs it: a local cluster, a config that makes `runyard submit` just work, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.harness import wait_until
+
+
+def _cluster_processes(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if str(data_dir) in cmdline and ("-m scheduler" in cmdline or "-m agent" in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_up_writes_the_config_runs_work_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "local"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env["RUNYARD_CONFIG"] = str(tmp_path / "config.toml")
+    up = subprocess.Popen([sys.executable, "-m", "runyard", "up", "--agents", "2", "--data", str(data_dir)],
+                          env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stderr is not None
+        seen = []
+        for line in up.stderr:
+            seen.append(line)
+            if "cluster ready" in line or up.poll() is not None:
+                break
+        assert "cluster ready" in "".join(seen), "".join(seen)
+        config = (tmp_path / "config.toml").read_text()
+        assert "address = " in config and "token = " in config
+        assert oct((tmp_path / "config.toml").stat().st_mode & 0o777) == "0o600"
+        assert len(_cluster_processes(data_dir)) == 3
+
+        project = tmp_path / "project"
+        project.mkdir()
+        result = subprocess.run([sys.executable, "-m", "runyard", "submit", str(project), "--", "echo", "hi"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout == "hi\n", result.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+    assert up.returncode == 0
+    wait_until("head and agents to exit", lambda: not _cluster_processes(data_dir), timeout_s=10)
