@@ -140,7 +140,9 @@ def _member(entry: os.DirEntry[str], rel: str) -> _Member | None:
         rel.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise UsageError(f"file name {rel!r} is not valid UTF-8; rename it or list it in .runyardignore") from exc
-    return _Member(rel, Path(entry.path), info.st_size, stat.S_IMODE(info.st_mode) & 0o777)
+    # Only "executable or not" is kept, so that the same code hashes the same whatever the submitter's umask.
+    mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
+    return _Member(rel, Path(entry.path), info.st_size, mode)
 
 
 def _write_zip(raw: BinaryIO, members: list[_Member]) -> int:
