@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
@@ -52,14 +53,25 @@ async def serve(config: AgentConfig) -> None:
         log.info("agent starting", extra={"node": config.name, "head": config.head_address,
                                           "cpus": capacity.cpus, "gpus": len(capacity.gpus)})
         link_task = tasks.create_task(link.run(), name="head-link")
+        watch = tasks.create_task(_stop_runs_when_cut_off(link, supervisor, config.stop_runs_after_s), name="cut-off")
         stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
         await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         log.info("agent stopping")
         await supervisor.stop_all()
         await _drain(outbox, link, timeout_s=3.0)
-        link_task.cancel()
-        stopped.cancel()
+        for task in (link_task, stopped, watch):
+            task.cancel()
     await link.close()
+
+
+async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_s: float) -> None:
+    """Stop this node's runs once the head was silent for `after_s`, before the head requeues them elsewhere."""
+    while True:
+        await asyncio.sleep(min(1.0, after_s / 4))
+        if time.monotonic() - link.last_contact > after_s and supervisor.live():
+            log.warning("cut off from the head; stopping runs", extra={"silent_s": after_s})
+            for run_id, attempt in supervisor.live():
+                supervisor.stop(run_id, attempt, "node_lost")
 
 
 async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:

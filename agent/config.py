@@ -26,6 +26,7 @@ class AgentConfig:
     heartbeat_interval_s: float = 5.0
     reconnect_max_s: float = 2.0
     stop_grace_s: float = 10.0              # SIGTERM -> SIGKILL
+    stop_runs_after_s: float = 240.0        # cut off from the head this long: stop own runs (head: Down at 300 s)
     log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records
     log_flush_s: float = 0.05
     outbox_max_messages: int = 20_000       # beyond: log records are dropped and a gap record says how many

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class HeadLink:
         self._credential_file = config.data_path / "node.json"
         self._token = ""
         self.connected = asyncio.Event()
+        self.last_contact = time.monotonic()       # when the head last said anything
         options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
                    ("grpc.max_send_message_length", 16 * 1024 * 1024),
                    ("grpc.keepalive_time_ms", 20_000)]
@@ -112,6 +114,7 @@ class HeadLink:
     async def _stream(self, token: str) -> None:
         call = self._stub.Connect(self._requests(), metadata=self._metadata(token))
         async for message in call:
+            self.last_contact = time.monotonic()
             kind = message.WhichOneof("body")
             if kind == "ack":
                 self.connected.set()

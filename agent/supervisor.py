@@ -38,6 +38,10 @@ CANCELED = "canceled_by_user"
 TIMEOUT = "timeout"
 SNAPSHOT_INVALID = "snapshot_invalid"
 _SDK_FILES = ("__init__.py", "sdk.py", "ids.py")
+# The run dies with the agent process (PR_SET_PDEATHSIG): an agent that is SIGKILLed cannot re-attach to its runs'
+# pipes, and the head will requeue them, so they must not live on. util-linux's setpriv does it without a
+# preexec_fn, which is unsafe in a threaded process.
+_TIED_TO_AGENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
 
 
 class HeadFiles(Protocol):
@@ -215,7 +219,7 @@ class Supervisor:
         records_file.unlink(missing_ok=True)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *a.assignment.spec.argv, cwd=code_dir, env=self._environment(a, code_dir),
+                *_TIED_TO_AGENT, *a.assignment.spec.argv, cwd=code_dir, env=self._environment(a, code_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )

@@ -160,11 +160,11 @@ def show(run_id: str, output: str) -> None:
 def logs(run_id: str, follow: bool, tail: int, rank: int | None) -> None:
     """Print a run's output (stdout to stdout, stderr to stderr)."""
     with connect() as client:
+        several = client.get_run(run_id).attempt > 1  # then every line says which attempt wrote it
         try:
-            attempts: set[int] = set()
             for line in client.logs(run_id, follow=follow, tail=tail, rank=rank):
-                attempts.add(line.attempt)
-                render.write_log(line, prefix_attempt=len(attempts) > 1)
+                several = several or line.attempt > 1
+                render.write_log(line, prefix_attempt=several)
         except KeyboardInterrupt:
             sys.exit(130)
 

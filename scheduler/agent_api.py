@@ -21,6 +21,7 @@ import grpc
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from scheduler.artifacts import CHUNK_BYTES, ArtifactStore
+from scheduler.attempts import lose_attempt
 from scheduler.auth import Credentials, caller, new_token, token_sha
 from scheduler.convert import capacity_from_pb
 from scheduler.dispatch import Dispatcher
@@ -77,8 +78,9 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, now, now)
+        session = Session(node_id, node.name, node.cluster, capacity, now)
         self._sessions.attach(session)
+        self._sessions.heard(node_id, now, node.name)
         await self._store.set_node_state(node_id, "Ready", capacity=capacity)
         log.info("node connected", extra={"node": node.name, "running": len(first.hello.running)})
         try:
@@ -103,8 +105,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             if self._sessions.get(session.node_id) is not session:
                 return  # replaced by a newer stream of the same node
             kind = message.WhichOneof("body")
+            self._sessions.heard(session.node_id, self._store.clock())
             if kind == "heartbeat":
-                session.last_heartbeat = self._store.clock()
                 continue
             try:
                 if kind == "run_update":
@@ -128,7 +130,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         reported = {(h.run_id, h.attempt) for h in hello.running}
         for run in await self._store.runs_in(ACTIVE):
             if run.node_id == session.node_id and (run.id, run.attempt) not in reported:
-                await self._lose(run.id, run.attempt, f"{session.name} does not know this attempt")
+                await lose_attempt(self._store, self._followers, run_id=run.id, attempt=run.attempt,
+                                   detail=f"{session.name} does not know this attempt", max_retries=self._max_retries)
         for run_id, attempt in reported:
             try:
                 run = await self._store.get_run(run_id)
@@ -140,24 +143,6 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                 session.outbox.put_nowait(
                     pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason=Reason.CANCELED_BY_USER))
                 )
-
-    async def _lose(self, run_id: str, attempt: int, detail: str) -> None:
-        """An attempt is gone: requeue the run as attempt N+1 if it has retries left, else fail it."""
-        try:
-            if attempt <= self._max_retries:
-                await self._store.transition(
-                    run_id, Trigger.REQUEUE, attempt=attempt, node_id=None, gpu_indices=(),
-                    pending_reason="requeued: its previous attempt was lost", detail=detail,
-                )
-            else:
-                await self._store.transition(
-                    run_id, Trigger.FAIL, attempt=attempt, reason=Reason.NODE_LOST,
-                    ended_at=self._store.clock(), detail=detail,
-                )
-        except InvalidTransition:
-            return
-        log.warning("attempt lost", extra={"run_id": run_id, "attempt": attempt, "detail": detail})
-        self._followers.notify(run_id)
 
     async def _fence(self, session: Session, run_id: str, attempt: int) -> None:
         run = await self._store.get_run(run_id)

@@ -30,6 +30,8 @@ from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
 from scheduler.followers import Followers
+from scheduler.heartbeats import Timers
+from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
 from scheduler.store import Store
 
@@ -69,6 +71,13 @@ async def serve(config: HeadConfig) -> None:
         artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
         sessions, followers = Sessions(), Followers()
         dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers)
+        timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
+        started = store.clock()
+        for node in await store.list_nodes():
+            if node.state != "Down":
+                sessions.heard(node.id, started, node.name)  # every node gets the full timers after a restart
+        reaper = Reaper(store=store, sessions=sessions, followers=followers, dispatcher=dispatcher, timers=timers,
+                        max_retries=config.max_retries, clock=store.clock)
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -79,7 +88,7 @@ async def serve(config: HeadConfig) -> None:
         server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions,
-                           dispatcher=dispatcher, followers=followers), server)
+                           dispatcher=dispatcher, followers=followers, timers=timers), server)
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, dispatcher=dispatcher,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
@@ -101,11 +110,15 @@ async def serve(config: HeadConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         try:
             async with asyncio.TaskGroup() as tasks:
-                dispatch_task = tasks.create_task(dispatcher.run(), name="dispatch")
+                loops = [
+                    tasks.create_task(dispatcher.run(), name="dispatch"),
+                    tasks.create_task(reaper.run(tick_s=min(1.0, config.disconnected_after_s / 4)), name="reaper"),
+                ]
                 dispatcher.wake()
                 await stop.wait()
                 log.info("head stopping")
-                dispatch_task.cancel()
+                for loop_task in loops:
+                    loop_task.cancel()
         finally:
             await server.stop(grace=2.0)
     finally:

@@ -26,6 +26,7 @@ from scheduler.convert import log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
 from scheduler.followers import Followers, wait_changed
+from scheduler.heartbeats import Timers, health
 from scheduler.lifecycle import ACTIVE, TERMINAL, InvalidTransition, Reason, RunState, Trigger
 from scheduler.model import NewRun, RunRecord, RunSpec
 from scheduler.sessions import Sessions
@@ -66,9 +67,10 @@ def validate_spec(spec: RunSpec) -> None:
 class RunyardService(pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
-        dispatcher: Dispatcher, followers: Followers,
+        dispatcher: Dispatcher, followers: Followers, timers: Timers,
     ) -> None:
         self._config = config
+        self._timers = timers
         self._store = store
         self._artifacts = artifacts
         self._sessions = sessions
@@ -211,7 +213,8 @@ class RunyardService(pb_grpc.RunyardServicer):
         nodes = []
         for node in await self._store.list_nodes():
             mine = [r for r in active if r.node_id == node.id]
-            state = "Ready" if self._sessions.get(node.id) else ("Disconnected" if node.state != "Joined" else node.state)
+            heard = self._sessions.last_heard().get(node.id)
+            state = node.state if heard is None or node.state == "Down" else health(self._store.clock(), heard, self._timers)
             allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
             nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
         return pb.ListNodesResponse(nodes=nodes)

@@ -16,7 +16,8 @@ class HeadConfig:
     ready_file: str = ""                        # written with the bound address once serving
     join_token_file: str = ""                   # default: <data_dir>/join.token, generated on first start
     admin_token_file: str = ""                  # default: <data_dir>/admin.token, generated on first start
-    heartbeat_interval_s: float = 5.0
+    disconnected_after_s: float = 20.0          # silent this long: Disconnected, nothing new placed there
+    down_after_s: float = 300.0                 # silent this long: Down, its runs requeued or failed
     max_retries: int = 3
     max_message_bytes: int = 16 * 1024 * 1024
     snapshot_max_bytes: int = 2 * 1024**3       # uploaded zip

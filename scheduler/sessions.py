@@ -22,13 +22,25 @@ class Session:
     cluster: str
     capacity: Capacity
     connected_at: float
-    last_heartbeat: float
     outbox: asyncio.Queue[pb.HeadMessage | None] = field(default_factory=asyncio.Queue)
 
 
 class Sessions:
     def __init__(self) -> None:
         self._by_node: dict[str, Session] = {}
+        self._heard: dict[str, float] = {}      # node id -> when the head last heard from it, connected or not
+        self._names: dict[str, str] = {}
+
+    def heard(self, node_id: str, at: float, name: str = "") -> None:
+        self._heard[node_id] = at
+        if name:
+            self._names[node_id] = name
+
+    def last_heard(self) -> dict[str, float]:
+        return dict(self._heard)
+
+    def name(self, node_id: str) -> str:
+        return self._names.get(node_id, node_id)
 
     def attach(self, session: Session) -> None:
         old = self._by_node.get(session.node_id)

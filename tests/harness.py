@@ -50,6 +50,7 @@ def _env() -> dict[str, str]:
 class Head:
     data_dir: Path
     log_file: Path
+    settings: dict[str, Any] = field(default_factory=dict)    # HeadConfig keys, passed as RUNYARD_HEAD_<KEY>
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     address: str = ""
@@ -62,7 +63,7 @@ class Head:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "scheduler", "--data-dir", str(self.data_dir), "--listen",
                  f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
-                stdout=log, stderr=log, env=_env(),
+                stdout=log, stderr=log, env={**_env(), **{f"RUNYARD_HEAD_{k.upper()}": str(v) for k, v in self.settings.items()}},
             )
         wait_until("the head to be ready", lambda: ready.exists() or self.proc.poll() is not None)  # type: ignore[union-attr]
         assert self.proc.poll() is None, f"head exited: {self.log_file.read_text()[-2000:]}"
@@ -118,8 +119,9 @@ class Cluster:
     agents: list[Agent] = field(default_factory=list)
 
     @classmethod
-    def start(cls, root: Path, agents: int = 2, **agent_settings: Any) -> Cluster:
-        cluster = cls(root, Head(root / "head", root / "head.log"))
+    def start(cls, root: Path, agents: int = 2, head_settings: dict[str, Any] | None = None,
+              **agent_settings: Any) -> Cluster:
+        cluster = cls(root, Head(root / "head", root / "head.log", dict(head_settings or {})))
         cluster.head.start()
         for index in range(1, agents + 1):
             cluster.add_agent(f"node-{index}", **agent_settings)

@@ -1,0 +1,52 @@
+"""Node lifecycle with real processes: an agent lost mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.harness import Cluster, wait_until
+
+
+def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, project: Path) -> None:
+    cluster = Cluster.start(tmp_path / "cluster", agents=2,
+                            head_settings={"disconnected_after_s": 0.5, "down_after_s": 1.5})
+    try:
+        pid_file = tmp_path / "attempt1.pid"
+        (project / "work.py").write_text(
+            "import os, sys, time\n"
+            "attempt = os.environ['RUNYARD_ATTEMPT']\n"
+            "print(f'attempt {attempt} started', flush=True)\n"
+            "if attempt == '1':\n"
+            f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            "    time.sleep(600)\n"
+            "print(f'attempt {attempt} done')\n"
+        )
+        run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "work.py", check=True).stdout.strip()
+        wait_until("attempt 1 to run", pid_file.exists)
+        first = cluster.run(run_id)
+        victim = next(a for a in cluster.agents if a.name == first["node"])
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+
+        run = cluster.wait_state(run_id, "Completed")
+        assert run["attempt"] == 2 and run["node"] != first["node"]
+        assert [e["event"] for e in run["events"]].count("requeue") == 1
+        requeue = next(e for e in run["events"] if e["event"] == "requeue")
+        assert "went down" in requeue["detail"]
+        logs = cluster.logs_text(run_id)
+        assert "[attempt 1] attempt 1 started" in logs and "[attempt 2] attempt 2 done" in logs
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+        wait_until("attempt 1's process to be gone", lambda: gone(int(pid_file.read_text())), timeout_s=10)
+        nodes = {n["name"]: n["state"] for n in cluster.json("nodes")}
+        assert nodes[first["node"]] == "Down"
+    finally:
+        cluster.stop()
