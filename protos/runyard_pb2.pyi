@@ -132,7 +132,7 @@ class MetricRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("experiment", "display_name", "tags", "properties", "snapshot_sha256", "spec", "idempotency_key", "parent_run_id")
+    __slots__ = ("experiment", "display_name", "tags", "properties", "snapshot_sha256", "spec", "idempotency_key", "parent_run_id", "priority")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class SubmitRequest(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     display_name: str
     tags: _containers.ScalarMap[str, str]
@@ -163,7 +164,8 @@ class SubmitRequest(_message.Message):
     spec: RunSpec
     idempotency_key: str
     parent_run_id: str
-    def __init__(self, experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., snapshot_sha256: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., snapshot_sha256: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("run_id", "existed")
@@ -224,7 +226,7 @@ class RunEvent(_message.Message):
     def __init__(self, at: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state")
+    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +271,7 @@ class Run(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     workspace: str
     experiment: str
@@ -292,7 +295,8 @@ class Run(_message.Message):
     ended_at: float
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     desired_state: str
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("experiment", "state", "limit")
@@ -309,6 +313,12 @@ class ListRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[Run]
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+
+class QueueRequest(_message.Message):
+    __slots__ = ("compute",)
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    compute: str
+    def __init__(self, compute: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("run_ids",)

@@ -59,6 +59,11 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.ListQueue = channel.unary_unary(
+                '/runyard.v1.Runyard/ListQueue',
+                request_serializer=protos_dot_runyard__pb2.QueueRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/runyard.v1.Runyard/Cancel',
                 request_serializer=protos_dot_runyard__pb2.CancelRequest.SerializeToString,
@@ -119,6 +124,13 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQueue(self, request, context):
+        """Queued runs in the order the scheduler considers them, each with its pending reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -175,6 +187,11 @@ def add_RunyardServicer_to_server(servicer, server):
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
                     request_deserializer=protos_dot_runyard__pb2.ListRunsRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'ListQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueue,
+                    request_deserializer=protos_dot_runyard__pb2.QueueRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.ListRunsResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
@@ -337,6 +354,33 @@ class Runyard:
             target,
             '/runyard.v1.Runyard/ListRuns',
             protos_dot_runyard__pb2.ListRunsRequest.SerializeToString,
+            protos_dot_runyard__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListQueue',
+            protos_dot_runyard__pb2.QueueRequest.SerializeToString,
             protos_dot_runyard__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,

@@ -135,7 +135,7 @@ def show(run_id: str, output: str) -> None:
     if run.state in _TERMINAL:
         fields.append(("exit", render.outcome(run) or "-"))
     fields += [
-        ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
+        ("priority", render.priority(run.priority)), ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
         ("resources", render.resources(run.spec)), ("compute", run.spec.compute),
         ("timeout", f"{run.spec.timeout_s:g}s" if run.spec.timeout_s else "none"),
         ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
@@ -256,14 +256,14 @@ def nodes(output: str) -> None:
 def queue(compute: str, output: str) -> None:
     """List queued runs in the order they will be considered, each with why it is waiting."""
     with connect() as client:
-        found = [r for r in reversed(client.list_runs(state="Queued", limit=10_000))
-                 if not compute or r.spec.compute == compute]
+        found = client.queue(compute)
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
     render.print_table(
-        ("RUN", "NAME", "COMPUTE", "RESOURCES", "WAITING BECAUSE"),
-        ((r.id, r.display_name, r.spec.compute, render.resources(r.spec), r.pending_reason) for r in found),
+        ("RUN", "NAME", "COMPUTE", "PRIORITY", "RESOURCES", "WAITING BECAUSE"),
+        ((r.id, r.display_name, r.spec.compute, render.priority(r.priority), render.resources(r.spec), r.pending_reason)
+         for r in found),
     )
 
 

@@ -105,6 +105,10 @@ class Client:
         return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
 
     @_translated
+    def queue(self, compute: str = "") -> list[pb.Run]:
+        return list(self._stub.ListQueue(pb.QueueRequest(compute=compute), **self._kw()).runs)
+
+    @_translated
     def cancel(self, run_ids: list[str]) -> list[pb.Run]:
         return list(self._stub.Cancel(pb.CancelRequest(run_ids=run_ids), **self._kw()).runs)
 

@@ -58,7 +58,7 @@ def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool
     properties = git_properties(request.code_dir)
     reply = client.submit(pb.SubmitRequest(
         experiment=request.experiment, display_name=request.display_name, tags=request.tags, properties=properties,
-        snapshot_sha256=snapshot.sha256, spec=_spec(request),
+        snapshot_sha256=snapshot.sha256, spec=_spec(request), priority=render.PRIORITIES[request.priority],
     ))
     if quiet:
         print(reply.run_id, flush=True)

@@ -38,6 +38,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 LOG_PAGE = 1000
+DEFAULT_PRIORITY = 200
 FOLLOW_POLL_S = 1.0
 
 
@@ -116,6 +117,8 @@ class RunyardService(pb_grpc.RunyardServicer):
         experiment = request.experiment or "default"
         if not _NAME.match(experiment):
             raise InvalidArgument(f"experiment name {experiment!r} must be letters, digits, '_', '-' or '.'")
+        if not (-1_000_000 <= request.priority <= 1_000_000):
+            raise InvalidArgument("priority must be within +-1,000,000")
         if len(request.display_name) > 256 or len(request.tags) > 100 or len(request.properties) > 100:
             raise InvalidArgument("display name, tags or properties are over their size limits")
         if not _SHA256.match(request.snapshot_sha256) or not await asyncio.to_thread(
@@ -129,6 +132,7 @@ class RunyardService(pb_grpc.RunyardServicer):
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
                 idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
+                priority=request.priority or DEFAULT_PRIORITY,
             )
         )
         if not existed:
@@ -152,6 +156,10 @@ class RunyardService(pb_grpc.RunyardServicer):
         )
         names = await self._node_names()
         return pb.ListRunsResponse(runs=[run_to_pb(r, node_name=names.get(r.node_id, "")) for r in runs])
+
+    async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
+        runs = [r for r in await self._store.queue(request.compute) if r.workspace == caller().workspace]
+        return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs])
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelResponse:
         runs = [await self._run(run_id) for run_id in request.run_ids]

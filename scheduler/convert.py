@@ -80,6 +80,7 @@ def run_to_pb(
         started_at=run.started_at or 0.0,
         ended_at=run.ended_at or 0.0,
         desired_state=run.desired_state,
+        priority=run.priority,
     )
     for event in events or ():
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event, detail=event.detail)

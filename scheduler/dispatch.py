@@ -16,7 +16,7 @@ import logging
 from protos import runyard_pb2 as pb
 from scheduler.convert import spec_to_pb
 from scheduler.followers import Followers
-from scheduler.lifecycle import ACTIVE, InvalidTransition, RunState, Trigger
+from scheduler.lifecycle import ACTIVE, InvalidTransition, Trigger
 from scheduler.model import RunRecord
 from scheduler.placement import NodeView, Request, place
 from scheduler.sessions import Sessions
@@ -89,7 +89,7 @@ class Dispatcher:
 
     async def pass_once(self) -> int:
         """One scheduling pass; returns how many runs it placed."""
-        queued = await self._store.runs_in({RunState.QUEUED})
+        queued = await self._store.queue()
         if not queued:
             return 0
         requests = [Request(r.id, r.spec.compute, r.spec.cpus, r.spec.memory_bytes, r.spec.gpus) for r in queued]

@@ -42,6 +42,7 @@ class NewRun:
     spec: RunSpec
     idempotency_key: str
     parent_id: str
+    priority: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class RunRecord:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    priority: int = 200
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from scheduler.model import (
 _RUN_COLUMNS = (
     "id, workspace, experiment, parent_id, display_name, state, desired_state, reason, exit_code, pending_reason, "
     "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
-    "started_at, ended_at"
+    "started_at, ended_at, priority"
 )
 _SETTABLE = frozenset(
     {"reason", "exit_code", "pending_reason", "node_id", "gpu_indices", "outputs_sha256", "started_at", "ended_at"}
@@ -56,7 +56,7 @@ def _run(row: Sequence[Any]) -> RunRecord:
         pending_reason=row[9], attempt=row[10], node_id=row[11] or "", gpu_indices=tuple(json.loads(row[12])),
         spec=RunSpec.from_json(row[13]), snapshot_sha256=row[14], outputs_sha256=row[15],
         tags=json.loads(row[16]), properties=json.loads(row[17]), created_at=row[18], started_at=row[19],
-        ended_at=row[20],
+        ended_at=row[20], priority=row[21],
     )
 
 
@@ -166,12 +166,13 @@ class Store:
             )
             await w.execute(
                 "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
-                "tags, properties, idempotency_key, created_at, pending_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "tags, properties, idempotency_key, created_at, pending_reason, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, new.workspace, new.experiment, new.parent_id or None, new.display_name or default_name(new.spec),
                     RunState.QUEUED, new.spec.to_json(), new.snapshot_sha256, json.dumps(new.tags),
                     json.dumps(new.properties), new.idempotency_key or None, now, "waiting for the scheduler",
+                    new.priority,
                 ),
             )
             await w.execute(
@@ -208,6 +209,16 @@ class Store:
         marks = ", ".join("?" * len(wanted))
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY created_at, id"
         return [_run(r) for r in await self._all(sql, wanted)]
+
+    async def queue(self, compute: str = "") -> list[RunRecord]:
+        """Queued runs in the order the scheduler considers them: higher priority first, FIFO within one."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE state = 'Queued'"
+        args: list[Any] = []
+        if compute:
+            sql += " AND json_extract(spec, '$.compute') = ?"
+            args.append(compute)
+        sql += " ORDER BY priority DESC, created_at, id"
+        return [_run(r) for r in await self._all(sql, args)]
 
     async def run_events(self, run_id: str) -> list[RunEventRecord]:
         rows = await self._all(

@@ -46,11 +46,12 @@ CREATE TABLE runs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     ended_at        REAL
-);
+, priority INTEGER NOT NULL DEFAULT 200);
 CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
 CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX runs_queue ON runs (priority DESC, created_at, id) WHERE state = 'Queued';
 
 CREATE TABLE run_events (
     id         INTEGER PRIMARY KEY,

@@ -1,0 +1,42 @@
+"""Queue order and pending reasons through the CLI: one agent with one CPU, so runs must wait their turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness import Cluster, wait_until
+
+
+def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project: Path) -> None:
+    cluster = Cluster.start(tmp_path / "cluster", agents=1, cpus=1.0)
+    try:
+        gate = tmp_path / "gate"
+        (project / "block.py").write_text(
+            f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
+
+        def submit(*args: str) -> str:
+            return cluster.cli("submit", str(project), "-d", "-q", *args, check=True).stdout.strip()
+
+        blocker = submit("-n", "blocker", "--", "python", "block.py")
+        cluster.wait_state(blocker, "Running")
+        low = submit("-n", "low", "--priority", "low", "--", "true")
+        medium_1 = submit("-n", "medium-1", "--", "true")
+        high = submit("-n", "high", "--priority", "high", "--", "true")
+        medium_2 = submit("-n", "medium-2", "--priority", "medium", "--", "true")
+
+        expected = [high, medium_1, medium_2, low]
+        queue = wait_until("every queued run to have its reason", lambda: (
+            q := cluster.json("queue")) and all("waiting for the scheduler" not in r["pending_reason"] for r in q) and q)
+        assert [r["id"] for r in queue] == expected
+        assert "waiting for 1 CPUs" in queue[0]["pending_reason"] and "node-1" in queue[0]["pending_reason"]
+        assert [r["pending_reason"].split(" run(s)")[0] for r in queue[1:]] == ["1", "2", "3"]
+        table = cluster.cli("queue", check=True).stdout
+        assert table.index("high") < table.index("medium-1") < table.index("low")
+        assert cluster.run(low)["priority"] == 100 and cluster.run(high)["priority"] == 300
+
+        gate.touch()
+        runs = [cluster.wait_state(run_id, "Completed") for run_id in expected]
+        started = [r["started_at"] for r in runs]
+        assert started == sorted(started)  # they ran in queue order
+    finally:
+        cluster.stop()
