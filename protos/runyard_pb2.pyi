@@ -402,7 +402,7 @@ class MetricsResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "name", "cluster", "state", "capacity", "allocated", "running", "last_seen", "labels")
+    __slots__ = ("id", "name", "cluster", "state", "schedule", "capacity", "allocated", "running", "last_seen", "labels")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +414,7 @@ class Node(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -423,16 +424,35 @@ class Node(_message.Message):
     name: str
     cluster: str
     state: str
+    schedule: str
     capacity: Capacity
     allocated: Resources
     running: _containers.RepeatedScalarFieldContainer[str]
     last_seen: float
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cluster: _Optional[str] = ..., state: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., running: _Optional[_Iterable[str]] = ..., last_seen: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cluster: _Optional[str] = ..., state: _Optional[str] = ..., schedule: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., running: _Optional[_Iterable[str]] = ..., last_seen: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NodeScheduleRequest(_message.Message):
+    __slots__ = ("node", "action")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[NodeScheduleRequest.Action]
+        CORDON: _ClassVar[NodeScheduleRequest.Action]
+        DRAIN: _ClassVar[NodeScheduleRequest.Action]
+        UNCORDON: _ClassVar[NodeScheduleRequest.Action]
+    ACTION_UNSPECIFIED: NodeScheduleRequest.Action
+    CORDON: NodeScheduleRequest.Action
+    DRAIN: NodeScheduleRequest.Action
+    UNCORDON: NodeScheduleRequest.Action
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    action: NodeScheduleRequest.Action
+    def __init__(self, node: _Optional[str] = ..., action: _Optional[_Union[NodeScheduleRequest.Action, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

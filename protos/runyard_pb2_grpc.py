@@ -84,6 +84,11 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.SetNodeSchedule = channel.unary_unary(
+                '/runyard.v1.Runyard/SetNodeSchedule',
+                request_serializer=protos_dot_runyard__pb2.NodeScheduleRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Node.FromString,
+                _registered_method=True)
         self.Download = channel.unary_stream(
                 '/runyard.v1.Runyard/Download',
                 request_serializer=protos_dot_runyard__pb2.DownloadRequest.SerializeToString,
@@ -155,6 +160,12 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetNodeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Download(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -213,6 +224,11 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=protos_dot_runyard__pb2.ListNodesRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'SetNodeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodeSchedule,
+                    request_deserializer=protos_dot_runyard__pb2.NodeScheduleRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Node.SerializeToString,
             ),
             'Download': grpc.unary_stream_rpc_method_handler(
                     servicer.Download,
@@ -490,6 +506,33 @@ class Runyard:
             '/runyard.v1.Runyard/ListNodes',
             protos_dot_runyard__pb2.ListNodesRequest.SerializeToString,
             protos_dot_runyard__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/SetNodeSchedule',
+            protos_dot_runyard__pb2.NodeScheduleRequest.SerializeToString,
+            protos_dot_runyard__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

@@ -243,11 +243,43 @@ def nodes(output: str) -> None:
         render.print_json([render.as_dict(n) for n in found])
         return
     render.print_table(
-        ("NODE", "CLUSTER", "STATE", "CPUS", "MEMORY", "GPUS", "RUNS"),
-        ((n.name, n.cluster, n.state, f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
+        ("NODE", "CLUSTER", "STATE", "SCHEDULE", "CPUS", "MEMORY", "GPUS", "RUNS"),
+        ((n.name, n.cluster, n.state, n.schedule, f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
           f"{format_size(n.allocated.memory_bytes)}/{format_size(n.capacity.memory_bytes)}",
           f"{n.allocated.gpus}/{len(n.capacity.gpus)}", len(n.running)) for n in found),
     )
+
+
+@cli.group()
+def node() -> None:
+    """Admin: take nodes out of scheduling and back."""
+
+
+def _schedule(name: str, action: int) -> None:
+    with connect() as client:
+        found = client.set_node_schedule(name, action)
+    render.console.print(f"{found.name}: {found.schedule} ({len(found.running)} runs on it)")
+
+
+@node.command()
+@click.argument("name")
+def drain(name: str) -> None:
+    """No new runs on NAME; the running ones finish."""
+    _schedule(name, pb.NodeScheduleRequest.DRAIN)
+
+
+@node.command()
+@click.argument("name")
+def cordon(name: str) -> None:
+    """No new runs on NAME."""
+    _schedule(name, pb.NodeScheduleRequest.CORDON)
+
+
+@node.command()
+@click.argument("name")
+def uncordon(name: str) -> None:
+    """NAME takes new runs again."""
+    _schedule(name, pb.NodeScheduleRequest.UNCORDON)
 
 
 @cli.command()

@@ -133,6 +133,10 @@ class Client:
         return list(self._stub.ListNodes(pb.ListNodesRequest(), **self._kw()).nodes)
 
     @_translated
+    def set_node_schedule(self, node: str, action: int) -> pb.Node:
+        return self._stub.SetNodeSchedule(pb.NodeScheduleRequest(node=node, action=action), **self._kw())
+
+    @_translated
     def download(self, run_id: str, what: int, dest: Path) -> int:
         """Write the run's snapshot or outputs zip to `dest`; returns its size."""
         written = 0

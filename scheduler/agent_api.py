@@ -78,7 +78,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, now)
+        session = Session(node_id, node.name, node.cluster, capacity, now, node.schedule)
         self._sessions.attach(session)
         self._sessions.heard(node_id, now, node.name)
         await self._store.set_node_state(node_id, "Ready", capacity=capacity)

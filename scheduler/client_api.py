@@ -24,11 +24,12 @@ from scheduler.auth import caller
 from scheduler.config import HeadConfig
 from scheduler.convert import log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
-from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound
+from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from scheduler.followers import Followers, wait_changed
 from scheduler.heartbeats import Timers, health
 from scheduler.lifecycle import ACTIVE, TERMINAL, InvalidTransition, Reason, RunState, Trigger
 from scheduler.model import NewRun, RunRecord, RunSpec
+from scheduler.placement import NodeView, Request, never_fits
 from scheduler.sessions import Sessions
 from scheduler.store import Store
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SCHEDULES = {pb.NodeScheduleRequest.CORDON: "cordoned", pb.NodeScheduleRequest.DRAIN: "draining",
+              pb.NodeScheduleRequest.UNCORDON: "active"}
 LOG_PAGE = 1000
 DEFAULT_PRIORITY = 200
 FOLLOW_POLL_S = 1.0
@@ -127,6 +130,7 @@ class RunyardService(pb_grpc.RunyardServicer):
             raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
         if request.parent_run_id:
             await self._run(request.parent_run_id)
+        await self._refuse_if_it_never_fits(spec)
         run_id, existed = await self._store.create_run(
             NewRun(
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
@@ -139,6 +143,18 @@ class RunyardService(pb_grpc.RunyardServicer):
             log.info("run submitted", extra={"run_id": run_id, "workspace": workspace, "experiment": experiment})
             self._dispatcher.wake()
         return pb.SubmitResponse(run_id=run_id, existed=existed)
+
+    async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
+        """Refuse a run that no node of its cluster could ever hold; with no node known yet, let it queue."""
+        nodes = [
+            NodeView(id=n.id, name=n.name, cluster=n.cluster, cpus_free=n.capacity.cpus, memory_free=n.capacity.memory_bytes,
+                     gpus_free=tuple(g.index for g in n.capacity.gpus), cpus_total=n.capacity.cpus,
+                     memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus))
+            for n in await self._store.list_nodes() if n.cluster == spec.compute and n.state != "Down"
+        ]
+        never = never_fits(Request("", spec.compute, spec.cpus, spec.memory_bytes, spec.gpus), nodes)
+        if never:
+            raise FailedPrecondition(never)
 
     async def GetRun(self, request: pb.RunRef, context: grpc.aio.ServicerContext) -> pb.Run:
         run = await self._run(request.run_id)
@@ -226,6 +242,20 @@ class RunyardService(pb_grpc.RunyardServicer):
             allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
             nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
         return pb.ListNodesResponse(nodes=nodes)
+
+    async def SetNodeSchedule(self, request: pb.NodeScheduleRequest, context: grpc.aio.ServicerContext) -> pb.Node:
+        if caller().role != "admin":
+            raise PermissionDenied("only admins may cordon, drain or uncordon nodes")
+        schedule = _SCHEDULES.get(request.action)
+        if schedule is None:
+            raise InvalidArgument("say cordon, drain or uncordon")
+        node = await self._store.set_node_schedule(request.node, schedule)
+        session = self._sessions.get(node.id)
+        if session is not None:
+            session.schedule = schedule
+        log.info("node schedule changed", extra={"node": node.name, "schedule": schedule})
+        self._dispatcher.wake()
+        return next(n for n in (await self.ListNodes(pb.ListNodesRequest(), context)).nodes if n.id == node.id)
 
     async def Download(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         run = await self._run(request.run_id)

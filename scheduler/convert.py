@@ -99,7 +99,9 @@ def log_to_pb(row: LogRow) -> pb.LogLine:
 
 def node_to_pb(node: NodeRecord, *, state: str, allocated: tuple[float, int, int], running: list[str]) -> pb.Node:
     cpus, memory, gpus = allocated
+    schedule = "drained" if node.schedule == "draining" and not running else node.schedule
     return pb.Node(
+        schedule=schedule,
         id=node.id,
         name=node.name,
         cluster=node.cluster,

@@ -83,6 +83,7 @@ class Dispatcher:
                     cpus_total=s.capacity.cpus,
                     memory_total=s.capacity.memory_bytes,
                     gpus_total=len(s.capacity.gpus),
+                    schedulable=s.schedule == "active",
                 )
             )
         return views

@@ -116,6 +116,7 @@ class NodeRecord:
     capacity: Capacity
     state: str
     last_seen: float
+    schedule: str = "active"
 
 
 @dataclass(frozen=True, slots=True)

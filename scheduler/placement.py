@@ -107,13 +107,11 @@ def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
     asked = _describe(req)
     up = [n for n in nodes if n.schedulable]
     if not up:
-        return f"no node in cluster {req.cluster} is up"
-    if not any(n.could_ever_fit(req) for n in up):
-        largest = max(up, key=lambda n: (n.gpus_total, n.cpus_total, n.memory_total))
-        return (
-            f"no node in cluster {req.cluster} can hold {asked}; largest: {largest.name} with "
-            f"{largest.cpus_total:g} CPUs, {format_size(largest.memory_total)}, {largest.gpus_total} GPUs"
-        )
+        held = f" ({len(nodes)} cordoned or draining)" if nodes else ""
+        return f"no node in cluster {req.cluster} is up{held}"
+    never = never_fits(req, up)
+    if never:
+        return never
     if req.gpus:
         best = max(up, key=lambda n: len(n.gpus_free))
         return (
@@ -124,6 +122,17 @@ def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
     return (
         f"waiting for {asked} in cluster {req.cluster}; largest free: {best.cpus_free:g} CPUs, "
         f"{format_size(best.memory_free)} on {best.name}"
+    )
+
+
+def never_fits(req: Request, nodes: Sequence[NodeView]) -> str:
+    """Why no node of `nodes` could hold `req` even when empty; '' if one could (or there are none to judge by)."""
+    if not nodes or any(n.could_ever_fit(req) for n in nodes):
+        return ""
+    largest = max(nodes, key=lambda n: (n.gpus_total, n.cpus_total, n.memory_total))
+    return (
+        f"no node in cluster {req.cluster} can hold {_describe(req)}; largest: {largest.name} with "
+        f"{largest.cpus_total:g} CPUs, {format_size(largest.memory_total)}, {largest.gpus_total} GPUs"
     )
 
 

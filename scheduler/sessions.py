@@ -22,6 +22,7 @@ class Session:
     cluster: str
     capacity: Capacity
     connected_at: float
+    schedule: str = "active"                    # active, cordoned, draining: only active takes new runs
     outbox: asyncio.Queue[pb.HeadMessage | None] = field(default_factory=asyncio.Queue)
 
 

@@ -42,6 +42,7 @@ _RUN_COLUMNS = (
     "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
     "started_at, ended_at, priority"
 )
+_NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule"
 _SETTABLE = frozenset(
     {"reason", "exit_code", "pending_reason", "node_id", "gpu_indices", "outputs_sha256", "started_at", "ended_at"}
 )
@@ -63,7 +64,7 @@ def _run(row: Sequence[Any]) -> RunRecord:
 def _node(row: Sequence[Any]) -> NodeRecord:
     return NodeRecord(
         id=row[0], name=row[1], cluster=row[2], labels=json.loads(row[3]), capacity=Capacity.from_json(row[4]),
-        state=row[5], last_seen=row[6],
+        state=row[5], last_seen=row[6], schedule=row[7],
     )
 
 
@@ -399,12 +400,20 @@ class Store:
                     (state, self.clock(), capacity.to_json(), node_id),
                 )
 
+    async def set_node_schedule(self, name: str, schedule: str) -> NodeRecord:
+        async with self._tx() as w:
+            cur = await w.execute("UPDATE nodes SET schedule = ? WHERE name = ?", (schedule, name))
+            if cur.rowcount != 1:
+                raise NotFound(f"no node {name!r}")
+            async with w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)) as found:
+                return _node(await found.fetchone())  # type: ignore[arg-type]
+
     async def list_nodes(self) -> list[NodeRecord]:
-        rows = await self._all("SELECT id, name, cluster, labels, capacity, state, last_seen FROM nodes ORDER BY name")
+        rows = await self._all(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
         return [_node(r) for r in rows]
 
     async def get_node(self, node_id: str) -> NodeRecord:
-        row = await self._one("SELECT id, name, cluster, labels, capacity, state, last_seen FROM nodes WHERE id = ?", (node_id,))
+        row = await self._one(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,))
         if row is None:
             raise NotFound(f"no node {node_id!r}")
         return _node(row)

@@ -135,13 +135,13 @@ def test_cancel_stops_the_whole_process_group(cluster: Cluster, project: Path, t
 
 
 def test_cancel_of_a_queued_run_and_of_a_finished_one(cluster: Cluster, project: Path) -> None:
-    run_id = cluster.cli("submit", str(project), "-d", "-q", "--cpus", "1000", "--", "python", "hello.py",
+    run_id = cluster.cli("submit", str(project), "-d", "-q", "-c", "gpu-pool", "--", "python", "hello.py",
                          check=True).stdout.strip()
-    reason = wait_until("a pending reason", lambda: "can hold" in (r := cluster.run(run_id))["pending_reason"] and r)
-    assert reason["state"] == "Queued" and "1000 CPUs" in reason["pending_reason"]
+    reason = wait_until("a pending reason", lambda: "is up" in (r := cluster.run(run_id))["pending_reason"] and r)
+    assert reason["state"] == "Queued" and reason["pending_reason"] == "no node in cluster gpu-pool is up"
     queue = cluster.cli("queue", check=True).stdout
-    assert run_id in queue and "can hold" in queue
-    assert "can hold" in cluster.cli("show", run_id, check=True).stdout
+    assert run_id in queue and "gpu-pool is up" in queue
+    assert "gpu-pool is up" in cluster.cli("show", run_id, check=True).stdout
     assert cluster.cli("cancel", run_id, check=True).stdout == f"{run_id}: canceled\n"
     assert cluster.run(run_id)["state"] == "Canceled"
     done = cluster.cli("submit", str(project), "-q", "--", "python", "hello.py", check=True).stdout.split()[0]
@@ -270,3 +270,11 @@ def test_a_run_past_its_time_limit_is_stopped(cluster: Cluster, project: Path) -
     run = cluster.run(run_id)
     assert run["state"] == "Failed" and run["reason"] == "timeout"
     assert "stopping the run: timeout" in cluster.cli("logs", run_id, check=True).stderr
+
+
+def test_a_run_no_node_could_ever_hold_is_refused_at_submit(cluster: Cluster, project: Path) -> None:
+    result = cluster.cli("submit", str(project), "--cpus", "1000", "--gpus", "2", "--", "true")
+    error = result.stderr.splitlines()[-1]
+    assert result.returncode == 1 and error.startswith("runyard: no node in cluster default can hold")
+    assert "1000 CPUs, 1.0G, 2 GPUs" in error and "largest: node-" in error and "Traceback" not in result.stderr
+    assert not [r for r in cluster.json("runs", "--state", "Queued") if r["display_name"] == "true"]

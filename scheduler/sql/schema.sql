@@ -74,7 +74,7 @@ CREATE TABLE nodes (
     state      TEXT NOT NULL,
     last_seen  REAL NOT NULL,
     joined_at  REAL NOT NULL
-);
+, schedule TEXT NOT NULL DEFAULT 'active');
 
 -- One row per log record; (run, attempt, rank, stream, seq) makes a resent batch a no-op.
 CREATE TABLE logs (
