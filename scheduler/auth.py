@@ -57,6 +57,8 @@ class Credentials:
         self._principals[sha] = principal
 
     def forget_node(self, node_id: str) -> None:
+        if not node_id:
+            raise ValueError("forget_node needs a node id")
         self._principals = {k: p for k, p in self._principals.items() if p.node_id != node_id}
 
     def check(self, method: str, token: str) -> Principal:

@@ -47,6 +47,11 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     latest = migrations()[-1][0]
     async with conn.execute("PRAGMA user_version") as cur:
         (version,) = await cur.fetchone()  # type: ignore[misc]
+    if version > latest:
+        raise StartupRefused(
+            f"the database is at schema version {version}, newer than this head knows ({latest}); "
+            "run the newer runyard-head"
+        )
     if version == 0:
         async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:
             (objects,) = await cur.fetchone()  # type: ignore[misc]

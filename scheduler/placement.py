@@ -112,7 +112,7 @@ def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
     never = never_fits(req, up)
     if never:
         return never
-    if req.gpus:
+    if req.gpus and not any(len(n.gpus_free) >= req.gpus for n in up):
         best = max(up, key=lambda n: len(n.gpus_free))
         return (
             f"waiting for {req.gpus} GPUs on one node in cluster {req.cluster}; "

@@ -24,7 +24,7 @@ import aiosqlite
 from runyard.ids import new_run_id
 from scheduler import db
 from scheduler.errors import NotFound, ResourceExhausted
-from scheduler.lifecycle import DesiredState, InvalidTransition, RunState, Trigger, next_state
+from scheduler.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
 from scheduler.model import (
     Capacity,
     LogRow,
@@ -270,8 +270,8 @@ class Store:
         """Set the desired state of a live run to stop and record why."""
         async with self._tx() as w:
             cur = await w.execute(
-                "UPDATE runs SET desired_state = ? WHERE id = ? AND desired_state != ?",
-                (DesiredState.STOP, run_id, DesiredState.STOP),
+                "UPDATE runs SET desired_state = ? WHERE id = ? AND desired_state != ? AND state IN (?, ?, ?)",
+                (DesiredState.STOP, run_id, DesiredState.STOP, *sorted(ACTIVE)),
             )
             if cur.rowcount == 1:
                 await w.execute(

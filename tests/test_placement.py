@@ -1,0 +1,305 @@
+"""Placement: which queued run goes on which node, over fixtures of nodes x requests.
+
+Every plan is also checked against the invariants a user relies on whatever the policy: nothing over-committed,
+GPU indices real, free and disjoint, every run either placed once or given a reason.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import pytest
+
+from scheduler.placement import NodeView, Plan, Request, place
+
+GiB = 1024**3
+
+
+def node(
+    name: str,
+    *,
+    cluster: str = "c",
+    cpus: float = 8,
+    memory: int = 32 * GiB,
+    gpus: int = 0,
+    cpus_free: float | None = None,
+    memory_free: int | None = None,
+    gpus_free: Sequence[int] | None = None,
+    schedulable: bool = True,
+) -> NodeView:
+    return NodeView(
+        id=f"id-{name}",
+        name=name,
+        cluster=cluster,
+        cpus_free=cpus if cpus_free is None else cpus_free,
+        memory_free=memory if memory_free is None else memory_free,
+        gpus_free=tuple(range(gpus)) if gpus_free is None else tuple(gpus_free),
+        cpus_total=cpus,
+        memory_total=memory,
+        gpus_total=gpus,
+        schedulable=schedulable,
+    )
+
+
+def run(run_id: str, *, cluster: str = "c", cpus: float = 1, memory: int = GiB, gpus: int = 0) -> Request:
+    return Request(run_id=run_id, cluster=cluster, cpus=cpus, memory_bytes=memory, gpus=gpus)
+
+
+def checked_place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
+    """`place()`, plus the invariants every plan must hold."""
+    plan = place(queue, nodes)
+    by_id = {n.id: n for n in nodes}
+    requests = {r.run_id: r for r in queue}
+    placed = [p.run_id for p in plan.placements]
+    assert len(placed) == len(set(placed)), "a run was placed twice"
+    assert set(placed) | set(plan.pending) == set(requests), "a run was neither placed nor given a reason"
+    assert not set(placed) & set(plan.pending), "a run was both placed and left pending"
+    assert all(plan.pending[r] for r in plan.pending), "a pending run without a reason"
+    cpus: dict[str, float] = defaultdict(float)
+    memory: dict[str, int] = defaultdict(int)
+    gpus: dict[str, list[int]] = defaultdict(list)
+    for p in plan.placements:
+        req, target = requests[p.run_id], by_id[p.node_id]
+        assert target.schedulable, f"{p.run_id} placed on unschedulable {target.name}"
+        assert target.cluster == req.cluster, f"{p.run_id} placed in another cluster"
+        assert len(p.gpu_indices) == req.gpus, f"{p.run_id} got {p.gpu_indices} for {req.gpus} GPUs"
+        cpus[p.node_id] += req.cpus
+        memory[p.node_id] += req.memory_bytes
+        gpus[p.node_id].extend(p.gpu_indices)
+    for node_id, used in gpus.items():
+        assert len(used) == len(set(used)), f"GPU indices {used} handed out twice on {node_id}"
+        assert set(used) <= set(by_id[node_id].gpus_free), f"GPU indices {used} not free on {node_id}"
+    for node_id in cpus:
+        assert cpus[node_id] <= by_id[node_id].cpus_free + 1e-9, f"CPUs over-committed on {node_id}"
+        assert memory[node_id] <= by_id[node_id].memory_free, f"memory over-committed on {node_id}"
+    return plan
+
+
+def where(plan: Plan) -> dict[str, str]:
+    """run id -> node name (ids are `id-<name>`)."""
+    return {p.run_id: p.node_id.removeprefix("id-") for p in plan.placements}
+
+
+# --- who goes where ---------------------------------------------------------------------------------------------
+
+CASES: dict[str, tuple[list[NodeView], list[Request], dict[str, str]]] = {
+    "cpu run goes to the node it fits on": (
+        [node("small", cpus=2), node("big", cpus=16)],
+        [run("r1", cpus=4)],
+        {"r1": "big"},
+    ),
+    "memory decides too": (
+        [node("lowmem", cpus=16, memory=4 * GiB), node("highmem", cpus=4, memory=64 * GiB)],
+        [run("r1", cpus=2, memory=16 * GiB)],
+        {"r1": "highmem"},
+    ),
+    "gpu run goes to the only node with GPUs": (
+        [node("cpu", cpus=64), node("gpu", cpus=8, gpus=2)],
+        [run("r1", gpus=1)],
+        {"r1": "gpu"},
+    ),
+    "gpu best fit keeps the whole node free": (
+        [node("eight", gpus=8), node("two", gpus=2)],
+        [run("small", gpus=2), run("whole", gpus=8)],
+        {"small": "two", "whole": "eight"},
+    ),
+    "gpu best fit counts free GPUs, not total": (
+        [node("a", gpus=8, gpus_free=(5, 6, 7)), node("b", gpus=4)],
+        [run("r1", gpus=3)],
+        {"r1": "a"},
+    ),
+    "gpu best fit skips nodes with too few free GPUs": (
+        [node("one", gpus=1), node("four", gpus=4), node("eight", gpus=8)],
+        [run("r1", gpus=2)],
+        {"r1": "four"},
+    ),
+    "cpu run prefers a node without free GPUs": (
+        [node("gpu", cpus=64, gpus=4), node("cpu", cpus=4)],
+        [run("r1", cpus=2)],
+        {"r1": "cpu"},
+    ),
+    "cpu run may use a GPU node whose GPUs are all taken": (
+        [node("gpu-full", cpus=64, gpus=4, gpus_free=()), node("gpu-free", cpus=64, gpus=4)],
+        [run("r1", cpus=2)],
+        {"r1": "gpu-full"},
+    ),
+    "cpu run falls back to a GPU node when CPU nodes are full": (
+        [node("gpu", cpus=64, gpus=4), node("cpu", cpus=4, cpus_free=1)],
+        [run("r1", cpus=2)],
+        {"r1": "gpu"},
+    ),
+    "cpu runs spread to the node with the most free CPUs": (
+        [node("a", cpus=8), node("b", cpus=8, cpus_free=3)],
+        [run("r1", cpus=2)],
+        {"r1": "a"},
+    ),
+    "unschedulable node is skipped": (
+        [node("cordoned", cpus=64, schedulable=False), node("open", cpus=4)],
+        [run("r1", cpus=2)],
+        {"r1": "open"},
+    ),
+    "node of another cluster is not used": (
+        [node("other", cluster="x", cpus=64), node("mine", cluster="c", cpus=4)],
+        [run("r1", cpus=2, cluster="c")],
+        {"r1": "mine"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_placement_picks_the_expected_node(case: str) -> None:
+    nodes, queue, expected = CASES[case]
+    plan = checked_place(queue, nodes)
+    assert where(plan) == expected
+    assert plan.pending == {}
+
+
+# --- nothing is over-committed in one pass -----------------------------------------------------------------------
+
+CAPACITY_CASES: dict[str, tuple[list[NodeView], list[Request], int]] = {
+    "cpus": ([node("n", cpus=8)], [run(f"r{i}", cpus=2) for i in range(5)], 4),
+    "fractional cpus": ([node("n", cpus=1)], [run(f"r{i}", cpus=0.3) for i in range(4)], 3),
+    "memory": ([node("n", cpus=64, memory=16 * GiB)], [run(f"r{i}", memory=6 * GiB) for i in range(3)], 2),
+    "gpus": ([node("n", cpus=64, gpus=4)], [run(f"r{i}", gpus=2) for i in range(3)], 2),
+    "gpus across nodes": (
+        [node("a", cpus=64, gpus=2), node("b", cpus=64, gpus=3)],
+        [run(f"r{i}", gpus=1) for i in range(6)],
+        5,
+    ),
+    "partly used node": (
+        [node("n", cpus=8, cpus_free=3, memory=32 * GiB, memory_free=3 * GiB, gpus=4, gpus_free=(2,))],
+        [run("r0", cpus=1, memory=GiB, gpus=1), run("r1", cpus=1, memory=GiB, gpus=1)],
+        1,
+    ),
+    "several nodes of mixed size": (
+        [node("a", cpus=4, memory=8 * GiB), node("b", cpus=6, memory=8 * GiB), node("c2", cpus=2, memory=2 * GiB)],
+        [run(f"r{i}", cpus=2, memory=2 * GiB) for i in range(8)],
+        6,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CAPACITY_CASES), ids=list(CAPACITY_CASES))
+def test_one_pass_never_over_commits(case: str) -> None:
+    nodes, queue, fitting = CAPACITY_CASES[case]
+    plan = checked_place(queue, nodes)
+    assert [p.run_id for p in plan.placements] == [r.run_id for r in queue[:fitting]]
+    assert set(plan.pending) == {r.run_id for r in queue[fitting:]}
+
+
+def test_gpu_indices_are_disjoint_and_exactly_as_many_as_asked() -> None:
+    nodes = [node("n", cpus=64, gpus=8, gpus_free=(0, 2, 3, 5, 6, 7))]
+    queue = [run("a", gpus=1), run("b", gpus=3), run("c", gpus=2)]
+    plan = checked_place(queue, nodes)
+    indices = {p.run_id: p.gpu_indices for p in plan.placements}
+    assert {k: len(v) for k, v in indices.items()} == {"a": 1, "b": 3, "c": 2}
+    assert sorted(i for v in indices.values() for i in v) == [0, 2, 3, 5, 6, 7]
+
+
+def test_cpu_run_gets_no_gpu_indices() -> None:
+    plan = checked_place([run("r1")], [node("gpu", gpus=4)])
+    assert plan.placements[0].gpu_indices == ()
+
+
+def test_gpu_runs_fill_one_node_before_breaking_into_a_whole_one() -> None:
+    nodes = [node("whole", gpus=8), node("half", gpus=8, gpus_free=(4, 5, 6, 7))]
+    queue = [run(f"r{i}", gpus=1) for i in range(4)] + [run("big", gpus=8)]
+    plan = checked_place(queue, nodes)
+    assert where(plan) == {"r0": "half", "r1": "half", "r2": "half", "r3": "half", "big": "whole"}
+
+
+# --- FIFO per cluster -------------------------------------------------------------------------------------------
+
+
+def test_blocked_run_blocks_later_runs_of_its_cluster() -> None:
+    nodes = [node("n", cpus=8, cpus_free=2)]
+    queue = [run("big", cpus=4), run("small1", cpus=1), run("small2", cpus=1)]
+    plan = checked_place(queue, nodes)
+    assert plan.placements == ()
+    assert plan.pending["small1"] == "1 run(s) ahead in cluster c"
+    assert plan.pending["small2"] == "2 run(s) ahead in cluster c"
+    assert "big" in plan.pending and "ahead" not in plan.pending["big"]
+
+
+def test_runs_before_the_blocked_one_are_placed() -> None:
+    nodes = [node("n", cpus=8, cpus_free=3)]
+    queue = [run("first", cpus=2), run("big", cpus=4), run("small", cpus=1)]
+    plan = checked_place(queue, nodes)
+    assert where(plan) == {"first": "n"}
+    assert plan.pending["small"] == "1 run(s) ahead in cluster c"
+
+
+def test_a_blocked_cluster_does_not_hold_up_another() -> None:
+    nodes = [node("a1", cluster="a", cpus=8, cpus_free=1), node("b1", cluster="b", cpus=8)]
+    queue = [run("a-big", cluster="a", cpus=4), run("b-run", cluster="b", cpus=4), run("a-small", cluster="a", cpus=1)]
+    plan = checked_place(queue, nodes)
+    assert where(plan) == {"b-run": "b1"}
+    assert plan.pending["a-small"] == "1 run(s) ahead in cluster a"
+
+
+def test_runs_of_a_cluster_without_nodes_do_not_block_others() -> None:
+    queue = [run("lost", cluster="nowhere"), run("ok", cluster="c")]
+    plan = checked_place(queue, [node("n")])
+    assert where(plan) == {"ok": "n"}
+    assert plan.pending["lost"].startswith("no node in cluster nowhere is up")
+
+
+# --- pending reasons --------------------------------------------------------------------------------------------
+
+
+def test_no_node_up_reason() -> None:
+    plan = checked_place([run("r1", cluster="gpu-pool")], [])
+    assert plan.pending["r1"].startswith("no node in cluster gpu-pool is up")
+
+
+def test_only_unschedulable_nodes_is_no_node_up() -> None:
+    plan = checked_place([run("r1")], [node("n", cpus=64, schedulable=False)])
+    assert plan.placements == ()
+    assert plan.pending["r1"].startswith("no node in cluster c is up")
+
+
+def test_can_hold_reason_names_the_largest_node() -> None:
+    nodes = [node("small", cpus=4, memory=8 * GiB), node("large", cpus=16, memory=64 * GiB, gpus=2)]
+    plan = checked_place([run("r1", cpus=64, memory=8 * GiB)], nodes)
+    reason = plan.pending["r1"]
+    assert reason.startswith("no node in cluster c can hold 64 CPUs")
+    assert "largest: large with 16 CPUs" in reason and "2 GPUs" in reason
+
+
+def test_can_hold_reason_for_too_many_gpus() -> None:
+    nodes = [node("g4", gpus=4), node("g8", gpus=8, gpus_free=())]
+    plan = checked_place([run("r1", gpus=16)], nodes)
+    reason = plan.pending["r1"]
+    assert "can hold" in reason and "16 GPUs" in reason and "largest: g8" in reason and "8 GPUs" in reason
+
+
+def test_waiting_for_gpus_reason_names_the_node_with_most_free() -> None:
+    nodes = [node("a", gpus=8, gpus_free=(0,)), node("b", gpus=8, gpus_free=(1, 2, 3))]
+    plan = checked_place([run("r1", gpus=4)], nodes)
+    reason = plan.pending["r1"]
+    assert reason.startswith("waiting for 4 GPUs on one node in cluster c")
+    assert reason.endswith("largest free: 3 on b")
+
+
+def test_waiting_for_cpus_reason() -> None:
+    nodes = [node("a", cpus=8, cpus_free=1), node("b", cpus=8, cpus_free=2.5)]
+    plan = checked_place([run("r1", cpus=4)], nodes)
+    reason = plan.pending["r1"]
+    assert reason.startswith("waiting for 4 CPUs") and "largest free: 2.5 CPUs" in reason and reason.endswith("on b")
+
+
+def test_unschedulable_nodes_are_not_named_in_reasons() -> None:
+    nodes = [node("cordoned", gpus=8, schedulable=False), node("open", gpus=8, gpus_free=(0,))]
+    plan = checked_place([run("r1", gpus=2)], nodes)
+    assert plan.pending["r1"].endswith("largest free: 1 on open")
+
+
+def test_gpu_run_short_of_cpus_is_not_told_it_waits_for_gpus() -> None:
+    nodes = [node("n", cpus=8, cpus_free=1, gpus=4)]
+    plan = checked_place([run("r1", cpus=4, gpus=1)], nodes)
+    reason = plan.pending["r1"]
+    # All 4 GPUs are free: the run waits for CPUs, and the reason must say so instead of
+    # "waiting for 1 GPUs on one node ...; largest free: 4 on n".
+    assert "waiting for 1 GPUs" not in reason
+    assert "CPUs" in reason
