@@ -11,6 +11,7 @@ then the node with the most free CPUs. Concrete GPU indices are chosen here; not
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -74,15 +75,57 @@ class Plan:
     pending: dict[str, str]             # run id -> reason it stays queued
 
 
-def _preference(node: NodeView, req: Request) -> tuple[float, ...]:
-    if req.gpus:
-        return (len(node.gpus_free) - req.gpus, -node.cpus_free, node.name)  # type: ignore[return-value]
-    return (len(node.gpus_free), -node.cpus_free, node.name)  # type: ignore[return-value]
+class _Pool:
+    """What is free on the schedulable nodes of one cluster, indexed for best fit.
+
+    Nodes are bucketed by their number of free GPUs; in each bucket a heap orders them by most free CPUs. A
+    node that changes is pushed again and its old heap entry is dropped when it reaches the top (lazy deletion),
+    so one placement costs O(buckets + log nodes) instead of a scan of every node.
+    """
+
+    def __init__(self, nodes: Sequence[NodeView]) -> None:
+        self.nodes = {n.id: n for n in nodes}
+        self._heaps: dict[int, list[tuple[float, str, str]]] = {}
+        for node in nodes:
+            self._push(node)
+
+    def _push(self, node: NodeView) -> None:
+        heapq.heappush(self._heaps.setdefault(len(node.gpus_free), []), (-node.cpus_free, node.name, node.id))
+
+    def _current(self, entry: tuple[float, str, str], free_gpus: int) -> bool:
+        node = self.nodes[entry[2]]
+        return len(node.gpus_free) == free_gpus and node.cpus_free == -entry[0]
+
+    def best(self, req: Request) -> NodeView | None:
+        """The node where `req` fits most tightly: fewest free GPUs left over, then most free CPUs."""
+        for free_gpus in sorted(k for k in self._heaps if k >= req.gpus):
+            heap = self._heaps[free_gpus]
+            while heap and not self._current(heap[0], free_gpus):
+                heapq.heappop(heap)
+            if not heap:
+                continue
+            top = self.nodes[heap[0][2]]
+            if top.fits(req):
+                return top
+            # The node with the most free CPUs does not fit (its memory may be short): look at the rest.
+            fitting = [self.nodes[e[2]] for e in heap if self._current(e, free_gpus) and self.nodes[e[2]].fits(req)]
+            if fitting:
+                return min(fitting, key=lambda n: (-n.cpus_free, n.name))
+        return None
+
+    def take(self, node: NodeView, req: Request) -> tuple[int, ...]:
+        rest, gpus = node.take(req)
+        self.nodes[node.id] = rest
+        self._push(rest)
+        return gpus
 
 
 def place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
     """Place as many runs of `queue` (in order) as fit on `nodes` without passing a blocked run of the same cluster."""
-    free = {node.id: node for node in nodes}
+    by_cluster: dict[str, list[NodeView]] = {}
+    for node in nodes:
+        by_cluster.setdefault(node.cluster, []).append(node)
+    pools = {cluster: _Pool([n for n in members if n.schedulable]) for cluster, members in by_cluster.items()}
     placements: list[Placement] = []
     pending: dict[str, str] = {}
     blocked: dict[str, int] = {}        # cluster -> queued runs ahead that could not be placed
@@ -91,14 +134,14 @@ def place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
             blocked[req.cluster] += 1
             pending[req.run_id] = f"{blocked[req.cluster]} run(s) ahead in cluster {req.cluster}"
             continue
-        candidates = [n for n in free.values() if n.cluster == req.cluster and n.fits(req)]
-        if not candidates:
-            pending[req.run_id] = pending_reason(req, [n for n in free.values() if n.cluster == req.cluster])
+        pool = pools.get(req.cluster)
+        best = pool.best(req) if pool else None
+        if pool is None or best is None:
+            members = [pool.nodes.get(n.id, n) if pool else n for n in by_cluster.get(req.cluster, [])]
+            pending[req.run_id] = pending_reason(req, members)
             blocked[req.cluster] = 0
             continue
-        best = min(candidates, key=lambda n: _preference(n, req))
-        free[best.id], gpus = best.take(req)
-        placements.append(Placement(req.run_id, best.id, gpus))
+        placements.append(Placement(req.run_id, best.id, pool.take(best, req)))
     return Plan(tuple(placements), pending)
 
 
