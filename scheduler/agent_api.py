@@ -106,7 +106,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                 return  # replaced by a newer stream of the same node
             kind = message.WhichOneof("body")
             self._sessions.heard(session.node_id, self._store.clock())
-            if kind == "heartbeat":
+            if kind == "heartbeat":  # answered, so that an agent whose runs are quiet still hears the head
+                session.outbox.put_nowait(pb.HeadMessage(ack=pb.Ack(msg_seq=message.msg_seq)))
                 continue
             try:
                 if kind == "run_update":

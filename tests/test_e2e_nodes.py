@@ -50,3 +50,15 @@ def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, proje
         assert nodes[first["node"]] == "Down"
     finally:
         cluster.stop()
+
+
+def test_a_quiet_run_is_not_stopped_by_the_agent_while_the_head_is_there(tmp_path: Path, project: Path) -> None:
+    """The agent stops its runs only when the head is silent; heartbeats are answered even when nothing else is."""
+    cluster = Cluster.start(tmp_path / "cluster", agents=1, heartbeat_interval_s=0.2, stop_runs_after_s=1.0)
+    try:
+        (project / "quiet.py").write_text("import time\ntime.sleep(3)\n")  # no output for 3 times the cut-off
+        result = cluster.cli("submit", str(project), "--", "python", "quiet.py")
+        assert result.returncode == 0, result.stderr
+        assert "cut off" not in (cluster.root / "node-1.log").read_text()
+    finally:
+        cluster.stop()
