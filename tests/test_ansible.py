@@ -1,0 +1,388 @@
+"""The Ansible deployment in ansible/, checked without Ansible.
+
+Static checks (always run): every YAML file parses, every `template:` task names a file in its role's templates/,
+every handler a task notifies exists in the play, the keys the TOML templates write are fields of the daemons'
+config dataclasses, and the units start the venv's console scripts with --config.
+Rendering (needs jinja2, skipped without it): the templates render with the role defaults and a fake inventory,
+the rendered head.toml / agent.toml load with the daemons' own config loader (unknown keys and wrong types are
+errors there), and the rendered units carry the start, stop and hardening settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import AgentConfig
+from runyard.configfile import load_config
+from runyard.errors import UsageError
+from scheduler.config import HeadConfig
+
+ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
+ROLES = ANSIBLE / "roles"
+HEAD_FIELDS = {f.name for f in dataclasses.fields(HeadConfig)}
+AGENT_FIELDS = {f.name for f in dataclasses.fields(AgentConfig)}
+TEMPLATE_MODULES = ("template", "ansible.builtin.template", "ansible.legacy.template")
+NO_ENV = "RUNYARD_TEST_ANSIBLE_NOT_SET_"  # env prefix nobody sets: the loader reads only the file
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in ANSIBLE.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def role_dirs() -> list[Path]:
+    return sorted(p for p in ROLES.iterdir() if p.is_dir())
+
+
+def walk_tasks(tasks: Any) -> list[dict]:
+    """Every task in a task list, including those inside block/rescue/always."""
+    found: list[dict] = []
+    for task in tasks or []:
+        found.append(task)
+        for key in ("block", "rescue", "always"):
+            found.extend(walk_tasks(task.get(key)))
+    return found
+
+
+def role_tasks(role: Path) -> list[dict]:
+    tasks: list[dict] = []
+    for sub in ("tasks", "handlers"):
+        for path in sorted((role / sub).glob("*.yml")):
+            tasks.extend(walk_tasks(load_yaml(path)))
+    return tasks
+
+
+def role_with_dependencies(name: str) -> list[str]:
+    meta = ROLES / name / "meta" / "main.yml"
+    deps = ((load_yaml(meta) or {}).get("dependencies") or []) if meta.exists() else []
+    names: list[str] = []
+    for dep in deps:
+        dep_name = dep if isinstance(dep, str) else dep.get("role") or dep.get("name")
+        names.extend(role_with_dependencies(dep_name))
+    return names + [name]
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+# --- static checks -------------------------------------------------------------------------------------------
+
+
+def test_the_deployment_is_there() -> None:
+    assert (ANSIBLE / "site.yml").is_file()
+    assert (ANSIBLE / "inventory.example.ini").is_file()
+    assert {p.name for p in role_dirs()} >= {"runyard_common", "runyard_head", "runyard_agent"}
+    assert len(yaml_files()) >= 10
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(ANSIBLE)))
+def test_yaml_parses(path: Path) -> None:
+    data = load_yaml(path)
+    assert data is not None, f"{path} is empty"
+    if path.parent.name in ("tasks", "handlers") or path.name == "site.yml":
+        assert isinstance(data, list) and all(isinstance(t, dict) for t in data)
+    if path.parent.name in ("defaults", "meta"):
+        assert isinstance(data, dict)
+
+
+def test_site_plays_cover_head_and_agents() -> None:
+    plays = load_yaml(ANSIBLE / "site.yml")
+    by_hosts = {play["hosts"]: play for play in plays}
+    assert set(by_hosts) == {"runyard_head", "runyard_agents"}
+    assert [p["hosts"] for p in plays] == ["runyard_head", "runyard_agents"], "the head must come first: it makes the join token"
+    for play in plays:
+        assert play.get("become") is True
+        for role in play["roles"]:
+            name = role if isinstance(role, str) else role["role"]
+            assert (ROLES / name / "tasks" / "main.yml").is_file(), name
+    assert "runyard_common" in role_with_dependencies("runyard_head")
+    assert "runyard_common" in role_with_dependencies("runyard_agent")
+
+
+def test_inventory_example_has_both_groups() -> None:
+    text = (ANSIBLE / "inventory.example.ini").read_text()
+    sections = re.findall(r"^\[([^\]]+)\]", text, flags=re.M)
+    assert "runyard_head" in sections and "runyard_agents" in sections
+    head_hosts = text.split("[runyard_head]", 1)[1].split("[", 1)[0]
+    assert len([line for line in head_hosts.splitlines() if line.strip() and not line.startswith("#")]) == 1
+
+
+@pytest.mark.parametrize("role", role_dirs(), ids=lambda p: p.name)
+def test_template_sources_exist(role: Path) -> None:
+    used = set()
+    for task in role_tasks(role):
+        for module in TEMPLATE_MODULES:
+            if module in task:
+                args = task[module]
+                src = args["src"] if isinstance(args, dict) else re.search(r"src=(\S+)", args).group(1)
+                assert (role / "templates" / src).is_file(), f"{role.name}: template {src} is not in templates/"
+                used.add(src)
+    shipped = {p.name for p in (role / "templates").glob("*.j2")} if (role / "templates").exists() else set()
+    assert shipped == used, f"{role.name}: templates without a task: {sorted(shipped - used)}"
+
+
+def test_every_notified_handler_exists_in_its_play() -> None:
+    for play in load_yaml(ANSIBLE / "site.yml"):
+        roles = [n for r in play["roles"] for n in role_with_dependencies(r if isinstance(r, str) else r["role"])]
+        topics: set[str] = set()
+        for name in roles:
+            for path in (ROLES / name / "handlers").glob("*.yml"):
+                for handler in load_yaml(path):
+                    topics.add(handler["name"])
+                    topics.update(as_list(handler.get("listen", [])))
+        for name in roles:
+            for task in walk_tasks(load_yaml(ROLES / name / "tasks" / "main.yml")):
+                for topic in as_list(task.get("notify", [])):
+                    assert topic in topics, f"{name}: notifies {topic!r}, which no handler of play {play['hosts']} has"
+
+
+@pytest.mark.parametrize("role", role_dirs(), ids=lambda p: p.name)
+def test_defaults_are_documented(role: Path) -> None:
+    """Each variable in defaults/main.yml sits in a paragraph that has a comment (or has one on its line)."""
+    text = (role / "defaults" / "main.yml").read_text()
+    defaults = load_yaml(role / "defaults" / "main.yml")
+    assert defaults, f"{role.name} has no defaults"
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = paragraph.splitlines()
+        for line in lines:
+            match = re.match(r"^(\w+):", line)
+            if match:
+                assert match.group(1).startswith("runyard_"), f"{role.name}: {match.group(1)} lacks the runyard_ prefix"
+                assert "#" in line or any(l.lstrip().startswith("#") for l in lines), \
+                    f"{role.name}: {match.group(1)} is not documented"
+
+
+def toml_keys(template: Path) -> list[str]:
+    """The keys a TOML template writes literally (`key = ...` at the start of a line)."""
+    return re.findall(r"^(\w+) = ", template.read_text(), flags=re.M)
+
+
+def reserved_keys(role: str) -> set[str]:
+    """The keys the role's assert keeps out of runyard_<role>_config (they have their own variables)."""
+    for task in load_yaml(ROLES / role / "tasks" / "main.yml"):
+        if "ansible.builtin.assert" in task:
+            listed = (task.get("vars") or {}).get("runyard_agent_reserved_keys")
+            if listed:
+                return set(listed)
+            for cond in as_list(task["ansible.builtin.assert"]["that"]):
+                found = re.search(r"intersect\((\[[^\]]*\])\)", cond)
+                if found:
+                    return set(yaml.safe_load(found.group(1)))
+    raise AssertionError(f"{role}: no assert lists the reserved config keys")
+
+
+@pytest.mark.parametrize(("role", "template", "fields"), [
+    ("runyard_head", "head.toml.j2", HEAD_FIELDS),
+    ("runyard_agent", "agent.toml.j2", AGENT_FIELDS),
+])
+def test_toml_templates_write_only_config_fields(role: str, template: str, fields: set[str]) -> None:
+    keys = toml_keys(ROLES / role / "templates" / template)
+    assert keys, f"{template} writes no keys"
+    assert len(keys) == len(set(keys)), f"{template} writes a key twice"
+    assert set(keys) <= fields, f"{template}: not config fields: {sorted(set(keys) - fields)}"
+    # what the template writes itself must be kept out of the free-form dict, or TOML would see it twice
+    assert set(keys) <= reserved_keys(role), f"{role}: keys the assert allows twice: {sorted(set(keys) - reserved_keys(role))}"
+
+
+@pytest.mark.parametrize(("unit", "script", "config"), [
+    ("runyard_head/templates/runyard-head.service.j2", "runyard-head", "head.toml"),
+    ("runyard_agent/templates/runyard-agent.service.j2", "runyard-agent", "agent.toml"),
+])
+def test_units_start_the_venv_console_script(unit: str, script: str, config: str) -> None:
+    text = (ROLES / unit).read_text()
+    starts = re.findall(r"^ExecStart=(.*)$", text, flags=re.M)
+    assert starts == [f"{{{{ runyard_venv }}}}/bin/{script} --config {{{{ runyard_config_dir }}}}/{config}"]
+    common = load_yaml(ROLES / "runyard_common" / "defaults" / "main.yml")
+    assert common["runyard_venv"] == "/opt/runyard/venv"
+    assert common["runyard_config_dir"] == "/etc/runyard"
+
+
+def test_config_loader_rejects_unknown_keys(tmp_path: Path) -> None:
+    """The check the rendered files go through below does fail on a key the daemons do not know."""
+    path = tmp_path / "head.toml"
+    path.write_text('data_dir = "/x"\nlisten_addr = "0.0.0.0:7433"\n')
+    with pytest.raises(UsageError, match="unknown key 'listen_addr'"):
+        load_config(HeadConfig, path, env_prefix=NO_ENV)
+
+
+# --- rendering -----------------------------------------------------------------------------------------------
+
+INVENTORY = {
+    "head1": {"ansible_host": "10.0.0.10"},
+    "gpu1": {"ansible_host": "10.0.0.21"},
+    "cpu1": {},  # no ansible_host: its inventory name is its address
+}
+GROUPS = {"all": ["head1", "gpu1", "cpu1"], "runyard_head": ["head1"], "runyard_agents": ["gpu1", "cpu1", "head1"]}
+
+
+@pytest.fixture(scope="module")
+def jinja() -> Any:
+    jinja2 = pytest.importorskip("jinja2", reason="jinja2 is not installed: the Ansible templates are not rendered")
+    from jinja2.nativetypes import NativeEnvironment
+
+    def to_json(value: Any) -> str:
+        return json.dumps(value)
+
+    # Ansible's template module: trim_blocks on, the trailing newline kept, undefined variables are errors.
+    text_env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True,
+                                  loader=jinja2.FileSystemLoader(str(ROLES)))
+    # Ansible evaluates variables lazily and keeps native types ("{{ [1] }}" is a list): NativeEnvironment.
+    native_env = NativeEnvironment(undefined=jinja2.StrictUndefined)
+    for env in (text_env, native_env):
+        env.filters["to_json"] = to_json
+    return text_env, native_env
+
+
+def host_vars(jinja: Any, host: str, **overrides: Any) -> dict[str, Any]:
+    """What a template on `host` sees: every role's defaults, inventory variables, facts, then `overrides`."""
+    _, native_env = jinja
+    variables: dict[str, Any] = {}
+    for role in ("runyard_common", "runyard_head", "runyard_agent"):
+        variables.update(load_yaml(ROLES / role / "defaults" / "main.yml"))
+    variables.update(INVENTORY[host])
+    variables.update(
+        inventory_hostname=host,
+        groups=GROUPS,
+        hostvars={h: {**v, "inventory_hostname": h} for h, v in INVENTORY.items()},
+        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
+        ansible_managed="Managed by Ansible",
+        runyard_agent_supplementary_groups=["video", "render"],
+    )
+    variables.update(overrides)
+    for _ in range(10):  # resolve variables that refer to others until nothing is left to resolve
+        pending = {k: v for k, v in variables.items() if isinstance(v, str) and "{{" in v}
+        if not pending:
+            return variables
+        for key, value in pending.items():
+            variables[key] = native_env.from_string(value).render(variables)
+    raise AssertionError(f"variables refer to each other in a loop: {sorted(pending)}")
+
+
+def render(jinja: Any, template: str, variables: dict[str, Any]) -> str:
+    text_env, _ = jinja
+    return text_env.get_template(template).render(variables)
+
+
+def load_rendered(cls: type, text: str, tmp_path: Path) -> Any:
+    path = tmp_path / "rendered.toml"
+    path.write_text(text)
+    data = tomllib.loads(text)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(data) <= fields, f"not {cls.__name__} fields: {sorted(set(data) - fields)}"
+    return load_config(cls, path, env_prefix=NO_ENV)  # the daemon's loader: unknown keys and wrong types fail
+
+
+def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"not a unit file line: {line!r}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def test_head_toml_renders_to_a_valid_head_config(jinja: Any, tmp_path: Path) -> None:
+    config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", host_vars(jinja, "head1")), tmp_path)
+    assert config.data_dir == "/var/lib/runyard"
+    assert config.listen == "0.0.0.0:7433"
+    assert config.log_level == "INFO"
+    assert config.max_retries == HeadConfig().max_retries  # untouched keys keep the daemon's default
+
+
+def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path) -> None:
+    extra = {"artifact_url": 's3://bucket/run "yard"\\x', "max_retries": 5, "down_after_s": 600.5,
+             "snapshot_max_bytes": 3 * 1024**3, "sqlite_synchronous": "NORMAL"}
+    variables = host_vars(jinja, "head1", runyard_head_config=extra, runyard_head_port="7500")
+    config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", variables), tmp_path)
+    assert {k: getattr(config, k) for k in extra} == extra
+    assert config.listen == "0.0.0.0:7500"
+
+
+def test_head_unit(jinja: Any) -> None:
+    text = render(jinja, "runyard_head/templates/runyard-head.service.j2", host_vars(jinja, "head1"))
+    service = unit_settings(text)["Service"]
+    assert service["ExecStart"] == ["/opt/runyard/venv/bin/runyard-head --config /etc/runyard/head.toml"]
+    assert service["User"] == ["runyard"]
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ReadWritePaths": "/var/lib/runyard",
+                       "PrivateTmp": "yes", "ProtectHome": "yes", "Restart": "on-failure", "RestartSec": "2"}.items():
+        assert service.get(key) == [value], f"{key}={service.get(key)}"
+    assert "WantedBy" in unit_settings(text)["Install"]
+    extra = render(jinja, "runyard_head/templates/runyard-head.service.j2",
+                   host_vars(jinja, "head1", runyard_head_read_write_paths=["/srv/artifacts"]))
+    assert unit_settings(extra)["Service"]["ReadWritePaths"] == ["/var/lib/runyard", "/srv/artifacts"]
+
+
+def test_agent_toml_on_a_node(jinja: Any, tmp_path: Path) -> None:
+    text = render(jinja, "runyard_agent/templates/agent.toml.j2", host_vars(jinja, "gpu1"))
+    config = load_rendered(AgentConfig, text, tmp_path)
+    assert config.head_address == "10.0.0.10:7433"  # the head's ansible_host, not the agent's
+    assert config.join_token_file == "/etc/runyard/join.token"
+    assert config.join_token == ""  # the secret is in the 0600 file, not in the config
+    assert config.name == "gpu1"
+    assert config.data_dir == "/var/lib/runyard-agent"
+    assert config.stop_grace_s == 10.0
+    assert config.labels == {}
+
+
+def test_agent_toml_with_labels_and_extra_keys(jinja: Any, tmp_path: Path) -> None:
+    labels = {"rack": "a", "zone name": 'eu "west"', "gen": 4}
+    extra = {"cpus": 16, "memory_bytes": 64 * 1024**3, "heartbeat_interval_s": 2.5, "python_bin_dir": 'C:\\conda "x"\\bin'}
+    variables = host_vars(jinja, "cpu1", runyard_agent_labels=labels, runyard_agent_config=extra,
+                          runyard_agent_stop_grace_s="25", runyard_head_port="7500", runyard_agent_cluster='team "a"')
+    config = load_rendered(AgentConfig, render(jinja, "runyard_agent/templates/agent.toml.j2", variables), tmp_path)
+    assert config.labels == {"rack": "a", "zone name": 'eu "west"', "gen": "4"}  # label values are strings
+    assert (config.cpus, config.memory_bytes, config.heartbeat_interval_s) == (16.0, 64 * 1024**3, 2.5)
+    assert config.python_bin_dir == 'C:\\conda "x"\\bin'
+    assert config.cluster == 'team "a"'
+    assert config.stop_grace_s == 25.0
+    assert config.head_address == "10.0.0.10:7500"
+
+
+def test_agent_unit(jinja: Any) -> None:
+    variables = host_vars(jinja, "gpu1")
+    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
+    assert service["ExecStart"] == ["/opt/runyard/venv/bin/runyard-agent --config /etc/runyard/agent.toml"]
+    assert service["User"] == ["runyard"]
+    assert service["SupplementaryGroups"] == ["video render"]
+    assert service["KillMode"] == ["mixed"]
+    assert int(service["TimeoutStopSec"][0]) > variables["runyard_agent_stop_grace_s"] + 5
+    assert service["Restart"] == ["on-failure"]
+    assert "PYTHONUNBUFFERED=1" in service["Environment"]
+    assert "HOME=/var/lib/runyard-agent/home" in service["Environment"]
+
+
+def test_agent_unit_follows_stop_grace_groups_and_environment(jinja: Any) -> None:
+    variables = host_vars(jinja, "gpu1", runyard_agent_stop_grace_s=120, runyard_agent_supplementary_groups=[],
+                          runyard_agent_environment={"HF_HOME": "/data/hf cache"})
+    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
+    assert int(service["TimeoutStopSec"][0]) > 120
+    assert "SupplementaryGroups" not in service  # systemd refuses a unit that names a group the host lacks
+    assert '"HF_HOME=/data/hf cache"' in service["Environment"]
+
+
+def test_agent_on_the_head_host_gets_its_own_user(jinja: Any) -> None:
+    """Jobs run as the agent's user; on the head host that user must not be able to read the head's tokens."""
+    variables = host_vars(jinja, "head1")
+    assert variables["runyard_agent_user"] == "runyard-agent" != variables["runyard_user"]
+    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
+    assert service["User"] == ["runyard-agent"]
+    assert host_vars(jinja, "gpu1")["runyard_agent_user"] == "runyard"
