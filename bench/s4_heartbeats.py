@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protos import runyard_pb2 as pb  # noqa: E402
 from protos import runyard_pb2_grpc as pb_grpc  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import row  # noqa: E402
 from tests.harness import Head  # noqa: E402
 
 CHANNELS = 100  # HTTP/2 connections; ~50 streams each, well under per-connection stream caps
@@ -197,6 +199,12 @@ def main() -> None:
         "pinned_head_core0_generator_core1": bool(pinned),
         "generator_saturated": result["generator_cpu_share_of_one_core"] > 0.9,  # type: ignore[operator]
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
+        "table": [
+            row(f"heartbeat p99, {result['connected']} of {args.agents} agents connected", p99, "ms", 100, "<=",
+                peer="bare grpc.aio echo, same rate",
+                peer_ratio=round(p99 / limit["p99_ms"], 2) if isinstance(p99, float) else None),
+            row("head CPU, share of one core", result["head_cpu_share_of_one_core"], "core", 0.5, "<=", digits=3),
+        ],
     }))
 
 

@@ -1,0 +1,352 @@
+"""S1: durable submits/s, one serial client and 4 concurrent clients; submit latency p50/p99.
+
+Goals (docs: /work/shared/design/performance.md): >= 800/s serial, >= 1,500/s with 4 clients, p99 <= 10 ms.
+
+A real head (no agents: every run stays Queued) is started with tests.harness on loopback; one snapshot is
+uploaded once; then `Runyard.Submit` is called with the blocking gRPC stub, exactly as runyard/client.py does
+(bearer token metadata, a fresh idempotency key per call).
+
+Measured in the same run, with the same client loop:
+- peer "bare grpc.aio unary": a grpc.aio server on uvloop (like the head) in its own process, serving
+  `Runyard.HasSnapshot` from a servicer that answers at once: no interceptor, no I/O. Our submits/s divided by its
+  calls/s is what the head's work per call costs beyond gRPC itself.
+- limit "sqlite3 FULL commit": plain sqlite3 single-transaction commits/s (WAL, synchronous=FULL) on the disk the
+  head writes to: what one durable submit cannot beat without batching commits.
+- reference "head HasSnapshot": the same cheap call on the real head (auth interceptor, a thread hop and a
+  stat()): the head's per-call overhead without the durable write.
+
+Clients are processes (multiprocessing, spawn), not threads, so that the GIL does not serialise them. The head
+(and the echo server) are pinned to core 0, the clients to core 1, when there are 2+ cores; the clients' own CPU is
+reported and a saturated generator turns the figure into "at least".
+Prints one JSON object on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import common  # noqa: E402
+from common import (  # noqa: E402
+    CpuMeter, PinPlan, emit, latency_ms, log, machine_info, metadata, pin_self, ratio, row, saturated, summarize,
+)
+
+GOAL_SERIAL = 800.0
+GOAL_CONCURRENT = 1500.0
+GOAL_P99_MS = 10.0
+CALL_TIMEOUT_S = 10.0
+
+
+# --- the peer: a bare grpc.aio unary service --------------------------------------------------------------------
+
+def serve_echo(ready_file: str) -> None:
+    """Serve Runyard.HasSnapshot answering at once, on uvloop like the head; write the port to `ready_file`."""
+    import grpc
+    import uvloop
+
+    from protos import runyard_pb2 as pb
+    from protos import runyard_pb2_grpc as pb_grpc
+
+    class Echo(pb_grpc.RunyardServicer):
+        async def HasSnapshot(self, request: Any, context: Any) -> Any:
+            return pb.HasSnapshotResponse(present=True)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_RunyardServicer_to_server(Echo(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        tmp = ready_file + ".tmp"
+        Path(tmp).write_text(str(port))
+        os.replace(tmp, ready_file)
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def start_echo(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    ready = root / "echo.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(ready)], stdout=subprocess.DEVNULL,
+                            stderr=open(root / "echo.log", "wb"))
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"echo server did not start: {(root / 'echo.log').read_text()[-2000:]}")
+        time.sleep(0.02)
+    return proc, f"127.0.0.1:{ready.read_text().strip()}"
+
+
+# --- the client loop (one process per client) -------------------------------------------------------------------
+
+def client(address: str, token: str, method: str, sha: str, calls: int, warmup: int, cpus: list[int] | None,
+           barrier: Any, out: Any) -> None:
+    import grpc
+
+    from protos import runyard_pb2 as pb
+    from protos import runyard_pb2_grpc as pb_grpc
+
+    if cpus:
+        pin_self(cpus)
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.RunyardStub(channel)
+    md = metadata(token)
+    if method == "submit":
+        spec = pb.RunSpec(argv=["true"])
+
+        def call() -> None:
+            stub.Submit(pb.SubmitRequest(experiment="bench-s1", snapshot_sha256=sha, spec=spec,
+                                         idempotency_key=uuid.uuid4().hex), metadata=md, timeout=CALL_TIMEOUT_S)
+    else:
+        ref = pb.SnapshotRef(sha256=sha)
+
+        def call() -> None:
+            stub.HasSnapshot(ref, metadata=md, timeout=CALL_TIMEOUT_S)
+
+    errors = 0
+    try:
+        for _ in range(warmup):
+            call()
+        barrier.wait(timeout=60)
+        latencies = []
+        cpu0, t0 = time.process_time(), time.monotonic()
+        for _ in range(calls):
+            s = time.perf_counter()
+            try:
+                call()
+            except grpc.RpcError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - s)
+        t1, cpu1 = time.monotonic(), time.process_time()
+        out.put({"start": t0, "end": t1, "cpu_s": cpu1 - cpu0, "latencies": latencies, "errors": errors})
+    except Exception as err:  # reported, never hidden
+        out.put({"error": f"{type(err).__name__}: {err}"})
+        barrier.abort()  # the parent stops waiting at once
+    finally:
+        channel.close()
+
+
+def _drain(out: Any) -> list[dict[str, Any]]:
+    found = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            found.append(out.get(timeout=1))
+    return found
+
+
+def run_clients(address: str, token: str, method: str, sha: str, *, clients: int, calls_each: int, warmup: int,
+                cpus: list[int] | None, meter_pids: dict[str, int]) -> dict[str, Any]:
+    """Run `clients` client processes at once; calls/s over the span from the first start to the last end."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(clients + 1)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=client, args=(address, token, method, sha, calls_each, warmup, cpus, barrier, out))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=120)  # every client warmed up
+    except threading.BrokenBarrierError:
+        errors = [r["error"] for r in _drain(out) if "error" in r]
+        for p in procs:
+            p.kill()
+        raise RuntimeError(f"client failed before measuring: {errors[0] if errors else 'no client reported'}") from None
+    meter = CpuMeter(meter_pids).start()
+    results = [out.get(timeout=300) for _ in procs]
+    cpu = meter.stop()
+    for p in procs:
+        p.join(timeout=30)
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        raise RuntimeError(f"client failed: {failed[0]}")
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    latencies = [x for r in results for x in r["latencies"]]
+    client_cpu = sum(r["cpu_s"] for r in results)
+    cores = len(cpus) if cpus else (os.cpu_count() or 1)
+    return {
+        "calls": len(latencies), "errors": sum(r["errors"] for r in results), "span_s": round(span, 3),
+        "calls_per_s": len(latencies) / span if span > 0 else None,
+        "latencies": latencies,
+        "generator_cpu_s": round(client_cpu, 3), "generator_share_of_its_cores": round(client_cpu / (span * cores), 3),
+        "generator_saturated": saturated(client_cpu, span, cores),
+        "server_cpu": cpu,
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+def count_runs(stub: Any, token: str) -> int:
+    """Queued runs of the default workspace (up to 10,000)."""
+    from protos import runyard_pb2 as pb
+    return len(stub.ListRuns(pb.ListRunsRequest(state="Queued", limit=10_000), metadata=metadata(token), timeout=30).runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--serial-calls", type=int, default=300, help="calls per repeat, one client")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--calls-each", type=int, default=100, help="calls per client per repeat, concurrent case")
+    parser.add_argument("--warmup", type=int, default=30, help="warm-up calls per client process")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer calls (smoke run)")
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (head log, database)")
+    parser.add_argument("--serve-echo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_echo:
+        serve_echo(args.serve_echo)
+        return
+    common.exit_on_sigterm()
+    if args.quick:
+        args.serial_calls, args.calls_each, args.warmup = 100, 40, 10
+
+    import grpc
+
+    from protos import runyard_pb2_grpc as pb_grpc
+    from tests.harness import Cluster
+
+    root = common.temp_root("runyard-bench-s1-")
+    plan = PinPlan.make(not args.no_pin)
+    result: dict[str, Any] = {"scenario": "S1", "what": "durable submits/s (Runyard.Submit), serial and concurrent",
+                              "machine": machine_info(root)}
+    log(f"S1: work dir {root}")
+    echo_proc = None
+    cluster = None
+    try:
+        plan.apply("bench_driver", os.getpid())
+        gen_cpus = plan.generator_cpus if plan.enabled else None
+        echo_proc, echo_address = start_echo(root)
+        plan.apply("echo_server", echo_proc.pid, plan.head_cpus)
+        snap = common.make_snapshot(root)
+        # The durable-write limit: plain sqlite3 commits (WAL, FULL, 2 rows) on the disk the head writes to.
+        commit_limit = common.sqlite_commit_rate(root, synchronous="FULL")
+        log(f"  sqlite3 FULL commits/s on this disk: {commit_limit['commits_per_s']['median']}")
+        shapes = [("serial", 1, args.serial_calls), ("concurrent", args.clients, args.calls_each)]
+        cases = ("submit", "head_has_snapshot", "bare_grpc_echo")
+        raw: dict[str, list[dict[str, Any]]] = {f"{s}/{c}": [] for s, _, _ in shapes for c in cases}
+        depth: list[dict[str, int]] = []
+        for rep in range(args.repeats):
+            # Interleaved, so that drift of a shared machine hits ours and the peer alike. Every submit phase gets
+            # a fresh head: with no agents the queue only grows, and its depth changes the figure (see queue_depth).
+            for shape, clients, calls in shapes:
+                cluster = Cluster.start(root / f"r{rep}-{shape}", agents=0)
+                head_pid = cluster.head.proc.pid  # type: ignore[union-attr]
+                plan.apply("head", head_pid)
+                token = cluster.head.token
+                channel = grpc.insecure_channel(cluster.head.address)
+                stub = pb_grpc.RunyardStub(channel)
+                common.upload_snapshot(stub, token, snap)
+                runs = [
+                    ("submit", cluster.head.address, "submit", {"head": head_pid}),
+                    ("head_has_snapshot", cluster.head.address, "has_snapshot", {"head": head_pid}),
+                    ("bare_grpc_echo", echo_address, "has_snapshot", {"echo_server": echo_proc.pid}),
+                ]
+                for case, address, method, pids in runs:
+                    r = run_clients(address, token, method, snap.sha256, clients=clients, calls_each=calls,
+                                    warmup=args.warmup, cpus=gen_cpus, meter_pids=pids)
+                    raw[f"{shape}/{case}"].append(r)
+                    if case == "submit":
+                        depth.append({"repeat": rep, "clients": clients, "queued_at_end": count_runs(stub, token)})
+                    log(f"  rep {rep + 1} {shape:10s} {case:18s} {r['calls_per_s']:8.1f} calls/s  "
+                        f"p50 {common.percentile(r['latencies'], 50) * 1000:.2f} ms  "
+                        f"p99 {common.percentile(r['latencies'], 99) * 1000:.2f} ms  "
+                        f"gen cpu {r['generator_share_of_its_cores']:.2f}")
+                channel.close()
+                cluster.stop()
+                cluster = None
+
+        figures: dict[str, Any] = {}
+        for key, reps in raw.items():
+            all_lat = [x for r in reps for x in r["latencies"]]
+            figures[key] = {
+                "calls_per_s": summarize([r["calls_per_s"] for r in reps], 1),
+                "latency_ms": latency_ms(all_lat),
+                "latency_p99_ms_per_repeat": summarize([common.percentile(r["latencies"], 99) * 1000 for r in reps], 3),
+                "errors": sum(r["errors"] for r in reps),
+                "generator_share_of_its_cores": summarize([r["generator_share_of_its_cores"] for r in reps]),
+                "generator_saturated_any_repeat": any(r["generator_saturated"] for r in reps),
+                "server_share_of_one_core": summarize(
+                    [next(v["share_of_one_core"] for k, v in r["server_cpu"].items() if k != "wall_s") for r in reps]),
+                "per_repeat_calls_per_s": [round(r["calls_per_s"], 1) for r in reps],
+            }
+        result["figures"] = figures
+        # Serial submits in blocks along the growing queue: the dispatcher re-reads every queued run per wake-up.
+        serial_reps = raw["serial/submit"]
+        block = max(1, args.serial_calls // 5)
+        blocks = []
+        for start in range(0, args.serial_calls - block + 1, block):
+            rates = [block / sum(r["latencies"][start:start + block]) for r in serial_reps
+                     if len(r["latencies"]) >= start + block]
+            blocks.append({"queued_before": args.warmup + start, "submits_per_s": summarize(rates, 1)})
+        result["queue_depth"] = {
+            "per_submit_phase": depth, "serial_rate_by_queue_depth": blocks,
+            "note": "no agents: every submitted run stays Queued; each submit phase starts on a fresh head, so the "
+                    "queue grows from 0 to warm-up + calls during it",
+        }
+
+        def med(key: str) -> float:
+            return figures[key]["calls_per_s"]["median"]
+
+        serial, conc = med("serial/submit"), med("concurrent/submit")
+        p99_serial = figures["serial/submit"]["latency_ms"]["p99"]
+        p99_conc = figures["concurrent/submit"]["latency_ms"]["p99"]
+        sat_serial = figures["serial/submit"]["generator_saturated_any_repeat"]
+        sat_conc = figures["concurrent/submit"]["generator_saturated_any_repeat"]
+        result["ratios"] = {
+            "serial_to_goal_800": ratio(serial, GOAL_SERIAL),
+            "concurrent_to_goal_1500": ratio(conc, GOAL_CONCURRENT),
+            "serial_p99_to_goal_10ms": ratio(p99_serial, GOAL_P99_MS),
+            "concurrent_p99_to_goal_10ms": ratio(p99_conc, GOAL_P99_MS),
+            "serial_submit_to_bare_grpc": ratio(serial, med("serial/bare_grpc_echo")),
+            "concurrent_submit_to_bare_grpc": ratio(conc, med("concurrent/bare_grpc_echo")),
+            "serial_submit_to_head_has_snapshot": ratio(serial, med("serial/head_has_snapshot")),
+            "serial_head_has_snapshot_to_bare_grpc": ratio(med("serial/head_has_snapshot"), med("serial/bare_grpc_echo")),
+            "serial_submit_to_sqlite_full_commit": ratio(serial, commit_limit["commits_per_s"]["median"]),
+        }
+        result["limit_sqlite_commit"] = commit_limit
+        result["table"] = [
+            row("submits/s, 1 serial client", serial, "/s", GOAL_SERIAL, ">=", peer="bare grpc.aio unary",
+                peer_ratio=result["ratios"]["serial_submit_to_bare_grpc"], at_least=sat_serial),
+            row(f"submits/s, {args.clients} client processes", conc, "/s", GOAL_CONCURRENT, ">=",
+                peer="bare grpc.aio unary", peer_ratio=result["ratios"]["concurrent_submit_to_bare_grpc"],
+                at_least=sat_conc),
+            row("submit p99, serial", p99_serial, "ms", GOAL_P99_MS, "<=", digits=2),
+            row(f"submit p99, {args.clients} clients", p99_conc, "ms", GOAL_P99_MS, "<=", digits=2),
+        ]
+        result["method"] = {
+            "repeats": args.repeats, "warmup_calls_per_client": args.warmup, "serial_calls": args.serial_calls,
+            "clients": args.clients, "calls_each": args.calls_each,
+            "clients_are": "processes (multiprocessing spawn), one blocking grpc channel each",
+            "head": "tests.harness Cluster, agents=0, sqlite synchronous=FULL (default); a fresh head per submit phase",
+            "peer": "grpc.aio server on uvloop in its own process, HasSnapshot answered at once, no interceptor",
+            "rate": "calls / (last client end - first client start); latency over all calls of all repeats",
+            "pinning": plan.record(),
+        }
+        log(f"S1: serial {serial}/s, {args.clients} clients {conc}/s, p99 {p99_serial} ms / {p99_conc} ms")
+    finally:
+        if echo_proc is not None:
+            echo_proc.terminate()
+            echo_proc.wait(timeout=10)
+        if cluster is not None:
+            cluster.stop()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(root, ignore_errors=True)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
