@@ -31,6 +31,14 @@ def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = DEADL
         time.sleep(every_s)
 
 
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def terminate(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM, then SIGKILL if it has not exited within 15 s."""
     if proc is not None and proc.poll() is None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
-from tests.harness import Cluster, wait_until
+from tests.harness import Cluster, process_gone, wait_until
 
 
 def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, project: Path) -> None:
@@ -39,13 +38,7 @@ def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, proje
         logs = cluster.logs_text(run_id)
         assert "[attempt 1] attempt 1 started" in logs and "[attempt 2] attempt 2 done" in logs
 
-        def gone(pid: int) -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-        wait_until("attempt 1's process to be gone", lambda: gone(int(pid_file.read_text())), timeout_s=10)
+        wait_until("attempt 1's process to be gone", lambda: process_gone(int(pid_file.read_text())), timeout_s=10)
         nodes = {n["name"]: n["state"] for n in cluster.json("nodes")}
         assert nodes[first["node"]] == "Down"
     finally:

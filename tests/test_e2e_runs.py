@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, wait_until
+from tests.harness import Cluster, process_gone, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -124,13 +124,7 @@ def test_cancel_stops_the_whole_process_group(cluster: Cluster, project: Path, t
     run = cluster.wait_state(run_id, "Canceled")
     assert run["reason"] == "canceled_by_user"
 
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-    wait_until("both processes to be gone", lambda: gone(parent) and gone(child), timeout_s=10)
+    wait_until("both processes to be gone", lambda: process_gone(parent) and process_gone(child), timeout_s=10)
     assert cluster.cli("logs", run_id, check=True).stdout.startswith("sleeping")
 
 
