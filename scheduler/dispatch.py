@@ -16,7 +16,7 @@ import logging
 from protos import runyard_pb2 as pb
 from scheduler.convert import spec_to_pb
 from scheduler.followers import Followers
-from scheduler.lifecycle import ACTIVE, InvalidTransition, Trigger
+from scheduler.lifecycle import InvalidTransition, Trigger
 from scheduler.model import RunRecord
 from scheduler.placement import NodeView, Request, place
 from scheduler.sessions import Sessions
@@ -46,6 +46,7 @@ class Dispatcher:
         self._sessions = sessions
         self._followers = followers
         self._wake = asyncio.Event()
+        self._reasons: dict[str, str] = {}     # pending reasons as last written, so a pass writes only changes
 
     def wake(self) -> None:
         self._wake.set()
@@ -67,19 +68,21 @@ class Dispatcher:
 
     async def views(self) -> list[NodeView]:
         """Connected nodes with what their active runs leave free."""
-        active = await self._store.runs_in(ACTIVE)
+        used: dict[str, tuple[float, int, set[int]]] = {}
+        for node_id, cpus, memory, gpus in await self._store.allocations():
+            held = used.get(node_id, (0.0, 0, set()))
+            used[node_id] = (held[0] + cpus, held[1] + memory, held[2] | set(gpus))
         views = []
         for s in self._sessions.all():
-            mine = [r for r in active if r.node_id == s.node_id]
-            used_gpus = {i for r in mine for i in r.gpu_indices}
+            cpus_used, memory_used, gpus_used = used.get(s.node_id, (0.0, 0, set()))
             views.append(
                 NodeView(
                     id=s.node_id,
                     name=s.name,
                     cluster=s.cluster,
-                    cpus_free=s.capacity.cpus - sum(r.spec.cpus for r in mine),
-                    memory_free=s.capacity.memory_bytes - sum(r.spec.memory_bytes for r in mine),
-                    gpus_free=tuple(g.index for g in s.capacity.gpus if g.index not in used_gpus),
+                    cpus_free=s.capacity.cpus - cpus_used,
+                    memory_free=s.capacity.memory_bytes - memory_used,
+                    gpus_free=tuple(g.index for g in s.capacity.gpus if g.index not in gpus_used),
                     cpus_total=s.capacity.cpus,
                     memory_total=s.capacity.memory_bytes,
                     gpus_total=len(s.capacity.gpus),
@@ -90,10 +93,10 @@ class Dispatcher:
 
     async def pass_once(self) -> int:
         """One scheduling pass; returns how many runs it placed."""
-        queued = await self._store.queue()
-        if not queued:
+        requests = [Request(*row) for row in await self._store.queued_demand()]
+        if not requests:
+            self._reasons.clear()
             return 0
-        requests = [Request(r.id, r.spec.compute, r.spec.cpus, r.spec.memory_bytes, r.spec.gpus) for r in queued]
         plan = place(requests, await self.views())
         names = {s.node_id: s.name for s in self._sessions.all()}
         placed = 0
@@ -109,5 +112,7 @@ class Dispatcher:
             log.info("run assigned", extra={"run_id": run.id, "node": names[p.node_id], "attempt": run.attempt})
             self._sessions.send(p.node_id, assignment(run))
             self._followers.notify(run.id)
-        await self._store.set_pending_reasons(plan.pending)
+        changed = {run_id: reason for run_id, reason in plan.pending.items() if self._reasons.get(run_id) != reason}
+        await self._store.set_pending_reasons(changed)
+        self._reasons = dict(plan.pending)
         return placed

@@ -221,6 +221,26 @@ class Store:
         sql += " ORDER BY priority DESC, created_at, id"
         return [_run(r) for r in await self._all(sql, args)]
 
+    async def queued_demand(self) -> list[tuple[str, str, float, int, int]]:
+        """(run id, compute, cpus, memory bytes, gpus) of every queued run, in queue order.
+
+        Reads only what placement needs, decoded by SQLite, so a scheduling pass over a long queue stays cheap.
+        """
+        return await self._all(
+            "SELECT id, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
+            "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus') FROM runs WHERE state = 'Queued' "
+            "ORDER BY priority DESC, created_at, id"
+        )
+
+    async def allocations(self) -> list[tuple[str, float, int, list[int]]]:
+        """(node id, cpus, memory bytes, GPU indices) held by every live attempt."""
+        marks = ", ".join("?" * len(ACTIVE))
+        rows = await self._all(
+            "SELECT node_id, json_extract(spec, '$.cpus'), json_extract(spec, '$.memory_bytes'), gpu_indices "
+            f"FROM runs WHERE state IN ({marks})", sorted(ACTIVE),
+        )
+        return [(node, cpus, memory, json.loads(gpus)) for node, cpus, memory, gpus in rows]
+
     async def run_events(self, run_id: str) -> list[RunEventRecord]:
         rows = await self._all(
             "SELECT at, from_state, to_state, event, detail FROM run_events WHERE run_id = ? ORDER BY id", (run_id,)
