@@ -9,7 +9,6 @@ UNAUTHENTICATED answer makes the agent join again with the join token. `run()` e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -187,4 +186,4 @@ class HeadLink:
         await self._retry(f"outputs of {run_id}", once)
 
 
-__all__ = ["HeadLink", "JoinRefused", "contextlib"]
+__all__ = ["HeadLink", "JoinRefused"]

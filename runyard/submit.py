@@ -6,9 +6,11 @@ Ctrl-C while following detaches: the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -48,7 +50,7 @@ def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool
     """Submit `request`; returns the exit code for the CLI."""
     say = (lambda text: None) if quiet else (lambda text: render.err_console.print(text, markup=False, soft_wrap=True))
     with tempfile.TemporaryDirectory(prefix="runyard-") as tmp:
-        with render.err_console.status("packing snapshot", spinner="dots") if not quiet else _nothing():
+        with render.err_console.status("packing snapshot", spinner="dots") if not quiet else contextlib.nullcontext():
             snapshot = create_snapshot(request.code_dir, Path(tmp), max_bytes=SNAPSHOT_MAX_BYTES)
         if client.has_snapshot(snapshot.sha256):
             say(f"snapshot {snapshot.sha256[:12]} unchanged ({snapshot.file_count} files); nothing to upload")
@@ -70,7 +72,7 @@ def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool
     return follow(client, reply.run_id, say=say)
 
 
-def follow(client: Client, run_id: str, *, say: "callable") -> int:  # type: ignore[valid-type]
+def follow(client: Client, run_id: str, *, say: Callable[[str], None]) -> int:
     try:
         for line in client.logs(run_id, follow=True):
             render.write_log(line)
@@ -88,10 +90,3 @@ def follow(client: Client, run_id: str, *, say: "callable") -> int:  # type: ign
     say(f"run {run_id} failed: {run.reason}" + (f" ({detail})" if detail else ""))
     return run.exit_code if run.has_exit_code and run.exit_code > 0 else 1
 
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -20,7 +20,7 @@ import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
-from scheduler.artifacts import CHUNK_BYTES, ArtifactStore
+from scheduler.artifacts import ArtifactStore
 from scheduler.attempts import lose_attempt
 from scheduler.auth import Credentials, caller, new_token, token_sha
 from scheduler.convert import capacity_from_pb
@@ -78,7 +78,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, now, node.schedule)
+        session = Session(node_id, node.name, node.cluster, capacity, node.schedule)
         self._sessions.attach(session)
         self._sessions.heard(node_id, now, node.name)
         await self._store.set_node_state(node_id, "Ready", capacity=capacity)
@@ -197,9 +197,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
 
     async def FetchSnapshot(self, request: pb.FetchSnapshotRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         run = await self._store.run_for_node(request.run_id, request.attempt, caller().node_id)
-        size = await asyncio.to_thread(self._artifacts.size, "snapshots", run.snapshot_sha256)
-        chunks = self._artifacts.read_chunks("snapshots", run.snapshot_sha256)
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        async for chunk, size in self._artifacts.stream("snapshots", run.snapshot_sha256):
             yield pb.DataChunk(data=chunk, size=size)
 
     async def UploadOutputs(self, request_iterator: AsyncIterator[pb.OutputsChunk], context: grpc.aio.ServicerContext) -> pb.OutputsResponse:
@@ -240,4 +238,4 @@ async def receive_blob(first: bytes, rest: AsyncIterator[bytes], sha256: str, *,
     return path
 
 
-__all__ = ["NodeAgentService", "receive_blob", "CHUNK_BYTES"]
+__all__ = ["NodeAgentService", "receive_blob"]

@@ -4,13 +4,14 @@ Objects live at `<root>/<kind>/<sha[:2]>/<sha>.zip`. A blob is written once: upl
 (hashed and checked while they arrive), then `put()` moves it into place; an existing sha256 is never written
 again, which is how a resubmit of an unchanged directory uploads nothing.
 On the local filesystem the file is fsynced and renamed into place, so an acknowledged upload survives a crash.
-All methods block: call them through `asyncio.to_thread`.
+All methods but `stream` block: call them through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import fsspec
@@ -59,6 +60,13 @@ class ArtifactStore:
         with self._fs.open(self._path(kind, sha256), "rb") as f:
             while chunk := f.read(CHUNK_BYTES):
                 yield chunk
+
+    async def stream(self, kind: str, sha256: str) -> AsyncIterator[tuple[bytes, int]]:
+        """(chunk, total size) of an object, read off the event loop; the one way the head sends a blob."""
+        size = await asyncio.to_thread(self.size, kind, sha256)
+        chunks = self.read_chunks(kind, sha256)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk, size
 
     def local_path(self, kind: str, sha256: str) -> Path | None:
         """The object's path when the store is on the local disk (for validation without a copy)."""

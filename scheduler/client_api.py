@@ -233,11 +233,14 @@ class RunyardService(pb_grpc.RunyardServicer):
         return response
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:
-        active = await self._store.runs_in(ACTIVE)
+        by_node: dict[str, list[RunRecord]] = {}
+        for run in await self._store.runs_in(ACTIVE):
+            by_node.setdefault(run.node_id, []).append(run)
+        last_heard = self._sessions.last_heard()
         nodes = []
         for node in await self._store.list_nodes():
-            mine = [r for r in active if r.node_id == node.id]
-            heard = self._sessions.last_heard().get(node.id)
+            mine = by_node.get(node.id, [])
+            heard = last_heard.get(node.id)
             state = node.state if heard is None or node.state == "Down" else health(self._store.clock(), heard, self._timers)
             allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
             nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
@@ -265,9 +268,7 @@ class RunyardService(pb_grpc.RunyardServicer):
                 raise NotFound(f"run {run.id} has no outputs" + ("" if run.state in TERMINAL else " yet"))
         else:
             kind, sha = "snapshots", run.snapshot_sha256
-        size = await asyncio.to_thread(self._artifacts.size, kind, sha)
-        chunks = self._artifacts.read_chunks(kind, sha)
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        async for chunk, size in self._artifacts.stream(kind, sha):
             yield pb.DataChunk(data=chunk, size=size)
 
 

@@ -21,7 +21,6 @@ class Session:
     name: str
     cluster: str
     capacity: Capacity
-    connected_at: float
     schedule: str = "active"                    # active, cordoned, draining: only active takes new runs
     outbox: asyncio.Queue[pb.HeadMessage | None] = field(default_factory=asyncio.Queue)
 
