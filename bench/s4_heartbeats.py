@@ -3,7 +3,12 @@ head CPU <= 50 % of one core).
 
 One generator process runs every agent as a coroutine: Join, then one Connect stream (Hello, then a heartbeat
 every interval, spread evenly), spread over several HTTP/2 connections. A heartbeat's latency is the time until
-the head's Ack for it arrives. The head runs as its own process, pinned to core 0, the generator to core 1 when
+the head's Ack for it arrives; the window counts the heartbeats sent inside it (acks waited for a little after it),
+and the ones never answered are reported. Like the real agent (agent/link.py), a simulated agent whose Join or Connect fails
+retries with jittered exponential backoff (0.05 s doubling to 2 s; Join with a 10 s deadline); every retry is counted
+by phase and status code and reported, so that a connect storm the head sheds shows up instead of silently losing
+the agents (grpc core cancels calls beyond its pending-request backlog, `grpc.server.max_pending_requests`, before
+the head's code sees them). The head runs as its own process, pinned to core 0, the generator to core 1 when
 the machine has two. Limit measured in the same run: the same number of bidi ping-pongs per second against a
 bare grpc.aio echo stream, i.e. what the transport alone costs at this load. Prints one JSON object.
 """
@@ -15,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -40,37 +46,104 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+BACKOFF_S, BACKOFF_MAX_S, JOIN_TIMEOUT_S = 0.05, 2.0, 10.0  # as agent/link.py with its default reconnect_max_s
+
+
+class Fleet:
+    """What the simulated agents observed, shared by all of them (one event loop, no locks needed)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.latencies: list[float] = []         # heartbeats sent inside the window, until their ack
+        self.measuring = asyncio.Event()         # set while the window is open
+        self.sent_in_window = 0
+        self.connected: set[str] = set()         # agents whose hello the head acknowledged at least once
+        self.connected_at: list[float] = []      # when each agent was first acknowledged, from t0
+        self.retries: dict[str, int] = {}        # "join:CANCELLED" -> count
+        self.last_error: dict[str, str] = {}     # agent -> its latest failure, while it is not connected
+        self.reconnects = 0                      # streams opened again after an agent had been connected
+        self.retried: set[str] = set()           # agents that failed at least once
+
+    def failed(self, name: str, phase: str, err: grpc.aio.AioRpcError) -> None:
+        key = f"{phase}:{err.code().name}"
+        self.retries[key] = self.retries.get(key, 0) + 1
+        self.last_error[name] = f"AioRpcError: {err.code().name} ({phase})"
+        self.retried.add(name)
+
+
 async def agent(stub: pb_grpc.NodeAgentStub, join_token: str, name: str, offset_s: float, interval_s: float,
-                until: float, latencies: list[float], measuring: asyncio.Event, connected: list[int]) -> None:
-    reply = await stub.Join(pb.JoinRequest(name=name, capacity=pb.Capacity(cpus=8, memory_bytes=32 << 30)),
-                            metadata=(("authorization", f"Bearer {join_token}"),))
-    sent: dict[int, float] = {}
+                until: float, fleet: Fleet) -> None:
+    token = ""
+    backoff_s = BACKOFF_S
+    while time.monotonic() < until:
+        phase = "join" if not token else "connect"
+        try:
+            if not token:
+                reply = await stub.Join(
+                    pb.JoinRequest(name=name, capacity=pb.Capacity(cpus=8, memory_bytes=32 << 30)),
+                    metadata=(("authorization", f"Bearer {join_token}"),), timeout=JOIN_TIMEOUT_S)
+                token = reply.node_token
+                phase = "connect"
+            if name in fleet.connected:
+                fleet.reconnects += 1
+            await stream(stub, token, name, offset_s, interval_s, until, fleet)
+            backoff_s = BACKOFF_S
+        except grpc.aio.AioRpcError as err:
+            fleet.failed(name, phase, err)
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                token = ""  # the real agent joins again
+        if time.monotonic() >= until:
+            return
+        await asyncio.sleep(backoff_s * (0.5 + random.random()))
+        backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+
+async def stream(stub: pb_grpc.NodeAgentStub, token: str, name: str, offset_s: float, interval_s: float,
+                 until: float, fleet: Fleet) -> None:
+    """One Connect stream: hello, then a heartbeat on this agent's slot of every interval, until `until`."""
+    sent: dict[int, tuple[float, bool]] = {}  # seq -> (sent at, sent inside the window)
     queue: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
 
     async def requests():  # type: ignore[no-untyped-def]
         while (message := await queue.get()) is not None:
             yield message
 
-    call = stub.Connect(requests(), metadata=(("authorization", f"Bearer {reply.node_token}"),))
+    call = stub.Connect(requests(), metadata=(("authorization", f"Bearer {token}"),))
     await queue.put(pb.AgentMessage(msg_seq=1, hello=pb.Hello(capacity=pb.Capacity(cpus=8))))
 
     async def beat() -> None:
-        await asyncio.sleep(offset_s)
+        # Slots on a fixed grid from the fleet's start, so the load stays spread evenly across reconnects.
+        slot = fleet.t0 + offset_s
+        now = time.monotonic()
+        if slot < now:
+            slot += ((now - slot) // interval_s + 1) * interval_s
         seq = 1
-        while time.monotonic() < until:
+        while slot < until:
+            await asyncio.sleep(slot - time.monotonic())
             seq += 1
-            sent[seq] = time.perf_counter()
+            in_window = fleet.measuring.is_set()
+            fleet.sent_in_window += in_window
+            sent[seq] = (time.perf_counter(), in_window)
             await queue.put(pb.AgentMessage(msg_seq=seq, heartbeat=pb.Heartbeat(sent_at=time.time())))
-            await asyncio.sleep(interval_s)
+            slot += interval_s
         await queue.put(None)
 
     beater = asyncio.create_task(beat())
-    async for message in call:
-        if message.HasField("ack") and message.ack.msg_seq == 1:
-            connected[0] += 1  # the head acknowledged our hello
-        if message.HasField("ack") and message.ack.msg_seq in sent and measuring.is_set():
-            latencies.append(time.perf_counter() - sent.pop(message.ack.msg_seq))
-    await beater
+    try:
+        async for message in call:
+            if not message.HasField("ack"):
+                continue
+            if message.ack.msg_seq == 1 and name not in fleet.connected:  # the head acknowledged our hello
+                fleet.connected.add(name)
+                fleet.connected_at.append(time.monotonic() - fleet.t0)
+                fleet.last_error.pop(name, None)
+            elif message.ack.msg_seq in sent:
+                at, in_window = sent.pop(message.ack.msg_seq)
+                if in_window:
+                    fleet.latencies.append(time.perf_counter() - at)
+        await beater
+    finally:
+        beater.cancel()
 
 
 async def generate(address: str, join_token: str, agents: int, interval_s: float, duration_s: float,
@@ -80,44 +153,56 @@ async def generate(address: str, join_token: str, agents: int, interval_s: float
                                                             ("runyard.bench.connection", i)])
                 for i in range(CHANNELS)]
     stubs = [pb_grpc.NodeAgentStub(c) for c in channels]
-    latencies: list[float] = []
-    measuring = asyncio.Event()
-    connected = [0]
+    fleet = Fleet()
     warmup_s = interval_s * 2
     until = time.monotonic() + warmup_s + duration_s + 60  # generous: joins of thousands take a while
     tasks = [asyncio.create_task(agent(stubs[i % CHANNELS], join_token, f"sim-{i:05d}", interval_s * i / agents,
-                                       interval_s, until, latencies, measuring, connected)) for i in range(agents)]
+                                       interval_s, until, fleet)) for i in range(agents)]
     head = psutil.Process(head_pid)
     me = psutil.Process()
     # Wait until every agent is connected, or until no more connect for 10 s (then the window measures those).
     last, steady_since = -1, time.monotonic()
-    while connected[0] < agents and time.monotonic() - steady_since < 10:
-        if connected[0] != last:
-            last, steady_since = connected[0], time.monotonic()
+    while len(fleet.connected) < agents and time.monotonic() - steady_since < 10:
+        if len(fleet.connected) != last:
+            last, steady_since = len(fleet.connected), time.monotonic()
         await asyncio.sleep(0.2)
+    retries_to_connect = dict(fleet.retries)
     await asyncio.sleep(warmup_s)  # every agent beats at least twice before the window opens
     head_cpu0, my_cpu0, t0 = sum(head.cpu_times()[:2]), sum(me.cpu_times()[:2]), time.monotonic()
-    measuring.set()
+    connected0, reconnects0 = len(fleet.connected), fleet.reconnects
+    fleet.measuring.set()
     await asyncio.sleep(duration_s)
-    measuring.clear()
+    fleet.measuring.clear()
     head_cpu = (sum(head.cpu_times()[:2]) - head_cpu0) / (time.monotonic() - t0)
     my_cpu = (sum(me.cpu_times()[:2]) - my_cpu0) / (time.monotonic() - t0)
-    window = list(latencies)
-    failures: dict[str, int] = {}
+    await asyncio.sleep(min(interval_s, 5.0))  # acks of the window's last heartbeats; later ones count as lost
+    window = list(fleet.latencies)
+    connected = len(fleet.connected)
+    failures: dict[str, int] = {}  # agents never acknowledged, by their latest error
+    for name, error in fleet.last_error.items():
+        if name not in fleet.connected:
+            failures[error] = failures.get(error, 0) + 1
     for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            err = task.exception()
-            key = f"{type(err).__name__}: {err.code().name if isinstance(err, grpc.aio.AioRpcError) else err}"
-            failures[key] = failures.get(key, 0) + 1
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for channel in channels:
         await channel.close()
-    return {"connected": connected[0], "failed_agents": failures, "complete": connected[0] == agents,
-            "heartbeats": len(window), "expected": int(connected[0] * duration_s / interval_s),
+    arrived = sorted(fleet.connected_at)
+    return {"connected": connected, "failed_agents": failures, "complete": connected == agents,
+            "heartbeats": len(window), "expected": int(connected * duration_s / interval_s),
             "p50_ms": round(pct(window, 0.50) * 1000, 2), "p99_ms": round(pct(window, 0.99) * 1000, 2),
             "max_ms": round(max(window) * 1000, 2) if window else None,
-            "head_cpu_share_of_one_core": round(head_cpu, 3), "generator_cpu_share_of_one_core": round(my_cpu, 3)}
+            "head_cpu_share_of_one_core": round(head_cpu, 3), "generator_cpu_share_of_one_core": round(my_cpu, 3),
+            "connect_storm": {
+                "retries_by_phase_and_code": retries_to_connect,
+                "agents_that_retried": len(fleet.retried),
+                "all_connected_after_s": round(arrived[-1], 2) if connected == agents and arrived else None,
+                "p50_connected_after_s": round(pct(arrived, 0.5), 2) if arrived else None,
+                "connected_during_window": connected - connected0,
+                "reconnects_during_window": fleet.reconnects - reconnects0,
+            },
+            "heartbeats_sent_in_window": fleet.sent_in_window,
+            "heartbeats_unanswered": fleet.sent_in_window - len(window)}
 
 
 class Echo(pb_grpc.NodeAgentServicer):

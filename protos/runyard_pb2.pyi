@@ -19,19 +19,32 @@ STDERR: Stream
 SYSTEM: Stream
 
 class Resources(_message.Message):
-    __slots__ = ("cpus", "memory_bytes", "gpus", "instance_count")
+    __slots__ = ("cpus", "memory_bytes", "gpus", "instance_count", "gpu_model", "gpu_memory_bytes", "node_labels")
+    class NodeLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NODE_LABELS_FIELD_NUMBER: _ClassVar[int]
     cpus: float
     memory_bytes: int
     gpus: int
     instance_count: int
-    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., instance_count: _Optional[int] = ...) -> None: ...
+    gpu_model: str
+    gpu_memory_bytes: int
+    node_labels: _containers.ScalarMap[str, str]
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., instance_count: _Optional[int] = ..., gpu_model: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., node_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute")
+    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute", "max_retries")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,12 +57,14 @@ class RunSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     environment: _containers.ScalarMap[str, str]
     resources: Resources
     timeout_s: float
     compute: str
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ...) -> None: ...
+    max_retries: int
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "uuid", "model", "memory_bytes")
@@ -320,6 +335,28 @@ class QueueRequest(_message.Message):
     compute: str
     def __init__(self, compute: _Optional[str] = ...) -> None: ...
 
+class QueueResponse(_message.Message):
+    __slots__ = ("runs", "events")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    events: _containers.RepeatedCompositeFieldContainer[ClusterEvent]
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[ClusterEvent, _Mapping]]] = ...) -> None: ...
+
+class ClusterEvent(_message.Message):
+    __slots__ = ("at", "cluster", "node", "kind", "detail")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    cluster: str
+    node: str
+    kind: str
+    detail: str
+    def __init__(self, at: _Optional[float] = ..., cluster: _Optional[str] = ..., node: _Optional[str] = ..., kind: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class CancelRequest(_message.Message):
     __slots__ = ("run_ids",)
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -455,10 +492,12 @@ class NodeScheduleRequest(_message.Message):
     def __init__(self, node: _Optional[str] = ..., action: _Optional[_Union[NodeScheduleRequest.Action, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "events")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[ClusterEvent]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[ClusterEvent, _Mapping]]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("run_id", "what")

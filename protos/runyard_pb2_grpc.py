@@ -62,7 +62,7 @@ class RunyardStub:
         self.ListQueue = channel.unary_unary(
                 '/runyard.v1.Runyard/ListQueue',
                 request_serializer=protos_dot_runyard__pb2.QueueRequest.SerializeToString,
-                response_deserializer=protos_dot_runyard__pb2.ListRunsResponse.FromString,
+                response_deserializer=protos_dot_runyard__pb2.QueueResponse.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/runyard.v1.Runyard/Cancel',
@@ -203,7 +203,7 @@ def add_RunyardServicer_to_server(servicer, server):
             'ListQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQueue,
                     request_deserializer=protos_dot_runyard__pb2.QueueRequest.FromString,
-                    response_serializer=protos_dot_runyard__pb2.ListRunsResponse.SerializeToString,
+                    response_serializer=protos_dot_runyard__pb2.QueueResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -397,7 +397,7 @@ class Runyard:
             target,
             '/runyard.v1.Runyard/ListQueue',
             protos_dot_runyard__pb2.QueueRequest.SerializeToString,
-            protos_dot_runyard__pb2.ListRunsResponse.FromString,
+            protos_dot_runyard__pb2.QueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

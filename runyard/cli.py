@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from protos import runyard_pb2 as pb
-from runyard import render
+from runyard import priorities, render
 from runyard.client import Client
 from runyard.config import ClientConfig, load_client_config
 from runyard.errors import RunyardError, UsageError
@@ -74,7 +74,7 @@ def up(agents: int, gpus_per_agent: int, data_dir: Path | None, port: int) -> No
 @click.option("--nodes", type=int)
 @click.option("--env", multiple=True, metavar="K=V")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a job file key, e.g. inputs.lr=0.1")
-@click.option("--priority", type=click.Choice(["low", "medium", "high"]))
+@click.option("--priority", metavar="low|medium|high", help="queue priority; admins may give an integer")
 @click.option("--timeout", type=float, help="seconds")
 @click.option("-d", "--detach", is_flag=True, help="return once the run is queued")
 @click.option("-q", "--quiet", is_flag=True, help="print only the run id")
@@ -135,7 +135,7 @@ def show(run_id: str, output: str) -> None:
     if run.state in _TERMINAL:
         fields.append(("exit", render.outcome(run) or "-"))
     fields += [
-        ("priority", render.priority(run.priority)), ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
+        ("priority", priorities.name(run.priority)), ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
         ("resources", render.resources(run.spec)), ("compute", run.spec.compute),
         ("timeout", f"{run.spec.timeout_s:g}s" if run.spec.timeout_s else "none"),
         ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
@@ -294,7 +294,7 @@ def queue(compute: str, output: str) -> None:
         return
     render.print_table(
         ("RUN", "NAME", "COMPUTE", "PRIORITY", "RESOURCES", "WAITING BECAUSE"),
-        ((r.id, r.display_name, r.spec.compute, render.priority(r.priority), render.resources(r.spec), r.pending_reason)
+        ((r.id, r.display_name, r.spec.compute, priorities.name(r.priority), render.resources(r.spec), r.pending_reason)
          for r in found),
     )
 

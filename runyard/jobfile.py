@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
 
+from runyard import priorities
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
 
@@ -122,8 +123,9 @@ class Properties(_Section):
     cpus: float | None = Field(None, gt=0, le=4096)
     memory: Size | None = None
     gpus: int | None = Field(None, ge=0, le=64)
-    gpu_model: str | None = Field(None, min_length=1)
+    gpu_model: str | None = Field(None, min_length=1, max_length=128)
     gpu_memory: Size | None = None
+    node_labels: dict[str, Text] = {}
 
 
 class Resources(_Section):
@@ -137,6 +139,10 @@ class Limits(_Section):
 
 class QueueSettings(_Section):
     priority: Annotated[Priority, Field(strict=False)] | None = None
+
+
+class Retry(_Section):
+    max_retries: int | None = Field(None, ge=0, le=100)
 
 
 class JobFile(_Section):
@@ -157,6 +163,7 @@ class JobFile(_Section):
     resources: Resources = Resources()
     limits: Limits = Limits()
     queue_settings: QueueSettings = QueueSettings()
+    retry: Retry = Retry()
 
     @field_validator("command")
     @classmethod
@@ -341,9 +348,11 @@ class RunRequest:
     gpus: int
     instance_count: int
     timeout_s: float
-    priority: str
+    priority: int
     gpu_model: str = ""
     gpu_memory_bytes: int = 0
+    node_labels: dict[str, str] = field(default_factory=dict)
+    max_retries: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +393,10 @@ def _env_items(items: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def _is_integer(text: str | None) -> bool:
+    return text is not None and text.strip().lstrip("+-").isdigit()
+
+
 def _validate_flags(options: CliOptions) -> JobFile:
     """The flags as a job file of their own, so they get the job file's checks; a fault names the flag."""
     raw = {
@@ -392,7 +405,7 @@ def _validate_flags(options: CliOptions) -> JobFile:
         "resources": {"instance_count": options.nodes, "properties": {
             "cpus": options.cpus, "memory": options.memory, "gpus": options.gpus}},
         "limits": {"timeout": options.timeout_s},
-        "queue_settings": {"priority": options.priority},
+        "queue_settings": {"priority": None if _is_integer(options.priority) else options.priority},
     }
     try:
         return JobFile.model_validate(raw)
@@ -452,7 +465,9 @@ def build_request(options: CliOptions) -> RunRequest:
         gpus=_first(asked.gpus, given.gpus, default=0),
         instance_count=_first(flags.resources.instance_count, job.resources.instance_count, default=1),
         timeout_s=_first(flags.limits.timeout, job.limits.timeout, default=0.0),
-        priority=str(_first(flags.queue_settings.priority, job.queue_settings.priority, default=Priority.MEDIUM)),
+        priority=priorities.parse(_first(options.priority, job.queue_settings.priority, default=Priority.MEDIUM)),
         gpu_model=_first(given.gpu_model, default=""),
         gpu_memory_bytes=_first(given.gpu_memory, default=0),
+        node_labels=dict(given.node_labels),
+        max_retries=job.retry.max_retries,
     )

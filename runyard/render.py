@@ -74,14 +74,6 @@ def resources(spec: pb.RunSpec) -> str:
     return text + (f", {res.gpus} GPU" if res.gpus else "")
 
 
-PRIORITIES = {"low": 100, "medium": 200, "high": 300}
-
-
-def priority(value: int) -> str:
-    names = {v: k for k, v in PRIORITIES.items()}
-    return names.get(value, str(value))
-
-
 def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
     """Write one record as the run wrote it: stdout to stdout, stderr and runyard's own lines to stderr."""
     record = line.record

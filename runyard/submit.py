@@ -40,9 +40,11 @@ def _spec(request: RunRequest) -> pb.RunSpec:
         argv=request.argv,
         environment=request.environment,
         resources=pb.Resources(cpus=request.cpus, memory_bytes=request.memory_bytes, gpus=request.gpus,
-                               instance_count=request.instance_count),
+                               instance_count=request.instance_count, gpu_model=request.gpu_model,
+                               gpu_memory_bytes=request.gpu_memory_bytes, node_labels=request.node_labels),
         timeout_s=request.timeout_s,
         compute=request.compute,
+        max_retries=request.max_retries,
     )
 
 
@@ -60,7 +62,7 @@ def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool
     properties = git_properties(request.code_dir)
     reply = client.submit(pb.SubmitRequest(
         experiment=request.experiment, display_name=request.display_name, tags=request.tags, properties=properties,
-        snapshot_sha256=snapshot.sha256, spec=_spec(request), priority=render.PRIORITIES[request.priority],
+        snapshot_sha256=snapshot.sha256, spec=_spec(request), priority=request.priority,
     ))
     if quiet:
         print(reply.run_id, flush=True)

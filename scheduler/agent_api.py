@@ -20,6 +20,7 @@ import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
+from scheduler import gangs
 from scheduler.artifacts import ArtifactStore
 from scheduler.attempts import lose_attempt
 from scheduler.auth import Credentials, caller, new_token, token_sha
@@ -27,8 +28,8 @@ from scheduler.convert import capacity_from_pb
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from scheduler.followers import Followers
-from scheduler.lifecycle import ACTIVE, TERMINAL, DesiredState, InvalidTransition, Reason, Trigger, outcome
-from scheduler.model import Principal
+from scheduler.lifecycle import ACTIVE, NODE_SIDE, TERMINAL, DesiredState, InvalidTransition, Reason, Trigger, outcome
+from scheduler.model import Principal, RunRecord
 from scheduler.sessions import CLOSE, Session, Sessions
 from scheduler.store import LOG_CONTINUED, LOG_GAP, Store
 
@@ -45,6 +46,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
     def __init__(
         self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, dispatcher: Dispatcher,
         followers: Followers, credentials: Credentials, tmp_dir: Path, max_retries: int, max_outputs_bytes: int,
+        quarantine_after: int = 3,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -55,6 +57,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         self._tmp_dir = tmp_dir
         self._max_retries = max_retries
         self._max_outputs_bytes = max_outputs_bytes
+        self._quarantine_after = quarantine_after
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         if not request.name or len(request.name) > 253:
@@ -78,7 +81,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, node.schedule)
+        session = Session(node_id, node.name, node.cluster, capacity, node.schedule, labels=node.labels,
+                          failures_in_row=node.failures_in_row)
         self._sessions.attach(session)
         self._sessions.heard(node_id, now, node.name)
         await self._store.set_node_state(node_id, "Ready", capacity=capacity)
@@ -131,8 +135,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         reported = {(h.run_id, h.attempt) for h in hello.running}
         for run in await self._store.runs_in(ACTIVE):
             if run.node_id == session.node_id and (run.id, run.attempt) not in reported:
-                await lose_attempt(self._store, self._followers, run_id=run.id, attempt=run.attempt,
-                                   detail=f"{session.name} does not know this attempt", max_retries=self._max_retries)
+                await lose_attempt(self._store, self._sessions, self._followers, run,
+                                   detail=f"{session.name} does not know this attempt", default_retries=self._max_retries)
         for run_id, attempt in reported:
             try:
                 run = await self._store.get_run(run_id)
@@ -145,10 +149,11 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                     pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason=Reason.CANCELED_BY_USER))
                 )
 
-    async def _fence(self, session: Session, run_id: str, attempt: int) -> None:
+    async def _fence(self, session: Session, run_id: str, attempt: int) -> RunRecord:
         run = await self._store.get_run(run_id)
         if run.attempt != attempt or run.node_id != session.node_id:
             raise StaleAttempt(run_id, attempt)
+        return run
 
     async def _apply_update(self, session: Session, update: pb.RunUpdate) -> None:
         await self._fence(session, update.run_id, update.attempt)
@@ -158,18 +163,20 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             if update.phase in _PHASE_TRIGGER:
                 sets = {"started_at": update.at or self._store.clock()} if update.phase == pb.RunUpdate.RUNNING else {}
                 detail = f"pid {update.pid}" if update.pid else update.detail
-                await self._store.transition(update.run_id, _PHASE_TRIGGER[update.phase], attempt=update.attempt,
-                                             detail=detail, **sets)
+                moved = await self._store.transition(update.run_id, _PHASE_TRIGGER[update.phase],
+                                                     attempt=update.attempt, detail=detail, **sets)
             elif update.phase == pb.RunUpdate.EXITED:
                 run = await self._store.get_run(update.run_id)
                 result = outcome(exit_code=update.exit_code, agent_reason=update.reason, desired=run.desired_state)
-                await self._store.transition(
+                moved = await self._store.transition(
                     update.run_id, result.trigger, attempt=update.attempt, reason=result.reason,
                     exit_code=update.exit_code, outputs_sha256=update.outputs_sha256,
                     ended_at=update.at or self._store.clock(), detail=update.detail,
                 )
                 log.info("run ended", extra={"run_id": update.run_id, "exit_code": update.exit_code,
                                              "trigger": result.trigger, "reason": result.reason})
+                if result.trigger is not Trigger.CANCEL:
+                    await self._count_for_quarantine(session, result.reason)
                 self._dispatcher.wake()
             else:
                 raise InvalidArgument(f"unknown run phase {update.phase}")
@@ -177,15 +184,30 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             return  # a report resent after a reconnect, already applied
         finally:
             self._followers.notify(update.run_id)
+        if moved.parent_id:
+            await gangs.follow_children(self._store, self._sessions, self._followers, moved.parent_id)
+
+    async def _count_for_quarantine(self, session: Session, reason: str) -> None:
+        node_side = reason in NODE_SIDE
+        if not node_side and not session.failures_in_row:
+            return
+        session.failures_in_row = session.failures_in_row + 1 if node_side else 0
+        node = await self._store.count_node_failure(
+            session.node_id, node_side=node_side, quarantine_after=self._quarantine_after)
+        if node is not None:
+            session.schedule = node.schedule
+            log.warning("node quarantined", extra={"node": node.name, "failures_in_row": self._quarantine_after})
 
     async def _apply_logs(self, session: Session, batch: pb.LogBatch) -> None:
-        await self._fence(session, batch.run_id, batch.attempt)
+        run = await self._fence(session, batch.run_id, batch.attempt)
         rows = [
             (r.rank, r.stream, r.seq, r.ts, (LOG_CONTINUED if r.continued else 0) | (LOG_GAP if r.gap else 0), r.data)
             for r in batch.records
         ]
         await self._store.append_logs(batch.run_id, batch.attempt, rows)
         self._followers.notify(batch.run_id)
+        if run.parent_id:
+            self._followers.notify(run.parent_id)  # `logs -f` of a multi-node run follows its children
 
     async def _apply_metrics(self, session: Session, batch: pb.MetricBatch) -> None:
         await self._fence(session, batch.run_id, batch.attempt)

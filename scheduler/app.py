@@ -70,7 +70,8 @@ async def serve(config: HeadConfig) -> None:
         credentials = Credentials(await store.principals(), token_sha(join_token))
         artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
         sessions, followers = Sessions(), Followers()
-        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers)
+        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=config.quotas(),
+                                half_life_s=config.fair_share_half_life_s)
         timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
         started = store.clock()
         for node in await store.list_nodes():
@@ -92,7 +93,8 @@ async def serve(config: HeadConfig) -> None:
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, dispatcher=dispatcher,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
-                             max_retries=config.max_retries, max_outputs_bytes=config.snapshot_max_bytes), server)
+                             max_retries=config.max_retries, max_outputs_bytes=config.snapshot_max_bytes,
+                             quarantine_after=config.quarantine_after), server)
         host, _, port = config.listen.rpartition(":")
         bound = server.add_insecure_port(config.listen)
         if bound == 0:

@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import logging
 
+from scheduler import gangs
 from scheduler.followers import Followers
 from scheduler.lifecycle import InvalidTransition, Reason, Trigger
+from scheduler.model import RunRecord
+from scheduler.sessions import Sessions
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
 
-async def lose_attempt(store: Store, followers: Followers, *, run_id: str, attempt: int, detail: str,
-                       max_retries: int) -> None:
-    """Requeue the run if attempt `attempt` was within its retry budget, else fail it; no-op if it moved on."""
+async def lose_attempt(store: Store, sessions: Sessions, followers: Followers, run: RunRecord, *, detail: str,
+                       default_retries: int) -> None:
+    """Requeue the run if its current attempt was within its retry budget (the job's `retry.max_retries`, else
+    the head's default), else fail it; no-op if it moved on. A child of a multi-node run is never requeued on
+    its own: it fails and takes its gang with it."""
+    budget = run.spec.max_retries if run.spec.max_retries >= 0 else default_retries
+    gang_child = bool(run.parent_id) and gangs.is_gang_parent(await store.get_run(run.parent_id))
     try:
-        if attempt <= max_retries:
+        if run.attempt <= budget and not gang_child:
             await store.transition(
-                run_id, Trigger.REQUEUE, attempt=attempt, node_id=None, gpu_indices=(),
-                pending_reason=f"requeued: attempt {attempt} was lost ({detail})", detail=detail,
+                run.id, Trigger.REQUEUE, attempt=run.attempt, node_id=None, gpu_indices=(),
+                pending_reason=f"requeued: attempt {run.attempt} was lost ({detail})", detail=detail,
             )
         else:
-            await store.transition(run_id, Trigger.FAIL, attempt=attempt, reason=Reason.NODE_LOST,
+            await store.transition(run.id, Trigger.FAIL, attempt=run.attempt, reason=Reason.NODE_LOST,
                                    ended_at=store.clock(), detail=detail)
     except InvalidTransition:
         return
-    log.warning("attempt lost", extra={"run_id": run_id, "attempt": attempt, "detail": detail})
-    followers.notify(run_id)
+    log.warning("attempt lost", extra={"run_id": run.id, "attempt": run.attempt, "detail": detail})
+    followers.notify(run.id)
+    if gang_child:
+        await gangs.follow_children(store, sessions, followers, run.parent_id)

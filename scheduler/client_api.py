@@ -10,19 +10,22 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
+from runyard import priorities
 from runyard.errors import SnapshotInvalid
 from runyard.snapshot import validate_archive
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
+from scheduler import gangs
 from scheduler.auth import caller
+from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
-from scheduler.convert import log_to_pb, node_to_pb, run_to_pb, spec_from_pb
+from scheduler.convert import event_to_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from scheduler.followers import Followers, wait_changed
@@ -41,8 +44,12 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SCHEDULES = {pb.NodeScheduleRequest.CORDON: "cordoned", pb.NodeScheduleRequest.DRAIN: "draining",
               pb.NodeScheduleRequest.UNCORDON: "active"}
 LOG_PAGE = 1000
-DEFAULT_PRIORITY = 200
 FOLLOW_POLL_S = 1.0
+
+
+def request_of(spec: RunSpec, run_id: str = "", workspace: str = "") -> Request:
+    return Request(run_id, spec.compute, spec.cpus, spec.memory_bytes, spec.gpus, spec.instance_count, workspace,
+                   spec.gpu_model, spec.gpu_memory_bytes, tuple(sorted(spec.node_labels.items())), spec.timeout_s)
 
 
 def validate_spec(spec: RunSpec) -> None:
@@ -60,8 +67,16 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument("memory must be between 1 byte and 64 TiB")
     if not (0 <= spec.gpus <= 64):
         raise InvalidArgument(f"gpus must be in [0, 64], not {spec.gpus}")
-    if spec.instance_count != 1:
-        raise InvalidArgument("multi-node runs (instance_count > 1) are not supported yet")
+    if not (1 <= spec.instance_count <= 1024):
+        raise InvalidArgument(f"instance_count must be in [1, 1024], not {spec.instance_count}")
+    if (spec.gpu_model or spec.gpu_memory_bytes) and not spec.gpus:
+        raise InvalidArgument("gpu_model and gpu_memory need gpus of at least 1")
+    if len(spec.gpu_model) > 128 or spec.gpu_memory_bytes < 0:
+        raise InvalidArgument("gpu_model must be at most 128 characters and gpu_memory not negative")
+    if len(spec.node_labels) > 32 or any(not _NAME.match(k) or len(v) > 256 for k, v in spec.node_labels.items()):
+        raise InvalidArgument("node_labels: at most 32, names of letters, digits, '_', '-' or '.', values up to 256")
+    if not (-1 <= spec.max_retries <= 100):
+        raise InvalidArgument(f"retry.max_retries must be in [0, 100], not {spec.max_retries}")
     if not (0 <= spec.timeout_s <= 366 * 86400) or math.isnan(spec.timeout_s):
         raise InvalidArgument("timeout must be between 0 (none) and 366 days")
     if not _NAME.match(spec.compute):
@@ -72,8 +87,10 @@ class RunyardService(pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
         dispatcher: Dispatcher, followers: Followers, timers: Timers,
+        policies: Mapping[str, ClusterPolicy] | None = None,
     ) -> None:
         self._config = config
+        self._policies = dict(policies or {})
         self._timers = timers
         self._store = store
         self._artifacts = artifacts
@@ -120,8 +137,11 @@ class RunyardService(pb_grpc.RunyardServicer):
         experiment = request.experiment or "default"
         if not _NAME.match(experiment):
             raise InvalidArgument(f"experiment name {experiment!r} must be letters, digits, '_', '-' or '.'")
-        if not (-1_000_000 <= request.priority <= 1_000_000):
-            raise InvalidArgument("priority must be within +-1,000,000")
+        priority = request.priority or priorities.MEDIUM
+        if priority not in priorities.BY_NAME.values() and caller().role != "admin":
+            raise PermissionDenied("only admins may give an integer priority; use low, medium or high")
+        if abs(priority) > priorities.LIMIT:
+            raise InvalidArgument(f"priority must be within +-{priorities.LIMIT:,}")
         if len(request.display_name) > 256 or len(request.tags) > 100 or len(request.properties) > 100:
             raise InvalidArgument("display name, tags or properties are over their size limits")
         if not _SHA256.match(request.snapshot_sha256) or not await asyncio.to_thread(
@@ -136,7 +156,7 @@ class RunyardService(pb_grpc.RunyardServicer):
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
                 idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
-                priority=request.priority or DEFAULT_PRIORITY,
+                priority=priority,
             )
         )
         if not existed:
@@ -145,14 +165,24 @@ class RunyardService(pb_grpc.RunyardServicer):
         return pb.SubmitResponse(run_id=run_id, existed=existed)
 
     async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
-        """Refuse a run that no node of its cluster could ever hold; with no node known yet, let it queue."""
+        """Refuse a run that no node of its cluster could ever hold, counting the nodes the autoscaler may add;
+        with no node known yet, let it queue."""
         nodes = [
             NodeView(id=n.id, name=n.name, cluster=n.cluster, cpus_free=n.capacity.cpus, memory_free=n.capacity.memory_bytes,
                      gpus_free=tuple(g.index for g in n.capacity.gpus), cpus_total=n.capacity.cpus,
-                     memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus))
+                     memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus), labels=n.labels,
+                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in n.capacity.gpus))
             for n in await self._store.list_nodes() if n.cluster == spec.compute and n.state != "Down"
         ]
-        never = never_fits(Request("", spec.compute, spec.cpus, spec.memory_bytes, spec.gpus), nodes)
+        policy = self._policies.get(spec.compute)
+        if policy is not None and policy.node_cpus and policy.max_nodes > len(nodes):
+            nodes += [
+                NodeView(id=f"autoscaled-{i}", name=f"a node the autoscaler may add to {spec.compute}", cluster=spec.compute,
+                         cpus_free=policy.node_cpus, memory_free=policy.node_memory_bytes, gpus_free=tuple(range(policy.node_gpus)),
+                         cpus_total=policy.node_cpus, memory_total=policy.node_memory_bytes, gpus_total=policy.node_gpus)
+                for i in range(policy.max_nodes - len(nodes))
+            ]
+        never = never_fits(request_of(spec), nodes)
         if never:
             raise FailedPrecondition(never)
 
@@ -173,9 +203,14 @@ class RunyardService(pb_grpc.RunyardServicer):
         names = await self._node_names()
         return pb.ListRunsResponse(runs=[run_to_pb(r, node_name=names.get(r.node_id, "")) for r in runs])
 
-    async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
-        runs = [r for r in await self._store.queue(request.compute) if r.workspace == caller().workspace]
-        return pb.ListRunsResponse(runs=[run_to_pb(r) for r in runs])
+    async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.QueueResponse:
+        workspace = caller().workspace
+        order = [r.id for r in await self._dispatcher.ordered_queue()
+                 if r.workspace == workspace and (not request.compute or r.compute == request.compute)]
+        records = {r.id: r for r in await self._store.runs_in({RunState.QUEUED})}
+        runs = [run_to_pb(records[run_id]) for run_id in order if run_id in records]
+        events = await self._store.events(cluster=request.compute, limit=10)
+        return pb.QueueResponse(runs=runs, events=[event_to_pb(e) for e in events])
 
     async def Cancel(self, request: pb.CancelRequest, context: grpc.aio.ServicerContext) -> pb.CancelResponse:
         runs = [await self._run(run_id) for run_id in request.run_ids]
@@ -188,10 +223,17 @@ class RunyardService(pb_grpc.RunyardServicer):
                 except InvalidTransition:
                     pass  # placed meanwhile: stop it below
             run = await self._store.get_run(run.id)
-            if run.state in ACTIVE:
+            if run.state in ACTIVE and gangs.is_gang_parent(run):
                 await self._store.request_stop(run.id, "canceled by user")
-                self._sessions.send(run.node_id, pb.HeadMessage(
-                    cancel=pb.CancelRun(run_id=run.id, attempt=run.attempt, reason=Reason.CANCELED_BY_USER)))
+                for child in await self._store.children(run.id):
+                    if child.state in ACTIVE:
+                        await gangs.stop_run(self._store, self._sessions, child, reason=Reason.PARENT_CANCELED,
+                                             detail="its parent was canceled")
+                await gangs.follow_children(self._store, self._sessions, self._followers, run.id)
+                run = await self._store.get_run(run.id)
+            elif run.state in ACTIVE:
+                await gangs.stop_run(self._store, self._sessions, run, reason=Reason.CANCELED_BY_USER,
+                                     detail="canceled by user")
                 run = await self._store.get_run(run.id)
             log.info("cancel requested", extra={"run_id": run.id, "state": run.state})
             self._followers.notify(run.id)
@@ -201,15 +243,20 @@ class RunyardService(pb_grpc.RunyardServicer):
     async def StreamLogs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
         run = await self._run(request.run_id)
         rank = request.rank if request.has_rank else None
-        after = await self._store.tail_start(run.id, request.tail, rank) if request.tail > 0 else 0
         with self._followers.follow(run.id) as changed:
+            sources, ranks = await self._log_sources(run, rank)
+            after = await self._store.tail_start(sources, request.tail, rank) if request.tail > 0 and sources else 0
             ended = False
             while True:
                 changed.clear()
-                rows = await self._store.read_logs(run.id, after_id=after, limit=LOG_PAGE, rank=rank)
+                if gangs.is_gang_parent(run) and not sources:   # children appear once the gang is placed
+                    sources, ranks = await self._log_sources(run, rank)
+                    after = 0
+                rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE,
+                                                   rank=None if ranks else rank) if sources else []
                 if rows:
                     after = rows[-1].id
-                    yield pb.LogsResponse(lines=[log_to_pb(r) for r in rows])
+                    yield pb.LogsResponse(lines=[log_to_pb(r, rank=ranks.get(r.run_id)) for r in rows])
                     continue
                 if not request.follow or ended:
                     return
@@ -217,6 +264,15 @@ class RunyardService(pb_grpc.RunyardServicer):
                 ended = (await self._store.get_run(run.id)).state in TERMINAL
                 if not ended:
                     await wait_changed(changed, FOLLOW_POLL_S)
+
+    async def _log_sources(self, run: RunRecord, rank: int | None) -> tuple[list[str], dict[str, int]]:
+        """The runs whose logs `logs RUN` shows: the run itself, or a multi-node run's children (child id -> rank)."""
+        if not gangs.is_gang_parent(run):
+            return [run.id], {}
+        ranks = {c.id: int(c.properties.get("runyard.node_rank", 0)) for c in await self._store.children(run.id)}
+        if rank is not None:
+            ranks = {child: r for child, r in ranks.items() if r == rank}
+        return list(ranks), ranks
 
     async def GetMetrics(self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext) -> pb.MetricsResponse:
         run = await self._run(request.run_id)
@@ -244,7 +300,8 @@ class RunyardService(pb_grpc.RunyardServicer):
             state = node.state if heard is None or node.state == "Down" else health(self._store.clock(), heard, self._timers)
             allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
             nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
-        return pb.ListNodesResponse(nodes=nodes)
+        events = await self._store.events(limit=10)
+        return pb.ListNodesResponse(nodes=nodes, events=[event_to_pb(e) for e in events])
 
     async def SetNodeSchedule(self, request: pb.NodeScheduleRequest, context: grpc.aio.ServicerContext) -> pb.Node:
         if caller().role != "admin":
@@ -256,6 +313,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         session = self._sessions.get(node.id)
         if session is not None:
             session.schedule = schedule
+            session.failures_in_row = node.failures_in_row
         log.info("node schedule changed", extra={"node": node.name, "schedule": schedule})
         self._dispatcher.wake()
         return next(n for n in (await self.ListNodes(pb.ListNodesRequest(), context)).nodes if n.id == node.id)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runyard.configfile import load_config
+from runyard.errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,11 @@ class HeadConfig:
     admin_token_file: str = ""                  # default: <data_dir>/admin.token, generated on first start
     disconnected_after_s: float = 20.0          # silent this long: Disconnected, nothing new placed there
     down_after_s: float = 300.0                 # silent this long: Down, its runs requeued or failed
-    max_retries: int = 3
+    max_retries: int = 3                        # a run's lost attempts retried at most this often (job: retry.max_retries)
+    quarantine_after: int = 3                   # runs in a row failed on the node's side: the node is quarantined
+    fair_share_half_life_s: float = 7 * 86400.0 # past GPU use counts half after this long
+    gpu_quotas: dict = field(default_factory=dict)   # [gpu_quotas.WORKSPACE] CLUSTER = GPUs
+    clusters: dict = field(default_factory=dict)     # [clusters.NAME] min_nodes, max_nodes, ... (autoscaler)
     max_message_bytes: int = 16 * 1024 * 1024
     snapshot_max_bytes: int = 2 * 1024**3       # uploaded zip
     snapshot_max_entries: int = 100_000
@@ -29,6 +34,18 @@ class HeadConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def quotas(self) -> dict[tuple[str, str], int]:
+        """(workspace, cluster) -> GPUs that workspace may hold in that cluster."""
+        table: dict[tuple[str, str], int] = {}
+        for workspace, clusters in self.gpu_quotas.items():
+            if not isinstance(clusters, dict):
+                raise UsageError(f"gpu_quotas.{workspace} must be a table of cluster = GPUs, e.g. a100 = 8")
+            for cluster, gpus in clusters.items():
+                if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+                    raise UsageError(f"gpu_quotas.{workspace}.{cluster} must be a whole number of GPUs, not {gpus!r}")
+                table[(workspace, cluster)] = gpus
+        return table
 
 
 def load_head_config(path: Path | None, **overrides: object) -> HeadConfig:

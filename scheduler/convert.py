@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protos import runyard_pb2 as pb
-from scheduler.model import Capacity, Gpu, LogRow, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.model import Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, RunEventRecord, RunRecord, RunSpec
 
 
 def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
@@ -17,6 +17,10 @@ def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
         instance_count=res.instance_count or 1,
         timeout_s=msg.timeout_s,
         compute=msg.compute or "default",
+        gpu_model=res.gpu_model,
+        gpu_memory_bytes=res.gpu_memory_bytes,
+        node_labels=dict(res.node_labels),
+        max_retries=msg.max_retries if msg.HasField("max_retries") else -1,
     )
 
 
@@ -25,10 +29,12 @@ def spec_to_pb(spec: RunSpec) -> pb.RunSpec:
         argv=spec.argv,
         environment=spec.environment,
         resources=pb.Resources(
-            cpus=spec.cpus, memory_bytes=spec.memory_bytes, gpus=spec.gpus, instance_count=spec.instance_count
+            cpus=spec.cpus, memory_bytes=spec.memory_bytes, gpus=spec.gpus, instance_count=spec.instance_count,
+            gpu_model=spec.gpu_model, gpu_memory_bytes=spec.gpu_memory_bytes, node_labels=spec.node_labels,
         ),
         timeout_s=spec.timeout_s,
         compute=spec.compute,
+        max_retries=None if spec.max_retries < 0 else spec.max_retries,
     )
 
 
@@ -87,14 +93,19 @@ def run_to_pb(
     return msg
 
 
-def log_to_pb(row: LogRow) -> pb.LogLine:
+def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:
+    """One stored record; `rank` overrides the record's own (a multi-node run's child is its node rank)."""
     return pb.LogLine(
         attempt=row.attempt,
         record=pb.LogRecord(
             stream=row.stream, seq=row.seq, ts=row.ts, data=row.data, continued=bool(row.flags & 1),
-            gap=bool(row.flags & 2), rank=row.rank,
+            gap=bool(row.flags & 2), rank=row.rank if rank is None else rank,
         ),
     )
+
+
+def event_to_pb(event: ClusterEvent) -> pb.ClusterEvent:
+    return pb.ClusterEvent(at=event.at, cluster=event.cluster, node=event.node, kind=event.kind, detail=event.detail)
 
 
 def node_to_pb(node: NodeRecord, *, state: str, allocated: tuple[float, int, int], running: list[str]) -> pb.Node:

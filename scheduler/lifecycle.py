@@ -62,6 +62,11 @@ class Reason(StrEnum):
     SIBLING_FAILED = "sibling_failed"
 
 
+STOP_REASONS = frozenset({Reason.CANCELED_BY_USER, Reason.PARENT_CANCELED, Reason.SIBLING_FAILED})
+# Failures that say more about the node than about the run: enough of them in a row quarantine the node.
+NODE_SIDE = frozenset({Reason.ENV_BUILD_FAILED, "agent_error"})
+
+
 class DesiredState(StrEnum):
     RUN = "run"
     STOP = "stop"
@@ -113,11 +118,12 @@ class Outcome:
 def outcome(*, exit_code: int, agent_reason: str, desired: DesiredState) -> Outcome:
     """How an attempt that the agent saw end finishes the run.
 
-    A run the user asked to stop is Canceled whatever its exit code, as long as the agent stopped it; a clean
-    exit is Completed; anything else Failed with the agent's reason, or `exit_code` when it gave none.
+    A run the head asked to stop is Canceled whatever its exit code, as long as the agent stopped it, with the
+    reason the stop was asked for; a clean exit is Completed; anything else Failed with the agent's reason, or
+    `exit_code` when it gave none.
     """
-    if agent_reason == Reason.CANCELED_BY_USER or (desired is DesiredState.STOP and exit_code != 0):
-        return Outcome(Trigger.CANCEL, Reason.CANCELED_BY_USER)
+    if agent_reason in STOP_REASONS or (desired is DesiredState.STOP and exit_code != 0):
+        return Outcome(Trigger.CANCEL, agent_reason if agent_reason in STOP_REASONS else Reason.CANCELED_BY_USER)
     if exit_code == 0 and not agent_reason:
         return Outcome(Trigger.COMPLETE, "")
     return Outcome(Trigger.FAIL, agent_reason or Reason.EXIT_CODE)

@@ -18,6 +18,10 @@ class RunSpec:
     instance_count: int = 1
     timeout_s: float = 0.0
     compute: str = "default"
+    gpu_model: str = ""                 # only GPUs whose model contains this, case-insensitive
+    gpu_memory_bytes: int = 0           # only GPUs with at least this much memory
+    node_labels: dict[str, str] = field(default_factory=dict)   # only nodes carrying all of these
+    max_retries: int = -1               # attempts after a lost one; -1: the head's default
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -117,6 +121,18 @@ class NodeRecord:
     state: str
     last_seen: float
     schedule: str = "active"
+    failures_in_row: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    """A decision the head took about nodes: the autoscaler starting or stopping one, a node quarantined."""
+
+    at: float
+    cluster: str
+    node: str
+    kind: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +145,7 @@ class LogRow:
     ts: float
     flags: int
     data: bytes
+    run_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,27 @@
-"""Placement: which queued run goes on which node, as a pure function of (queue, nodes). No I/O.
+"""Placement: which queued run goes on which node(s), as a pure function of (queue, nodes, running). No I/O.
 
-`place()` takes the queue in the order it must be considered and the nodes with what is free on them, and
-returns a plan: placements to commit and, for every run left queued, the one-line reason why.
+`place()` takes the queue in the order it must be considered (`fairshare.queue_order`), the nodes with what is
+free on them and the live attempts, and returns a plan: placements to commit and, for every run left queued, the
+one-line reason why.
 
-Policy: strict FIFO per compute cluster. A run that does not fit blocks the runs behind it in its cluster, so a
-large run is never starved by a stream of small ones. GPU runs go to the node where they fit most tightly (fewest
-free GPUs left over), so whole nodes stay free for large runs; CPU-only runs prefer nodes without free GPUs,
-then the node with the most free CPUs. Concrete GPU indices are chosen here; nothing is over-committed.
+Policy, per compute cluster:
+- FIFO with EASY backfill. The first run that does not fit gets a reservation: the earliest time the live runs'
+  time limits free enough for it. A later run may start ahead of it only if it fits now and its own time limit
+  ends before that reserved start, so it cannot delay it; a run without a time limit never backfills, and when the
+  reservation waits on a run without a limit nothing backfills. A large run is never starved by small ones.
+- A run over its workspace's GPU quota in the cluster waits with that reason and blocks nobody.
+- GPU runs go to the node where they fit most tightly (fewest usable free GPUs left over), so whole nodes stay
+  free for large runs; CPU-only runs prefer nodes without free GPUs, then the node with the most free CPUs.
+- A multi-node run (gang) gets all its nodes in the same pass or none.
+Concrete GPU indices are chosen here; nothing is over-committed.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from runyard.units import format_size
 
@@ -22,9 +30,19 @@ from runyard.units import format_size
 class Request:
     run_id: str
     cluster: str
-    cpus: float
-    memory_bytes: int
-    gpus: int
+    cpus: float                         # per node
+    memory_bytes: int                   # per node
+    gpus: int                           # per node
+    nodes: int = 1                      # a gang: this many nodes at once
+    workspace: str = "default"
+    gpu_model: str = ""                 # only GPUs whose model contains this, case-insensitive
+    gpu_memory_bytes: int = 0           # only GPUs with at least this much memory
+    labels: tuple[tuple[str, str], ...] = ()   # only nodes carrying all of these
+    timeout_s: float = 0.0              # 0: no time limit (cannot backfill)
+
+    @property
+    def gpu_filtered(self) -> bool:
+        return bool(self.gpu_model or self.gpu_memory_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +56,23 @@ class NodeView:
     cpus_total: float
     memory_total: int
     gpus_total: int
-    schedulable: bool = True            # False: disconnected, draining, cordoned
+    schedulable: bool = True            # False: disconnected, draining, cordoned, quarantined
+    labels: Mapping[str, str] = field(default_factory=dict)
+    gpu_specs: tuple[tuple[int, str, int], ...] = ()    # (index, model, memory bytes) of every GPU
+
+    def usable_gpus(self, req: Request, among: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The GPUs of `among` (default: the free ones) that match the request's model and memory filters."""
+        gpus = self.gpus_free if among is None else among
+        if not req.gpu_filtered:
+            return gpus
+        model = req.gpu_model.lower()
+        specs = {index: (m.lower(), mem) for index, m, mem in self.gpu_specs}
+        return tuple(
+            g for g in gpus if g in specs and model in specs[g][0] and specs[g][1] >= req.gpu_memory_bytes
+        )
+
+    def has_labels(self, req: Request) -> bool:
+        return not req.labels or all(self.labels.get(key) == value for key, value in req.labels)
 
     def fits(self, req: Request) -> bool:
         return (
@@ -46,20 +80,46 @@ class NodeView:
             and req.cpus <= self.cpus_free + 1e-9
             and req.memory_bytes <= self.memory_free
             and req.gpus <= len(self.gpus_free)
+            and (not req.labels or self.has_labels(req))
+            and (not req.gpu_filtered or req.gpus <= len(self.usable_gpus(req)))
         )
 
     def could_ever_fit(self, req: Request) -> bool:
-        return req.cpus <= self.cpus_total + 1e-9 and req.memory_bytes <= self.memory_total and req.gpus <= self.gpus_total
+        if not (req.cpus <= self.cpus_total + 1e-9 and req.memory_bytes <= self.memory_total):
+            return False
+        if req.gpu_filtered:
+            every_gpu = tuple(index for index, _, _ in self.gpu_specs)
+            return req.gpus <= len(self.usable_gpus(req, every_gpu)) and self.has_labels(req)
+        return req.gpus <= self.gpus_total and self.has_labels(req)
 
     def take(self, req: Request) -> tuple[NodeView, tuple[int, ...]]:
-        gpus = self.gpus_free[: req.gpus]
+        gpus = self.usable_gpus(req)[: req.gpus]
         rest = replace(
             self,
             cpus_free=self.cpus_free - req.cpus,
             memory_free=self.memory_free - req.memory_bytes,
-            gpus_free=self.gpus_free[req.gpus :],
+            gpus_free=tuple(g for g in self.gpus_free if g not in gpus),
         )
         return rest, gpus
+
+    def give_back(self, cpus: float, memory_bytes: int, gpus: tuple[int, ...]) -> NodeView:
+        return replace(
+            self, cpus_free=self.cpus_free + cpus, memory_free=self.memory_free + memory_bytes,
+            gpus_free=tuple(sorted(self.gpus_free + gpus)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A live attempt: what it holds on its node, whose it is, and when its time limit frees it."""
+
+    node_id: str
+    workspace: str
+    cluster: str
+    cpus: float
+    memory_bytes: int
+    gpu_indices: tuple[int, ...]
+    ends_at: float = math.inf           # start + time limit; inf without one
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +127,14 @@ class Placement:
     run_id: str
     node_id: str
     gpu_indices: tuple[int, ...]
+    rank: int = 0                       # node rank within a gang
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     placements: tuple[Placement, ...]
     pending: dict[str, str]             # run id -> reason it stays queued
+    waiting: tuple[str, ...] = ()       # pending runs that wait for capacity (not for quota): autoscaler demand
 
 
 class _Pool:
@@ -107,11 +169,22 @@ class _Pool:
             top = self.nodes[heap[0][2]]
             if top.fits(req):
                 return top
-            # The node with the most free CPUs does not fit (its memory may be short): look at the rest.
+            # The node with the most free CPUs does not fit (memory, labels, GPU model): look at the rest.
             fitting = [self.nodes[e[2]] for e in heap if self._current(e, free_gpus) and self.nodes[e[2]].fits(req)]
             if fitting:
                 return min(fitting, key=lambda n: (-n.cpus_free, n.name))
         return None
+
+    def best_set(self, req: Request) -> list[NodeView]:
+        """`req.nodes` distinct nodes that each fit `req`, tightest first; [] unless all of them can be had."""
+        if req.nodes == 1:
+            best = self.best(req)
+            return [best] if best else []
+        fitting = sorted(
+            (n for n in self.nodes.values() if n.fits(req)),
+            key=lambda n: (len(n.usable_gpus(req)), -n.cpus_free, n.name),
+        )
+        return fitting[: req.nodes] if len(fitting) >= req.nodes else []
 
     def take(self, node: NodeView, req: Request) -> tuple[int, ...]:
         rest, gpus = node.take(req)
@@ -120,65 +193,183 @@ class _Pool:
         return gpus
 
 
-def place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
-    """Place as many runs of `queue` (in order) as fit on `nodes` without passing a blocked run of the same cluster."""
+@dataclass(slots=True)
+class _Blocked:
+    """The first run of a cluster that could not start, and when it is reserved to (math.inf: unknown)."""
+
+    run_id: str
+    start: float
+    behind: int = 0
+
+
+def place(
+    queue: Sequence[Request],
+    nodes: Sequence[NodeView],
+    *,
+    running: Sequence[Running] = (),
+    now: float = 0.0,
+    quotas: Mapping[tuple[str, str], int] | None = None,
+) -> Plan:
+    """Place as many runs of `queue` (in order) as fit on `nodes`, by the policy in the module docstring.
+
+    `running` are the live attempts (for quota use and reserved starts), `quotas` maps (workspace, cluster) to
+    the GPUs that workspace may hold there.
+    """
+    quotas = quotas or {}
     by_cluster: dict[str, list[NodeView]] = {}
     for node in nodes:
         by_cluster.setdefault(node.cluster, []).append(node)
     pools = {cluster: _Pool([n for n in members if n.schedulable]) for cluster, members in by_cluster.items()}
+    gpus_used: dict[tuple[str, str], int] = {}
+    releases: dict[str, list[tuple[float, str, float, int, tuple[int, ...]]]] = {}
+    for r in running:
+        gpus_used[(r.workspace, r.cluster)] = gpus_used.get((r.workspace, r.cluster), 0) + len(r.gpu_indices)
+        releases.setdefault(r.cluster, []).append((r.ends_at, r.node_id, r.cpus, r.memory_bytes, r.gpu_indices))
     placements: list[Placement] = []
     pending: dict[str, str] = {}
-    blocked: dict[str, int] = {}        # cluster -> queued runs ahead that could not be placed
+    waiting: list[str] = []
+    blocked: dict[str, _Blocked] = {}
+    unfit: dict[str, set[tuple]] = {}          # cluster -> request shapes that did not fit (free space only shrinks)
+    reasons: dict[tuple, str] = {}             # (cluster, placements so far, shape) -> pending reason
     for req in queue:
-        if req.cluster in blocked:
-            blocked[req.cluster] += 1
-            pending[req.run_id] = f"{blocked[req.cluster]} run(s) ahead in cluster {req.cluster}"
+        quota = quotas.get((req.workspace, req.cluster))
+        used = gpus_used.get((req.workspace, req.cluster), 0)
+        if quota is not None and req.gpus and used + req.gpus * req.nodes > quota:
+            pending[req.run_id] = f"over quota: {req.workspace} uses {used} of {quota} GPUs in {req.cluster}"
             continue
         pool = pools.get(req.cluster)
-        best = pool.best(req) if pool else None
-        if pool is None or best is None:
-            members = [pool.nodes.get(n.id, n) if pool else n for n in by_cluster.get(req.cluster, [])]
-            pending[req.run_id] = pending_reason(req, members)
-            blocked[req.cluster] = 0
+        ahead = blocked.get(req.cluster)
+        why_not = _cannot_backfill(req, ahead, now)
+        shape = _shape(req)
+        misfits = unfit.setdefault(req.cluster, set())
+        chosen = pool.best_set(req) if pool and not why_not and shape not in misfits else []
+        if not chosen:
+            fits_now = bool(why_not) and pool is not None and shape not in misfits and bool(pool.best_set(req))
+            if not fits_now:
+                misfits.add(shape)
+            key = (req.cluster, len(placements), shape)
+            if key not in reasons:
+                members = [pool.nodes.get(n.id, n) if pool else n for n in by_cluster.get(req.cluster, [])]
+                reasons[key] = pending_reason(req, members)
+            own = reasons[key]
+            waiting.append(req.run_id)
+            if ahead is None:
+                pending[req.run_id] = own
+                if not own.startswith(("no node in cluster", "cluster ")):   # it could fit some day: reserve
+                    blocked[req.cluster] = _Blocked(req.run_id, _reserved_start(req, pool, releases.get(req.cluster, ())))
+                continue
+            ahead.behind += 1
+            runs = f"{ahead.behind} run(s) ahead"
+            pending[req.run_id] = f"{runs} in cluster {req.cluster}; cannot backfill: {why_not}" if fits_now else f"{own}; {runs}"
             continue
-        placements.append(Placement(req.run_id, best.id, pool.take(best, req)))
-    return Plan(tuple(placements), pending)
+        assert pool is not None
+        for rank, node in enumerate(chosen):
+            gpus = pool.take(node, req)
+            placements.append(Placement(req.run_id, node.id, gpus, rank))
+            ends_at = now + req.timeout_s if req.timeout_s else math.inf
+            releases.setdefault(req.cluster, []).append((ends_at, node.id, req.cpus, req.memory_bytes, gpus))
+        gpus_used[(req.workspace, req.cluster)] = used + req.gpus * req.nodes
+    return Plan(tuple(placements), pending, tuple(waiting))
+
+
+def _shape(req: Request) -> tuple:
+    return (req.cpus, req.memory_bytes, req.gpus, req.nodes, req.gpu_model, req.gpu_memory_bytes, req.labels)
+
+
+def _cannot_backfill(req: Request, ahead: _Blocked | None, now: float) -> str:
+    """Why `req` may not start ahead of the blocked run `ahead`; '' if it cannot delay its reserved start."""
+    if ahead is None:
+        return ""
+    if not req.timeout_s:
+        return "it has no time limit"
+    if math.isinf(ahead.start):
+        return f"run {ahead.run_id} waits on runs without a time limit"
+    if now + req.timeout_s > ahead.start:
+        return f"its time limit would delay run {ahead.run_id}, reserved to start in {ahead.start - now:.0f}s"
+    return ""
+
+
+def _reserved_start(
+    req: Request, pool: _Pool | None, releases: Sequence[tuple[float, str, float, int, tuple[int, ...]]]
+) -> float:
+    """The earliest time the live runs' time limits free enough for `req`; math.inf when no limit ever does."""
+    if pool is None:
+        return math.inf
+    free = dict(pool.nodes)
+    fitting = sum(1 for n in free.values() if n.fits(req))
+    for ends_at, node_id, cpus, memory, gpus in sorted(r for r in releases if not math.isinf(r[0])):
+        node = free.get(node_id)
+        if node is None:
+            continue
+        was = node.fits(req)
+        free[node_id] = node = node.give_back(cpus, memory, gpus)
+        fitting += int(node.fits(req) and not was)
+        if fitting >= req.nodes:
+            return ends_at
+    return math.inf
 
 
 def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
     """One line saying why `req` cannot start now on any of `nodes` (all of its cluster)."""
-    asked = _describe(req)
     up = [n for n in nodes if n.schedulable]
     if not up:
-        held = f" ({len(nodes)} cordoned or draining)" if nodes else ""
+        held = f" ({len(nodes)} cordoned, draining or quarantined)" if nodes else ""
         return f"no node in cluster {req.cluster} is up{held}"
     never = never_fits(req, up)
     if never:
         return never
-    if req.gpus and not any(len(n.gpus_free) >= req.gpus for n in up):
-        best = max(up, key=lambda n: len(n.gpus_free))
+    if req.nodes > 1:
         return (
-            f"waiting for {req.gpus} GPUs on one node in cluster {req.cluster}; "
-            f"largest free: {len(best.gpus_free)} on {best.name}"
+            f"waiting for {req.nodes} nodes with {_describe(req)} each in cluster {req.cluster}; "
+            f"{sum(1 for n in up if n.fits(req))} fit now"
         )
-    best = max(up, key=lambda n: (n.cpus_free, n.memory_free))
+    eligible = [n for n in up if n.has_labels(req)]
+    if req.gpus and not any(len(n.usable_gpus(req)) >= req.gpus for n in eligible):
+        best = max(eligible, key=lambda n: len(n.usable_gpus(req)))
+        return (
+            f"waiting for {req.gpus} {_gpu_kind(req)}GPUs on one node in cluster {req.cluster}; "
+            f"largest free: {len(best.usable_gpus(req))} on {best.name}"
+        )
+    best = max(eligible, key=lambda n: (n.cpus_free, n.memory_free))
     return (
-        f"waiting for {asked} in cluster {req.cluster}; largest free: {best.cpus_free:g} CPUs, "
+        f"waiting for {_describe(req)} in cluster {req.cluster}; largest free: {best.cpus_free:g} CPUs, "
         f"{format_size(best.memory_free)} on {best.name}"
     )
 
 
 def never_fits(req: Request, nodes: Sequence[NodeView]) -> str:
-    """Why no node of `nodes` could hold `req` even when empty; '' if one could (or there are none to judge by)."""
-    if not nodes or any(n.could_ever_fit(req) for n in nodes):
+    """Why no node of `nodes` could hold `req` even when empty; '' if enough could (or there are none to judge by)."""
+    if not nodes:
         return ""
+    able = 0
+    for node in nodes:
+        able += node.could_ever_fit(req)
+        if able >= req.nodes:
+            return ""
+    if able:
+        return f"cluster {req.cluster} has only {able} node(s) that can hold {_describe(req)}; the run asks for {req.nodes}"
+    if req.labels and not any(n.has_labels(req) for n in nodes):
+        wanted = ", ".join(f"{k}={v}" for k, v in req.labels)
+        return f"no node in cluster {req.cluster} has the labels {wanted}"
     largest = max(nodes, key=lambda n: (n.gpus_total, n.cpus_total, n.memory_total))
     return (
         f"no node in cluster {req.cluster} can hold {_describe(req)}; largest: {largest.name} with "
         f"{largest.cpus_total:g} CPUs, {format_size(largest.memory_total)}, {largest.gpus_total} GPUs"
+        + (f" ({_models(largest)})" if req.gpu_filtered and largest.gpu_specs else "")
     )
+
+
+def _gpu_kind(req: Request) -> str:
+    parts = [req.gpu_model] if req.gpu_model else []
+    if req.gpu_memory_bytes:
+        parts.append(f"{format_size(req.gpu_memory_bytes)}+")
+    return " ".join(parts) + " " if parts else ""
+
+
+def _models(node: NodeView) -> str:
+    return ", ".join(sorted({f"{model} {format_size(memory)}" for _, model, memory in node.gpu_specs}))
 
 
 def _describe(req: Request) -> str:
     text = f"{req.cpus:g} CPUs, {format_size(req.memory_bytes)}"
-    return text + (f", {req.gpus} GPUs" if req.gpus else "")
+    return text + (f", {req.gpus} {_gpu_kind(req)}GPUs" if req.gpus else "")

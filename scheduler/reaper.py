@@ -60,8 +60,8 @@ class Reaper:
             await self._store.set_node_state(node_id, "Down")
             log.warning("node down", extra={"node_id": node_id, "silent_s": self._timers.down_after_s})
             for run in (r for r in active if r.node_id == node_id):
-                await lose_attempt(self._store, self._followers, run_id=run.id, attempt=run.attempt,
-                                   detail=f"node {self._sessions.name(node_id)} went down", max_retries=self._max_retries)
+                await lose_attempt(self._store, self._sessions, self._followers, run,
+                                   detail=f"node {self._sessions.name(node_id)} went down", default_retries=self._max_retries)
         self._down |= verdict.down
         self._dispatcher.wake()
         return verdict.down

@@ -21,7 +21,9 @@ class Session:
     name: str
     cluster: str
     capacity: Capacity
-    schedule: str = "active"                    # active, cordoned, draining: only active takes new runs
+    schedule: str = "active"                    # active, cordoned, draining, quarantined: only active takes new runs
+    labels: dict[str, str] = field(default_factory=dict)
+    failures_in_row: int = 0                    # runs that failed on the node's side, in a row
     outbox: asyncio.Queue[pb.HeadMessage | None] = field(default_factory=asyncio.Queue)
 
 

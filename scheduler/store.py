@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -26,6 +27,7 @@ from scheduler import db
 from scheduler.errors import NotFound, ResourceExhausted
 from scheduler.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
 from scheduler.model import (
+    ClusterEvent,
     Capacity,
     LogRow,
     MetricRow,
@@ -42,12 +44,40 @@ _RUN_COLUMNS = (
     "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
     "started_at, ended_at, priority"
 )
-_NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule"
+_NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row"
 _SETTABLE = frozenset(
     {"reason", "exit_code", "pending_reason", "node_id", "gpu_indices", "outputs_sha256", "started_at", "ended_at"}
 )
 LOG_CONTINUED = 1
 LOG_GAP = 2
+
+
+class QueuedRow(NamedTuple):
+    id: str
+    workspace: str
+    priority: int
+    created_at: float
+    compute: str
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    instance_count: int
+    gpu_model: str
+    gpu_memory_bytes: int
+    node_labels: tuple[tuple[str, str], ...]
+    timeout_s: float
+
+
+class LiveRow(NamedTuple):
+    id: str
+    node_id: str
+    workspace: str
+    compute: str
+    cpus: float
+    memory_bytes: int
+    gpu_indices: tuple[int, ...]
+    started_at: float | None    # None while Preparing
+    timeout_s: float
 
 
 def _run(row: Sequence[Any]) -> RunRecord:
@@ -64,7 +94,7 @@ def _run(row: Sequence[Any]) -> RunRecord:
 def _node(row: Sequence[Any]) -> NodeRecord:
     return NodeRecord(
         id=row[0], name=row[1], cluster=row[2], labels=json.loads(row[3]), capacity=Capacity.from_json(row[4]),
-        state=row[5], last_seen=row[6], schedule=row[7],
+        state=row[5], last_seen=row[6], schedule=row[7], failures_in_row=row[8],
     )
 
 
@@ -85,6 +115,7 @@ class Store:
         self._w = writer
         self._r = reader
         self._lock = asyncio.Lock()
+        self._abandoned = False         # a transaction was begun and not seen to end
         self.cluster_id = cluster_id
         self.clock = clock
 
@@ -102,19 +133,29 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction. A caller cancelled mid-transaction (a gRPC stream torn down) cannot stop the
+        statements already handed to the connection's thread; the transaction it leaves open is rolled back, in
+        order, by the next one."""
         async with self._lock:
+            if self._abandoned:
+                with contextlib.suppress(sqlite3.OperationalError):  # it may have committed after all
+                    await self._w.execute("ROLLBACK")
+            self._abandoned = True
             try:
                 await self._w.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._w
                 except BaseException:
                     await self._w.execute("ROLLBACK")
+                    self._abandoned = False
                     raise
                 await self._w.execute("COMMIT")
+                self._abandoned = False
             except sqlite3.OperationalError as err:
                 if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
                     with contextlib.suppress(sqlite3.Error):
                         await self._w.execute("ROLLBACK")
+                    self._abandoned = False
                     raise ResourceExhausted("the head's disk is full; free space on the head and retry") from None
                 raise
 
@@ -211,35 +252,42 @@ class Store:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY created_at, id"
         return [_run(r) for r in await self._all(sql, wanted)]
 
-    async def queue(self, compute: str = "") -> list[RunRecord]:
-        """Queued runs in the order the scheduler considers them: higher priority first, FIFO within one."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE state = 'Queued'"
-        args: list[Any] = []
-        if compute:
-            sql += " AND json_extract(spec, '$.compute') = ?"
-            args.append(compute)
-        sql += " ORDER BY priority DESC, created_at, id"
-        return [_run(r) for r in await self._all(sql, args)]
+    async def queued(self) -> list[QueuedRow]:
+        """Every queued run with what ordering and placement need, decoded by SQLite, in no particular order.
 
-    async def queued_demand(self) -> list[tuple[str, str, float, int, int]]:
-        """(run id, compute, cpus, memory bytes, gpus) of every queued run, in queue order.
-
-        Reads only what placement needs, decoded by SQLite, so a scheduling pass over a long queue stays cheap.
+        Reads only those columns, so a scheduling pass over a long queue stays cheap; the order is
+        `fairshare.queue_order`'s to decide.
         """
-        return await self._all(
-            "SELECT id, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
-            "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus') FROM runs WHERE state = 'Queued' "
-            "ORDER BY priority DESC, created_at, id"
+        rows = await self._all(
+            "SELECT id, workspace, priority, created_at, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
+            "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus'), json_extract(spec, '$.instance_count'), "
+            "json_extract(spec, '$.gpu_model'), json_extract(spec, '$.gpu_memory_bytes'), "
+            "json_extract(spec, '$.node_labels'), json_extract(spec, '$.timeout_s') FROM runs WHERE state = 'Queued'"
         )
+        return [
+            QueuedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or 1, r[9] or "", r[10] or 0,
+                      tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0)
+            for r in rows
+        ]
 
-    async def allocations(self) -> list[tuple[str, float, int, list[int]]]:
-        """(node id, cpus, memory bytes, GPU indices) held by every live attempt."""
+    async def live_attempts(self) -> list[LiveRow]:
+        """What every live attempt holds on its node, and since when (gang parents hold nothing themselves)."""
         marks = ", ".join("?" * len(ACTIVE))
         rows = await self._all(
-            "SELECT node_id, json_extract(spec, '$.cpus'), json_extract(spec, '$.memory_bytes'), gpu_indices "
-            f"FROM runs WHERE state IN ({marks})", sorted(ACTIVE),
+            "SELECT id, node_id, workspace, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
+            "json_extract(spec, '$.memory_bytes'), gpu_indices, started_at, "
+            f"json_extract(spec, '$.timeout_s') FROM runs WHERE state IN ({marks}) AND node_id IS NOT NULL",
+            sorted(ACTIVE),
         )
-        return [(node, cpus, memory, json.loads(gpus)) for node, cpus, memory, gpus in rows]
+        return [LiveRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])), r[7], r[8] or 0.0) for r in rows]
+
+    async def gpu_usage(self, since: float) -> list[tuple[str, str, int, float, float | None]]:
+        """(workspace, compute, gpus, started_at, ended_at) of attempts that held GPUs at some time after `since`."""
+        return await self._all(
+            "SELECT workspace, json_extract(spec, '$.compute'), json_array_length(gpu_indices), started_at, ended_at "
+            "FROM runs WHERE started_at IS NOT NULL AND node_id IS NOT NULL AND gpu_indices != '[]' "
+            "AND (ended_at IS NULL OR ended_at > ?)", (since,),
+        )
 
     async def run_events(self, run_id: str) -> list[RunEventRecord]:
         rows = await self._all(
@@ -286,6 +334,57 @@ class Store:
             async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cur:
                 return _run(await cur.fetchone())  # type: ignore[arg-type]
 
+    async def assign_gang(
+        self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str
+    ) -> tuple[RunRecord, list[RunRecord]]:
+        """Place a multi-node run in one transaction: the parent Queued -> Preparing (attempt N+1) and one child
+        run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with NODE_RANK and
+        WORLD_SIZE in its environment. Raises InvalidTransition if the parent is no longer queued."""
+        now = self.clock()
+        async with self._tx() as w:
+            async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no run {parent_id!r}")
+            parent = _run(row)
+            target = next_state(parent_id, parent.state, Trigger.ASSIGN)
+            cur = await w.execute(
+                "UPDATE runs SET state = ?, attempt = attempt + 1, pending_reason = '' WHERE id = ? AND state = ?",
+                (target, parent_id, parent.state),
+            )
+            if cur.rowcount != 1:
+                raise InvalidTransition(parent_id, parent.state, Trigger.ASSIGN)
+            await w.execute(
+                "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (parent_id, now, parent.state, target, Trigger.ASSIGN, detail),
+            )
+            children = []
+            for rank, (node_id, gpus) in enumerate(members):
+                child_id = new_run_id(now)
+                env = {**parent.spec.environment, "NODE_RANK": str(rank), "WORLD_SIZE": str(len(members))}
+                spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
+                await w.execute(
+                    "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
+                    "tags, properties, created_at, priority, attempt, node_id, gpu_indices) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                    (child_id, parent.workspace, parent.experiment, parent_id, f"{parent.display_name} [rank {rank}]",
+                     RunState.PREPARING, spec.to_json(), parent.snapshot_sha256, json.dumps(parent.tags),
+                     json.dumps({"runyard.node_rank": str(rank)}), now, parent.priority, node_id, json.dumps(list(gpus))),
+                )
+                await w.executemany(
+                    "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(child_id, now, "", RunState.QUEUED, Trigger.SUBMIT, f"rank {rank} of {parent_id}"),
+                     (child_id, now, RunState.QUEUED, RunState.PREPARING, Trigger.ASSIGN, detail)],
+                )
+                async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (child_id,)) as cur:
+                    children.append(_run(await cur.fetchone()))  # type: ignore[arg-type]
+            async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)) as cur:
+                return _run(await cur.fetchone()), children  # type: ignore[arg-type]
+
+    async def children(self, parent_id: str) -> list[RunRecord]:
+        rows = await self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id", (parent_id,))
+        return [_run(r) for r in rows]
+
     async def request_stop(self, run_id: str, detail: str) -> None:
         """Set the desired state of a live run to stop and record why."""
         async with self._tx() as w:
@@ -331,9 +430,14 @@ class Store:
             )
             return w.total_changes - before
 
-    async def read_logs(self, run_id: str, *, after_id: int = 0, limit: int = 1000, rank: int | None = None) -> list[LogRow]:
-        sql = "SELECT id, attempt, rank, stream, seq, ts, flags, data FROM logs WHERE run_id = ? AND id > ?"
-        args: list[Any] = [run_id, after_id]
+    async def read_logs(
+        self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None
+    ) -> list[LogRow]:
+        """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        sql = (f"SELECT id, attempt, rank, stream, seq, ts, flags, data, run_id FROM logs "
+               f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id > ?")
+        args: list[Any] = [*ids, after_id]
         if rank is not None:
             sql += " AND rank = ?"
             args.append(rank)
@@ -341,10 +445,11 @@ class Store:
         args.append(limit)
         return [LogRow(*r) for r in await self._all(sql, args)]
 
-    async def tail_start(self, run_id: str, lines: int, rank: int | None = None) -> int:
-        """The log row id after which the last `lines` records of the run start."""
-        sql = "SELECT id FROM logs WHERE run_id = ?"
-        args: list[Any] = [run_id]
+    async def tail_start(self, run_id: str | Sequence[str], lines: int, rank: int | None = None) -> int:
+        """The log row id after which the last `lines` records of the run(s) start."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        sql = f"SELECT id FROM logs WHERE run_id IN ({', '.join('?' * len(ids))})"
+        args: list[Any] = [*ids]
         if rank is not None:
             sql += " AND rank = ?"
             args.append(rank)
@@ -421,12 +526,57 @@ class Store:
                 )
 
     async def set_node_schedule(self, name: str, schedule: str) -> NodeRecord:
+        """Set what admins allow on a node; `active` also forgives its failures in a row."""
         async with self._tx() as w:
-            cur = await w.execute("UPDATE nodes SET schedule = ? WHERE name = ?", (schedule, name))
+            cur = await w.execute(
+                "UPDATE nodes SET schedule = ?, failures_in_row = CASE WHEN ? = 'active' THEN 0 ELSE failures_in_row END "
+                "WHERE name = ?", (schedule, schedule, name),
+            )
             if cur.rowcount != 1:
                 raise NotFound(f"no node {name!r}")
             async with w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)) as found:
                 return _node(await found.fetchone())  # type: ignore[arg-type]
+
+    async def count_node_failure(self, node_id: str, *, node_side: bool, quarantine_after: int) -> NodeRecord | None:
+        """Count a run that ended on the node: a node-side failure adds one to its failures in a row, anything
+        else resets them. Returns the node if this one put it in quarantine (with an event), else None."""
+        async with self._tx() as w:
+            if not node_side:
+                await w.execute("UPDATE nodes SET failures_in_row = 0 WHERE id = ? AND failures_in_row != 0", (node_id,))
+                return None
+            await w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (node_id,))
+            cur = await w.execute(
+                "UPDATE nodes SET schedule = 'quarantined' WHERE id = ? AND failures_in_row >= ? AND schedule != 'quarantined'",
+                (node_id, quarantine_after),
+            )
+            if cur.rowcount != 1:
+                return None
+            async with w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)) as found:
+                node = _node(await found.fetchone())  # type: ignore[arg-type]
+            await w.execute(
+                "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, 'quarantine', ?)",
+                (self.clock(), node.cluster, node.name,
+                 f"{node.name} quarantined: {quarantine_after} runs in a row failed on the node's side; "
+                 f"`runyard node uncordon {node.name}` once it is fixed"),
+            )
+            return node
+
+    async def record_event(self, cluster: str, node: str, kind: str, detail: str) -> None:
+        async with self._tx() as w:
+            await w.execute(
+                "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, ?, ?)",
+                (self.clock(), cluster, node, kind, detail),
+            )
+
+    async def events(self, *, cluster: str = "", limit: int = 20) -> list[ClusterEvent]:
+        """The latest decision events, oldest first."""
+        sql = "SELECT at, cluster, node, kind, detail FROM cluster_events"
+        args: list[Any] = []
+        if cluster:
+            sql += " WHERE cluster = ?"
+            args.append(cluster)
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [ClusterEvent(*r) for r in reversed(rows)]
 
     async def list_nodes(self) -> list[NodeRecord]:
         rows = await self._all(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")

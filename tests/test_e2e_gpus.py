@@ -60,7 +60,7 @@ def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path) -> None:
         assert cluster.cli("node", "drain", "node-1", check=True).stdout == "node-1: draining (1 runs on it)\n"
         held = cluster.cli("submit", str(project), "-d", "-q", "--", "true", check=True).stdout.strip()
         reason = wait_until("a pending reason", lambda: "cordoned" in (r := cluster.run(held))["pending_reason"] and r)
-        assert reason["pending_reason"] == "no node in cluster default is up (1 cordoned or draining)"
+        assert reason["pending_reason"] == "no node in cluster default is up (1 cordoned, draining or quarantined)"
         gate.touch()
         cluster.wait_state(running, "Completed")  # a draining node lets its runs finish
         assert cluster.json("nodes")[0]["schedule"] == "drained"

@@ -68,7 +68,7 @@ def test_full_example_builds_the_expected_request(tmp_path: Path) -> None:
         gpus=1,
         instance_count=1,
         timeout_s=7200.0,
-        priority="medium",
+        priority=200,
     )
 
 
@@ -247,7 +247,10 @@ def test_inputs_are_substituted_into_the_shell_command(
         (("resources.instance_count=4",), "instance_count", 4),
         (("inputs.lr=0.1",), "argv", ("/bin/sh", "-c", "python train.py --lr 0.1")),
         (("tags.team=cv", "tags.owner=ana"), "tags", {"team": "cv", "owner": "ana"}),
-        (("queue_settings.priority=high",), "priority", "high"),
+        (("queue_settings.priority=high",), "priority", 300),
+        (("retry.max_retries=0",), "max_retries", 0),
+        (("resources.properties.gpu_model=A100",), "gpu_model", "A100"),
+        (("resources.properties.node_labels.zone=a",), "node_labels", {"zone": "a"}),
         (("experiment_name=other",), "experiment", "other"),
         (
             ("command=echo ${{inputs.lr}} ${{inputs.new}}", "inputs.new=true"),
@@ -315,7 +318,12 @@ def test_flags_override_job_values(tmp_path: Path) -> None:
     assert (request.experiment, request.display_name, request.compute) == ("exp2", "try2", "big")
     assert (request.cpus, request.memory_bytes, request.gpus, request.instance_count) == (8.0, 64 * GiB, 4, 2)
     assert request.environment == {"OMP_NUM_THREADS": "8", "EXTRA": "a=b"}
-    assert (request.priority, request.timeout_s) == ("high", 60.0)
+    assert (request.priority, request.timeout_s) == (300, 60.0)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("low", 100), ("high", 300), ("250", 250), ("-5", -5)])
+def test_priority_flag_takes_names_and_integers(flag: str, value: int) -> None:
+    assert build_request(CliOptions(priority=flag, command=("true",))).priority == value
 
 
 @pytest.mark.parametrize(
@@ -372,7 +380,7 @@ def test_defaults_without_a_job_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert request == RunRequest(
         code_dir=project, argv=("python", "train.py"), experiment="my-project", display_name="", tags={},
         environment={}, compute="default", cpus=1.0, memory_bytes=GiB, gpus=0, instance_count=1,
-        timeout_s=0.0, priority="medium",
+        timeout_s=0.0, priority=200,
     )
 
 

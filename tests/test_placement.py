@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from scheduler.placement import NodeView, Plan, Request, place
+from scheduler.placement import NodeView, Plan, Request, Running, place
 
 GiB = 1024**3
 
@@ -27,6 +27,9 @@ def node(
     memory_free: int | None = None,
     gpus_free: Sequence[int] | None = None,
     schedulable: bool = True,
+    labels: dict[str, str] | None = None,
+    gpu_model: str = "A100",
+    gpu_memory: int = 80 * GiB,
 ) -> NodeView:
     return NodeView(
         id=f"id-{name}",
@@ -39,20 +42,37 @@ def node(
         memory_total=memory,
         gpus_total=gpus,
         schedulable=schedulable,
+        labels=labels or {},
+        gpu_specs=tuple((i, gpu_model, gpu_memory) for i in range(gpus)),
     )
 
 
-def run(run_id: str, *, cluster: str = "c", cpus: float = 1, memory: int = GiB, gpus: int = 0) -> Request:
-    return Request(run_id=run_id, cluster=cluster, cpus=cpus, memory_bytes=memory, gpus=gpus)
+def run(
+    run_id: str, *, cluster: str = "c", cpus: float = 1, memory: int = GiB, gpus: int = 0, nodes: int = 1,
+    workspace: str = "ws", gpu_model: str = "", gpu_memory: int = 0, labels: dict[str, str] | None = None,
+    timeout: float = 0.0,
+) -> Request:
+    return Request(
+        run_id=run_id, cluster=cluster, cpus=cpus, memory_bytes=memory, gpus=gpus, nodes=nodes, workspace=workspace,
+        gpu_model=gpu_model, gpu_memory_bytes=gpu_memory, labels=tuple(sorted((labels or {}).items())),
+        timeout_s=timeout,
+    )
 
 
-def checked_place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
+def checked_place(
+    queue: Sequence[Request], nodes: Sequence[NodeView], *, running: Sequence[Running] = (), now: float = 0.0,
+    quotas: dict[tuple[str, str], int] | None = None,
+) -> Plan:
     """`place()`, plus the invariants every plan must hold."""
-    plan = place(queue, nodes)
+    plan = place(queue, nodes, running=running, now=now, quotas=quotas)
     by_id = {n.id: n for n in nodes}
     requests = {r.run_id: r for r in queue}
     placed = [p.run_id for p in plan.placements]
-    assert len(placed) == len(set(placed)), "a run was placed twice"
+    for run_id in set(placed):
+        on = [p.node_id for p in plan.placements if p.run_id == run_id]
+        assert len(on) == len(set(on)) == requests[run_id].nodes, f"{run_id} not placed on exactly its nodes: {on}"
+        ranks = sorted(p.rank for p in plan.placements if p.run_id == run_id)
+        assert ranks == list(range(requests[run_id].nodes)), f"{run_id} ranks {ranks}"
     assert set(placed) | set(plan.pending) == set(requests), "a run was neither placed nor given a reason"
     assert not set(placed) & set(plan.pending), "a run was both placed and left pending"
     assert all(plan.pending[r] for r in plan.pending), "a pending run without a reason"
@@ -217,8 +237,8 @@ def test_blocked_run_blocks_later_runs_of_its_cluster() -> None:
     queue = [run("big", cpus=4), run("small1", cpus=1), run("small2", cpus=1)]
     plan = checked_place(queue, nodes)
     assert plan.placements == ()
-    assert plan.pending["small1"] == "1 run(s) ahead in cluster c"
-    assert plan.pending["small2"] == "2 run(s) ahead in cluster c"
+    assert plan.pending["small1"] == "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"
+    assert plan.pending["small2"] == "2 run(s) ahead in cluster c; cannot backfill: it has no time limit"
     assert "big" in plan.pending and "ahead" not in plan.pending["big"]
 
 
@@ -227,7 +247,7 @@ def test_runs_before_the_blocked_one_are_placed() -> None:
     queue = [run("first", cpus=2), run("big", cpus=4), run("small", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"first": "n"}
-    assert plan.pending["small"] == "1 run(s) ahead in cluster c"
+    assert plan.pending["small"].startswith("1 run(s) ahead in cluster c")
 
 
 def test_a_blocked_cluster_does_not_hold_up_another() -> None:
@@ -235,7 +255,7 @@ def test_a_blocked_cluster_does_not_hold_up_another() -> None:
     queue = [run("a-big", cluster="a", cpus=4), run("b-run", cluster="b", cpus=4), run("a-small", cluster="a", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"b-run": "b1"}
-    assert plan.pending["a-small"] == "1 run(s) ahead in cluster a"
+    assert plan.pending["a-small"].startswith("1 run(s) ahead in cluster a")
 
 
 def test_runs_of_a_cluster_without_nodes_do_not_block_others() -> None:
@@ -303,3 +323,166 @@ def test_gpu_run_short_of_cpus_is_not_told_it_waits_for_gpus() -> None:
     # "waiting for 1 GPUs on one node ...; largest free: 4 on n".
     assert "waiting for 1 GPUs" not in reason
     assert "CPUs" in reason
+
+
+# --- GPU model, GPU memory and node labels ----------------------------------------------------------------------
+
+FILTER_CASES: dict[str, tuple[list[NodeView], list[Request], dict[str, str]]] = {
+    "gpu model picks the node with that model": (
+        [node("v100", gpus=8, gpu_model="Tesla V100"), node("a100", gpus=8, gpu_model="NVIDIA A100-SXM4")],
+        [run("r1", gpus=1, gpu_model="a100")],
+        {"r1": "a100"},
+    ),
+    "gpu memory skips smaller GPUs": (
+        [node("small", gpus=2, gpu_memory=16 * GiB), node("large", gpus=8, gpu_memory=80 * GiB)],
+        [run("r1", gpus=1, gpu_memory=40 * GiB)],
+        {"r1": "large"},
+    ),
+    "labels pick the node carrying all of them": (
+        [node("plain", cpus=64), node("ib", cpus=8, labels={"net": "ib"}), node("both", cpus=4, labels={"net": "ib", "zone": "a"})],
+        [run("r1", labels={"net": "ib", "zone": "a"}), run("r2", labels={"net": "ib"})],
+        {"r1": "both", "r2": "ib"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES), ids=list(FILTER_CASES))
+def test_filters_pick_the_expected_node(case: str) -> None:
+    nodes, queue, expected = FILTER_CASES[case]
+    assert where(checked_place(queue, nodes)) == expected
+
+
+def test_mixed_gpus_on_one_node_hand_out_only_matching_indices() -> None:
+    mixed = NodeView("id-m", "m", "c", 64, 512 * GiB, (0, 1, 2, 3), 64, 512 * GiB, 4,
+                     gpu_specs=((0, "T4", 16 * GiB), (1, "A100", 80 * GiB), (2, "T4", 16 * GiB), (3, "A100", 80 * GiB)))
+    plan = checked_place([run("r1", gpus=2, gpu_model="A100"), run("r2", gpus=1, gpu_model="A100")], [mixed])
+    assert plan.placements[0].gpu_indices == (1, 3)
+    assert plan.pending["r2"].startswith("waiting for 1 A100 GPUs on one node in cluster c; largest free: 0 on m")
+
+
+def test_no_node_with_the_labels_says_so() -> None:
+    plan = checked_place([run("r1", labels={"zone": "b"})], [node("a", labels={"zone": "a"})])
+    assert plan.pending["r1"] == "no node in cluster c has the labels zone=b"
+
+
+def test_no_node_with_the_gpu_model_says_what_there_is() -> None:
+    plan = checked_place([run("r1", gpus=1, gpu_model="H100")], [node("a", gpus=8, gpu_model="A100")])
+    assert plan.pending["r1"].startswith("no node in cluster c can hold 1 CPUs, 1.0G, 1 H100 GPUs")
+    assert "(A100 80.0G)" in plan.pending["r1"]
+
+
+# --- gangs: all nodes at once or none ---------------------------------------------------------------------------
+
+
+def test_gang_gets_distinct_nodes_with_ranks() -> None:
+    nodes = [node("a", gpus=4), node("b", gpus=4), node("c1", gpus=4)]
+    plan = checked_place([run("g", gpus=4, nodes=2)], nodes)
+    assert sorted(p.node_id for p in plan.placements) == ["id-a", "id-b"]
+    assert [p.rank for p in plan.placements] == [0, 1]
+
+
+def test_gang_that_does_not_fit_whole_takes_nothing() -> None:
+    nodes = [node("a", gpus=4), node("b", gpus=4, gpus_free=(0,))]
+    plan = checked_place([run("g", gpus=4, nodes=2), run("later", gpus=1)], nodes)
+    assert plan.placements == ()
+    assert plan.pending["g"] == "waiting for 2 nodes with 1 CPUs, 1.0G, 4 GPUs each in cluster c; 1 fit now"
+    assert plan.pending["later"].startswith("1 run(s) ahead in cluster c")
+
+
+def test_gang_larger_than_the_cluster_never_fits() -> None:
+    plan = checked_place([run("g", gpus=1, nodes=3)], [node("a", gpus=4), node("b", gpus=4)])
+    assert plan.pending["g"].startswith("cluster c has only 2 node(s) that can hold")
+
+
+# --- quotas ------------------------------------------------------------------------------------------------------
+
+QUOTA_CASES: dict[str, tuple[list[Running], list[Request], set[str], dict[str, str]]] = {
+    "under quota starts": ([], [run("r1", gpus=2, workspace="team-b")], {"r1"}, {}),
+    "over quota waits with the reason": (
+        [Running("id-x", "team-b", "c", 1, GiB, (0, 1, 2, 3, 4, 5, 6, 7))],
+        [run("r1", gpus=1, workspace="team-b")],
+        set(),
+        {"r1": "over quota: team-b uses 8 of 8 GPUs in c"},
+    ),
+    "runs placed in the same pass count": (
+        [],
+        [run("r1", gpus=6, workspace="team-b"), run("r2", gpus=4, workspace="team-b")],
+        {"r1"},
+        {"r2": "over quota: team-b uses 6 of 8 GPUs in c"},
+    ),
+    "a gang counts every node": ([], [run("g", gpus=4, nodes=3, workspace="team-b")], set(), {"g": "over quota: team-b uses 0 of 8 GPUs in c"}),
+    "an over-quota run blocks nobody": (
+        [Running("id-x", "team-b", "c", 1, GiB, tuple(range(8)))],
+        [run("r1", gpus=1, workspace="team-b"), run("r2", gpus=1, workspace="team-a")],
+        {"r2"},
+        {"r1": "over quota: team-b uses 8 of 8 GPUs in c"},
+    ),
+    "cpu runs ignore the GPU quota": (
+        [Running("id-x", "team-b", "c", 1, GiB, tuple(range(8)))], [run("r1", workspace="team-b")], {"r1"}, {},
+    ),
+    "another cluster's use does not count": (
+        [Running("id-x", "team-b", "other", 1, GiB, tuple(range(8)))], [run("r1", gpus=1, workspace="team-b")], {"r1"}, {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(QUOTA_CASES), ids=list(QUOTA_CASES))
+def test_gpu_quota(case: str) -> None:
+    running, queue, placed, pending = QUOTA_CASES[case]
+    nodes = [node(f"n{i}", cpus=64, gpus=8) for i in range(4)]
+    plan = checked_place(queue, nodes, running=running, quotas={("team-b", "c"): 8})
+    assert {p.run_id for p in plan.placements} == placed
+    assert plan.pending == pending
+    assert not set(pending) & set(plan.waiting), "an over-quota run is no reason to add nodes"
+
+
+# --- backfill ----------------------------------------------------------------------------------------------------
+# One node with 8 GPUs, 6 of them held by a run whose time limit ends at t=100 (now is 0). A run asking for all 8
+# is blocked and reserved to start at 100; the 2 free GPUs may be used only by runs that end before then.
+
+BUSY = [Running("id-n", "ws", "c", 1, GiB, (0, 1, 2, 3, 4, 5), ends_at=100.0)]
+BACKFILL_CASES: dict[str, tuple[list[Running], Request, str]] = {
+    "ends before the reserved start: backfills": (BUSY, run("small", gpus=2, timeout=60), ""),
+    "ends exactly at the reserved start: backfills": (BUSY, run("small", gpus=2, timeout=100), ""),
+    "would end after the reserved start: waits": (
+        BUSY, run("small", gpus=2, timeout=101),
+        "1 run(s) ahead in cluster c; cannot backfill: its time limit would delay run big, reserved to start in 100s",
+    ),
+    "no time limit: waits": (BUSY, run("small", gpus=2), "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"),
+    "reservation waits on a run without a limit: nothing backfills": (
+        [Running("id-n", "ws", "c", 1, GiB, (0, 1, 2, 3, 4, 5))], run("small", gpus=2, timeout=1),
+        "1 run(s) ahead in cluster c; cannot backfill: run big waits on runs without a time limit",
+    ),
+    "does not fit now either: its own reason and the runs ahead": (
+        BUSY, run("small", gpus=3, timeout=10),
+        "waiting for 3 GPUs on one node in cluster c; largest free: 2 on n; 1 run(s) ahead",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BACKFILL_CASES), ids=list(BACKFILL_CASES))
+def test_backfill(case: str) -> None:
+    running, small, reason = BACKFILL_CASES[case]
+    nodes = [node("n", cpus=64, gpus=8, gpus_free=(6, 7))]
+    plan = checked_place([run("big", gpus=8), small], nodes, running=running)
+    assert plan.pending["big"].startswith("waiting for 8 GPUs")
+    if reason:
+        assert plan.pending["small"] == reason
+    else:
+        assert where(plan) == {"small": "n"}
+
+
+def test_backfilled_runs_count_toward_the_reservation() -> None:
+    """Backfill only uses the reservation's slack: a run placed now is a release of its own."""
+    nodes = [node("n", cpus=64, gpus=8, gpus_free=(6, 7))]
+    queue = [run("big", gpus=8), run("s1", gpus=1, timeout=50), run("s2", gpus=1, timeout=99)]
+    plan = checked_place(queue, nodes, running=BUSY, now=0.0)
+    assert where(plan) == {"s1": "n", "s2": "n"}
+
+
+def test_reservation_is_later_when_the_blocked_run_needs_several_releases() -> None:
+    running = [Running("id-n", "ws", "c", 1, GiB, (0, 1, 2), ends_at=50.0),
+               Running("id-n", "ws", "c", 1, GiB, (3, 4, 5), ends_at=200.0)]
+    nodes = [node("n", cpus=64, gpus=8, gpus_free=(6, 7))]
+    plan = checked_place([run("big", gpus=8), run("small", gpus=2, timeout=150)], nodes, running=running)
+    assert where(plan) == {"small": "n"}, "reserved start is 200 (both releases), so 150 s cannot delay it"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import math
 import sqlite3
@@ -389,3 +391,17 @@ async def test_a_database_newer_than_the_head_is_refused(tmp_path: Path) -> None
     conn.close()
     with pytest.raises(StartupRefused, match="newer than this head knows"):
         await Store.open(tmp_path, synchronous="NORMAL")
+
+
+async def test_a_writer_cancelled_mid_transaction_does_not_wedge_the_store(store: Store) -> None:
+    """A caller cancelled while its statements are queued (a gRPC stream torn down) leaves a transaction open
+    in the connection's thread; the next transaction must still work and see nothing half-written."""
+    run_id, _ = await store.create_run(new_run())
+    for _ in range(20):
+        task = asyncio.ensure_future(store.append_logs(run_id, 1, [(0, 1, 1, 1.0, 0, b"x")]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.set_node_state("nobody", "Ready")  # would fail with "cannot start a transaction within a transaction"
+    assert len(await store.read_logs(run_id)) <= 1

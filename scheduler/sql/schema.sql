@@ -74,7 +74,17 @@ CREATE TABLE nodes (
     state      TEXT NOT NULL,
     last_seen  REAL NOT NULL,
     joined_at  REAL NOT NULL
-, schedule TEXT NOT NULL DEFAULT 'active');
+, schedule TEXT NOT NULL DEFAULT 'active', failures_in_row INTEGER NOT NULL DEFAULT 0);
+
+CREATE TABLE cluster_events (
+    id      INTEGER PRIMARY KEY,
+    at      REAL NOT NULL,
+    cluster TEXT NOT NULL,
+    node    TEXT NOT NULL DEFAULT '',
+    kind    TEXT NOT NULL,               -- autoscaler | quarantine
+    detail  TEXT NOT NULL
+);
+CREATE INDEX cluster_events_cluster ON cluster_events (cluster, id);
 
 -- One row per log record; (run, attempt, rank, stream, seq) makes a resent batch a no-op.
 CREATE TABLE logs (
