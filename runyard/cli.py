@@ -39,22 +39,28 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--agents", default=2, show_default=True, type=click.IntRange(0, 64), help="local agents to start")
+@click.option("--agents", default=2, show_default=True, type=click.IntRange(0, 64), help="local agents to keep running")
+@click.option("--max-agents", default=0, type=click.IntRange(0, 64),
+              help="let the autoscaler grow to this many agents while runs wait, and shrink back when idle")
+@click.option("--idle-time", default=120.0, show_default=True, type=click.FloatRange(0.0),
+              help="seconds an extra agent may stay idle before it is stopped")
 @click.option("--gpus-per-agent", default=0, show_default=True, type=click.IntRange(0, 16), help="fake GPUs per agent")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="data directory [~/.local/share/runyard/local]")
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="head port (0: any free port)")
-def up(agents: int, gpus_per_agent: int, data_dir: Path | None, port: int) -> None:
-    """Run a local cluster (a head and N agents) in the foreground; Ctrl-C stops it."""
+def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data_dir: Path | None, port: int) -> None:
+    """Run a local cluster (a head and its agents) in the foreground; Ctrl-C stops it."""
     from runyard.cluster import LocalCluster, default_data_dir, run_local_cluster
 
     def ready_nodes(config: ClientConfig) -> int:
         try:
             with Client(config, timeout_s=2) as client:
-                return sum(n.state == "Ready" for n in client.nodes())
+                return sum(n.state == "Ready" for n in client.nodes().nodes)
         except RunyardError:
             return 0
 
-    cluster = LocalCluster((data_dir or default_data_dir()).resolve(), agents, gpus_per_agent, port)
+    if max_agents and max_agents < agents:
+        raise UsageError(f"--max-agents {max_agents} is below --agents {agents}")
+    cluster = LocalCluster((data_dir or default_data_dir()).resolve(), agents, gpus_per_agent, port, max_agents, idle_time)
     sys.exit(run_local_cluster(cluster, say=lambda text: render.err_console.print(f"[bold]runyard up[/]: {text}"),
                                nodes_ready=ready_nodes))
 
@@ -238,16 +244,17 @@ def download(run_id: str, dest: Path | None, what: str) -> None:
 def nodes(output: str) -> None:
     """List the cluster's nodes with their capacity and what is allocated on them."""
     with connect() as client:
-        found = client.nodes()
+        reply = client.nodes()
     if output == "json":
-        render.print_json([render.as_dict(n) for n in found])
+        render.print_json([render.as_dict(n) for n in reply.nodes])
         return
     render.print_table(
         ("NODE", "CLUSTER", "STATE", "SCHEDULE", "CPUS", "MEMORY", "GPUS", "RUNS"),
         ((n.name, n.cluster, n.state, n.schedule, f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
           f"{format_size(n.allocated.memory_bytes)}/{format_size(n.capacity.memory_bytes)}",
-          f"{n.allocated.gpus}/{len(n.capacity.gpus)}", len(n.running)) for n in found),
+          f"{n.allocated.gpus}/{len(n.capacity.gpus)}", len(n.running)) for n in reply.nodes),
     )
+    render.print_events(reply.events)
 
 
 @cli.group()
@@ -288,7 +295,8 @@ def uncordon(name: str) -> None:
 def queue(compute: str, output: str) -> None:
     """List queued runs in the order they will be considered, each with why it is waiting."""
     with connect() as client:
-        found = client.queue(compute)
+        reply = client.queue(compute)
+    found = reply.runs
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
@@ -297,6 +305,7 @@ def queue(compute: str, output: str) -> None:
         ((r.id, r.display_name, r.spec.compute, priorities.name(r.priority), render.resources(r.spec), r.pending_reason)
          for r in found),
     )
+    render.print_events(reply.events)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,8 +105,8 @@ class Client:
         return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
 
     @_translated
-    def queue(self, compute: str = "") -> list[pb.Run]:
-        return list(self._stub.ListQueue(pb.QueueRequest(compute=compute), **self._kw()).runs)
+    def queue(self, compute: str = "") -> pb.QueueResponse:
+        return self._stub.ListQueue(pb.QueueRequest(compute=compute), **self._kw())
 
     @_translated
     def cancel(self, run_ids: list[str]) -> list[pb.Run]:
@@ -129,8 +129,8 @@ class Client:
         return self._stub.GetMetrics(pb.MetricsRequest(run_id=run_id, key=key), **self._kw())
 
     @_translated
-    def nodes(self) -> list[pb.Node]:
-        return list(self._stub.ListNodes(pb.ListNodesRequest(), **self._kw()).nodes)
+    def nodes(self) -> pb.ListNodesResponse:
+        return self._stub.ListNodes(pb.ListNodesRequest(), **self._kw())
 
     @_translated
     def set_node_schedule(self, node: str, action: int) -> pb.Node:

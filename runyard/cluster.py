@@ -1,8 +1,10 @@
-"""`runyard up`: a local cluster in the foreground, a head and N agents as child processes.
+"""`runyard up`: a local cluster in the foreground, a head whose autoscaler runs agents on this machine.
 
-The head listens on a free loopback port and writes a ready file; `up` then writes the client config so that
-`runyard submit` just works, starts the agents, and waits for them to connect. Ctrl-C (or SIGTERM) stops the
-agents first, so their runs end and are reported, then the head. The daemons log to files under the data dir.
+`up` writes the head's config (cluster `default`: at least `--agents`, at most `--max-agents` agents of the
+`local` provider, each stopped after `--idle-time` seconds without work), starts the head, writes the client
+config so that `runyard submit` just works, and waits for the first agents to connect. The queue then grows and
+shrinks the cluster. Ctrl-C (or SIGTERM) stops the head, which stops its agents first so that their runs end and
+are reported. The daemons log to files under the data dir.
 Must not: import the daemons' packages; they are started as processes.
 """
 
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from runyard.config import ClientConfig, write_client_config
 from runyard.errors import RunyardError
 
@@ -27,9 +31,11 @@ START_TIMEOUT_S = 30.0
 @dataclass(frozen=True, slots=True)
 class LocalCluster:
     data_dir: Path
-    agents: int
+    agents: int                         # started at once and kept (min_nodes)
     gpus_per_agent: int = 0
     port: int = 0
+    max_agents: int = 0                 # the autoscaler may grow to this many (at least `agents`)
+    idle_time_s: float = 120.0          # an agent above `agents` idle this long is stopped
 
 
 def default_data_dir() -> Path:
@@ -48,15 +54,19 @@ def _wait_for(what: str, ready: Callable[[], bool], procs: list[subprocess.Popen
         time.sleep(0.05)
 
 
-def _agent_config(cluster: LocalCluster, index: int, address: str) -> Path:
-    agent_dir = cluster.data_dir / "agents" / f"local-{index}"
-    agent_dir.mkdir(parents=True, exist_ok=True)
-    path = agent_dir / "agent.toml"
+def _head_config(cluster: LocalCluster, head_dir: Path) -> Path:
+    """head.toml: the `default` cluster autoscaled by the local provider, agents of this machine's shape."""
+    path = head_dir / "head.toml"
     path.write_text(
-        f'head_address = "{address}"\n'
-        f'join_token_file = "{cluster.data_dir / "head" / "join.token"}"\n'
-        f'name = "local-{index}"\n'
-        f'data_dir = "{agent_dir}"\n'
+        "[clusters.default]\n"
+        'provider = "local"\n'
+        f"min_nodes = {cluster.agents}\n"
+        f"max_nodes = {max(cluster.agents, cluster.max_agents)}\n"
+        f"idle_time_before_scale_down = {cluster.idle_time_s}\n"
+        f"node_cpus = {float(os.cpu_count() or 1)}\n"
+        f"node_memory_bytes = {psutil.virtual_memory().total}\n"
+        f"node_gpus = {cluster.gpus_per_agent}\n"
+        "\n[local_agent_settings]\n"
         f"fake_gpus = {cluster.gpus_per_agent}\n"
         "heartbeat_interval_s = 2.0\n"
     )
@@ -85,8 +95,8 @@ def run_local_cluster(cluster: LocalCluster, *, say: Callable[[str], None], node
     try:
         head_log = open(cluster.data_dir / "head.log", "ab")
         head = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "--data-dir", str(head_dir), "--listen", f"127.0.0.1:{cluster.port}",
-             "--ready-file", str(ready_file)],
+            [sys.executable, "-m", "scheduler", "--config", str(_head_config(cluster, head_dir)), "--data-dir",
+             str(head_dir), "--listen", f"127.0.0.1:{cluster.port}", "--ready-file", str(ready_file)],
             stdout=head_log, stderr=head_log, env=_daemon_env(), start_new_session=True,
         )
         procs.append(head)
@@ -96,14 +106,9 @@ def run_local_cluster(cluster: LocalCluster, *, say: Callable[[str], None], node
         config = ClientConfig(address, token)
         config_file = write_client_config(config)
         say(f"head listening on {address} (data in {cluster.data_dir}); client config written to {config_file}")
-        for index in range(1, cluster.agents + 1):
-            log_file = open(cluster.data_dir / f"agent-{index}.log", "ab")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "agent", "--config", str(_agent_config(cluster, index, address))],
-                stdout=log_file, stderr=log_file, env=_daemon_env(), start_new_session=True,
-            ))
         _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, procs, cluster.data_dir)
-        say(f"cluster ready: {cluster.agents} agents. Try: runyard submit examples/quickstart -- python train.py")
+        grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
+        say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")
         say("press Ctrl-C to stop")
         while all(p.poll() is None for p in procs):
             time.sleep(0.2)
@@ -120,14 +125,13 @@ def run_local_cluster(cluster: LocalCluster, *, say: Callable[[str], None], node
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Agents first (they stop and report their runs), then the head."""
-    for group in (procs[1:], procs[:1]):
-        for proc in group:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in group:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """SIGTERM; the head stops its agents first. SIGKILL what is still there after 40 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -42,6 +42,16 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
     console.print(table)
 
 
+def print_events(events: Sequence[pb.ClusterEvent]) -> None:
+    """The head's latest decisions about nodes (autoscaler, quarantine), under a table."""
+    if not events:
+        return
+    console.print("\n[bold]Recent decisions[/]")
+    for e in events:
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
+        console.print(f"{stamp}  {e.kind:<10}  cluster {e.cluster}: {e.detail}", markup=False, soft_wrap=True)
+
+
 def print_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     writer = csv.writer(sys.stdout)
     writer.writerow(columns)

@@ -21,16 +21,19 @@ import uvloop
 
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import logsetup
-from runyard.errors import RunyardError
+from runyard.errors import RunyardError, UsageError
 from scheduler.agent_api import NodeAgentService
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import Boundary, Credentials, new_token, token_sha
+from scheduler.autoscale import ClusterPolicy, ProviderKind, policies_from_config
+from scheduler.autoscaler import Autoscaler, ConnectedNode, Observation
 from scheduler.client_api import RunyardService
 from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
 from scheduler.followers import Followers
 from scheduler.heartbeats import Timers
+from scheduler.providers import CommandProvider, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
 from scheduler.store import Store
@@ -60,8 +63,51 @@ async def ensure_token(store: Store, path: Path, *, workspace: str | None) -> st
     return token
 
 
+def cluster_policies(config: HeadConfig) -> dict[str, ClusterPolicy]:
+    try:
+        return policies_from_config(config.clusters)
+    except ValueError as err:
+        raise UsageError(f"config: {err}") from None
+
+
+def node_providers(config: HeadConfig, policies: dict[str, ClusterPolicy], address: str,
+                   join_token_file: Path) -> dict[str, NodeProvider]:
+    """The node provider of every autoscaled cluster: one local provider shared by the local ones."""
+    providers: dict[str, NodeProvider] = {}
+    local: LocalProvider | None = None
+    for name, policy in policies.items():
+        if policy.max_nodes <= 0:
+            continue
+        if policy.provider == ProviderKind.COMMAND:
+            providers[name] = CommandProvider(policy)
+            continue
+        if local is None:
+            try:
+                local = LocalProvider(head_address=address, join_token_file=join_token_file,
+                                      data_dir=config.data_path / "autoscaled", log_dir=config.data_path / "logs",
+                                      agent_settings=config.local_agent_settings)
+            except ValueError as err:
+                raise UsageError(f"config: local_agent_settings: {err}") from None
+        providers[name] = local
+    return providers
+
+
+async def observe(store: Store, sessions: Sessions, dispatcher: Dispatcher) -> Observation:
+    """What the autoscaler needs to know: connected nodes, which of them run something, the unplaced demand."""
+    busy = {a.node_id for a in await store.live_attempts()}
+    connected = [ConnectedNode(s.name, s.cluster, s.node_id in busy) for s in sessions.all()]
+    return Observation(connected, list(dispatcher.demand))
+
+
+async def record(store: Store, dispatcher: Dispatcher, cluster: str, node: str, detail: str) -> None:
+    """An autoscaler decision: kept as an event, and the next pass rewrites the pending reasons it changes."""
+    await store.record_event(cluster, node, "autoscaler", detail)
+    dispatcher.wake()
+
+
 async def serve(config: HeadConfig) -> None:
     data = config.data_path
+    policies, quotas = cluster_policies(config), config.quotas()  # config faults before anything starts
     store = await Store.open(data, synchronous=config.sqlite_synchronous)
     try:
         await store.ensure_workspace("default")
@@ -70,7 +116,7 @@ async def serve(config: HeadConfig) -> None:
         credentials = Credentials(await store.principals(), token_sha(join_token))
         artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
         sessions, followers = Sessions(), Followers()
-        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=config.quotas(),
+        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=quotas,
                                 half_life_s=config.fair_share_half_life_s)
         timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
         started = store.clock()
@@ -89,7 +135,7 @@ async def serve(config: HeadConfig) -> None:
         server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions,
-                           dispatcher=dispatcher, followers=followers, timers=timers), server)
+                           dispatcher=dispatcher, followers=followers, timers=timers, policies=policies), server)
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, dispatcher=dispatcher,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
@@ -101,10 +147,17 @@ async def serve(config: HeadConfig) -> None:
             raise RunyardError(f"cannot listen on {config.listen}: the address is in use or invalid")
         await server.start()
         address = f"{host}:{bound}"
+        providers = node_providers(config, policies, address, Path(config.join_token_file or data / "join.token"))
         if config.ready_file:
             tmp = Path(config.ready_file + ".tmp")
             tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "cluster_id": store.cluster_id}))
             os.replace(tmp, config.ready_file)
+        autoscaler = None
+        if providers:
+            autoscaler = Autoscaler(policies=policies, providers=providers, clock=store.clock,
+                                    observe=lambda: observe(store, sessions, dispatcher),
+                                    record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail))
+            dispatcher.starting, dispatcher.on_demand = autoscaler.starting, autoscaler.wake
         log.info("head ready", extra={"address": address, "data_dir": str(data), "cluster_id": store.cluster_id})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -116,12 +169,16 @@ async def serve(config: HeadConfig) -> None:
                     tasks.create_task(dispatcher.run(), name="dispatch"),
                     tasks.create_task(reaper.run(tick_s=min(1.0, config.disconnected_after_s / 4)), name="reaper"),
                 ]
+                if autoscaler is not None:
+                    loops.append(tasks.create_task(autoscaler.run(tick_s=config.autoscaler_tick_s), name="autoscaler"))
                 dispatcher.wake()
                 await stop.wait()
                 log.info("head stopping")
                 for loop_task in loops:
                     loop_task.cancel()
         finally:
+            for provider in {id(p): p for p in providers.values()}.values():
+                await provider.close()  # local agents stop and report their runs while the server still listens
             await server.stop(grace=2.0)
     finally:
         await store.close()

@@ -24,6 +24,8 @@ class HeadConfig:
     fair_share_half_life_s: float = 7 * 86400.0 # past GPU use counts half after this long
     gpu_quotas: dict = field(default_factory=dict)   # [gpu_quotas.WORKSPACE] CLUSTER = GPUs
     clusters: dict = field(default_factory=dict)     # [clusters.NAME] min_nodes, max_nodes, ... (autoscaler)
+    local_agent_settings: dict = field(default_factory=dict)   # agent.toml keys for agents the local provider starts
+    autoscaler_tick_s: float = 2.0
     max_message_bytes: int = 16 * 1024 * 1024
     snapshot_max_bytes: int = 2 * 1024**3       # uploaded zip
     snapshot_max_entries: int = 100_000

@@ -50,14 +50,15 @@ class Dispatcher:
     def __init__(
         self, *, store: Store, sessions: Sessions, followers: Followers,
         quotas: Mapping[tuple[str, str], int] | None = None, half_life_s: float = 7 * 86400.0,
-        starting: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._store = store
         self._sessions = sessions
         self._followers = followers
         self._quotas = dict(quotas or {})
         self._half_life_s = half_life_s
-        self._starting = starting              # cluster -> nodes the autoscaler is starting
+        # Set by the autoscaler when there is one: nodes it is starting per cluster, and its wake-up.
+        self.starting: Callable[[], dict[str, int]] = dict
+        self.on_demand: Callable[[], None] = lambda: None
         self._wake = asyncio.Event()
         self._reasons: dict[str, str] = {}     # pending reasons as last written, so a pass writes only changes
         self._usage: dict[tuple[str, str], float] = {}
@@ -150,6 +151,8 @@ class Dispatcher:
         by_id = {r.run_id: r for r in requests}
         self.demand = [Demand(by_id[i].cluster, by_id[i].cpus, by_id[i].memory_bytes, by_id[i].gpus, by_id[i].nodes)
                        for i in plan.waiting]
+        if self.demand:
+            self.on_demand()
         gangs: dict[str, list[Placement]] = {}
         for p in plan.placements:
             gangs.setdefault(p.run_id, []).append(p)
@@ -183,7 +186,7 @@ class Dispatcher:
         return 1
 
     async def _write_reasons(self, pending: dict[str, str], requests: Mapping[str, Request]) -> None:
-        starting = self._starting()
+        starting = self.starting()
         if starting:
             pending = {
                 run_id: f"{reason}; autoscaler starting {starting[requests[run_id].cluster]}"

@@ -159,13 +159,15 @@ class Store:
                     raise ResourceExhausted("the head's disk is full; free space on the head and retry") from None
                 raise
 
+    # Each read runs to its end in one job on the reader's thread. A statement left open across an await (execute
+    # now, fetch later) pins the reader's snapshot, and every other coroutine's read meanwhile sees that old
+    # snapshot: Connect found no node for a Join that had already committed.
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        async with self._r.execute(sql, args) as cur:
-            return await cur.fetchone()
+        rows = await self._r.execute_fetchall(sql, args)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async with self._r.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._r.execute_fetchall(sql, args))
 
     # --- credentials -----------------------------------------------------------------------------------------
 

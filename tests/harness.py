@@ -54,11 +54,20 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
 
 
+def _toml(settings: dict[str, Any], table: str = "") -> str:
+    """Settings as TOML: scalars as `key = value` (JSON's strings, numbers and booleans are TOML's), dicts as tables."""
+    scalars = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items() if not isinstance(v, dict))
+    tables = "".join(
+        f"\n[{table}{k}]\n" + _toml(v, f"{table}{k}.") for k, v in settings.items() if isinstance(v, dict)
+    )
+    return scalars + tables
+
+
 @dataclass
 class Head:
     data_dir: Path
     log_file: Path
-    settings: dict[str, Any] = field(default_factory=dict)    # HeadConfig keys, passed as RUNYARD_HEAD_<KEY>
+    settings: dict[str, Any] = field(default_factory=dict)    # HeadConfig keys, written to its head.toml
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     address: str = ""
@@ -67,11 +76,13 @@ class Head:
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "head.toml"
+        config.write_text(_toml(self.settings))
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scheduler", "--data-dir", str(self.data_dir), "--listen",
-                 f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
-                stdout=log, stderr=log, env={**_env(), **{f"RUNYARD_HEAD_{k.upper()}": str(v) for k, v in self.settings.items()}},
+                [sys.executable, "-m", "scheduler", "--config", str(config), "--data-dir", str(self.data_dir),
+                 "--listen", f"127.0.0.1:{self.port}", "--ready-file", str(ready)],
+                stdout=log, stderr=log, env=_env(),
             )
         wait_until("the head to be ready", lambda: ready.exists() or self.proc.poll() is not None)  # type: ignore[union-attr]
         assert self.proc.poll() is None, f"head exited: {self.log_file.read_text()[-2000:]}"
@@ -111,7 +122,7 @@ class Agent:
             **self.settings,
         }
         path = self.data_dir / "agent.toml"
-        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        path.write_text(_toml(config))
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(path)],
                                          stdout=log, stderr=log, env=_env())

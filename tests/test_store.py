@@ -405,3 +405,4 @@ async def test_a_writer_cancelled_mid_transaction_does_not_wedge_the_store(store
             await task
         await store.set_node_state("nobody", "Ready")  # would fail with "cannot start a transaction within a transaction"
     assert len(await store.read_logs(run_id)) <= 1
+

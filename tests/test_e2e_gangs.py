@@ -1,0 +1,73 @@
+"""Multi-node runs with real agents: placed on all their nodes together, one child run per node, failing as one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.harness import Cluster, wait_until
+
+
+def _children(cluster: Cluster, parent: str) -> list[dict[str, Any]]:
+    children = [r for r in cluster.json("runs", "--limit", "100") if r["parent_run_id"] == parent]
+    return sorted(children, key=lambda r: r["properties"]["runyard.node_rank"])
+
+
+def test_two_node_run_starts_on_both_nodes_with_ranks(cluster: Cluster, project: Path, tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    (project / "gang.py").write_text(
+        "import os, time\n"
+        "rank, world = os.environ['NODE_RANK'], os.environ['WORLD_SIZE']\n"
+        f"open(os.path.join({str(barrier)!r}, rank), 'w').close()\n"
+        f"while len(os.listdir({str(barrier)!r})) < int(world): time.sleep(0.01)\n"  # both ranks run at once
+        "print(f'rank {rank} of {world}', flush=True)\n"
+    )
+    result = cluster.cli("submit", str(project), "--nodes", "2", "--", "python", "gang.py")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["rank 0 of 2", "rank 1 of 2"]
+
+    parent = cluster.json("runs", "--limit", "100")
+    parent_run = next(r for r in parent if r["spec"]["resources"]["instance_count"] == 2)
+    shown = cluster.run(parent_run["id"])
+    assert shown["state"] == "Completed"
+    assert [e["to_state"] for e in shown["events"]] == ["Queued", "Preparing", "Running", "Completed"]
+    children = _children(cluster, shown["id"])
+    assert [c["state"] for c in children] == ["Completed", "Completed"]
+    assert {c["node"] for c in children} == {"node-1", "node-2"}
+    assert [c["spec"]["environment"]["NODE_RANK"] for c in children] == ["0", "1"]
+    rank1 = cluster.cli("logs", shown["id"], "--rank", "1", check=True).stdout
+    assert rank1 == "rank 1 of 2\n"
+
+
+def test_a_failing_child_cancels_its_sibling_and_fails_the_parent(cluster: Cluster, project: Path) -> None:
+    (project / "fail1.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['NODE_RANK'] == '1':\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)\n"
+    )
+    result = cluster.cli("submit", str(project), "--nodes", "2", "--", "python", "fail1.py")
+    assert result.returncode == 3, result.stderr
+    parent = next(r for r in cluster.json("runs", "--limit", "100") if r["display_name"] == "python fail1.py"
+                  and not r["parent_run_id"])
+    assert (parent["state"], parent["reason"]) == ("Failed", "sibling_failed")
+    children = wait_until("the sibling to be stopped", lambda: (
+        c := _children(cluster, parent["id"])) and all(x["state"] in ("Failed", "Canceled") for x in c) and c)
+    assert [(c["state"], c["reason"]) for c in children] == [("Canceled", "sibling_failed"), ("Failed", "exit_code")]
+
+
+def test_a_gang_waits_for_all_its_nodes(cluster: Cluster, project: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    (project / "hold.py").write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
+    cpus = int(cluster.json("nodes")[0]["capacity"]["cpus"])
+    blocker = cluster.cli("submit", str(project), "-d", "-q", "--cpus", str(cpus), "--", "python", "hold.py",
+                          check=True).stdout.strip()
+    cluster.wait_state(blocker, "Running")
+    gang = cluster.cli("submit", str(project), "-d", "-q", "--nodes", "2", "--cpus", str(cpus), "--", "true",
+                       check=True).stdout.strip()
+    reason = wait_until("the gang's reason", lambda: "fit now" in (r := cluster.run(gang)["pending_reason"]) and r)
+    assert reason.startswith("waiting for 2 nodes with") and reason.endswith("in cluster default; 1 fit now")
+    assert _children(cluster, gang) == [], "nothing of the gang started on the free node"
+    gate.touch()
+    assert cluster.wait_state(gang, "Completed")["state"] == "Completed"
