@@ -126,6 +126,14 @@ OUTCOMES = {
         dict(exit_code=0, agent_reason=Reason.CANCELED_BY_USER, desired=DesiredState.STOP),
         Outcome(Trigger.CANCEL, Reason.CANCELED_BY_USER),
     ),
+    "stopped because a sibling failed keeps that reason": (
+        dict(exit_code=-15, agent_reason=Reason.SIBLING_FAILED, desired=DesiredState.STOP),
+        Outcome(Trigger.CANCEL, Reason.SIBLING_FAILED),
+    ),
+    "stopped because its parent was canceled keeps that reason": (
+        dict(exit_code=-15, agent_reason=Reason.PARENT_CANCELED, desired=DesiredState.STOP),
+        Outcome(Trigger.CANCEL, Reason.PARENT_CANCELED),
+    ),
     "stop requested but the run finished cleanly completes": (
         dict(exit_code=0, agent_reason="", desired=DesiredState.STOP),
         Outcome(Trigger.COMPLETE, ""),

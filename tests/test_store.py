@@ -406,3 +406,21 @@ async def test_a_writer_cancelled_mid_transaction_does_not_wedge_the_store(store
         await store.set_node_state("nobody", "Ready")  # would fail with "cannot start a transaction within a transaction"
     assert len(await store.read_logs(run_id)) <= 1
 
+
+
+async def test_node_is_quarantined_after_failures_in_a_row_and_uncordon_forgives(store: Store) -> None:
+    node_id = await store.join_node(node_id="n1", name="gpu-7", token_sha="x" * 64, cluster="a100", labels={},
+                                    capacity=CAPACITY)
+    assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None
+    assert await store.count_node_failure(node_id, node_side=False, quarantine_after=3) is None  # a good run resets
+    for _ in range(2):
+        assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None
+    quarantined = await store.count_node_failure(node_id, node_side=True, quarantine_after=3)
+    assert quarantined is not None and quarantined.schedule == "quarantined"
+    (event,) = await store.events()
+    assert (event.cluster, event.node, event.kind) == ("a100", "gpu-7", "quarantine")
+    assert "3 runs in a row failed on the node's side" in event.detail and "runyard node uncordon gpu-7" in event.detail
+    assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None, "reported once"
+
+    forgiven = await store.set_node_schedule("gpu-7", "active")
+    assert (forgiven.schedule, forgiven.failures_in_row) == ("active", 0)
