@@ -300,11 +300,14 @@ def queue(compute: str, output: str) -> None:
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
-    render.print_table(
-        ("RUN", "NAME", "COMPUTE", "PRIORITY", "RESOURCES", "WAITING BECAUSE"),
-        ((r.id, r.display_name, r.spec.compute, priorities.name(r.priority), render.resources(r.spec), r.pending_reason)
-         for r in found),
-    )
+    if not found:
+        render.console.print("no queued runs" + (f" in cluster {compute}" if compute else ""))
+    else:
+        render.print_table(
+            ("RUN", "NAME", "COMPUTE", "PRIORITY", "RESOURCES", "WAITING BECAUSE"),
+            ((r.id, r.display_name, r.spec.compute, priorities.name(r.priority), render.resources(r.spec),
+              r.pending_reason) for r in found),
+        )
     render.print_events(reply.events)
 
 

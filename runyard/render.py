@@ -79,9 +79,15 @@ def outcome(run: pb.Run) -> str:
 
 
 def resources(spec: pb.RunSpec) -> str:
+    """What a run asks for, per node: `1 CPU, 1.0G, 2 GPU (A100)`, with `2 nodes × ` in front for a gang."""
     res = spec.resources
     text = f"{res.cpus:g} CPU, {format_size(res.memory_bytes)}"
-    return text + (f", {res.gpus} GPU" if res.gpus else "")
+    if res.gpus:
+        kind = " ".join(filter(None, (res.gpu_model, f"{format_size(res.gpu_memory_bytes)}+" if res.gpu_memory_bytes else "")))
+        text += f", {res.gpus} GPU" + (f" ({kind})" if kind else "")
+    if res.node_labels:
+        text += ", on " + ",".join(f"{k}={v}" for k, v in sorted(res.node_labels.items()))
+    return f"{res.instance_count} nodes × {text}" if res.instance_count > 1 else text
 
 
 def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
