@@ -23,6 +23,7 @@ import yaml
 from agent.config import AgentConfig
 from runyard.configfile import load_config
 from runyard.errors import UsageError
+from scheduler.autoscale import policies_from_config
 from scheduler.config import HeadConfig
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
@@ -315,6 +316,17 @@ def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path
     config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", variables), tmp_path)
     assert {k: getattr(config, k) for k in extra} == extra
     assert config.listen == "0.0.0.0:7500"
+
+
+def test_head_toml_carries_quotas_and_autoscaled_clusters(jinja: Any, tmp_path: Path) -> None:
+    clusters = {"a100": {"provider": "command", "min_nodes": 0, "max_nodes": 2, "node_cpus": 64,
+                         "node_memory_bytes": "512G", "node_gpus": 8, "nodes": ["gpu-1", "gpu-2"],
+                         "power_on": "wakeonlan {node}", "power_off": "ssh {node} poweroff"}}
+    variables = host_vars(jinja, "head1", runyard_head_config={"gpu_quotas": {"team-b": {"a100": 8}}, "clusters": clusters})
+    config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", variables), tmp_path)
+    assert config.quotas() == {("team-b", "a100"): 8}
+    policy = policies_from_config(config.clusters)["a100"]
+    assert (policy.nodes, policy.power_on, policy.node_memory_bytes) == (("gpu-1", "gpu-2"), "wakeonlan {node}", 512 * 1024**3)
 
 
 def test_head_unit(jinja: Any) -> None:
