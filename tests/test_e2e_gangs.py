@@ -71,3 +71,13 @@ def test_a_gang_waits_for_all_its_nodes(cluster: Cluster, project: Path, tmp_pat
     assert _children(cluster, gang) == [], "nothing of the gang started on the free node"
     gate.touch()
     assert cluster.wait_state(gang, "Completed")["state"] == "Completed"
+
+
+def test_canceling_the_parent_stops_every_child(cluster: Cluster, project: Path) -> None:
+    (project / "forever.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    parent = cluster.cli("submit", str(project), "-d", "-q", "--nodes", "2", "--", "python", "forever.py",
+                         check=True).stdout.strip()
+    cluster.wait_state(parent, "Running")
+    cluster.cli("cancel", parent, check=True)
+    assert (shown := cluster.wait_state(parent, "Canceled"))["reason"] == "canceled_by_user", shown
+    assert [(c["state"], c["reason"]) for c in _children(cluster, parent)] == [("Canceled", "parent_canceled")] * 2
