@@ -249,9 +249,8 @@ class RunyardService(pb_grpc.RunyardServicer):
             ended = False
             while True:
                 changed.clear()
-                if gangs.is_gang_parent(run) and not sources:   # children appear once the gang is placed
+                if gangs.is_gang_parent(run):   # children appear once the gang is placed, anew for each attempt
                     sources, ranks = await self._log_sources(run, rank)
-                    after = 0
                 rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE,
                                                    rank=None if ranks else rank) if sources else []
                 if rows:
@@ -269,7 +268,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         """The runs whose logs `logs RUN` shows: the run itself, or a multi-node run's children (child id -> rank)."""
         if not gangs.is_gang_parent(run):
             return [run.id], {}
-        ranks = {c.id: int(c.properties.get("runyard.node_rank", 0)) for c in await self._store.children(run.id)}
+        ranks = {c.id: gangs.node_rank(c) for c in await self._store.children(run.id)}
         if rank is not None:
             ranks = {child: r for child, r in ranks.items() if r == rank}
         return list(ranks), ranks

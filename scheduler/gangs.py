@@ -7,8 +7,9 @@ applies it whenever a child changes.
     one Failed or Canceled                     -> Failed, reason sibling_failed; live siblings are stopped
     all ended after the user canceled          -> Canceled, reason canceled_by_user
 
-A lost child is not requeued on its own (its siblings would wait for it forever): it fails with `node_lost` and
-the gang fails with it.
+A lost child is not requeued on its own (its siblings would wait for it forever): it fails with `node_lost`, its
+siblings are stopped, and the whole gang is requeued as the parent's attempt N+1 with new children, within the
+parent's retry budget (else the parent fails). Only the children of the parent's current attempt count.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from protos import runyard_pb2 as pb
 from scheduler.followers import Followers
 from scheduler.lifecycle import ACTIVE, TERMINAL, DesiredState, InvalidTransition, Reason, RunState, Trigger
-from scheduler.model import RunRecord
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord
 from scheduler.sessions import Sessions
 from scheduler.store import Store
 
@@ -55,12 +56,38 @@ def is_gang_parent(run: RunRecord) -> bool:
     return run.spec.instance_count > 1
 
 
+def node_rank(child: RunRecord) -> int:
+    return int(child.properties.get(RANK_PROPERTY, 0))
+
+
+async def current_children(store: Store, parent: RunRecord) -> list[RunRecord]:
+    """The children of the parent's current attempt, by rank."""
+    mine = [c for c in await store.children(parent.id) if c.properties.get(ATTEMPT_PROPERTY) == str(parent.attempt)]
+    return sorted(mine, key=node_rank)
+
+
+async def requeue(store: Store, sessions: Sessions, followers: Followers, parent: RunRecord, *, detail: str) -> bool:
+    """Put the whole gang back in the queue (attempt N+1 gets new children) and stop what is left of this one.
+    False if the parent moved on meanwhile."""
+    try:
+        await store.transition(parent.id, Trigger.REQUEUE, attempt=parent.attempt, detail=detail,
+                               pending_reason=f"requeued: attempt {parent.attempt} was lost ({detail})")
+    except InvalidTransition:
+        return False
+    for child in await current_children(store, parent):
+        if child.state in ACTIVE:
+            await stop_run(store, sessions, child, reason=Reason.SIBLING_FAILED, detail=f"the gang was requeued: {detail}")
+    log.warning("gang requeued", extra={"run_id": parent.id, "attempt": parent.attempt, "detail": detail})
+    followers.notify(parent.id)
+    return True
+
+
 async def follow_children(store: Store, sessions: Sessions, followers: Followers, parent_id: str) -> None:
     """Apply `step()` to the parent after one of its children changed."""
     parent = await store.get_run(parent_id)
     if not is_gang_parent(parent):
         return
-    children = await store.children(parent_id)
+    children = await current_children(store, parent)
     decision = step(parent.state, parent.desired_state, [c.state for c in children])
     for trigger in decision.triggers:
         failed = next((c for c in children if c.state is RunState.FAILED), None)

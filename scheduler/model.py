@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass, field
 from scheduler.lifecycle import DesiredState, RunState
 
 
+# Properties of a child of a multi-node run: its node rank, and the parent's attempt it belongs to.
+RANK_PROPERTY = "runyard.node_rank"
+ATTEMPT_PROPERTY = "runyard.parent_attempt"
+
+
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     argv: tuple[str, ...]

@@ -27,6 +27,8 @@ from scheduler import db
 from scheduler.errors import NotFound, ResourceExhausted
 from scheduler.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
 from scheduler.model import (
+    ATTEMPT_PROPERTY,
+    RANK_PROPERTY,
     ClusterEvent,
     Capacity,
     LogRow,
@@ -371,7 +373,7 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
                     (child_id, parent.workspace, parent.experiment, parent_id, f"{parent.display_name} [rank {rank}]",
                      RunState.PREPARING, spec.to_json(), parent.snapshot_sha256, json.dumps(parent.tags),
-                     json.dumps({"runyard.node_rank": str(rank)}), now, parent.priority, node_id, json.dumps(list(gpus))),
+                     json.dumps({RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent.attempt + 1)}), now, parent.priority, node_id, json.dumps(list(gpus))),
                 )
                 await w.executemany(
                     "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",

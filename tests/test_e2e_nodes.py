@@ -56,3 +56,43 @@ def test_a_quiet_run_is_not_stopped_by_the_agent_while_the_head_is_there(tmp_pat
         assert "cut off" not in (cluster.root / "node-1.log").read_text()
     finally:
         cluster.stop()
+
+
+def test_a_gang_that_loses_a_node_is_requeued_whole(tmp_path: Path, project: Path) -> None:
+    cluster = Cluster.start(tmp_path / "cluster", agents=3, heartbeat_interval_s=0.2,
+                            head_settings={"disconnected_after_s": 1.0, "down_after_s": 2.0})
+    try:
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        (project / "gang.py").write_text(
+            "import os, time\n"
+            f"mark = os.path.join({str(marks)!r}, os.environ['NODE_RANK'])\n"
+            "if os.path.exists(mark):\n"
+            "    print('second attempt', flush=True)\n"
+            "else:\n"
+            "    open(mark, 'w').write(str(os.getpid()))\n"
+            "    time.sleep(600)\n"
+        )
+        parent = cluster.cli("submit", str(project), "-d", "-q", "--nodes", "2", "--", "python", "gang.py",
+                             check=True).stdout.strip()
+        cluster.wait_state(parent, "Running")
+        children = [r for r in cluster.json("runs") if r["parent_run_id"] == parent]
+        lost = next(c for c in children if c["properties"]["runyard.node_rank"] == "1")
+        victim = next(a for a in cluster.agents if a.name == lost["node"])
+        assert victim.proc is not None
+        victim.proc.kill()
+        victim.proc.wait()
+
+        done = cluster.wait_state(parent, "Completed")
+        assert done["attempt"] == 2
+        requeue = next(e for e in done["events"] if e["event"] == "requeue")
+        assert requeue["detail"] == f"rank 1: node {lost['node']} went down"
+        runs = {r["id"]: r for r in cluster.json("runs") if r["parent_run_id"] == parent}
+        assert (runs[lost["id"]]["state"], runs[lost["id"]]["reason"]) == ("Failed", "node_lost")
+        first = [r for r in runs.values() if r["properties"]["runyard.parent_attempt"] == "1"]
+        second = [r for r in runs.values() if r["properties"]["runyard.parent_attempt"] == "2"]
+        assert sorted((r["state"], r["reason"]) for r in first) == [("Canceled", "sibling_failed"), ("Failed", "node_lost")]
+        assert [r["state"] for r in second] == ["Completed", "Completed"]
+        assert all(r["node"] != lost["node"] for r in second)
+    finally:
+        cluster.stop()
