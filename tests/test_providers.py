@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 import tomllib
@@ -217,6 +219,73 @@ async def test_local_starts_the_real_agent(tmp_path: Path, providers: list[Local
     assert await provider.terminate("auto-default-1") is None
     assert await provider.list() == []
     assert "Traceback" not in log.read_text()
+
+
+# Both providers as the head runs them: under uvloop, in a process that serves gRPC. Prints how many of the agents
+# it launched were reported stopped at once and how many power commands failed, and whether an at-fork handler
+# of the head ran in a child.
+IN_THE_HEAD = """
+import asyncio, json, os, sys
+from pathlib import Path
+import grpc, uvloop
+from scheduler.autoscale import ClusterPolicy
+from scheduler.providers import CommandProvider, LocalProvider, ProviderStatus
+
+root, count = Path(sys.argv[1]), int(sys.argv[2])
+forked = root / "at-fork-handler-ran"
+os.register_at_fork(after_in_child=lambda: os.close(os.open(forked, os.O_WRONLY | os.O_CREAT)))
+
+async def main():
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    async def traffic():
+        while True:
+            try:
+                await channel.unary_unary("/runyard.Nobody/Calls")(b"", timeout=1.0)
+            except grpc.aio.AioRpcError:
+                pass
+
+    calls = asyncio.create_task(traffic())
+    (root / "join.token").write_text("join-secret\\n")
+    local = LocalProvider(head_address=f"127.0.0.1:{port}", join_token_file=root / "join.token",
+                          data_dir=root / "agents", agent_settings={}, log_dir=root / "logs",
+                          command=lambda config: ["sleep", "60"], stop_timeout_s=5.0)
+    metal = CommandProvider(ClusterPolicy("metal", max_nodes=1, provider="command", nodes=("n1",),
+                                          power_on="true", power_off="true"))
+    try:
+        for i in range(count):
+            await local.launch("c", f"c-{i}")
+        await asyncio.sleep(0.5)
+        stopped = [n.name for n in await local.list() if n.status is ProviderStatus.STOPPED]
+        failed = []
+        for _ in range(count):
+            if (result := await metal.terminate("n1")) is not None:
+                failed.append(result.message)
+    finally:
+        await local.close()
+        calls.cancel()
+        await channel.close()
+        await server.stop(None)
+    print(json.dumps({"stopped": stopped, "failed": failed, "at_fork_in_child": forked.exists()}))
+
+uvloop.run(main())
+"""
+
+
+def test_agents_started_by_a_head_that_serves_grpc_under_uvloop_do_not_die_before_they_start(tmp_path: Path) -> None:
+    """A forked child runs the head's at-fork handlers before it execs; gRPC's restart its threads there and can
+    kill the child with SIGSEGV: an agent then stops 'by itself' right after its launch, with an empty log."""
+    script = tmp_path / "in_the_head.py"
+    script.write_text(IN_THE_HEAD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), "100"], capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {"stopped": [], "failed": [], "at_fork_in_child": False}, result
 
 
 # --- command provider ----------------------------------------------------------------------------------------------
