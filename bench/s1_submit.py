@@ -240,7 +240,7 @@ def main() -> None:
         depth: list[dict[str, int]] = []
         for rep in range(args.repeats):
             # Interleaved, so that drift of a shared machine hits ours and the peer alike. Every submit phase gets
-            # a fresh head: with no agents the queue only grows, and its depth changes the figure (see queue_depth).
+            # a fresh head: with no agents the queue only grows, and its depth may change the figure (see queue_depth).
             for shape, clients, calls in shapes:
                 cluster = Cluster.start(root / f"r{rep}-{shape}", agents=0)
                 head_pid = cluster.head.proc.pid  # type: ignore[union-attr]
@@ -283,7 +283,7 @@ def main() -> None:
                 "per_repeat_calls_per_s": [round(r["calls_per_s"], 1) for r in reps],
             }
         result["figures"] = figures
-        # Serial submits in blocks along the growing queue: the dispatcher re-reads every queued run per wake-up.
+        # Serial submits in blocks along the growing queue: shows whether a submit's cost grows with the queue.
         serial_reps = raw["serial/submit"]
         block = max(1, args.serial_calls // 5)
         blocks = []

@@ -31,7 +31,7 @@ from scheduler.followers import Followers
 from scheduler.lifecycle import ACTIVE, NODE_SIDE, TERMINAL, DesiredState, InvalidTransition, Reason, Trigger, outcome
 from scheduler.model import Principal, RunRecord
 from scheduler.sessions import CLOSE, Session, Sessions
-from scheduler.store import LOG_CONTINUED, LOG_GAP, Store
+from scheduler.store import LOG_CONTINUED, LOG_GAP, NotCurrentAttempt, Store
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +156,20 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         return run
 
     async def _apply_update(self, session: Session, update: pb.RunUpdate) -> None:
-        await self._fence(session, update.run_id, update.attempt)
         if update.phase == pb.RunUpdate.PREPARING:
+            await self._fence(session, update.run_id, update.attempt)
             return
         try:
-            if update.phase in _PHASE_TRIGGER:
+            if update.phase in _PHASE_TRIGGER:  # fenced by the transition itself
                 sets = {"started_at": update.at or self._store.clock()} if update.phase == pb.RunUpdate.RUNNING else {}
                 detail = f"pid {update.pid}" if update.pid else update.detail
-                moved = await self._store.transition(update.run_id, _PHASE_TRIGGER[update.phase],
-                                                     attempt=update.attempt, detail=detail, **sets)
+                moved = await self._store.transition(update.run_id, _PHASE_TRIGGER[update.phase], attempt=update.attempt,
+                                                     on_node=session.node_id, detail=detail, **sets)
             elif update.phase == pb.RunUpdate.EXITED:
-                run = await self._store.get_run(update.run_id)
+                run = await self._fence(session, update.run_id, update.attempt)
                 result = outcome(exit_code=update.exit_code, agent_reason=update.reason, desired=run.desired_state)
                 moved = await self._store.transition(
-                    update.run_id, result.trigger, attempt=update.attempt, reason=result.reason,
+                    update.run_id, result.trigger, attempt=update.attempt, on_node=session.node_id, reason=result.reason,
                     exit_code=update.exit_code, outputs_sha256=update.outputs_sha256,
                     ended_at=update.at or self._store.clock(), detail=update.detail,
                 )
@@ -180,6 +180,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                 self._dispatcher.wake()
             else:
                 raise InvalidArgument(f"unknown run phase {update.phase}")
+        except NotCurrentAttempt:
+            raise StaleAttempt(update.run_id, update.attempt) from None
         except InvalidTransition:
             return  # a report resent after a reconnect, already applied
         finally:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -44,6 +45,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SCHEDULES = {pb.NodeScheduleRequest.CORDON: "cordoned", pb.NodeScheduleRequest.DRAIN: "draining",
               pb.NodeScheduleRequest.UNCORDON: "active"}
 LOG_PAGE = 1000
+# A snapshot seen in the artifact store is taken as present for this long without asking the store again.
+# Snapshots are content-addressed and never deleted by the head; the limit only bounds how long an object removed
+# behind the head's back (a bucket's lifecycle rule) would still be accepted.
+SNAPSHOT_SEEN_S = 60.0
 FOLLOW_POLL_S = 1.0
 
 
@@ -97,6 +102,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         self._sessions = sessions
         self._dispatcher = dispatcher
         self._followers = followers
+        self._snapshots_seen: dict[str, float] = {}    # sha256 -> monotonic time it was last seen present
 
     async def _run(self, run_id: str) -> RunRecord:
         return await self._store.get_run(run_id, caller().workspace)
@@ -144,9 +150,7 @@ class RunyardService(pb_grpc.RunyardServicer):
             raise InvalidArgument(f"priority must be within +-{priorities.LIMIT:,}")
         if len(request.display_name) > 256 or len(request.tags) > 100 or len(request.properties) > 100:
             raise InvalidArgument("display name, tags or properties are over their size limits")
-        if not _SHA256.match(request.snapshot_sha256) or not await asyncio.to_thread(
-            self._artifacts.exists, "snapshots", request.snapshot_sha256
-        ):
+        if not await self._snapshot_present(request.snapshot_sha256):
             raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
         if request.parent_run_id:
             await self._run(request.parent_run_id)
@@ -161,8 +165,23 @@ class RunyardService(pb_grpc.RunyardServicer):
         )
         if not existed:
             log.info("run submitted", extra={"run_id": run_id, "workspace": workspace, "experiment": experiment})
-            self._dispatcher.wake()
+            self._dispatcher.queue_grew()
         return pb.SubmitResponse(run_id=run_id, existed=existed)
+
+    async def _snapshot_present(self, sha256: str) -> bool:
+        """Whether the snapshot is in the artifact store; a recent positive answer is remembered (SNAPSHOT_SEEN_S)."""
+        if not _SHA256.match(sha256):
+            return False
+        now = time.monotonic()
+        seen = self._snapshots_seen.get(sha256)
+        if seen is not None and now - seen < SNAPSHOT_SEEN_S:
+            return True
+        if not await asyncio.to_thread(self._artifacts.exists, "snapshots", sha256):
+            return False
+        if len(self._snapshots_seen) >= 10_000:
+            self._snapshots_seen.clear()
+        self._snapshots_seen[sha256] = now
+        return True
 
     async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
         """Refuse a run that no node of its cluster could ever hold, counting the nodes the autoscaler may add;

@@ -1,8 +1,13 @@
 """The head's state store: every read and write of the SQLite database.
 
-One connection writes (serialised by a lock, one transaction at a time, `BEGIN IMMEDIATE`); a second one reads.
+Writes go through one thread that owns the write connection (`GroupCommit`): the write transactions that arrive
+while it is committing are committed together, one `BEGIN IMMEDIATE ... COMMIT` (one fsync) for the group, each
+caller's statements inside its own savepoint, and no caller returns before the COMMIT that holds its rows.
+Reads go through a second, read-only connection.
 Every run state change goes through `transition()`: the state machine's table check, a guarded
 `UPDATE ... WHERE state = <the state just read>`, and an appended run event, in one transaction.
+The queued runs are also kept in memory (`queued()`), changed only after the commit that changed them; the
+database stays the durable record and the mirror is rebuilt from it on open.
 Store errors are translated here: a full disk becomes `ResourceExhausted`.
 Must not: decide anything (that is lifecycle/placement) or know about gRPC.
 """
@@ -10,21 +15,21 @@ Must not: decide anything (that is lifecycle/placement) or know about gRPC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 
 from runyard.ids import new_run_id
 from scheduler import db
 from scheduler.errors import NotFound, ResourceExhausted
+from scheduler.group_commit import Effects, GroupCommit, Work
 from scheduler.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
 from scheduler.model import (
     ATTEMPT_PROPERTY,
@@ -47,11 +52,23 @@ _RUN_COLUMNS = (
     "started_at, ended_at, priority"
 )
 _NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row"
+_QUEUED_COLUMNS = (
+    "id, workspace, priority, created_at, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
+    "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus'), json_extract(spec, '$.instance_count'), "
+    "json_extract(spec, '$.gpu_model'), json_extract(spec, '$.gpu_memory_bytes'), "
+    "json_extract(spec, '$.node_labels'), json_extract(spec, '$.timeout_s')"
+)
 _SETTABLE = frozenset(
     {"reason", "exit_code", "pending_reason", "node_id", "gpu_indices", "outputs_sha256", "started_at", "ended_at"}
 )
+# The condition of the partial index `runs_live`, word for word: SQLite uses a partial index only for a query
+# whose WHERE contains its condition, so a query for some live states repeats it rather than scan every run.
+_LIVE_INDEXED = "state IN ('Queued', 'Preparing', 'Running', 'Finalizing')"
+_LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
 LOG_CONTINUED = 1
 LOG_GAP = 2
+_DISK_FULL = "the head's disk is full; free space on the head and retry"
+T = TypeVar("T")
 
 
 class QueuedRow(NamedTuple):
@@ -100,6 +117,30 @@ def _node(row: Sequence[Any]) -> NodeRecord:
     )
 
 
+def _queued_from_sql(r: Sequence[Any]) -> QueuedRow:
+    return QueuedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or 1, r[9] or "", r[10] or 0,
+                     tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0)
+
+
+def _queued_from_spec(run_id: str, workspace: str, priority: int, created_at: float, spec: RunSpec) -> QueuedRow:
+    """The same row as `_queued_from_sql` reads back, from a spec in hand."""
+    return QueuedRow(run_id, workspace, priority, created_at, spec.compute, spec.cpus, spec.memory_bytes, spec.gpus,
+                     spec.instance_count or 1, spec.gpu_model or "", spec.gpu_memory_bytes or 0,
+                     tuple(sorted(spec.node_labels.items())), spec.timeout_s or 0.0)
+
+
+_SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(RunSpec))
+
+
+def _spec_json(spec: RunSpec) -> str:
+    """The text of `spec.to_json()`, without `dataclasses.asdict`'s deep copy: a spec's fields are plain values."""
+    return json.dumps({name: getattr(spec, name) for name in _SPEC_FIELDS}, separators=(",", ":"))
+
+
+class NotCurrentAttempt(InvalidTransition):
+    """A report about an attempt that is not the run's current one (or not on the node that reports it)."""
+
+
 def default_name(spec: RunSpec) -> str:
     """A display name from the command, for runs submitted without one: `python train.py --lr 0.1`."""
     argv = spec.argv[2:] if spec.argv[:2] == ("/bin/sh", "-c") else spec.argv
@@ -107,59 +148,56 @@ def default_name(spec: RunSpec) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
+def _translated(err: BaseException) -> BaseException:
+    if isinstance(err, sqlite3.OperationalError) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return ResourceExhausted(_DISK_FULL)
+    return err
+
+
 class Store:
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, cluster_id: str,
-        clock: Callable[[], float],
+        self, writer: GroupCommit, reader: aiosqlite.Connection, cluster_id: str, clock: Callable[[], float],
     ) -> None:
-        self._w = writer
+        self._writer = writer
         self._r = reader
-        self._lock = asyncio.Lock()
-        self._abandoned = False         # a transaction was begun and not seen to end
         self.cluster_id = cluster_id
         self.clock = clock
+        self._queue: dict[str, QueuedRow] = {}          # every Queued run, as of the last delivered commit
+        self._queue_log: list[tuple[str, QueuedRow | None]] | None = None    # see queue_changes()
+        self._nodes: list[NodeRecord] | None = None     # list_nodes() as of the last node write, when known
+        self._nodes_version = 0                         # moves on every committed node write
 
     @classmethod
     async def open(
         cls, data_dir: Path, *, synchronous: str = "FULL", clock: Callable[[], float] = time.time
     ) -> Store:
-        writer, cluster_id = await db.open_database(data_dir, synchronous=synchronous)
-        reader = await db.open_reader(data_dir)
-        return cls(writer, reader, cluster_id, clock)
+        opening, cluster_id = await db.open_database(data_dir, synchronous=synchronous)
+        await opening.close()  # migrated and checked; from here on the writer thread owns the writes
+        writer = GroupCommit(data_dir / "runyard.db", synchronous, asyncio.get_running_loop(), translate=_translated)
+        await writer.start()
+        try:
+            reader = await db.open_reader(data_dir)
+        except BaseException:
+            await writer.close()
+            raise
+        store = cls(writer, reader, cluster_id, clock)
+        try:
+            rows = await writer.write(
+                lambda w, _: w.execute(f"SELECT {_QUEUED_COLUMNS} FROM runs WHERE state = 'Queued'").fetchall())
+        except BaseException:
+            await store.close()
+            raise
+        store._queue = {r[0]: _queued_from_sql(r) for r in rows}
+        return store
 
     async def close(self) -> None:
         await self._r.close()
-        await self._w.close()
+        await self._writer.close()
 
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction. A caller cancelled mid-transaction (a gRPC stream torn down) cannot stop the
-        statements already handed to the connection's thread; the transaction it leaves open is rolled back, in
-        order, by the next one."""
-        async with self._lock:
-            if self._abandoned:
-                with contextlib.suppress(sqlite3.OperationalError):  # it may have committed after all
-                    await self._w.execute("ROLLBACK")
-            self._abandoned = True
-            try:
-                await self._w.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._w
-                except BaseException:
-                    await self._w.execute("ROLLBACK")
-                    self._abandoned = False
-                    raise
-                await self._w.execute("COMMIT")
-                self._abandoned = False
-            except sqlite3.OperationalError as err:
-                if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._w.execute("ROLLBACK")
-                    self._abandoned = False
-                    raise ResourceExhausted("the head's disk is full; free space on the head and retry") from None
-                raise
+    async def _write(self, work: Work[T]) -> T:
+        return await self._writer.write(work)
 
     # Each read runs to its end in one job on the reader's thread. A statement left open across an await (execute
     # now, fetch later) pins the reader's snapshot, and every other coroutine's read meanwhile sees that old
@@ -171,19 +209,45 @@ class Store:
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return list(await self._r.execute_fetchall(sql, args))
 
+    # Effects: in-memory state that follows a commit (see GroupCommit).
+    def _enqueued(self, row: QueuedRow) -> Callable[[], None]:
+        def effect() -> None:
+            self._queue[row.id] = row
+            self._log_queue_change(row.id, row)
+        return effect
+
+    def _dequeued(self, run_id: str) -> Callable[[], None]:
+        def effect() -> None:
+            if self._queue.pop(run_id, None) is not None:
+                self._log_queue_change(run_id, None)
+        return effect
+
+    def _log_queue_change(self, run_id: str, row: QueuedRow | None) -> None:
+        log_ = self._queue_log
+        if log_ is not None:
+            log_.append((run_id, row))
+            if len(log_) > 2 * len(self._queue) + 1000:     # nobody is reading it: stop, and say so
+                self._queue_log = None
+
+    def _nodes_changed(self) -> None:
+        self._nodes = None
+        self._nodes_version += 1
+
     # --- credentials -----------------------------------------------------------------------------------------
 
     async def ensure_workspace(self, name: str) -> None:
-        async with self._tx() as w:
-            await w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (name, self.clock()))
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (name, self.clock()))
+        await self._write(work)
 
     async def add_token(self, token_sha: str, workspace: str, role: str) -> None:
-        async with self._tx() as w:
-            await w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (workspace, self.clock()))
-            await w.execute(
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (workspace, self.clock()))
+            w.execute(
                 "INSERT OR IGNORE INTO tokens (sha256, workspace, role, created_at) VALUES (?, ?, ?, ?)",
                 (token_sha, workspace, role, self.clock()),
             )
+        await self._write(work)
 
     async def principals(self) -> dict[str, Principal]:
         """Every credential by the sha256 of its token: users' and nodes'."""
@@ -196,36 +260,39 @@ class Store:
 
     async def create_run(self, new: NewRun) -> tuple[str, bool]:
         """Insert a Queued run with its first event; returns (run id, existed) honouring the idempotency key."""
-        now = self.clock()
-        run_id = new_run_id(now)
-        async with self._tx() as w:
+        spec_json, tags, properties = _spec_json(new.spec), json.dumps(new.tags), json.dumps(new.properties)
+        display_name = new.display_name or default_name(new.spec)
+
+        def work(w: sqlite3.Connection, effects: Effects) -> tuple[str, bool]:
             if new.idempotency_key:
-                async with w.execute(
-                    "SELECT id FROM runs WHERE workspace = ? AND idempotency_key = ?", (new.workspace, new.idempotency_key)
-                ) as cur:
-                    row = await cur.fetchone()
+                row = w.execute("SELECT id FROM runs WHERE workspace = ? AND idempotency_key = ?",
+                                (new.workspace, new.idempotency_key)).fetchone()
                 if row is not None:
                     return row[0], True
-            await w.execute(
+            now = self.clock()
+            run_id = new_run_id(now)
+            w.execute(
                 "INSERT OR IGNORE INTO experiments (workspace, name, created_at) VALUES (?, ?, ?)",
                 (new.workspace, new.experiment, now),
             )
-            await w.execute(
+            w.execute(
                 "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
                 "tags, properties, idempotency_key, created_at, pending_reason, priority) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, new.workspace, new.experiment, new.parent_id or None, new.display_name or default_name(new.spec),
-                    RunState.QUEUED, new.spec.to_json(), new.snapshot_sha256, json.dumps(new.tags),
-                    json.dumps(new.properties), new.idempotency_key or None, now, "waiting for the scheduler",
-                    new.priority,
+                    run_id, new.workspace, new.experiment, new.parent_id or None, display_name, RunState.QUEUED,
+                    spec_json, new.snapshot_sha256, tags, properties, new.idempotency_key or None, now,
+                    "waiting for the scheduler", new.priority,
                 ),
             )
-            await w.execute(
+            w.execute(
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event) VALUES (?, ?, '', ?, ?)",
                 (run_id, now, RunState.QUEUED, Trigger.SUBMIT),
             )
-        return run_id, False
+            effects.append(self._enqueued(_queued_from_spec(run_id, new.workspace, new.priority, now, new.spec)))
+            return run_id, False
+
+        return await self._write(work)
 
     async def get_run(self, run_id: str, workspace: str | None = None) -> RunRecord:
         """The run, or NotFound; with `workspace`, another workspace's run is NotFound too."""
@@ -253,26 +320,24 @@ class Store:
         """Runs in any of `states`, oldest first (FIFO order for the queue)."""
         wanted = sorted(states)
         marks = ", ".join("?" * len(wanted))
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY created_at, id"
+        live = f"{_LIVE_INDEXED} AND " if set(wanted) <= _LIVE_STATES else ""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {live}state IN ({marks}) ORDER BY created_at, id"
         return [_run(r) for r in await self._all(sql, wanted)]
 
     async def queued(self) -> list[QueuedRow]:
-        """Every queued run with what ordering and placement need, decoded by SQLite, in no particular order.
+        """Every queued run with what ordering and placement need, in no particular order. From memory: the rows
+        as of the last commit that changed the queue (the order is `fairshare.queue_order`'s to decide)."""
+        return list(self._queue.values())
 
-        Reads only those columns, so a scheduling pass over a long queue stays cheap; the order is
-        `fairshare.queue_order`'s to decide.
-        """
-        rows = await self._all(
-            "SELECT id, workspace, priority, created_at, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
-            "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus'), json_extract(spec, '$.instance_count'), "
-            "json_extract(spec, '$.gpu_model'), json_extract(spec, '$.gpu_memory_bytes'), "
-            "json_extract(spec, '$.node_labels'), json_extract(spec, '$.timeout_s') FROM runs WHERE state = 'Queued'"
-        )
-        return [
-            QueuedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or 1, r[9] or "", r[10] or 0,
-                      tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0)
-            for r in rows
-        ]
+    def queue_size(self) -> int:
+        return len(self._queue)
+
+    def queue_changes(self) -> list[tuple[str, QueuedRow | None]] | None:
+        """The changes of the queue since the last call, in commit order: (run id, its row) for a run that entered
+        the queue, (run id, None) for one that left. None on the first call, and when the changes were too many
+        to keep: then read the whole queue with `queued()`. For one reader: each call starts a new log."""
+        changes, self._queue_log = self._queue_log, []
+        return changes
 
     async def live_attempts(self) -> list[LiveRow]:
         """What every live attempt holds on its node, and since when (gang parents hold nothing themselves)."""
@@ -280,7 +345,8 @@ class Store:
         rows = await self._all(
             "SELECT id, node_id, workspace, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
             "json_extract(spec, '$.memory_bytes'), gpu_indices, started_at, "
-            f"json_extract(spec, '$.timeout_s') FROM runs WHERE state IN ({marks}) AND node_id IS NOT NULL",
+            f"json_extract(spec, '$.timeout_s') FROM runs WHERE {_LIVE_INDEXED} AND state IN ({marks}) "
+            "AND node_id IS NOT NULL",
             sorted(ACTIVE),
         )
         return [LiveRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])), r[7], r[8] or 0.0) for r in rows]
@@ -300,24 +366,28 @@ class Store:
         return [RunEventRecord(*r) for r in rows]
 
     async def transition(
-        self, run_id: str, trigger: Trigger, *, attempt: int | None = None, detail: str = "", **sets: Any
+        self, run_id: str, trigger: Trigger, *, attempt: int | None = None, on_node: str | None = None,
+        detail: str = "", **sets: Any
     ) -> RunRecord:
         """Apply `trigger` to the run in one transaction: table check, guarded update, appended event.
 
-        With `attempt`, the run's current attempt must be that one (fencing of agent reports).
-        Raises InvalidTransition (also for a stale attempt) or NotFound.
+        With `attempt`, the run's current attempt must be that one, and with `on_node` it must be on that node
+        (fencing of agent reports): else NotCurrentAttempt, an InvalidTransition.
+        Raises InvalidTransition or NotFound.
         """
         unknown = set(sets) - _SETTABLE
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} in a transition")
-        async with self._tx() as w:
-            async with w.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)) as cur:
-                row = await cur.fetchone()
+
+        def work(w: sqlite3.Connection, effects: Effects) -> RunRecord:
+            row = w.execute("SELECT state, attempt, node_id FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
             state, current_attempt = RunState(row[0]), row[1]
             if attempt is not None and attempt != current_attempt:
-                raise InvalidTransition(run_id, f"{state} (attempt {current_attempt}, not {attempt})", trigger)
+                raise NotCurrentAttempt(run_id, f"{state} (attempt {current_attempt}, not {attempt})", trigger)
+            if on_node is not None and on_node != (row[2] or ""):
+                raise NotCurrentAttempt(run_id, f"{state} (attempt {current_attempt} is not on node {on_node})", trigger)
             target = next_state(run_id, state, trigger)
             values = dict(sets)
             if trigger is Trigger.ASSIGN:
@@ -325,18 +395,25 @@ class Store:
             if "gpu_indices" in values:
                 values["gpu_indices"] = json.dumps(list(values["gpu_indices"]))
             assignments = ", ".join(f"{column} = ?" for column in values)
-            cur = await w.execute(
+            cur = w.execute(
                 f"UPDATE runs SET state = ?{', ' if values else ''}{assignments} WHERE id = ? AND state = ?",
                 (target, *values.values(), run_id, state),
             )
             if cur.rowcount != 1:
                 raise InvalidTransition(run_id, state, trigger)
-            await w.execute(
+            w.execute(
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, self.clock(), state, target, trigger, detail),
             )
-            async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)) as cur:
-                return _run(await cur.fetchone())  # type: ignore[arg-type]
+            run = _run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+            if target is RunState.QUEUED:
+                effects.append(self._enqueued(_queued_from_spec(run.id, run.workspace, run.priority, run.created_at,
+                                                                run.spec)))
+            elif state is RunState.QUEUED:
+                effects.append(self._dequeued(run_id))
+            return run
+
+        return await self._write(work)
 
     async def assign_gang(
         self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str
@@ -345,20 +422,20 @@ class Store:
         run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with NODE_RANK and
         WORLD_SIZE in its environment. Raises InvalidTransition if the parent is no longer queued."""
         now = self.clock()
-        async with self._tx() as w:
-            async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)) as cur:
-                row = await cur.fetchone()
+
+        def work(w: sqlite3.Connection, effects: Effects) -> tuple[RunRecord, list[RunRecord]]:
+            row = w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no run {parent_id!r}")
             parent = _run(row)
             target = next_state(parent_id, parent.state, Trigger.ASSIGN)
-            cur = await w.execute(
+            cur = w.execute(
                 "UPDATE runs SET state = ?, attempt = attempt + 1, pending_reason = '' WHERE id = ? AND state = ?",
                 (target, parent_id, parent.state),
             )
             if cur.rowcount != 1:
                 raise InvalidTransition(parent_id, parent.state, Trigger.ASSIGN)
-            await w.execute(
+            w.execute(
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (parent_id, now, parent.state, target, Trigger.ASSIGN, detail),
             )
@@ -367,23 +444,25 @@ class Store:
                 child_id = new_run_id(now)
                 env = {**parent.spec.environment, "NODE_RANK": str(rank), "WORLD_SIZE": str(len(members))}
                 spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
-                await w.execute(
+                w.execute(
                     "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
                     "tags, properties, created_at, priority, attempt, node_id, gpu_indices) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
                     (child_id, parent.workspace, parent.experiment, parent_id, f"{parent.display_name} [rank {rank}]",
                      RunState.PREPARING, spec.to_json(), parent.snapshot_sha256, json.dumps(parent.tags),
-                     json.dumps({RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent.attempt + 1)}), now, parent.priority, node_id, json.dumps(list(gpus))),
+                     json.dumps({RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent.attempt + 1)}),
+                     now, parent.priority, node_id, json.dumps(list(gpus))),
                 )
-                await w.executemany(
+                w.executemany(
                     "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
                     [(child_id, now, "", RunState.QUEUED, Trigger.SUBMIT, f"rank {rank} of {parent_id}"),
                      (child_id, now, RunState.QUEUED, RunState.PREPARING, Trigger.ASSIGN, detail)],
                 )
-                async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (child_id,)) as cur:
-                    children.append(_run(await cur.fetchone()))  # type: ignore[arg-type]
-            async with w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)) as cur:
-                return _run(await cur.fetchone()), children  # type: ignore[arg-type]
+                children.append(_run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (child_id,)).fetchone()))
+            effects.append(self._dequeued(parent_id))
+            return _run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)).fetchone()), children
+
+        return await self._write(work)
 
     async def children(self, parent_id: str) -> list[RunRecord]:
         rows = await self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id", (parent_id,))
@@ -391,26 +470,27 @@ class Store:
 
     async def request_stop(self, run_id: str, detail: str) -> None:
         """Set the desired state of a live run to stop and record why."""
-        async with self._tx() as w:
-            cur = await w.execute(
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            cur = w.execute(
                 "UPDATE runs SET desired_state = ? WHERE id = ? AND desired_state != ? AND state IN (?, ?, ?)",
                 (DesiredState.STOP, run_id, DesiredState.STOP, *sorted(ACTIVE)),
             )
             if cur.rowcount == 1:
-                await w.execute(
+                w.execute(
                     "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) "
                     "SELECT id, ?, state, state, 'stop_requested', ? FROM runs WHERE id = ?",
                     (self.clock(), detail, run_id),
                 )
+        await self._write(work)
 
     async def set_pending_reasons(self, reasons: dict[str, str]) -> None:
         if not reasons:
             return
-        async with self._tx() as w:
-            await w.executemany(
-                "UPDATE runs SET pending_reason = ? WHERE id = ? AND state = ? AND pending_reason != ?",
-                [(reason, run_id, RunState.QUEUED, reason) for run_id, reason in reasons.items()],
-            )
+        rows = [(reason, run_id, RunState.QUEUED, reason) for run_id, reason in reasons.items()]
+
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            w.executemany("UPDATE runs SET pending_reason = ? WHERE id = ? AND state = ? AND pending_reason != ?", rows)
+        await self._write(work)
 
     # --- snapshots -------------------------------------------------------------------------------------------
 
@@ -425,14 +505,16 @@ class Store:
 
     async def append_logs(self, run_id: str, attempt: int, records: Sequence[tuple[int, int, int, float, int, bytes]]) -> int:
         """Append (rank, stream, seq, ts, flags, data) records; a resent record is ignored. Returns rows added."""
-        async with self._tx() as w:
+        rows = [(run_id, attempt, *record) for record in records]
+
+        def work(w: sqlite3.Connection, effects: Effects) -> int:
             before = w.total_changes
-            await w.executemany(
+            w.executemany(
                 "INSERT OR IGNORE INTO logs (run_id, attempt, rank, stream, seq, ts, flags, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, attempt, *record) for record in records],
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows,
             )
             return w.total_changes - before
+        return await self._write(work)
 
     async def read_logs(
         self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None
@@ -473,18 +555,21 @@ class Store:
         tags: dict[str, str],
     ) -> None:
         """Append (seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
-        async with self._tx() as w:
-            await w.executemany(
+        rows = [(run_id, attempt, seq, key, step, value, ts) for seq, key, step, value, ts in points]
+
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            w.executemany(
                 "INSERT OR IGNORE INTO metrics (run_id, attempt, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, attempt, seq, key, step, value, ts) for seq, key, step, value, ts in points],
+                rows,
             )
             if params:
-                await w.executemany(
+                w.executemany(
                     "INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
                     [(run_id, k, v) for k, v in params.items()],
                 )
             if tags:
-                await w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(tags), run_id))
+                w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(tags), run_id))
+        await self._write(work)
 
     async def read_metrics(self, run_id: str, key: str = "") -> list[MetricRow]:
         sql = "SELECT key, value, step, ts FROM metrics WHERE run_id = ?"
@@ -505,72 +590,78 @@ class Store:
     ) -> str:
         """Register a node by name (a rejoin keeps its id and replaces its credential); returns its id."""
         now = self.clock()
-        async with self._tx() as w:
-            async with w.execute("SELECT id FROM nodes WHERE name = ?", (name,)) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                node_id = row[0]
-            await w.execute(
+
+        def work(w: sqlite3.Connection, effects: Effects) -> str:
+            row = w.execute("SELECT id FROM nodes WHERE name = ?", (name,)).fetchone()
+            found = row[0] if row is not None else node_id
+            w.execute(
                 "INSERT INTO nodes (id, name, token_sha, cluster, labels, capacity, state, last_seen, joined_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'Joined', ?, ?) ON CONFLICT (id) DO UPDATE SET token_sha = excluded.token_sha, "
                 "cluster = excluded.cluster, labels = excluded.labels, capacity = excluded.capacity, "
                 "last_seen = excluded.last_seen",
-                (node_id, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), now, now),
+                (found, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), now, now),
             )
-        return node_id
+            effects.append(self._nodes_changed)
+            return found
+        return await self._write(work)
 
     async def set_node_state(self, node_id: str, state: str, *, capacity: Capacity | None = None) -> None:
-        async with self._tx() as w:
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
             if capacity is None:
-                await w.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE id = ?", (state, self.clock(), node_id))
+                w.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE id = ?", (state, self.clock(), node_id))
             else:
-                await w.execute(
+                w.execute(
                     "UPDATE nodes SET state = ?, last_seen = ?, capacity = ? WHERE id = ?",
                     (state, self.clock(), capacity.to_json(), node_id),
                 )
+            effects.append(self._nodes_changed)
+        await self._write(work)
 
     async def set_node_schedule(self, name: str, schedule: str) -> NodeRecord:
         """Set what admins allow on a node; `active` also forgives its failures in a row."""
-        async with self._tx() as w:
-            cur = await w.execute(
+        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
+            cur = w.execute(
                 "UPDATE nodes SET schedule = ?, failures_in_row = CASE WHEN ? = 'active' THEN 0 ELSE failures_in_row END "
                 "WHERE name = ?", (schedule, schedule, name),
             )
             if cur.rowcount != 1:
                 raise NotFound(f"no node {name!r}")
-            async with w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)) as found:
-                return _node(await found.fetchone())  # type: ignore[arg-type]
+            effects.append(self._nodes_changed)
+            return _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)).fetchone())
+        return await self._write(work)
 
     async def count_node_failure(self, node_id: str, *, node_side: bool, quarantine_after: int) -> NodeRecord | None:
         """Count a run that ended on the node: a node-side failure adds one to its failures in a row, anything
         else resets them. Returns the node if this one put it in quarantine (with an event), else None."""
-        async with self._tx() as w:
+        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord | None:
+            effects.append(self._nodes_changed)
             if not node_side:
-                await w.execute("UPDATE nodes SET failures_in_row = 0 WHERE id = ? AND failures_in_row != 0", (node_id,))
+                w.execute("UPDATE nodes SET failures_in_row = 0 WHERE id = ? AND failures_in_row != 0", (node_id,))
                 return None
-            await w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (node_id,))
-            cur = await w.execute(
+            w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (node_id,))
+            cur = w.execute(
                 "UPDATE nodes SET schedule = 'quarantined' WHERE id = ? AND failures_in_row >= ? AND schedule != 'quarantined'",
                 (node_id, quarantine_after),
             )
             if cur.rowcount != 1:
                 return None
-            async with w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)) as found:
-                node = _node(await found.fetchone())  # type: ignore[arg-type]
-            await w.execute(
+            node = _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
+            w.execute(
                 "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, 'quarantine', ?)",
                 (self.clock(), node.cluster, node.name,
                  f"{node.name} quarantined: {quarantine_after} runs in a row failed on the node's side; "
                  f"`runyard node uncordon {node.name}` once it is fixed"),
             )
             return node
+        return await self._write(work)
 
     async def record_event(self, cluster: str, node: str, kind: str, detail: str) -> None:
-        async with self._tx() as w:
-            await w.execute(
+        def work(w: sqlite3.Connection, effects: Effects) -> None:
+            w.execute(
                 "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, ?, ?)",
                 (self.clock(), cluster, node, kind, detail),
             )
+        await self._write(work)
 
     async def events(self, *, cluster: str = "", limit: int = 20) -> list[ClusterEvent]:
         """The latest decision events, oldest first."""
@@ -583,8 +674,14 @@ class Store:
         return [ClusterEvent(*r) for r in reversed(rows)]
 
     async def list_nodes(self) -> list[NodeRecord]:
-        rows = await self._all(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
-        return [_node(r) for r in rows]
+        """Every node by name. Kept between node writes: every node write goes through this store and drops it."""
+        if self._nodes is not None:
+            return list(self._nodes)
+        version = self._nodes_version
+        nodes = [_node(r) for r in await self._all(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")]
+        if version == self._nodes_version:     # no node write was delivered meanwhile: this read is current
+            self._nodes = nodes
+        return list(nodes)
 
     async def get_node(self, node_id: str) -> NodeRecord:
         row = await self._one(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,))
@@ -593,4 +690,4 @@ class Store:
         return _node(row)
 
 
-__all__ = ["Store", "InvalidTransition", "LOG_CONTINUED", "LOG_GAP"]
+__all__ = ["Store", "InvalidTransition", "NotCurrentAttempt", "LOG_CONTINUED", "LOG_GAP"]
