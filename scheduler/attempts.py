@@ -20,11 +20,11 @@ async def lose_attempt(store: Store, sessions: Sessions, followers: Followers, r
     the head's default), else fail it; no-op if it moved on. A child of a multi-node run is never requeued on
     its own: it fails, and its gang is requeued as a whole within the parent's budget (else it fails too)."""
     parent = await store.get_run(run.parent_id) if run.parent_id else None
-    if parent is not None and gangs.is_gang_parent(parent):
-        await _lose_gang_member(store, sessions, followers, run, parent, detail=detail, default_retries=default_retries)
-        return
+    gang = parent is not None and gangs.is_gang_parent(parent)
+    if gang and parent.attempt <= _budget(parent, default_retries) and parent.desired_state is DesiredState.RUN:
+        await gangs.requeue(store, sessions, followers, parent, detail=f"rank {gangs.node_rank(run)}: {detail}")
     try:
-        if run.attempt <= _budget(run, default_retries):
+        if not gang and run.attempt <= _budget(run, default_retries):
             await store.transition(
                 run.id, Trigger.REQUEUE, attempt=run.attempt, node_id=None, gpu_indices=(),
                 pending_reason=f"requeued: attempt {run.attempt} was lost ({detail})", detail=detail,
@@ -36,20 +36,8 @@ async def lose_attempt(store: Store, sessions: Sessions, followers: Followers, r
         return
     log.warning("attempt lost", extra={"run_id": run.id, "attempt": run.attempt, "detail": detail})
     followers.notify(run.id)
-
-
-async def _lose_gang_member(store: Store, sessions: Sessions, followers: Followers, run: RunRecord,
-                            parent: RunRecord, *, detail: str, default_retries: int) -> None:
-    if parent.attempt <= _budget(parent, default_retries) and parent.desired_state is DesiredState.RUN:
-        await gangs.requeue(store, sessions, followers, parent, detail=f"rank {gangs.node_rank(run)}: {detail}")
-    try:
-        await store.transition(run.id, Trigger.FAIL, attempt=run.attempt, reason=Reason.NODE_LOST,
-                               ended_at=store.clock(), detail=detail)
-    except InvalidTransition:
-        return
-    log.warning("attempt lost", extra={"run_id": run.id, "attempt": run.attempt, "detail": detail})
-    followers.notify(run.id)
-    await gangs.follow_children(store, sessions, followers, parent.id)
+    if gang:
+        await gangs.follow_children(store, sessions, followers, run.parent_id)
 
 
 def _budget(run: RunRecord, default_retries: int) -> int:
