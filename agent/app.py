@@ -71,7 +71,7 @@ async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_
         if time.monotonic() - link.last_contact > after_s and supervisor.live():
             log.warning("cut off from the head; stopping runs", extra={"silent_s": after_s})
             for run_id, attempt in supervisor.live():
-                supervisor.stop(run_id, attempt, "node_lost")
+                supervisor.stop(run_id, attempt, "cut_off")
 
 
 async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:

@@ -121,7 +121,9 @@ class HeadLink:
             elif kind == "assign":
                 self._on_assign(message.assign)
             elif kind == "cancel":
-                self._on_stop(message.cancel.run_id, message.cancel.attempt, message.cancel.reason or "canceled_by_user")
+                reason = message.cancel.reason or pb.REASON_CANCELED_BY_USER
+                self._on_stop(message.cancel.run_id, message.cancel.attempt,
+                              pb.Reason.Name(reason).removeprefix("REASON_").lower())
             elif kind == "refusal":
                 refusal = message.refusal
                 log.warning("head refused a report", extra={"run_id": refusal.run_id, "attempt": refusal.attempt,

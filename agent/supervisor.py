@@ -127,7 +127,8 @@ class Supervisor:
         tasks = [a.task for a in self._attempts.values() if a.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _report(self, a: Attempt, phase: int, **fields: object) -> None:
+    def _report(self, a: Attempt, phase: int, *, reason: str = "", **fields: object) -> None:
+        fields["reason"] = pb.Reason.Value("REASON_" + reason.upper()) if reason else pb.REASON_UNSPECIFIED
         update = pb.RunUpdate(run_id=a.assignment.run_id, attempt=a.assignment.attempt, phase=phase, at=time.time(), **fields)
         self._outbox.put(pb.AgentMessage(run_update=update))
 

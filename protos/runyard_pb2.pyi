@@ -7,12 +7,101 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_QUEUED: _ClassVar[RunState]
+    RUN_STATE_PREPARING: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_FINALIZING: _ClassVar[RunState]
+    RUN_STATE_COMPLETED: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+    RUN_STATE_CANCELED: _ClassVar[RunState]
+
+class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_UNSPECIFIED: _ClassVar[Reason]
+    REASON_EXIT_CODE: _ClassVar[Reason]
+    REASON_OOM_KILLED: _ClassVar[Reason]
+    REASON_TIMEOUT: _ClassVar[Reason]
+    REASON_NODE_LOST: _ClassVar[Reason]
+    REASON_ENV_BUILD_FAILED: _ClassVar[Reason]
+    REASON_SNAPSHOT_INVALID: _ClassVar[Reason]
+    REASON_UNSCHEDULABLE: _ClassVar[Reason]
+    REASON_CANCELED_BY_USER: _ClassVar[Reason]
+    REASON_PARENT_CANCELED: _ClassVar[Reason]
+    REASON_SIBLING_FAILED: _ClassVar[Reason]
+    REASON_AGENT_ERROR: _ClassVar[Reason]
+    REASON_CUT_OFF: _ClassVar[Reason]
+    REASON_AGENT_STOPPED: _ClassVar[Reason]
+    REASON_STALE: _ClassVar[Reason]
+
+class DesiredState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DESIRED_STATE_UNSPECIFIED: _ClassVar[DesiredState]
+    DESIRED_STATE_RUN: _ClassVar[DesiredState]
+    DESIRED_STATE_STOP: _ClassVar[DesiredState]
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
+    NODE_STATE_JOINING: _ClassVar[NodeState]
+    NODE_STATE_READY: _ClassVar[NodeState]
+    NODE_STATE_DISCONNECTED: _ClassVar[NodeState]
+    NODE_STATE_DOWN: _ClassVar[NodeState]
+    NODE_STATE_LEFT: _ClassVar[NodeState]
+
+class Schedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_UNSPECIFIED: _ClassVar[Schedule]
+    SCHEDULE_ACTIVE: _ClassVar[Schedule]
+    SCHEDULE_CORDONED: _ClassVar[Schedule]
+    SCHEDULE_DRAINING: _ClassVar[Schedule]
+    SCHEDULE_QUARANTINED: _ClassVar[Schedule]
+
 class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STREAM_UNSPECIFIED: _ClassVar[Stream]
     STDOUT: _ClassVar[Stream]
     STDERR: _ClassVar[Stream]
     SYSTEM: _ClassVar[Stream]
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_QUEUED: RunState
+RUN_STATE_PREPARING: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_FINALIZING: RunState
+RUN_STATE_COMPLETED: RunState
+RUN_STATE_FAILED: RunState
+RUN_STATE_CANCELED: RunState
+REASON_UNSPECIFIED: Reason
+REASON_EXIT_CODE: Reason
+REASON_OOM_KILLED: Reason
+REASON_TIMEOUT: Reason
+REASON_NODE_LOST: Reason
+REASON_ENV_BUILD_FAILED: Reason
+REASON_SNAPSHOT_INVALID: Reason
+REASON_UNSCHEDULABLE: Reason
+REASON_CANCELED_BY_USER: Reason
+REASON_PARENT_CANCELED: Reason
+REASON_SIBLING_FAILED: Reason
+REASON_AGENT_ERROR: Reason
+REASON_CUT_OFF: Reason
+REASON_AGENT_STOPPED: Reason
+REASON_STALE: Reason
+DESIRED_STATE_UNSPECIFIED: DesiredState
+DESIRED_STATE_RUN: DesiredState
+DESIRED_STATE_STOP: DesiredState
+NODE_STATE_UNSPECIFIED: NodeState
+NODE_STATE_JOINING: NodeState
+NODE_STATE_READY: NodeState
+NODE_STATE_DISCONNECTED: NodeState
+NODE_STATE_DOWN: NodeState
+NODE_STATE_LEFT: NodeState
+SCHEDULE_UNSPECIFIED: Schedule
+SCHEDULE_ACTIVE: Schedule
+SCHEDULE_CORDONED: Schedule
+SCHEDULE_DRAINING: Schedule
+SCHEDULE_QUARANTINED: Schedule
 STREAM_UNSPECIFIED: Stream
 STDOUT: Stream
 STDERR: Stream
@@ -292,8 +381,8 @@ class Run(_message.Message):
     experiment: str
     display_name: str
     parent_run_id: str
-    state: str
-    reason: str
+    state: RunState
+    reason: Reason
     has_exit_code: bool
     exit_code: int
     pending_reason: str
@@ -309,9 +398,9 @@ class Run(_message.Message):
     started_at: float
     ended_at: float
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
-    desired_state: str
+    desired_state: DesiredState
     priority: int
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("experiment", "state", "limit")
@@ -319,9 +408,9 @@ class ListRunsRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     experiment: str
-    state: str
+    state: RunState
     limit: int
-    def __init__(self, experiment: _Optional[str] = ..., state: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, experiment: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
@@ -439,7 +528,7 @@ class MetricsResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "name", "cluster", "state", "schedule", "capacity", "allocated", "running", "last_seen", "labels")
+    __slots__ = ("id", "name", "cluster", "state", "schedule", "drained", "capacity", "allocated", "running", "last_seen", "labels", "events")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -452,26 +541,36 @@ class Node(_message.Message):
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     cluster: str
-    state: str
-    schedule: str
+    state: NodeState
+    schedule: Schedule
+    drained: bool
     capacity: Capacity
     allocated: Resources
     running: _containers.RepeatedScalarFieldContainer[str]
     last_seen: float
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cluster: _Optional[str] = ..., state: _Optional[str] = ..., schedule: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., running: _Optional[_Iterable[str]] = ..., last_seen: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[RunEvent]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cluster: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., drained: _Optional[bool] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., running: _Optional[_Iterable[str]] = ..., last_seen: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NodeRef(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
 
 class NodeScheduleRequest(_message.Message):
     __slots__ = ("node", "action")
@@ -615,12 +714,12 @@ class RunUpdate(_message.Message):
     attempt: int
     phase: RunUpdate.Phase
     exit_code: int
-    reason: str
+    reason: Reason
     detail: str
     outputs_sha256: str
     at: float
     pid: int
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[RunUpdate.Phase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., at: _Optional[float] = ..., pid: _Optional[int] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., phase: _Optional[_Union[RunUpdate.Phase, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[_Union[Reason, str]] = ..., detail: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., at: _Optional[float] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("run_id", "attempt", "records")
@@ -696,8 +795,8 @@ class CancelRun(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
-    reason: str
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    reason: Reason
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[_Union[Reason, str]] = ...) -> None: ...
 
 class Refusal(_message.Message):
     __slots__ = ("msg_seq", "run_id", "attempt", "why")

@@ -84,6 +84,11 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.GetNode = channel.unary_unary(
+                '/runyard.v1.Runyard/GetNode',
+                request_serializer=protos_dot_runyard__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Node.FromString,
+                _registered_method=True)
         self.SetNodeSchedule = channel.unary_unary(
                 '/runyard.v1.Runyard/SetNodeSchedule',
                 request_serializer=protos_dot_runyard__pb2.NodeScheduleRequest.SerializeToString,
@@ -160,6 +165,13 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNode(self, request, context):
+        """one node with its transitions
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetNodeSchedule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -224,6 +236,11 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=protos_dot_runyard__pb2.ListNodesRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'GetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNode,
+                    request_deserializer=protos_dot_runyard__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Node.SerializeToString,
             ),
             'SetNodeSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.SetNodeSchedule,
@@ -506,6 +523,33 @@ class Runyard:
             '/runyard.v1.Runyard/ListNodes',
             protos_dot_runyard__pb2.ListNodesRequest.SerializeToString,
             protos_dot_runyard__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/GetNode',
+            protos_dot_runyard__pb2.NodeRef.SerializeToString,
+            protos_dot_runyard__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from protos import runyard_pb2 as pb
-from runyard import priorities, render
+from runyard import priorities, render, vocabulary
 from runyard.client import Client
 from runyard.config import ClientConfig, load_client_config
 from runyard.errors import RunyardError, UsageError
@@ -22,7 +22,6 @@ from runyard.jobfile import CliOptions, build_request
 from runyard.units import format_size
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-_TERMINAL = ("Completed", "Failed", "Canceled")
 
 
 def connect() -> Client:
@@ -54,7 +53,7 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
     def ready_nodes(config: ClientConfig) -> int:
         try:
             with Client(config, timeout_s=2) as client:
-                return sum(n.state == "Ready" for n in client.nodes().nodes)
+                return sum(n.state == pb.NODE_STATE_READY for n in client.nodes().nodes)
         except RunyardError:
             return 0
 
@@ -112,13 +111,17 @@ def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, ex
 def runs(experiment: str, state: str, limit: int, output: str) -> None:
     """List runs, newest first."""
     with connect() as client:
-        found = client.list_runs(experiment=experiment, state=state, limit=limit)
+        try:
+            wanted = vocabulary.run_state(state) if state else pb.RUN_STATE_UNSPECIFIED
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        found = client.list_runs(experiment=experiment, state=wanted, limit=limit)
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
     render.print_table(
         ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "CREATED", "DURATION"),
-        ((r.id, r.display_name, r.experiment, r.state, render.outcome(r), r.node, render.when(r.created_at),
+        ((r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r), r.node, render.when(r.created_at),
           render.duration(r)) for r in found),
     )
 
@@ -134,11 +137,12 @@ def show(run_id: str, output: str) -> None:
         render.print_json(render.as_dict(run))
         return
     fields: list[tuple[str, Any]] = [
-        ("run", run.id), ("name", run.display_name), ("experiment", run.experiment), ("state", run.state),
+        ("run", run.id), ("name", run.display_name), ("experiment", run.experiment),
+        ("state", vocabulary.word("RunState", run.state)),
     ]
-    if run.state == "Queued":
+    if run.state == pb.RUN_STATE_QUEUED:
         fields.append(("pending", run.pending_reason))
-    if run.state in _TERMINAL:
+    if run.state in vocabulary.TERMINAL:
         fields.append(("exit", render.outcome(run) or "-"))
     fields += [
         ("priority", priorities.name(run.priority)), ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
@@ -215,7 +219,9 @@ def cancel(run_ids: tuple[str, ...], output: str) -> None:
         render.print_json([render.as_dict(r) for r in found])
         return
     for run in found:
-        note = "canceled" if run.state == "Canceled" else ("stopping" if run.state not in _TERMINAL else f"already {run.state}")
+        state = vocabulary.word("RunState", run.state)
+        note = "canceled" if run.state == pb.RUN_STATE_CANCELED else (
+            "stopping" if run.state not in vocabulary.TERMINAL else f"already {state}")
         render.console.print(f"{run.id}: {note}")
 
 
@@ -240,9 +246,14 @@ def download(run_id: str, dest: Path | None, what: str) -> None:
 
 
 @cli.command()
+@click.argument("name", required=False)
 @OUTPUT
-def nodes(output: str) -> None:
-    """List the cluster's nodes with their capacity and what is allocated on them."""
+def nodes(name: str | None, output: str) -> None:
+    """List the cluster's nodes with their capacity and what is allocated on them; with NAME, one node and the
+    history of its state and schedule."""
+    if name:
+        _show_node(name, output)
+        return
     with connect() as client:
         reply = client.nodes()
     if output == "json":
@@ -250,11 +261,32 @@ def nodes(output: str) -> None:
         return
     render.print_table(
         ("NODE", "CLUSTER", "STATE", "SCHEDULE", "CPUS", "MEMORY", "GPUS", "RUNS"),
-        ((n.name, n.cluster, n.state, n.schedule, f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
+        ((n.name, n.cluster, vocabulary.word("NodeState", n.state), render.schedule(n),
+          f"{n.allocated.cpus:g}/{n.capacity.cpus:g}",
           f"{format_size(n.allocated.memory_bytes)}/{format_size(n.capacity.memory_bytes)}",
           f"{n.allocated.gpus}/{len(n.capacity.gpus)}", len(n.running)) for n in reply.nodes),
     )
     render.print_events(reply.events)
+
+
+def _show_node(name: str, output: str) -> None:
+    with connect() as client:
+        found = client.get_node(name)
+    if output == "json":
+        render.print_json(render.as_dict(found))
+        return
+    render.print_table(("FIELD", "VALUE"), [
+        ("node", found.name), ("cluster", found.cluster), ("state", vocabulary.word("NodeState", found.state)),
+        ("schedule", render.schedule(found)), ("last seen", render.when(found.last_seen)),
+        ("cpus", f"{found.allocated.cpus:g}/{found.capacity.cpus:g}"),
+        ("memory", f"{format_size(found.allocated.memory_bytes)}/{format_size(found.capacity.memory_bytes)}"),
+        ("gpus", f"{found.allocated.gpus}/{len(found.capacity.gpus)}"), ("runs", ", ".join(found.running) or "-"),
+    ] + [(f"label {k}", v) for k, v in sorted(found.labels.items())])
+    render.print_table(
+        ("WHEN", "EVENT", "FROM", "TO", "DETAIL"),
+        ((render.when(e.at), e.event, e.from_state, e.to_state, e.detail) for e in found.events),
+        title="history",
+    )
 
 
 @cli.group()
@@ -265,7 +297,7 @@ def node() -> None:
 def _schedule(name: str, action: int) -> None:
     with connect() as client:
         found = client.set_node_schedule(name, action)
-    render.console.print(f"{found.name}: {found.schedule} ({len(found.running)} runs on it)")
+    render.console.print(f"{found.name}: {render.schedule(found)} ({len(found.running)} runs on it)")
 
 
 @node.command()

@@ -101,7 +101,7 @@ class Client:
         return self._stub.GetRun(pb.RunRef(run_id=run_id), **self._kw())
 
     @_translated
-    def list_runs(self, *, experiment: str = "", state: str = "", limit: int = 50) -> list[pb.Run]:
+    def list_runs(self, *, experiment: str = "", state: int = 0, limit: int = 50) -> list[pb.Run]:
         return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
 
     @_translated
@@ -131,6 +131,10 @@ class Client:
     @_translated
     def nodes(self) -> pb.ListNodesResponse:
         return self._stub.ListNodes(pb.ListNodesRequest(), **self._kw())
+
+    @_translated
+    def get_node(self, name: str) -> pb.Node:
+        return self._stub.GetNode(pb.NodeRef(node=name), **self._kw())
 
     @_translated
     def set_node_schedule(self, node: str, action: int) -> pb.Node:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protos import runyard_pb2 as pb
+from runyard import vocabulary
 from runyard.units import format_size
 
 # Piped output is for scripts and logs: never wrap or cut it at 80 columns.
@@ -23,7 +24,9 @@ err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isa
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A message for `-o json`, with states and reasons as words (`"state": "Completed"`)."""
+    return vocabulary.readable(
+        MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
 
 
 def print_json(value: Any) -> None:
@@ -73,9 +76,13 @@ def outcome(run: pb.Run) -> str:
     parts = []
     if run.has_exit_code:
         parts.append(str(run.exit_code))
-    if run.reason and run.reason != "exit_code":
-        parts.append(run.reason)
+    if run.reason and run.reason != pb.REASON_EXIT_CODE:
+        parts.append(vocabulary.word("Reason", run.reason))
     return " ".join(parts)
+
+
+def schedule(node: pb.Node) -> str:
+    return "drained" if node.drained else vocabulary.word("Schedule", node.schedule)
 
 
 def resources(spec: pb.RunSpec) -> str:

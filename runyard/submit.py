@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from protos import runyard_pb2 as pb
-from runyard import render
+from runyard import render, vocabulary
 from runyard.client import Client
 from runyard.jobfile import RunRequest
 from runyard.snapshot import create_snapshot, git_properties
@@ -82,13 +82,13 @@ def follow(client: Client, run_id: str, *, say: Callable[[str], None]) -> int:
         say(f"detached; run {run_id} goes on. Follow it again with: runyard logs -f {run_id}")
         return 130
     run = client.get_run(run_id)
-    if run.state == "Completed":
+    if run.state == pb.RUN_STATE_COMPLETED:
         say(f"run {run_id} completed")
         return 0
-    if run.state == "Canceled":
+    if run.state == pb.RUN_STATE_CANCELED:
         say(f"run {run_id} was canceled")
         return 1
     detail = run.events[-1].detail if run.events else ""
-    say(f"run {run_id} failed: {run.reason}" + (f" ({detail})" if detail else ""))
+    say(f"run {run_id} failed: {vocabulary.word('Reason', run.reason)}" + (f" ({detail})" if detail else ""))
     return run.exit_code if run.has_exit_code and run.exit_code > 0 else 1
 

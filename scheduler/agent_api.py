@@ -1,10 +1,11 @@
 """The NodeAgent gRPC service: agents join, hold one Connect stream each, fetch snapshots, upload outputs.
 
-On the Connect stream the agent's first message is Hello (capacity and the attempts it supervises); the head
-reconciles those against the store, then handles each message in order and acknowledges it cumulatively once
-committed. Reports are fenced by attempt: a report for an attempt that is not the run's current one on this node
-is refused, and the agent stops that attempt.
-Must not: decide placement (dispatch) or state rules (lifecycle); it applies what the agent observed.
+On the Connect stream the agent's first message is Hello (capacity and the attempts it supervises); the reactor
+reconciles those against the store, then each message is handled in order and acknowledged cumulatively once
+committed. Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an
+attempt that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
+A Join for a node name whose agent is connected and Ready is refused (ALREADY_EXISTS, naming the holder).
+Must not: decide anything about runs or nodes (that is `scheduler/core/`); it converts and hands over.
 """
 
 from __future__ import annotations
@@ -13,65 +14,81 @@ import asyncio
 import hashlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
-from scheduler import gangs
 from scheduler.artifacts import ArtifactStore
-from scheduler.attempts import lose_attempt
 from scheduler.auth import Credentials, caller, new_token, token_sha
-from scheduler.convert import capacity_from_pb
-from scheduler.dispatch import Dispatcher
-from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scheduler.convert import capacity_from_pb, outbound_to_pb, report_from_pb
+from scheduler.core.nodes import InvalidNodeTransition, NodeFacts, NodeState
+from scheduler.core.react import Hello, NodeHeard, StreamClosed
+from scheduler.errors import AlreadyExists, FailedPrecondition, HeadError, InvalidArgument, ResourceExhausted
 from scheduler.followers import Followers
-from scheduler.lifecycle import ACTIVE, NODE_SIDE, TERMINAL, DesiredState, InvalidTransition, Reason, Trigger, outcome
+from scheduler.reactor import Reactor
+from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
+from scheduler.core.lifecycle import Reason
 from scheduler.model import Principal, RunRecord
-from scheduler.sessions import CLOSE, Session, Sessions
-from scheduler.store import LOG_CONTINUED, LOG_GAP, NotCurrentAttempt, Store
+from scheduler.store import LOG_CONTINUED, LOG_GAP, Store
 
 log = logging.getLogger(__name__)
 
-_PHASE_TRIGGER = {pb.RunUpdate.RUNNING: Trigger.START, pb.RunUpdate.FINALIZING: Trigger.FINALIZE}
-
 
 class StaleAttempt(Exception):
-    """A report about an attempt that is not the run's current one on this node."""
+    """Logs or metrics of an attempt that is not the run's current one on this node."""
 
 
 class NodeAgentService(pb_grpc.NodeAgentServicer):
     def __init__(
-        self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, dispatcher: Dispatcher,
-        followers: Followers, credentials: Credentials, tmp_dir: Path, max_retries: int, max_outputs_bytes: int,
-        quarantine_after: int = 3,
+        self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, reactor: Reactor, wake: Callable[[], None],
+        followers: Followers, credentials: Credentials, tmp_dir: Path, max_outputs_bytes: int,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._sessions = sessions
-        self._dispatcher = dispatcher
+        self._reactor = reactor
+        self._wake = wake
         self._followers = followers
         self._credentials = credentials
         self._tmp_dir = tmp_dir
-        self._max_retries = max_retries
         self._max_outputs_bytes = max_outputs_bytes
-        self._quarantine_after = quarantine_after
+        self._disk_full = False
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         if not request.name or len(request.name) > 253:
             raise InvalidArgument("a node needs a name of 1 to 253 characters")
+        node_id = hashlib.sha256(request.name.encode()).hexdigest()[:16]
+        self._refuse_if_held(node_id, request.name)
         token = new_token()
-        node_id = await self._store.join_node(
-            node_id=hashlib.sha256(request.name.encode()).hexdigest()[:16], name=request.name,
-            token_sha=token_sha(token), cluster=request.cluster or "default", labels=dict(request.labels),
-            capacity=capacity_from_pb(request.capacity),
-        )
-        self._credentials.forget_node(node_id)
-        self._credentials.add(token_sha(token), Principal("", "node", node_id))
-        log.info("node joined", extra={"node": request.name, "node_id": node_id})
-        return pb.JoinResponse(node_id=node_id, node_token=token)
+        try:
+            node = await self._store.join_node(
+                node_id=node_id, name=request.name, token_sha=token_sha(token), cluster=request.cluster or "default",
+                labels=dict(request.labels), capacity=capacity_from_pb(request.capacity),
+            )
+        except InvalidNodeTransition:
+            self._refuse_if_held(node_id, request.name)
+            raise AlreadyExists(f"node name {request.name!r} is held by a live agent; stop it first") from None
+        previous = self._sessions.get(node.id)
+        if previous is not None:
+            previous.outbox.put_nowait(CLOSE)     # a silent agent's stream: the name is being taken over
+        self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
+        self._credentials.forget_node(node.id)
+        self._credentials.add(token_sha(token), Principal("", "node", node.id))
+        log.info("node joined", extra={"node": request.name, "node_id": node.id, "peer": context.peer()})
+        return pb.JoinResponse(node_id=node.id, node_token=token)
+
+    def _refuse_if_held(self, node_id: str, name: str) -> None:
+        """One name, one live agent: a Join for a name whose agent is connected and Ready is refused."""
+        session, facts = self._sessions.get(node_id), self._sessions.facts(node_id)
+        if session is not None and facts is not None and facts.state is NodeState.READY:
+            since = datetime.fromtimestamp(session.since, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise AlreadyExists(
+                f"node name {name!r} is held by a live agent connected from {session.peer or 'unknown'} since "
+                f"{since}; give this agent another name, or stop the other one first")
 
     async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext) -> None:
         node_id = caller().node_id
@@ -81,127 +98,92 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, node.schedule, labels=node.labels,
-                          failures_in_row=node.failures_in_row)
-        self._sessions.attach(session)
-        self._sessions.heard(node_id, now, node.name)
-        await self._store.set_node_state(node_id, "Ready", capacity=capacity)
-        log.info("node connected", extra={"node": node.name, "running": len(first.hello.running)})
+        session = Session(node_id, node.name, node.cluster, capacity, labels=node.labels, since=now, peer=context.peer())
+        if self._sessions.facts(node_id) is None:
+            self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
         try:
-            await self._reconcile(session, first.hello)
-            session.outbox.put_nowait(pb.HeadMessage(ack=pb.Ack(msg_seq=first.msg_seq)))
-            self._dispatcher.wake()
+            await self._store.set_node_capacity(node_id, capacity)
+            self._sessions.attach(session)
+            self._sessions.heard(node_id, now)
+            await self._reactor.handle(Hello(node_id, frozenset((h.run_id, h.attempt) for h in first.hello.running)))
+            log.info("node connected", extra={"node": node.name, "running": len(first.hello.running)})
+            session.outbox.put_nowait(Ack(first.msg_seq))
+            self._wake()
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(session, context), name=f"write-{node.name}")
                 await self._read(session, request_iterator)
                 writer.cancel()
+            self._disk_full_over()
+        except* ResourceExhausted as group:
+            self._warn_disk_full(node.name)
+            raise group.exceptions[0] from None
+        except* HeadError as group:
+            raise group.exceptions[0] from None
         finally:
             if self._sessions.detach(session):
-                await self._store.set_node_state(node_id, "Disconnected")
+                try:
+                    await self._reactor.handle(StreamClosed(node_id))
+                except HeadError:
+                    log.warning("could not record a closed stream", extra={"node": node.name})
                 log.info("node disconnected", extra={"node": node.name})
+
+    def _warn_disk_full(self, node: str) -> None:
+        if not self._disk_full:
+            self._disk_full = True
+            log.warning("the disk is full: agents keep their reports until space is freed", extra={"node": node})
+
+    def _disk_full_over(self) -> None:
+        if self._disk_full:
+            self._disk_full = False
+            log.info("writes resumed after a full disk")
 
     async def _write(self, session: Session, context: grpc.aio.ServicerContext) -> None:
         while (message := await session.outbox.get()) is not CLOSE:
-            await context.write(message)
+            await context.write(outbound_to_pb(message))
 
     async def _read(self, session: Session, messages: AsyncIterator[pb.AgentMessage]) -> None:
+        node_id = session.node_id
         async for message in messages:
-            if self._sessions.get(session.node_id) is not session:
+            if self._sessions.get(node_id) is not session:
                 return  # replaced by a newer stream of the same node
+            facts = self._sessions.facts(node_id)
+            if facts is None or facts.state in (NodeState.DOWN, NodeState.LEFT):
+                # The head gave this node up (its runs were requeued) while its stream stayed open, e.g. a frozen
+                # agent: end the stream, so that it reconnects, says Hello and stops what it should not run.
+                log.warning("heard from a node declared down; closing its stream", extra={"node": session.name})
+                return
+            self._sessions.heard(node_id, self._store.clock())
+            if facts.state is NodeState.DISCONNECTED:
+                await self._reactor.handle(NodeHeard(node_id))
             kind = message.WhichOneof("body")
-            self._sessions.heard(session.node_id, self._store.clock())
-            if kind == "heartbeat":  # answered, so that an agent whose runs are quiet still hears the head
-                session.outbox.put_nowait(pb.HeadMessage(ack=pb.Ack(msg_seq=message.msg_seq)))
-                continue
-            try:
-                if kind == "run_update":
-                    await self._apply_update(session, message.run_update)
-                elif kind == "logs":
-                    await self._apply_logs(session, message.logs)
-                elif kind == "metrics":
-                    await self._apply_metrics(session, message.metrics)
+            if kind == "run_update":
+                try:
+                    report = report_from_pb(node_id, message.run_update)
+                except ValueError as err:
+                    raise InvalidArgument(str(err)) from None
+                await self._reactor.handle(report)
+            elif kind in ("logs", "metrics"):
+                batch = message.logs if kind == "logs" else message.metrics
+                try:
+                    run = await self._fence(session, batch.run_id, batch.attempt)
+                except StaleAttempt:
+                    session.outbox.put_nowait(StopAttempt(batch.run_id, batch.attempt, Reason.STALE))
                 else:
-                    raise InvalidArgument(f"unexpected {kind} on Connect")
-            except StaleAttempt as err:
-                run_id, attempt = err.args
-                session.outbox.put_nowait(
-                    pb.HeadMessage(refusal=pb.Refusal(msg_seq=message.msg_seq, run_id=run_id, attempt=attempt,
-                                                      why="not the run's current attempt on this node"))
-                )
-            session.outbox.put_nowait(pb.HeadMessage(ack=pb.Ack(msg_seq=message.msg_seq)))
-
-    async def _reconcile(self, session: Session, hello: pb.Hello) -> None:
-        """Make the store and the agent agree on what runs on this node."""
-        reported = {(h.run_id, h.attempt) for h in hello.running}
-        for run in await self._store.runs_in(ACTIVE):
-            if run.node_id == session.node_id and (run.id, run.attempt) not in reported:
-                await lose_attempt(self._store, self._sessions, self._followers, run,
-                                   detail=f"{session.name} does not know this attempt", default_retries=self._max_retries)
-        for run_id, attempt in reported:
-            try:
-                run = await self._store.get_run(run_id)
-            except Exception:
-                run = None
-            if run is None or run.attempt != attempt or run.node_id != session.node_id or run.state in TERMINAL:
-                session.outbox.put_nowait(pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason="stale")))
-            elif run.desired_state is DesiredState.STOP:
-                session.outbox.put_nowait(
-                    pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason=Reason.CANCELED_BY_USER))
-                )
+                    await (self._apply_logs(run, message.logs) if kind == "logs" else self._apply_metrics(run, message.metrics))
+            elif kind != "heartbeat":   # heartbeats are answered, so that an agent with quiet runs still hears the head
+                raise InvalidArgument(f"unexpected {kind} on Connect")
+            session.outbox.put_nowait(Ack(message.msg_seq))
 
     async def _fence(self, session: Session, run_id: str, attempt: int) -> RunRecord:
-        run = await self._store.get_run(run_id)
+        try:
+            run = await self._store.get_run(run_id)
+        except HeadError:
+            raise StaleAttempt(run_id, attempt) from None
         if run.attempt != attempt or run.node_id != session.node_id:
             raise StaleAttempt(run_id, attempt)
         return run
 
-    async def _apply_update(self, session: Session, update: pb.RunUpdate) -> None:
-        if update.phase == pb.RunUpdate.PREPARING:
-            await self._fence(session, update.run_id, update.attempt)
-            return
-        try:
-            if update.phase in _PHASE_TRIGGER:  # fenced by the transition itself
-                sets = {"started_at": update.at or self._store.clock()} if update.phase == pb.RunUpdate.RUNNING else {}
-                detail = f"pid {update.pid}" if update.pid else update.detail
-                moved = await self._store.transition(update.run_id, _PHASE_TRIGGER[update.phase], attempt=update.attempt,
-                                                     on_node=session.node_id, detail=detail, **sets)
-            elif update.phase == pb.RunUpdate.EXITED:
-                run = await self._fence(session, update.run_id, update.attempt)
-                result = outcome(exit_code=update.exit_code, agent_reason=update.reason, desired=run.desired_state)
-                moved = await self._store.transition(
-                    update.run_id, result.trigger, attempt=update.attempt, on_node=session.node_id, reason=result.reason,
-                    exit_code=update.exit_code, outputs_sha256=update.outputs_sha256,
-                    ended_at=update.at or self._store.clock(), detail=update.detail,
-                )
-                log.info("run ended", extra={"run_id": update.run_id, "exit_code": update.exit_code,
-                                             "trigger": result.trigger, "reason": result.reason})
-                if result.trigger is not Trigger.CANCEL:
-                    await self._count_for_quarantine(session, result.reason)
-                self._dispatcher.wake()
-            else:
-                raise InvalidArgument(f"unknown run phase {update.phase}")
-        except NotCurrentAttempt:
-            raise StaleAttempt(update.run_id, update.attempt) from None
-        except InvalidTransition:
-            return  # a report resent after a reconnect, already applied
-        finally:
-            self._followers.notify(update.run_id)
-        if moved.parent_id:
-            await gangs.follow_children(self._store, self._sessions, self._followers, moved.parent_id)
-
-    async def _count_for_quarantine(self, session: Session, reason: str) -> None:
-        node_side = reason in NODE_SIDE
-        if not node_side and not session.failures_in_row:
-            return
-        session.failures_in_row = session.failures_in_row + 1 if node_side else 0
-        node = await self._store.count_node_failure(
-            session.node_id, node_side=node_side, quarantine_after=self._quarantine_after)
-        if node is not None:
-            session.schedule = node.schedule
-            log.warning("node quarantined", extra={"node": node.name, "failures_in_row": self._quarantine_after})
-
-    async def _apply_logs(self, session: Session, batch: pb.LogBatch) -> None:
-        run = await self._fence(session, batch.run_id, batch.attempt)
+    async def _apply_logs(self, run: RunRecord, batch: pb.LogBatch) -> None:
         rows = [
             (r.rank, r.stream, r.seq, r.ts, (LOG_CONTINUED if r.continued else 0) | (LOG_GAP if r.gap else 0), r.data)
             for r in batch.records
@@ -211,8 +193,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         if run.parent_id:
             self._followers.notify(run.parent_id)  # `logs -f` of a multi-node run follows its children
 
-    async def _apply_metrics(self, session: Session, batch: pb.MetricBatch) -> None:
-        await self._fence(session, batch.run_id, batch.attempt)
+    async def _apply_metrics(self, run: RunRecord, batch: pb.MetricBatch) -> None:
         points = [(rec.seq, p.key, p.step, p.value, p.ts) for rec in batch.records for p in rec.points]
         params = {k: v for rec in batch.records for k, v in rec.params.items()}
         tags = {k: v for rec in batch.records for k, v in rec.tags.items()}

@@ -32,7 +32,12 @@ from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
 from scheduler.followers import Followers
-from scheduler.heartbeats import Timers
+from scheduler.clock import Clock, SystemClock
+from scheduler.core.heartbeats import Timers
+from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger
+from scheduler.core.plan import NodeMove, Plan
+from scheduler.core.react import Policy
+from scheduler.reactor import Reactor
 from scheduler.providers import CommandProvider, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
@@ -105,10 +110,25 @@ async def record(store: Store, dispatcher: Dispatcher, cluster: str, node: str, 
     dispatcher.wake()
 
 
-async def serve(config: HeadConfig) -> None:
+async def recover_nodes(store: Store, sessions: Sessions) -> None:
+    """After a (re)start the head has no stream to any node: the ones it had are Disconnected until they say
+    Hello again, and every node that is not Down gets the full timers from now."""
+    started = store.clock()
+    nodes = await store.list_nodes()
+    closed = [NodeMove(n.id, NodeTrigger.CLOSED, n.state, "the head restarted") for n in nodes
+              if n.state in (NodeState.JOINING, NodeState.READY)]
+    if closed:
+        await store.apply_plan(Plan(node_moves=tuple(closed)))
+    for node in await store.list_nodes() if closed else nodes:
+        heard = started if node.state is not NodeState.DOWN else None
+        sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row), heard)
+
+
+async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
     data = config.data_path
+    clock = clock or SystemClock()
     policies, quotas = cluster_policies(config), config.quotas()  # config faults before anything starts
-    store = await Store.open(data, synchronous=config.sqlite_synchronous)
+    store = await Store.open(data, synchronous=config.sqlite_synchronous, clock=clock.now)
     try:
         await store.ensure_workspace("default")
         await ensure_token(store, Path(config.admin_token_file or data / "admin.token"), workspace="default")
@@ -116,15 +136,13 @@ async def serve(config: HeadConfig) -> None:
         credentials = Credentials(await store.principals(), token_sha(join_token))
         artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
         sessions, followers = Sessions(), Followers()
-        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=quotas,
-                                half_life_s=config.fair_share_half_life_s)
         timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
-        started = store.clock()
-        for node in await store.list_nodes():
-            if node.state != "Down":
-                sessions.heard(node.id, started, node.name)  # every node gets the full timers after a restart
-        reaper = Reaper(store=store, sessions=sessions, followers=followers, dispatcher=dispatcher, timers=timers,
-                        max_retries=config.max_retries, clock=store.clock)
+        dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=quotas,
+                                half_life_s=config.fair_share_half_life_s, heartbeat_window_s=timers.disconnected_after_s)
+        reactor = Reactor(store=store, sessions=sessions, followers=followers, wake=dispatcher.wake,
+                          policy=Policy(config.max_retries, config.quarantine_after), now=clock.now)
+        await recover_nodes(store, sessions)
+        reaper = Reaper(sessions=sessions, reactor=reactor, timers=timers, clock=clock)
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -134,13 +152,12 @@ async def serve(config: HeadConfig) -> None:
         ]
         server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
         pb_grpc.add_RunyardServicer_to_server(
-            RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions,
+            RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                            dispatcher=dispatcher, followers=followers, timers=timers, policies=policies), server)
         pb_grpc.add_NodeAgentServicer_to_server(
-            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, dispatcher=dispatcher,
+            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor, wake=dispatcher.wake,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
-                             max_retries=config.max_retries, max_outputs_bytes=config.snapshot_max_bytes,
-                             quarantine_after=config.quarantine_after), server)
+                             max_outputs_bytes=config.snapshot_max_bytes), server)
         host, _, port = config.listen.rpartition(":")
         bound = server.add_insecure_port(config.listen)
         if bound == 0:

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from scheduler.errors import HeadError, PermissionDenied, Unauthenticated
-from scheduler.lifecycle import InvalidTransition
+from scheduler.core.lifecycle import InvalidTransition
 from scheduler.model import Principal
 
 log = logging.getLogger(__name__)

@@ -22,18 +22,21 @@ from runyard.errors import SnapshotInvalid
 from runyard.snapshot import validate_archive
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
-from scheduler import gangs
 from scheduler.auth import caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
-from scheduler.convert import event_to_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
+from scheduler.convert import event_to_pb, from_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from scheduler.followers import Followers, wait_changed
-from scheduler.heartbeats import Timers, health
-from scheduler.lifecycle import ACTIVE, TERMINAL, InvalidTransition, Reason, RunState, Trigger
-from scheduler.model import NewRun, RunRecord, RunSpec
+from scheduler.core import gangs
+from scheduler.core.heartbeats import Timers
+from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
+from scheduler.core.nodes import InvalidNodeTransition, NodeState, ScheduleTrigger
+from scheduler.core.react import Cancel
+from scheduler.model import NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
 from scheduler.placement import NodeView, Request, never_fits
+from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
 from scheduler.store import Store
 
@@ -42,8 +45,8 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SCHEDULES = {pb.NodeScheduleRequest.CORDON: "cordoned", pb.NodeScheduleRequest.DRAIN: "draining",
-              pb.NodeScheduleRequest.UNCORDON: "active"}
+_SCHEDULES = {pb.NodeScheduleRequest.CORDON: ScheduleTrigger.CORDON, pb.NodeScheduleRequest.DRAIN: ScheduleTrigger.DRAIN,
+              pb.NodeScheduleRequest.UNCORDON: ScheduleTrigger.UNCORDON}
 LOG_PAGE = 1000
 # A snapshot seen in the artifact store is taken as present for this long without asking the store again.
 # Snapshots are content-addressed and never deleted by the head; the limit only bounds how long an object removed
@@ -91,10 +94,11 @@ def validate_spec(spec: RunSpec) -> None:
 class RunyardService(pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
-        dispatcher: Dispatcher, followers: Followers, timers: Timers,
+        dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor,
         policies: Mapping[str, ClusterPolicy] | None = None,
     ) -> None:
         self._config = config
+        self._reactor = reactor
         self._policies = dict(policies or {})
         self._timers = timers
         self._store = store
@@ -191,7 +195,7 @@ class RunyardService(pb_grpc.RunyardServicer):
                      gpus_free=tuple(g.index for g in n.capacity.gpus), cpus_total=n.capacity.cpus,
                      memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus), labels=n.labels,
                      gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in n.capacity.gpus))
-            for n in await self._store.list_nodes() if n.cluster == spec.compute and n.state != "Down"
+            for n in await self._store.list_nodes() if n.cluster == spec.compute and n.state is not NodeState.DOWN
         ]
         policy = self._policies.get(spec.compute)
         if policy is not None and policy.node_cpus and policy.max_nodes > len(nodes):
@@ -213,10 +217,12 @@ class RunyardService(pb_grpc.RunyardServicer):
         )
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
-        if request.state and request.state not in RunState.__members__.values():
-            raise InvalidArgument(f"unknown state {request.state!r}; one of {', '.join(RunState)}")
+        try:
+            state = from_pb(RunState, request.state)
+        except ValueError:
+            raise InvalidArgument(f"unknown run state {request.state}; one of {', '.join(RunState)}") from None
         runs = await self._store.list_runs(
-            caller().workspace, experiment=request.experiment, state=request.state,
+            caller().workspace, experiment=request.experiment, state=state or "",
             limit=min(request.limit or 50, 10_000),
         )
         names = await self._node_names()
@@ -235,25 +241,8 @@ class RunyardService(pb_grpc.RunyardServicer):
         runs = [await self._run(run_id) for run_id in request.run_ids]
         result = []
         for run in runs:
-            if run.state is RunState.QUEUED:
-                try:
-                    await self._store.transition(run.id, Trigger.CANCEL, reason=Reason.CANCELED_BY_USER,
-                                                 ended_at=self._store.clock(), detail="canceled while queued")
-                except InvalidTransition:
-                    pass  # placed meanwhile: stop it below
+            await self._reactor.handle(Cancel(run.id))
             run = await self._store.get_run(run.id)
-            if run.state in ACTIVE and gangs.is_gang_parent(run):
-                await self._store.request_stop(run.id, "canceled by user")
-                for child in await self._store.children(run.id):
-                    if child.state in ACTIVE:
-                        await gangs.stop_run(self._store, self._sessions, child, reason=Reason.PARENT_CANCELED,
-                                             detail="its parent was canceled")
-                await gangs.follow_children(self._store, self._sessions, self._followers, run.id)
-                run = await self._store.get_run(run.id)
-            elif run.state in ACTIVE:
-                await gangs.stop_run(self._store, self._sessions, run, reason=Reason.CANCELED_BY_USER,
-                                     detail="canceled by user")
-                run = await self._store.get_run(run.id)
             log.info("cancel requested", extra={"run_id": run.id, "state": run.state})
             self._followers.notify(run.id)
             result.append(run_to_pb(run))
@@ -307,34 +296,46 @@ class RunyardService(pb_grpc.RunyardServicer):
         return response
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:
+        by_node = await self._runs_by_node()
+        nodes = [self._node_to_pb(node, by_node.get(node.id, [])) for node in await self._store.list_nodes()]
+        events = await self._store.events(limit=10)
+        return pb.ListNodesResponse(nodes=nodes, events=[event_to_pb(e) for e in events])
+
+    async def GetNode(self, request: pb.NodeRef, context: grpc.aio.ServicerContext) -> pb.Node:
+        node = next((n for n in await self._store.list_nodes() if n.name == request.node), None)
+        if node is None:
+            raise NotFound(f"no node {request.node!r}; `runyard nodes` lists them")
+        mine = (await self._runs_by_node()).get(node.id, [])
+        return self._node_to_pb(node, mine, events=await self._store.node_events(node.id))
+
+    async def _runs_by_node(self) -> dict[str, list[RunRecord]]:
         by_node: dict[str, list[RunRecord]] = {}
         for run in await self._store.runs_in(ACTIVE):
             by_node.setdefault(run.node_id, []).append(run)
-        last_heard = self._sessions.last_heard()
-        nodes = []
-        for node in await self._store.list_nodes():
-            mine = by_node.get(node.id, [])
-            heard = last_heard.get(node.id)
-            state = node.state if heard is None or node.state == "Down" else health(self._store.clock(), heard, self._timers)
-            allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
-            nodes.append(node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine]))
-        events = await self._store.events(limit=10)
-        return pb.ListNodesResponse(nodes=nodes, events=[event_to_pb(e) for e in events])
+        return by_node
+
+    def _node_to_pb(self, node: NodeRecord, mine: list[RunRecord], events: list[RunEventRecord] | None = None) -> pb.Node:
+        facts = self._sessions.facts(node.id)
+        state = facts.state if facts is not None else node.state
+        allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
+        return node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine], events=events)
 
     async def SetNodeSchedule(self, request: pb.NodeScheduleRequest, context: grpc.aio.ServicerContext) -> pb.Node:
         if caller().role != "admin":
             raise PermissionDenied("only admins may cordon, drain or uncordon nodes")
-        schedule = _SCHEDULES.get(request.action)
-        if schedule is None:
+        trigger = _SCHEDULES.get(request.action)
+        if trigger is None:
             raise InvalidArgument("say cordon, drain or uncordon")
-        node = await self._store.set_node_schedule(request.node, schedule)
-        session = self._sessions.get(node.id)
-        if session is not None:
-            session.schedule = schedule
-            session.failures_in_row = node.failures_in_row
-        log.info("node schedule changed", extra={"node": node.name, "schedule": schedule})
+        try:
+            node = await self._store.set_node_schedule(request.node, trigger, f"{trigger} by an admin")
+        except InvalidNodeTransition as err:
+            node = next(n for n in await self._store.list_nodes() if n.name == request.node)
+            log.info("node schedule unchanged", extra={"node": node.name, "why": str(err)})
+        else:
+            self._sessions.set_schedule(node.id, node.schedule, node.failures_in_row)
+            log.info("node schedule changed", extra={"node": node.name, "schedule": node.schedule})
         self._dispatcher.wake()
-        return next(n for n in (await self.ListNodes(pb.ListNodesRequest(), context)).nodes if n.id == node.id)
+        return self._node_to_pb(node, (await self._runs_by_node()).get(node.id, []))
 
     async def Download(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         run = await self._run(request.run_id)

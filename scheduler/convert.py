@@ -2,8 +2,72 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Any, TypeVar
+
 from protos import runyard_pb2 as pb
+from scheduler.core.lifecycle import DesiredState, Reason, RunState
+from scheduler.core.nodes import NodeState, Schedule
+from scheduler.core.react import Phase, Report
 from scheduler.model import Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.sessions import Ack, Assign, Outbound, StopAttempt
+
+E = TypeVar("E", bound=StrEnum)
+# Each StrEnum of the vocabulary, its protobuf enum and the prefix of its value names (RunState.QUEUED is
+# RUN_STATE_QUEUED); tests/test_vocabulary.py proves the two sides name the same members.
+VOCABULARY: dict[type[StrEnum], tuple[Any, str]] = {
+    RunState: (pb.RunState, "RUN_STATE_"),
+    Reason: (pb.Reason, "REASON_"),
+    DesiredState: (pb.DesiredState, "DESIRED_STATE_"),
+    NodeState: (pb.NodeState, "NODE_STATE_"),
+    Schedule: (pb.Schedule, "SCHEDULE_"),
+}
+_PHASES = {pb.RunUpdate.PREPARING: Phase.PREPARING, pb.RunUpdate.RUNNING: Phase.RUNNING,
+           pb.RunUpdate.FINALIZING: Phase.FINALIZING, pb.RunUpdate.EXITED: Phase.EXITED}
+
+
+def to_pb(member: StrEnum | None) -> int:
+    """The protobuf value of a vocabulary member; None (or '') is the unspecified value 0."""
+    if not member:
+        return 0
+    pb_enum, prefix = VOCABULARY[type(member)]
+    return int(pb_enum.Value(prefix + member.name))
+
+
+def from_pb(kind: type[E], value: int) -> E | None:
+    """The vocabulary member of a protobuf value; None for unspecified. Raises ValueError on an unknown value."""
+    if not value:
+        return None
+    pb_enum, prefix = VOCABULARY[kind]
+    return kind[pb_enum.Name(value).removeprefix(prefix)]
+
+
+def reason_of(text: str) -> Reason | None:
+    """A stored reason (text in the runs table) as the enum."""
+    return Reason(text) if text else None
+
+
+def report_from_pb(node_id: str, update: pb.RunUpdate) -> Report:
+    phase = _PHASES.get(update.phase)
+    if phase is None:
+        raise ValueError(f"unknown run phase {update.phase}")
+    return Report(node_id=node_id, run_id=update.run_id, attempt=update.attempt, phase=phase,
+                  exit_code=update.exit_code, reason=from_pb(Reason, update.reason), detail=update.detail,
+                  at=update.at, pid=update.pid, outputs_sha256=update.outputs_sha256)
+
+
+def outbound_to_pb(message: Outbound) -> pb.HeadMessage:
+    match message:
+        case Ack(msg_seq=seq):
+            return pb.HeadMessage(ack=pb.Ack(msg_seq=seq))
+        case Assign(run=run):
+            return pb.HeadMessage(assign=pb.Assignment(
+                run_id=run.id, attempt=run.attempt, workspace=run.workspace, experiment=run.experiment,
+                parent_run_id=run.parent_id, snapshot_sha256=run.snapshot_sha256, spec=spec_to_pb(run.spec),
+                gpu_indices=run.gpu_indices))
+        case StopAttempt(run_id=run_id, attempt=attempt, reason=reason):
+            return pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason=to_pb(reason)))
+    raise TypeError(f"no wire form for {message!r}")
 
 
 def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
@@ -69,8 +133,8 @@ def run_to_pb(
         experiment=run.experiment,
         display_name=run.display_name,
         parent_run_id=run.parent_id,
-        state=run.state,
-        reason=run.reason,
+        state=to_pb(run.state),
+        reason=to_pb(reason_of(run.reason)),
         has_exit_code=run.exit_code is not None,
         exit_code=run.exit_code or 0,
         pending_reason=run.pending_reason,
@@ -85,7 +149,7 @@ def run_to_pb(
         created_at=run.created_at,
         started_at=run.started_at or 0.0,
         ended_at=run.ended_at or 0.0,
-        desired_state=run.desired_state,
+        desired_state=to_pb(run.desired_state),
         priority=run.priority,
     )
     for event in events or ():
@@ -108,18 +172,23 @@ def event_to_pb(event: ClusterEvent) -> pb.ClusterEvent:
     return pb.ClusterEvent(at=event.at, cluster=event.cluster, node=event.node, kind=event.kind, detail=event.detail)
 
 
-def node_to_pb(node: NodeRecord, *, state: str, allocated: tuple[float, int, int], running: list[str]) -> pb.Node:
+def node_to_pb(node: NodeRecord, *, state: NodeState, allocated: tuple[float, int, int], running: list[str],
+               events: list[RunEventRecord] | None = None) -> pb.Node:
     cpus, memory, gpus = allocated
-    schedule = "drained" if node.schedule == "draining" and not running else node.schedule
-    return pb.Node(
-        schedule=schedule,
+    msg = pb.Node(
+        schedule=to_pb(node.schedule),
+        drained=node.schedule is Schedule.DRAINING and not running,
         id=node.id,
         name=node.name,
         cluster=node.cluster,
-        state=state,
+        state=to_pb(state),
         capacity=capacity_to_pb(node.capacity),
         allocated=pb.Resources(cpus=cpus, memory_bytes=memory, gpus=gpus),
         running=running,
         last_seen=node.last_seen,
         labels=node.labels,
     )
+    for event in events or ():
+        msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event,
+                       detail=event.detail)
+    return msg

@@ -33,15 +33,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from protos import runyard_pb2 as pb
-from scheduler.convert import spec_to_pb
 from scheduler.followers import Followers
-from scheduler.lifecycle import InvalidTransition, Trigger
-from scheduler.model import RunRecord
+from scheduler.core.lifecycle import InvalidTransition, Trigger
 from scheduler.autoscale import Demand
 from scheduler.fairshare import Queued, Usage, decayed_usage, queue_order
 from scheduler.placement import NodeView, Placement, Request, Running, place
-from scheduler.sessions import Sessions
+from scheduler.sessions import Assign, Sessions
 from scheduler.store import LiveRow, QueuedRow, Store
 
 log = logging.getLogger(__name__)
@@ -166,27 +163,14 @@ class _Queue:
         return prefix
 
 
-def assignment(run: RunRecord) -> pb.HeadMessage:
-    return pb.HeadMessage(
-        assign=pb.Assignment(
-            run_id=run.id,
-            attempt=run.attempt,
-            workspace=run.workspace,
-            experiment=run.experiment,
-            parent_run_id=run.parent_id,
-            snapshot_sha256=run.snapshot_sha256,
-            spec=spec_to_pb(run.spec),
-            gpu_indices=run.gpu_indices,
-        )
-    )
-
-
 class Dispatcher:
     def __init__(
         self, *, store: Store, sessions: Sessions, followers: Followers,
         quotas: Mapping[tuple[str, str], int] | None = None, half_life_s: float = 7 * 86400.0,
+        heartbeat_window_s: float = 20.0,
     ) -> None:
         self._store = store
+        self._window_s = heartbeat_window_s     # a node not heard from for this long takes no new runs
         self._sessions = sessions
         self._followers = followers
         self._quotas = dict(quotas or {})
@@ -271,12 +255,14 @@ class Dispatcher:
         self._queue.update(changes, await self._store.queued() if changes is None else (), usage)
 
     def views(self, live: Sequence[LiveRow]) -> list[NodeView]:
-        """Connected nodes with what their live attempts leave free."""
+        """Nodes that may take new runs (connected, Ready, heard from within the heartbeat window, active) with
+        what their live attempts leave free."""
         used: dict[str, tuple[float, int, set[int]]] = {}
         for a in live:
             held = used.get(a.node_id, (0.0, 0, set()))
             used[a.node_id] = (held[0] + a.cpus, held[1] + a.memory_bytes, held[2] | set(a.gpu_indices))
         views = []
+        now = self._store.clock()
         for s in self._sessions.all():
             cpus_used, memory_used, gpus_used = used.get(s.node_id, (0.0, 0, set()))
             views.append(
@@ -290,7 +276,7 @@ class Dispatcher:
                     cpus_total=s.capacity.cpus,
                     memory_total=s.capacity.memory_bytes,
                     gpus_total=len(s.capacity.gpus),
-                    schedulable=s.schedule == "active",
+                    schedulable=self._sessions.takes_new_runs(s.node_id, now, self._window_s),
                     labels=s.labels,
                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in s.capacity.gpus),
                 )
@@ -371,7 +357,7 @@ class Dispatcher:
         for run in runs:
             log.info("run assigned", extra={"run_id": run.id, "node": self._sessions.name(run.node_id),
                                             "attempt": run.attempt})
-            self._sessions.send(run.node_id, assignment(run))
+            self._sessions.send(run.node_id, Assign(run))
             self._followers.notify(run.id)
         return 1
 

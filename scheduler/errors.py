@@ -6,6 +6,7 @@
     ├── NotFound                    NOT_FOUND: no such run or node in the caller's workspace
     ├── InvalidArgument             INVALID_ARGUMENT: a request the head will never accept as it is
     ├── FailedPrecondition          FAILED_PRECONDITION: not now (e.g. snapshot not uploaded, stale attempt)
+    ├── AlreadyExists               ALREADY_EXISTS: a node name held by a live agent
     ├── ResourceExhausted           RESOURCE_EXHAUSTED: over a size cap, or the disk is full
     └── StartupRefused              the head will not start on this data dir (never reaches a client)
 """
@@ -49,6 +50,12 @@ class FailedPrecondition(HeadError):
     """The request is valid but not in the current state."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AlreadyExists(HeadError):
+    """The name is taken by something live."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class ResourceExhausted(HeadError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from scheduler.lifecycle import DesiredState, RunState
+from scheduler.core.lifecycle import DesiredState, RunState
 
 
 # Properties of a child of a multi-node run: its node rank, and the parent's attempt it belongs to.
@@ -78,6 +78,7 @@ class RunRecord:
     started_at: float | None
     ended_at: float | None
     priority: int = 200
+    agent_error_node: str = ""          # the node on which an earlier attempt failed on the agent's side
 
 
 @dataclass(frozen=True, slots=True)

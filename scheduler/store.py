@@ -30,7 +30,9 @@ from runyard.ids import new_run_id
 from scheduler import db
 from scheduler.errors import NotFound, ResourceExhausted
 from scheduler.group_commit import Effects, GroupCommit, Work
-from scheduler.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
+from scheduler.core.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
+from scheduler.core.nodes import NodeState, NodeTrigger, Schedule, ScheduleTrigger, next_node_state, next_schedule
+from scheduler.core.plan import Move, Plan
 from scheduler.model import (
     ATTEMPT_PROPERTY,
     RANK_PROPERTY,
@@ -49,7 +51,7 @@ from scheduler.model import (
 _RUN_COLUMNS = (
     "id, workspace, experiment, parent_id, display_name, state, desired_state, reason, exit_code, pending_reason, "
     "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
-    "started_at, ended_at, priority"
+    "started_at, ended_at, priority, agent_error_node"
 )
 _NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row"
 _QUEUED_COLUMNS = (
@@ -106,14 +108,14 @@ def _run(row: Sequence[Any]) -> RunRecord:
         pending_reason=row[9], attempt=row[10], node_id=row[11] or "", gpu_indices=tuple(json.loads(row[12])),
         spec=RunSpec.from_json(row[13]), snapshot_sha256=row[14], outputs_sha256=row[15],
         tags=json.loads(row[16]), properties=json.loads(row[17]), created_at=row[18], started_at=row[19],
-        ended_at=row[20], priority=row[21],
+        ended_at=row[20], priority=row[21], agent_error_node=row[22],
     )
 
 
 def _node(row: Sequence[Any]) -> NodeRecord:
     return NodeRecord(
         id=row[0], name=row[1], cluster=row[2], labels=json.loads(row[3]), capacity=Capacity.from_json(row[4]),
-        state=row[5], last_seen=row[6], schedule=row[7], failures_in_row=row[8],
+        state=NodeState(row[5]), last_seen=row[6], schedule=Schedule(row[7]), failures_in_row=row[8],
     )
 
 
@@ -141,11 +143,24 @@ class NotCurrentAttempt(InvalidTransition):
     """A report about an attempt that is not the run's current one (or not on the node that reports it)."""
 
 
+class Conflict(Exception):
+    """A guard of a Plan no longer holds (the run or node moved since it was read); nothing of it was written."""
+
+
+_ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
+
+
 def default_name(spec: RunSpec) -> str:
     """A display name from the command, for runs submitted without one: `python train.py --lr 0.1`."""
     argv = spec.argv[2:] if spec.argv[:2] == ("/bin/sh", "-c") else spec.argv
     text = " ".join(argv)
     return text if len(text) <= 48 else text[:47] + "…"
+
+
+def _node_event(w: sqlite3.Connection, node_id: str, at: float, source: str, target: str, event: str,
+                detail: str) -> None:
+    w.execute("INSERT INTO node_events (node_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
+              (node_id, at, source, target, event, detail))
 
 
 def _translated(err: BaseException) -> BaseException:
@@ -316,6 +331,13 @@ class Store:
         args.append(limit)
         return [_run(r) for r in await self._all(sql, args)]
 
+    async def live_runs_on(self, node_id: str) -> list[RunRecord]:
+        """The runs whose live attempt is on `node_id`."""
+        marks = ", ".join("?" * len(ACTIVE))
+        sql = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_LIVE_INDEXED} AND state IN ({marks}) AND node_id = ? "
+               "ORDER BY created_at, id")
+        return [_run(r) for r in await self._all(sql, [*sorted(ACTIVE), node_id])]
+
     async def runs_in(self, states: Iterable[RunState]) -> list[RunRecord]:
         """Runs in any of `states`, oldest first (FIFO order for the queue)."""
         wanted = sorted(states)
@@ -415,6 +437,102 @@ class Store:
 
         return await self._write(work)
 
+    async def apply_plan(self, plan: Plan) -> list[RunRecord]:
+        """Commit every change of `plan` in one transaction, each guarded by the state it was decided in; returns
+        the runs it changed or stopped, as committed. Raises Conflict (and writes nothing) if a guard fails."""
+        now = self.clock()
+
+        def work(w: sqlite3.Connection, effects: Effects) -> list[RunRecord]:
+            for move in plan.moves:
+                self._apply_move(w, effects, move, now)
+            for stop in plan.stops:
+                cur = w.execute(
+                    "UPDATE runs SET desired_state = ? WHERE id = ? AND attempt = ? AND desired_state != ? "
+                    f"AND state IN ({', '.join('?' * len(ACTIVE))})",
+                    (DesiredState.STOP, stop.run_id, stop.attempt, DesiredState.STOP, *sorted(ACTIVE)),
+                )
+                if cur.rowcount == 1:
+                    w.execute(
+                        "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) "
+                        "SELECT id, ?, state, state, 'stop_requested', ? FROM runs WHERE id = ?",
+                        (now, stop.detail, stop.run_id),
+                    )
+            for node_move in plan.node_moves:
+                row = w.execute("SELECT name, state FROM nodes WHERE id = ?", (node_move.node_id,)).fetchone()
+                if row is None or row[1] != node_move.state:
+                    raise Conflict(f"node {node_move.node_id} is no longer {node_move.state}")
+                target = next_node_state(row[0], NodeState(row[1]), node_move.trigger)
+                w.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE id = ? AND state = ?",
+                          (target, now, node_move.node_id, node_move.state))
+                _node_event(w, node_move.node_id, now, node_move.state, target, node_move.trigger, node_move.detail)
+            for count in plan.counts:
+                if not count.node_side:
+                    w.execute("UPDATE nodes SET failures_in_row = 0 WHERE id = ?", (count.node_id,))
+                    continue
+                w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (count.node_id,))
+                if count.quarantine:
+                    self._move_schedule(w, count.node_id, ScheduleTrigger.QUARANTINE, count.detail, now)
+            for schedule in plan.schedules:
+                self._move_schedule(w, schedule.node_id, schedule.trigger, schedule.detail, now)
+            for expect in plan.expects:
+                row = w.execute("SELECT state FROM runs WHERE id = ?", (expect.run_id,)).fetchone()
+                if row is None or row[0] != expect.state:
+                    raise Conflict(f"run {expect.run_id} is no longer {expect.state}")
+            if plan.node_moves or plan.counts or plan.schedules:
+                effects.append(self._nodes_changed)
+            touched = sorted(plan.touched)
+            return [_run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+                    for run_id in touched]
+
+        return await self._write(work)
+
+    def _apply_move(self, w: sqlite3.Connection, effects: Effects, move: Move, now: float) -> None:
+        row = w.execute("SELECT state, attempt, workspace, priority, created_at, spec FROM runs WHERE id = ?",
+                        (move.run_id,)).fetchone()
+        if row is None or row[0] != move.state or row[1] != move.attempt:
+            raise Conflict(f"run {move.run_id} is no longer {move.state} at attempt {move.attempt}")
+        target = next_state(move.run_id, move.state, move.trigger)
+        values: dict[str, Any] = {"state": target}
+        if move.reason is not None:
+            values["reason"] = move.reason
+        if move.exit_code is not None:
+            values["exit_code"] = move.exit_code
+        if move.trigger is Trigger.START:
+            values["started_at"] = move.at or now
+        elif move.trigger in _ENDS:
+            values["ended_at"] = move.at or now
+        if move.outputs_sha256:
+            values["outputs_sha256"] = move.outputs_sha256
+        if move.agent_error_node:
+            values["agent_error_node"] = move.agent_error_node
+        if move.trigger is Trigger.REQUEUE:
+            values.update(node_id=None, gpu_indices="[]", pending_reason=move.pending_reason)
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        w.execute(f"UPDATE runs SET {assignments} WHERE id = ? AND state = ? AND attempt = ?",
+                  (*values.values(), move.run_id, move.state, move.attempt))
+        w.execute(
+            "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (move.run_id, now, move.state, target, move.trigger, move.detail),
+        )
+        if target is RunState.QUEUED:
+            effects.append(self._enqueued(_queued_from_spec(move.run_id, row[2], row[3], row[4],
+                                                            RunSpec.from_json(row[5]))))
+        elif move.state is RunState.QUEUED:
+            effects.append(self._dequeued(move.run_id))
+
+    def _move_schedule(self, w: sqlite3.Connection, node_id: str, trigger: ScheduleTrigger, detail: str,
+                       now: float) -> NodeRecord:
+        """Change a node's schedule by the table, with a node event (quarantine also with a cluster event)."""
+        node = _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
+        target = next_schedule(node.name, node.schedule, trigger)
+        forgive = ", failures_in_row = 0" if target is Schedule.ACTIVE else ""
+        w.execute(f"UPDATE nodes SET schedule = ?{forgive} WHERE id = ?", (target, node_id))
+        _node_event(w, node_id, now, node.schedule, target, trigger, detail)
+        if trigger is ScheduleTrigger.QUARANTINE:
+            w.execute("INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, 'quarantine', ?)",
+                      (now, node.cluster, node.name, detail))
+        return dataclasses.replace(node, schedule=target, failures_in_row=0 if forgive else node.failures_in_row)
+
     async def assign_gang(
         self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str
     ) -> tuple[RunRecord, list[RunRecord]]:
@@ -467,21 +585,6 @@ class Store:
     async def children(self, parent_id: str) -> list[RunRecord]:
         rows = await self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id", (parent_id,))
         return [_run(r) for r in rows]
-
-    async def request_stop(self, run_id: str, detail: str) -> None:
-        """Set the desired state of a live run to stop and record why."""
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            cur = w.execute(
-                "UPDATE runs SET desired_state = ? WHERE id = ? AND desired_state != ? AND state IN (?, ?, ?)",
-                (DesiredState.STOP, run_id, DesiredState.STOP, *sorted(ACTIVE)),
-            )
-            if cur.rowcount == 1:
-                w.execute(
-                    "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) "
-                    "SELECT id, ?, state, state, 'stop_requested', ? FROM runs WHERE id = ?",
-                    (self.clock(), detail, run_id),
-                )
-        await self._write(work)
 
     async def set_pending_reasons(self, reasons: dict[str, str]) -> None:
         if not reasons:
@@ -587,73 +690,50 @@ class Store:
 
     async def join_node(
         self, *, node_id: str, name: str, token_sha: str, cluster: str, labels: dict[str, str], capacity: Capacity
-    ) -> str:
-        """Register a node by name (a rejoin keeps its id and replaces its credential); returns its id."""
+    ) -> NodeRecord:
+        """Enroll a node by name (a rejoin keeps its id and replaces its credential), with a `join` node event.
+        Raises InvalidNodeTransition if the node is Ready: its name is held by a live agent."""
         now = self.clock()
 
-        def work(w: sqlite3.Connection, effects: Effects) -> str:
-            row = w.execute("SELECT id FROM nodes WHERE name = ?", (name,)).fetchone()
-            found = row[0] if row is not None else node_id
+        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
+            row = w.execute("SELECT id, state FROM nodes WHERE name = ?", (name,)).fetchone()
+            found, source = (row[0], NodeState(row[1])) if row is not None else (node_id, NodeState.JOINING)
+            target = next_node_state(name, source, NodeTrigger.JOIN)
             w.execute(
                 "INSERT INTO nodes (id, name, token_sha, cluster, labels, capacity, state, last_seen, joined_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'Joined', ?, ?) ON CONFLICT (id) DO UPDATE SET token_sha = excluded.token_sha, "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET token_sha = excluded.token_sha, "
                 "cluster = excluded.cluster, labels = excluded.labels, capacity = excluded.capacity, "
-                "last_seen = excluded.last_seen",
-                (found, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), now, now),
+                "state = excluded.state, last_seen = excluded.last_seen",
+                (found, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), target, now, now),
             )
+            _node_event(w, found, now, "" if row is None else source, target, NodeTrigger.JOIN, f"cluster {cluster}")
             effects.append(self._nodes_changed)
-            return found
+            return _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (found,)).fetchone())
         return await self._write(work)
 
-    async def set_node_state(self, node_id: str, state: str, *, capacity: Capacity | None = None) -> None:
+    async def set_node_capacity(self, node_id: str, capacity: Capacity) -> None:
         def work(w: sqlite3.Connection, effects: Effects) -> None:
-            if capacity is None:
-                w.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE id = ?", (state, self.clock(), node_id))
-            else:
-                w.execute(
-                    "UPDATE nodes SET state = ?, last_seen = ?, capacity = ? WHERE id = ?",
-                    (state, self.clock(), capacity.to_json(), node_id),
-                )
+            w.execute("UPDATE nodes SET capacity = ?, last_seen = ? WHERE id = ?",
+                      (capacity.to_json(), self.clock(), node_id))
             effects.append(self._nodes_changed)
         await self._write(work)
 
-    async def set_node_schedule(self, name: str, schedule: str) -> NodeRecord:
-        """Set what admins allow on a node; `active` also forgives its failures in a row."""
+    async def set_node_schedule(self, name: str, trigger: ScheduleTrigger, detail: str) -> NodeRecord:
+        """Change what admins allow on a node by the schedule table; `uncordon` also forgives its failures in a
+        row. Raises NotFound, or InvalidNodeTransition when it already has that schedule."""
         def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
-            cur = w.execute(
-                "UPDATE nodes SET schedule = ?, failures_in_row = CASE WHEN ? = 'active' THEN 0 ELSE failures_in_row END "
-                "WHERE name = ?", (schedule, schedule, name),
-            )
-            if cur.rowcount != 1:
+            row = w.execute("SELECT id FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise NotFound(f"no node {name!r}")
             effects.append(self._nodes_changed)
-            return _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)).fetchone())
+            return self._move_schedule(w, row[0], trigger, detail, self.clock())
         return await self._write(work)
 
-    async def count_node_failure(self, node_id: str, *, node_side: bool, quarantine_after: int) -> NodeRecord | None:
-        """Count a run that ended on the node: a node-side failure adds one to its failures in a row, anything
-        else resets them. Returns the node if this one put it in quarantine (with an event), else None."""
-        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord | None:
-            effects.append(self._nodes_changed)
-            if not node_side:
-                w.execute("UPDATE nodes SET failures_in_row = 0 WHERE id = ? AND failures_in_row != 0", (node_id,))
-                return None
-            w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (node_id,))
-            cur = w.execute(
-                "UPDATE nodes SET schedule = 'quarantined' WHERE id = ? AND failures_in_row >= ? AND schedule != 'quarantined'",
-                (node_id, quarantine_after),
-            )
-            if cur.rowcount != 1:
-                return None
-            node = _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
-            w.execute(
-                "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, 'quarantine', ?)",
-                (self.clock(), node.cluster, node.name,
-                 f"{node.name} quarantined: {quarantine_after} runs in a row failed on the node's side; "
-                 f"`runyard node uncordon {node.name}` once it is fixed"),
-            )
-            return node
-        return await self._write(work)
+    async def node_events(self, node_id: str, limit: int = 50) -> list[RunEventRecord]:
+        """The node's latest state and schedule transitions, oldest first."""
+        rows = await self._all("SELECT at, from_state, to_state, event, detail FROM node_events WHERE node_id = ? "
+                               "ORDER BY id DESC LIMIT ?", (node_id, limit))
+        return [RunEventRecord(*r) for r in reversed(rows)]
 
     async def record_event(self, cluster: str, node: str, kind: str, detail: str) -> None:
         def work(w: sqlite3.Connection, effects: Effects) -> None:

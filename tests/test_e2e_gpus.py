@@ -63,7 +63,9 @@ def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path) -> None:
         assert reason["pending_reason"] == "no node in cluster default is up (1 cordoned, draining or quarantined)"
         gate.touch()
         cluster.wait_state(running, "Completed")  # a draining node lets its runs finish
-        assert cluster.json("nodes")[0]["schedule"] == "drained"
+        node = cluster.json("nodes")[0]
+        assert (node["schedule"], node["drained"]) == ("draining", True)
+        assert "drained" in cluster.cli("nodes", check=True).stdout
         assert cluster.run(held)["state"] == "Queued"
         cluster.cli("node", "uncordon", "node-1", check=True)
         cluster.wait_state(held, "Completed")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.gangs import Step, step
-from scheduler.lifecycle import DesiredState, Reason, RunState, Trigger
+from scheduler.core.gangs import Step, step
+from scheduler.core.lifecycle import DesiredState, Reason, RunState, Trigger
 
 Q, P, R, F, C = RunState.QUEUED, RunState.PREPARING, RunState.RUNNING, RunState.FINALIZING, RunState.COMPLETED
 FAILED, CANCELED = RunState.FAILED, RunState.CANCELED

@@ -25,7 +25,9 @@ from scheduler.errors import ResourceExhausted
 from scheduler.fairshare import Queued, queue_order
 from scheduler.followers import Followers
 from scheduler.group_commit import GroupCommit
-from scheduler.lifecycle import InvalidTransition, RunState, Trigger
+from scheduler.core.lifecycle import InvalidTransition, RunState, Trigger
+from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger, Schedule, ScheduleTrigger
+from scheduler.core.plan import NodeMove, Plan
 from scheduler.model import Capacity, NewRun, RunSpec
 from scheduler.sessions import Session, Sessions
 from scheduler.store import Store, _spec_json, _translated
@@ -253,12 +255,13 @@ async def test_a_caller_cancelled_while_queued_still_has_its_run_committed(store
 async def test_node_writes_are_seen_by_the_next_list_of_nodes(store: Store) -> None:
     capacity = Capacity(cpus=4.0, memory_bytes=2**30, disk_bytes=0)
     assert await store.list_nodes() == []
-    node_id = await store.join_node(node_id="n1", name="one", token_sha="s", cluster="c", labels={}, capacity=capacity)
-    assert [(n.id, n.state) for n in await store.list_nodes()] == [(node_id, "Joined")]
-    await store.set_node_state(node_id, "Ready")
-    assert [n.state for n in await store.list_nodes()] == ["Ready"]
-    await store.set_node_schedule("one", "cordoned")
-    assert [n.schedule for n in await store.list_nodes()] == ["cordoned"]
+    node_id = (await store.join_node(node_id="n1", name="one", token_sha="s", cluster="c", labels={},
+                                     capacity=capacity)).id
+    assert [(n.id, n.state) for n in await store.list_nodes()] == [(node_id, NodeState.JOINING)]
+    await store.apply_plan(Plan(node_moves=(NodeMove(node_id, NodeTrigger.HELLO, NodeState.JOINING),)))
+    assert [n.state for n in await store.list_nodes()] == [NodeState.READY]
+    await store.set_node_schedule("one", ScheduleTrigger.CORDON, "by an admin")
+    assert [n.schedule for n in await store.list_nodes()] == [Schedule.CORDONED]
 
 
 def test_the_stored_spec_is_the_spec_as_its_own_json() -> None:
@@ -323,6 +326,7 @@ def dispatcher(store: Store, *nodes: Session) -> Dispatcher:
     sessions = Sessions()
     for node in nodes:
         sessions.attach(node)
+        sessions.known(NodeFacts(node.node_id, node.name, NodeState.READY, Schedule.ACTIVE), heard_at=store.clock())
     return Dispatcher(store=store, sessions=sessions, followers=Followers())
 
 

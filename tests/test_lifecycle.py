@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from scheduler.lifecycle import (
+from scheduler.core.lifecycle import (
     ACTIVE,
     TERMINAL,
     DesiredState,
@@ -91,15 +91,15 @@ def test_named_subsets() -> None:
 
 OUTCOMES = {
     "clean exit completes": (
-        dict(exit_code=0, agent_reason="", desired=DesiredState.RUN),
-        Outcome(Trigger.COMPLETE, ""),
+        dict(exit_code=0, agent_reason=None, desired=DesiredState.RUN),
+        Outcome(Trigger.COMPLETE, None),
     ),
     "nonzero exit fails with exit_code": (
-        dict(exit_code=3, agent_reason="", desired=DesiredState.RUN),
+        dict(exit_code=3, agent_reason=None, desired=DesiredState.RUN),
         Outcome(Trigger.FAIL, Reason.EXIT_CODE),
     ),
     "killed by signal fails with exit_code": (
-        dict(exit_code=-9, agent_reason="", desired=DesiredState.RUN),
+        dict(exit_code=-9, agent_reason=None, desired=DesiredState.RUN),
         Outcome(Trigger.FAIL, Reason.EXIT_CODE),
     ),
     "timeout fails with timeout": (
@@ -115,7 +115,7 @@ OUTCOMES = {
         Outcome(Trigger.FAIL, Reason.OOM_KILLED),
     ),
     "stop requested and nonzero exit cancels": (
-        dict(exit_code=-15, agent_reason="", desired=DesiredState.STOP),
+        dict(exit_code=-15, agent_reason=None, desired=DesiredState.STOP),
         Outcome(Trigger.CANCEL, Reason.CANCELED_BY_USER),
     ),
     "agent canceled cancels": (
@@ -135,8 +135,8 @@ OUTCOMES = {
         Outcome(Trigger.CANCEL, Reason.PARENT_CANCELED),
     ),
     "stop requested but the run finished cleanly completes": (
-        dict(exit_code=0, agent_reason="", desired=DesiredState.STOP),
-        Outcome(Trigger.COMPLETE, ""),
+        dict(exit_code=0, agent_reason=None, desired=DesiredState.STOP),
+        Outcome(Trigger.COMPLETE, None),
     ),
 }
 

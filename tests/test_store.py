@@ -16,7 +16,9 @@ from scheduler.auth import token_sha
 from scheduler import db
 from scheduler.db import MARKER, open_database
 from scheduler.errors import NotFound, StartupRefused
-from scheduler.lifecycle import InvalidTransition, RunState, Trigger
+from scheduler.core.lifecycle import InvalidTransition, RunState, Trigger
+from scheduler.core.nodes import InvalidNodeTransition, Schedule, ScheduleTrigger
+from scheduler.core.plan import NodeCount, Plan
 from scheduler.model import Capacity, Gpu, NewRun, RunSpec
 from scheduler.store import Store
 
@@ -295,7 +297,7 @@ async def test_rejoin_by_name_keeps_the_node_id_and_replaces_its_credential(stor
     again = await store.join_node(
         node_id="node-b", name="gpu-1", token_sha=token_sha("new"), cluster="c", labels={"zone": "2"}, capacity=CAPACITY
     )
-    assert first == again == "node-a"
+    assert first.id == again.id == "node-a"
     (joined,) = await store.list_nodes()
     assert (joined.id, joined.name, joined.labels, joined.capacity) == ("node-a", "gpu-1", {"zone": "2"}, CAPACITY)
     principals = await store.principals()
@@ -306,7 +308,7 @@ async def test_rejoin_by_name_keeps_the_node_id_and_replaces_its_credential(stor
 async def test_distinct_names_are_distinct_nodes(store: Store) -> None:
     a = await store.join_node(node_id="n1", name="one", token_sha="s1", cluster="c", labels={}, capacity=CAPACITY)
     b = await store.join_node(node_id="n2", name="two", token_sha="s2", cluster="c", labels={}, capacity=CAPACITY)
-    assert (a, b) == ("n1", "n2")
+    assert (a.id, b.id) == ("n1", "n2")
     assert [n.name for n in await store.list_nodes()] == ["one", "two"]
 
 
@@ -403,24 +405,32 @@ async def test_a_writer_cancelled_mid_transaction_does_not_wedge_the_store(store
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await store.set_node_state("nobody", "Ready")  # would fail with "cannot start a transaction within a transaction"
+        await store.set_node_capacity("nobody", CAPACITY)  # would fail with "cannot start a transaction within a transaction"
     assert len(await store.read_logs(run_id)) <= 1
 
 
 
 async def test_node_is_quarantined_after_failures_in_a_row_and_uncordon_forgives(store: Store) -> None:
-    node_id = await store.join_node(node_id="n1", name="gpu-7", token_sha="x" * 64, cluster="a100", labels={},
-                                    capacity=CAPACITY)
-    assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None
-    assert await store.count_node_failure(node_id, node_side=False, quarantine_after=3) is None  # a good run resets
-    for _ in range(2):
-        assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None
-    quarantined = await store.count_node_failure(node_id, node_side=True, quarantine_after=3)
-    assert quarantined is not None and quarantined.schedule == "quarantined"
-    (event,) = await store.events()
-    assert (event.cluster, event.node, event.kind) == ("a100", "gpu-7", "quarantine")
-    assert "3 runs in a row failed on the node's side" in event.detail and "runyard node uncordon gpu-7" in event.detail
-    assert await store.count_node_failure(node_id, node_side=True, quarantine_after=3) is None, "reported once"
+    node_id = (await store.join_node(node_id="n1", name="gpu-7", token_sha="x" * 64, cluster="a100", labels={},
+                                     capacity=CAPACITY)).id
 
-    forgiven = await store.set_node_schedule("gpu-7", "active")
-    assert (forgiven.schedule, forgiven.failures_in_row) == ("active", 0)
+    async def count(node_side: bool, quarantine: bool = False) -> None:
+        await store.apply_plan(Plan(counts=(NodeCount(node_id, node_side, quarantine, "gpu-7 quarantined: 3 runs"),)))
+
+    await count(True)
+    await count(False)   # a good run resets
+    await count(True)
+    await count(True)
+    assert (await store.get_node(node_id)).failures_in_row == 2
+    await count(True, quarantine=True)
+    node = await store.get_node(node_id)
+    assert (node.schedule, node.failures_in_row) == (Schedule.QUARANTINED, 3)
+    (event,) = await store.events()
+    assert (event.cluster, event.node, event.kind, event.detail) == ("a100", "gpu-7", "quarantine", "gpu-7 quarantined: 3 runs")
+    history = [(e.from_state, e.to_state, e.event) for e in await store.node_events(node_id)]
+    assert history == [("", "Joining", "join"), ("active", "quarantined", "quarantine")]
+
+    forgiven = await store.set_node_schedule("gpu-7", ScheduleTrigger.UNCORDON, "uncordon by an admin")
+    assert (forgiven.schedule, forgiven.failures_in_row) == (Schedule.ACTIVE, 0)
+    with pytest.raises(InvalidNodeTransition):
+        await store.set_node_schedule("gpu-7", ScheduleTrigger.UNCORDON, "again")

@@ -46,7 +46,7 @@ CREATE TABLE runs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     ended_at        REAL
-, priority INTEGER NOT NULL DEFAULT 200);
+, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '');
 CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
@@ -75,6 +75,17 @@ CREATE TABLE nodes (
     last_seen  REAL NOT NULL,
     joined_at  REAL NOT NULL
 , schedule TEXT NOT NULL DEFAULT 'active', failures_in_row INTEGER NOT NULL DEFAULT 0);
+
+CREATE TABLE node_events (
+    id         INTEGER PRIMARY KEY,
+    node_id    TEXT NOT NULL,
+    at         REAL NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state   TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX node_events_node ON node_events (node_id, id);
 
 CREATE TABLE cluster_events (
     id      INTEGER PRIMARY KEY,

@@ -60,11 +60,17 @@ class Reason(StrEnum):
     CANCELED_BY_USER = "canceled_by_user"
     PARENT_CANCELED = "parent_canceled"
     SIBLING_FAILED = "sibling_failed"
+    AGENT_ERROR = "agent_error"         # the agent failed the attempt on its own side (fetch, extract, disk)
+    CUT_OFF = "cut_off"                 # the agent stopped the attempt after hearing nothing from the head
+    AGENT_STOPPED = "agent_stopped"     # the agent was shut down under the attempt
+    STALE = "stale"                     # head -> agent: this attempt is not the run's live one; stop it
 
 
 STOP_REASONS = frozenset({Reason.CANCELED_BY_USER, Reason.PARENT_CANCELED, Reason.SIBLING_FAILED})
+# The attempt was lost with its node or agent, not failed by the run: requeued within the retry budget.
+LOST = frozenset({Reason.NODE_LOST, Reason.CUT_OFF, Reason.AGENT_STOPPED})
 # Failures that say more about the node than about the run: enough of them in a row quarantine the node.
-NODE_SIDE = frozenset({Reason.ENV_BUILD_FAILED, "agent_error"})
+NODE_SIDE = frozenset({Reason.ENV_BUILD_FAILED, Reason.AGENT_ERROR})
 
 
 class DesiredState(StrEnum):
@@ -112,10 +118,10 @@ def next_state(run_id: str, state: RunState, trigger: Trigger) -> RunState:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     trigger: Trigger
-    reason: str
+    reason: Reason | None
 
 
-def outcome(*, exit_code: int, agent_reason: str, desired: DesiredState) -> Outcome:
+def outcome(*, exit_code: int, agent_reason: Reason | None, desired: DesiredState) -> Outcome:
     """How an attempt that the agent saw end finishes the run.
 
     A run the head asked to stop is Canceled whatever its exit code, as long as the agent stopped it, with the
@@ -125,5 +131,5 @@ def outcome(*, exit_code: int, agent_reason: str, desired: DesiredState) -> Outc
     if agent_reason in STOP_REASONS or (desired is DesiredState.STOP and exit_code != 0):
         return Outcome(Trigger.CANCEL, agent_reason if agent_reason in STOP_REASONS else Reason.CANCELED_BY_USER)
     if exit_code == 0 and not agent_reason:
-        return Outcome(Trigger.COMPLETE, "")
+        return Outcome(Trigger.COMPLETE, None)
     return Outcome(Trigger.FAIL, agent_reason or Reason.EXIT_CODE)
