@@ -27,7 +27,7 @@ from scheduler.auth import Credentials, caller, new_token, token_sha
 from scheduler.convert import capacity_from_pb, outbound_to_pb, report_from_pb
 from scheduler.core.nodes import InvalidNodeTransition, NodeFacts, NodeState
 from scheduler.core.react import Hello, NodeHeard, StreamClosed
-from scheduler.errors import AlreadyExists, FailedPrecondition, HeadError, InvalidArgument, ResourceExhausted
+from scheduler.errors import AlreadyExists, DiskFull, FailedPrecondition, HeadError, InvalidArgument, ResourceExhausted
 from scheduler.followers import Followers
 from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
@@ -114,7 +114,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                 await self._read(session, request_iterator)
                 writer.cancel()
             self._disk_full_over()
-        except* ResourceExhausted as group:
+        except* DiskFull as group:
             self._warn_disk_full(node.name)
             raise group.exceptions[0] from None
         except* HeadError as group:

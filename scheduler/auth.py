@@ -13,6 +13,7 @@ Servicers read the caller with `caller()`, set by the interceptor for the durati
 from __future__ import annotations
 
 import contextvars
+import errno
 import hashlib
 import inspect
 import logging
@@ -22,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from scheduler.errors import HeadError, PermissionDenied, Unauthenticated
+from scheduler.errors import DiskFull, HeadError, PermissionDenied, Unauthenticated
 from scheduler.core.lifecycle import InvalidTransition
 from scheduler.model import Principal
 
@@ -86,6 +87,9 @@ def _token(metadata: tuple[tuple[str, Any], ...] | None) -> str:
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.warning("a write failed: the disk is full", extra={"error": str(err)})
+        err = DiskFull()
     if isinstance(err, HeadError):
         await context.abort(err.code, str(err))
     if isinstance(err, InvalidTransition):
@@ -100,7 +104,7 @@ def _wrap(behavior: Callable[..., Any], principal: Principal) -> Callable[..., A
             try:
                 async for item in behavior(request, context):
                     yield item
-            except (HeadError, InvalidTransition) as err:
+            except (HeadError, InvalidTransition, OSError) as err:
                 await _abort(context, err)
         return stream
 
@@ -108,7 +112,7 @@ def _wrap(behavior: Callable[..., Any], principal: Principal) -> Callable[..., A
         _caller.set(principal)
         try:
             return await behavior(request, context)
-        except (HeadError, InvalidTransition) as err:
+        except (HeadError, InvalidTransition, OSError) as err:
             await _abort(context, err)
     return unary
 

@@ -7,7 +7,8 @@
     ├── InvalidArgument             INVALID_ARGUMENT: a request the head will never accept as it is
     ├── FailedPrecondition          FAILED_PRECONDITION: not now (e.g. snapshot not uploaded, stale attempt)
     ├── AlreadyExists               ALREADY_EXISTS: a node name held by a live agent
-    ├── ResourceExhausted           RESOURCE_EXHAUSTED: over a size cap, or the disk is full
+    ├── ResourceExhausted           RESOURCE_EXHAUSTED: over a size cap
+    │   └── DiskFull                RESOURCE_EXHAUSTED: the head's disk is full (SQLite or a file write)
     └── StartupRefused              the head will not start on this data dir (never reaches a client)
 """
 
@@ -62,6 +63,13 @@ class ResourceExhausted(HeadError):
     """A size cap was hit or the head's disk is full."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DiskFull(ResourceExhausted):
+    """The head's disk is full."""
+
+    def __init__(self) -> None:
+        super().__init__("the head's disk is full; free space on the head and retry")
 
 
 class StartupRefused(HeadError):

@@ -8,7 +8,7 @@ Every run state change goes through `transition()`: the state machine's table ch
 `UPDATE ... WHERE state = <the state just read>`, and an appended run event, in one transaction.
 The queued runs are also kept in memory (`queued()`), changed only after the commit that changed them; the
 database stays the durable record and the mirror is rebuilt from it on open.
-Store errors are translated here: a full disk becomes `ResourceExhausted`.
+Store errors are translated here: a full disk becomes `DiskFull` (RESOURCE_EXHAUSTED).
 Must not: decide anything (that is lifecycle/placement) or know about gRPC.
 """
 
@@ -28,7 +28,7 @@ import aiosqlite
 
 from runyard.ids import new_run_id
 from scheduler import db
-from scheduler.errors import NotFound, ResourceExhausted
+from scheduler.errors import DiskFull, NotFound
 from scheduler.group_commit import Effects, GroupCommit, Work
 from scheduler.core.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
 from scheduler.core.nodes import NodeState, NodeTrigger, Schedule, ScheduleTrigger, next_node_state, next_schedule
@@ -69,7 +69,6 @@ _LIVE_INDEXED = "state IN ('Queued', 'Preparing', 'Running', 'Finalizing')"
 _LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
 LOG_CONTINUED = 1
 LOG_GAP = 2
-_DISK_FULL = "the head's disk is full; free space on the head and retry"
 T = TypeVar("T")
 
 
@@ -165,7 +164,7 @@ def _node_event(w: sqlite3.Connection, node_id: str, at: float, source: str, tar
 
 def _translated(err: BaseException) -> BaseException:
     if isinstance(err, sqlite3.OperationalError) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return ResourceExhausted(_DISK_FULL)
+        return DiskFull()
     return err
 
 
