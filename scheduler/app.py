@@ -36,7 +36,7 @@ from scheduler.clock import Clock, SystemClock
 from scheduler.core.heartbeats import Timers
 from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger
 from scheduler.core.plan import NodeMove, Plan
-from scheduler.core.react import Policy
+from scheduler.core.react import NodeLeft, Policy
 from scheduler.reactor import Reactor
 from scheduler.providers import CommandProvider, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
@@ -124,6 +124,13 @@ async def recover_nodes(store: Store, sessions: Sessions) -> None:
         sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row), heard)
 
 
+async def node_left(store: Store, reactor: Reactor, name: str) -> None:
+    """The autoscaler stopped a node: it is Left, not a node that went silent."""
+    node = next((n for n in await store.list_nodes() if n.name == name), None)
+    if node is not None:
+        await reactor.handle(NodeLeft(node.id, f"the autoscaler stopped {name}"))
+
+
 async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
     data = config.data_path
     clock = clock or SystemClock()
@@ -173,7 +180,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
         if providers:
             autoscaler = Autoscaler(policies=policies, providers=providers, clock=store.clock,
                                     observe=lambda: observe(store, sessions, dispatcher),
-                                    record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail))
+                                    record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail),
+                                    left=lambda name: node_left(store, reactor, name))
             dispatcher.starting, dispatcher.on_demand = autoscaler.starting, autoscaler.wake
         log.info("head ready", extra={"address": address, "data_dir": str(data), "cluster_id": store.cluster_id})
         stop = asyncio.Event()

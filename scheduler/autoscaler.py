@@ -63,9 +63,10 @@ class _Tracked:
 class Autoscaler:
     def __init__(self, *, policies: Mapping[str, ClusterPolicy], providers: Mapping[str, NodeProvider],
                  clock: Callable[[], float], observe: Callable[[], Awaitable[Observation]],
-                 record: Callable[[str, str, str], Awaitable[None]]) -> None:
+                 record: Callable[[str, str, str], Awaitable[None]],
+                 left: Callable[[str], Awaitable[None]] | None = None) -> None:
         """`providers` by cluster (one may serve several); `observe()` tells what the head knows now;
-        `record(cluster, node or '', detail)` writes one event."""
+        `record(cluster, node or '', detail)` writes one event; `left(node)` is told of a node it stopped."""
         self._policies = {name: p for name, p in policies.items() if p.max_nodes > 0}
         missing = sorted(set(self._policies) - set(providers))
         if missing:
@@ -74,6 +75,7 @@ class Autoscaler:
         self._clock = clock
         self._observe = observe
         self._record = record
+        self._left = left
         self._tracked: dict[str, _Tracked] = {}
         self._idle_since: dict[str, float] = {}
         self._launched: dict[str, int] = {}     # cluster -> launches answered (keys continue from here)
@@ -191,6 +193,8 @@ class Autoscaler:
             await self._note(Event(stop.cluster, stop.name, f"could not stop {stop.name}: {result.message}", standing=True))
             return False
         self._forget(stop.name)
+        if self._left is not None:
+            await self._left(stop.name)
         return True
 
     def _forget(self, name: str) -> None:

@@ -16,7 +16,7 @@ from scheduler.core import gangs
 from scheduler.core.lifecycle import Trigger
 from scheduler.core.plan import Plan
 from scheduler.core.react import (
-    Cancel, Event, Hello, NodeDown, NodeHeard, NodeSilent, Policy, Report, StreamClosed, World, react,
+    Cancel, Event, Hello, NodeDown, NodeHeard, NodeLeft, NodeSilent, Policy, Report, StreamClosed, World, react,
 )
 from scheduler.errors import NotFound
 from scheduler.followers import Followers
@@ -68,7 +68,7 @@ class Reactor:
             case Hello(node_id=node_id, attempts=attempts):
                 await self._gather(runs, [r.id for r in await self._store.live_runs_on(node_id)])
                 await self._gather(runs, [run_id for run_id, _ in attempts])
-            case NodeDown(node_id=node_id):
+            case NodeDown(node_id=node_id) | NodeLeft(node_id=node_id):
                 await self._gather(runs, [r.id for r in await self._store.live_runs_on(node_id)])
             case NodeSilent(node_id=node_id) | NodeHeard(node_id=node_id) | StreamClosed(node_id=node_id):
                 pass

@@ -5,12 +5,12 @@ on it. Only a node that is Ready, heard from within its heartbeat window and `ac
 
     state trigger   from                                    to
     join            Joining, Disconnected, Down, Left       Joining        (enrolled or re-enrolled by name)
-    hello           Joining, Ready, Disconnected, Down      Ready          (a Connect stream said Hello)
+    hello           any                                     Ready          (a Connect stream said Hello)
     heard           Disconnected                            Ready          (silent for a while, then heard again)
     silent          Ready                                   Disconnected   (nothing heard for `disconnected_after_s`)
     closed          Joining, Ready                          Disconnected   (its stream ended)
     down            Disconnected                            Down           (silent for `down_after_s`: runs lost)
-    leave           Joining, Ready, Disconnected, Down      Left           (removed from the cluster)
+    leave           Joining, Ready, Disconnected, Down      Left           (the autoscaler stopped it)
 
 A Join for the name of a node that is Ready is refused (one name, one live agent); Down is left only by a Hello,
 never by a heartbeat on a stream the head had already given up: that stream is closed and the agent reconnects.
@@ -65,7 +65,7 @@ _ALL_BUT_LEFT = frozenset(NodeState) - {NodeState.LEFT}
 STATE_TABLE: dict[NodeTrigger, tuple[frozenset[NodeState], NodeState]] = {
     NodeTrigger.JOIN: (frozenset({NodeState.JOINING, NodeState.DISCONNECTED, NodeState.DOWN, NodeState.LEFT}),
                        NodeState.JOINING),
-    NodeTrigger.HELLO: (_ALL_BUT_LEFT, NodeState.READY),
+    NodeTrigger.HELLO: (frozenset(NodeState), NodeState.READY),
     NodeTrigger.HEARD: (frozenset({NodeState.DISCONNECTED}), NodeState.READY),
     NodeTrigger.SILENT: (frozenset({NodeState.READY}), NodeState.DISCONNECTED),
     NodeTrigger.CLOSED: (frozenset({NodeState.JOINING, NodeState.READY}), NodeState.DISCONNECTED),

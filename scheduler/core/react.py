@@ -12,6 +12,7 @@
     NodeHeard      heard again before the Down timer               node Ready again
     NodeDown       nothing heard for the Down timer                node Down; each live attempt lost once
     StreamClosed   the agent's stream ended                        node Disconnected
+    NodeLeft       the autoscaler stopped the node                 node Left; each live attempt lost once
 
 Losing an attempt (`lose`) is the one place that chooses between requeue (attempt N+1, within the run's retry
 budget) and `Failed`/`node_lost`; a child of a multi-node run is never requeued alone: its gang is.
@@ -98,7 +99,13 @@ class StreamClosed:
     node_id: str
 
 
-Event = Report | Hello | Cancel | NodeSilent | NodeHeard | NodeDown | StreamClosed
+@dataclass(frozen=True, slots=True)
+class NodeLeft:
+    node_id: str
+    detail: str = ""
+
+
+Event = Report | Hello | Cancel | NodeSilent | NodeHeard | NodeDown | StreamClosed | NodeLeft
 
 
 # --- the state a reaction reads ------------------------------------------------------------------------------
@@ -166,6 +173,8 @@ def react(world: World, event: Event) -> Plan:
             return _node_move(world, event.node_id, NodeTrigger.CLOSED, "its stream ended")
         case NodeDown():
             return on_node_down(world, event)
+        case NodeLeft():
+            return on_node_left(world, event)
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -357,6 +366,18 @@ def on_node_down(world: World, ev: NodeDown) -> Plan:
     if node.state is NodeState.READY:
         steps.append(lambda w: _node_move(w, node.id, NodeTrigger.SILENT, "nothing heard within the heartbeat window"))
     steps.append(lambda w: _node_move(w, node.id, NodeTrigger.DOWN, detail))
+    for run in sorted(world.runs.values(), key=lambda r: r.id):
+        if run.node_id == node.id and run.state in ACTIVE:
+            steps.append(lambda w, run_id=run.id: lose(w, w.runs[run_id], detail=detail))
+    return fold(world, steps)
+
+
+def on_node_left(world: World, ev: NodeLeft) -> Plan:
+    node = world.nodes.get(ev.node_id)
+    if node is None or node.state is NodeState.LEFT:
+        return Plan()
+    detail = ev.detail or f"node {node.name} left the cluster"
+    steps: list[Callable[[World], Plan]] = [lambda w: _node_move(w, node.id, NodeTrigger.LEAVE, detail)]
     for run in sorted(world.runs.values(), key=lambda r: r.id):
         if run.node_id == node.id and run.state in ACTIVE:
             steps.append(lambda w, run_id=run.id: lose(w, w.runs[run_id], detail=detail))
