@@ -318,7 +318,9 @@ class RunyardService(pb_grpc.RunyardServicer):
         facts = self._sessions.facts(node.id)
         state = facts.state if facts is not None else node.state
         allocated = (sum(r.spec.cpus for r in mine), sum(r.spec.memory_bytes for r in mine), sum(r.spec.gpus for r in mine))
-        return node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine], events=events)
+        shown = node_to_pb(node, state=state, allocated=allocated, running=[r.id for r in mine], events=events)
+        shown.last_seen = self._sessions.last_heard().get(node.id, node.last_seen)
+        return shown
 
     async def SetNodeSchedule(self, request: pb.NodeScheduleRequest, context: grpc.aio.ServicerContext) -> pb.Node:
         if caller().role != "admin":
