@@ -280,7 +280,8 @@ def lose(world: World, run: RunRecord, *, detail: str, cause: Reason = Reason.NO
                      agent_error_node=failed_here)
     if run.desired_state is DesiredState.STOP:     # it was being stopped anyway: that stop is its end
         stopped = Reason.CANCELED_BY_USER
-        if parent is not None:
+        # Only a gang stops its members; a run merely submitted under another one was stopped by its user.
+        if parent is not None and gangs.is_gang_parent(parent):
             stopped = Reason.PARENT_CANCELED if parent.desired_state is DesiredState.STOP else Reason.SIBLING_FAILED
         return _then_gang(world, Plan(moves=(Move(run.id, Trigger.CANCEL, run.state, run.attempt, detail=detail,
                                                   reason=stopped, at=world.now),)))
