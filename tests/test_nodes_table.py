@@ -32,6 +32,7 @@ STATE_ALLOWED: dict[tuple[NodeState, NodeTrigger], NodeState] = {
     (R, NodeTrigger.HELLO): R,
     (DC, NodeTrigger.HELLO): R,
     (DN, NodeTrigger.HELLO): R,
+    (L, NodeTrigger.HELLO): R,
     (DC, NodeTrigger.HEARD): R,
     (R, NodeTrigger.SILENT): DC,
     (J, NodeTrigger.CLOSED): DC,

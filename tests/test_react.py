@@ -17,7 +17,7 @@ from scheduler.core.lifecycle import DesiredState, Reason, RunState, Trigger
 from scheduler.core.nodes import InvalidNodeTransition, NodeFacts, NodeState, NodeTrigger, Schedule
 from scheduler.core.plan import Expect, Fence, Move, NodeCount, NodeMove, Plan, StopRun
 from scheduler.core.react import (
-    Cancel, Event, Hello, NodeDown, NodeHeard, NodeSilent, Phase, Policy, Report, StreamClosed, World, react,
+    Cancel, Event, Hello, NodeDown, NodeHeard, NodeLeft, NodeSilent, Phase, Policy, Report, StreamClosed, World, react,
 )
 from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord, RunSpec
 
@@ -468,9 +468,9 @@ def test_hello(before: World, event: Event, plan: Plan, expected: tuple[Expect, 
     check(before, event, plan, expected)
 
 
-def test_hello_from_a_node_that_left_is_refused_by_the_table() -> None:
-    with pytest.raises(InvalidNodeTransition):
-        react(world(nodes=[node(state=LEFT)]), hello())
+def test_an_agent_restarted_on_a_node_that_left_is_ready_again() -> None:
+    plan = react(world(nodes=[node(state=LEFT)]), hello())
+    assert plan.node_moves == (NodeMove("n1", NodeTrigger.HELLO, LEFT, "connected"),)
 
 
 # --- silence, loss, closed streams ---------------------------------------------------------------------------
@@ -525,6 +525,17 @@ NODE_DOWN = [
         expects(c0=FAILED, c1=R)),
 ]
 
+LEFT_DETAIL = "the autoscaler stopped gpu-1"
+NODE_LEFT = [
+    row(f"left-from-{state.lower()}-its-run-requeued", world(run(), nodes=[node(state=state)]),
+        NodeLeft("n1", LEFT_DETAIL),
+        node_moves(NodeMove("n1", NodeTrigger.LEAVE, state, LEFT_DETAIL), moves=(requeue("r1", R, LEFT_DETAIL),)))
+    for state in (JOINING, READY, DISCONNECTED, DOWN)
+] + [
+    row("left-again-nothing", world(run(), nodes=[node(state=LEFT)]), NodeLeft("n1"), NOTHING),
+    row("left-unknown-node-nothing", world(run(), nodes=[node("n2")]), NodeLeft("n1"), NOTHING),
+]
+
 HEARD, CLOSED = "heard again", "its stream ended"
 QUIET = "nothing heard within the heartbeat window"
 
@@ -543,7 +554,7 @@ NODE_SIGNALS = [
 ]
 
 
-@pytest.mark.parametrize(("before", "event", "plan", "expected"), NODE_DOWN + NODE_SIGNALS)
+@pytest.mark.parametrize(("before", "event", "plan", "expected"), NODE_DOWN + NODE_LEFT + NODE_SIGNALS)
 def test_node_events(before: World, event: Event, plan: Plan, expected: tuple[Expect, ...]) -> None:
     check(before, event, plan, expected)
 
