@@ -212,7 +212,8 @@ def on_report(world: World, ev: Report) -> Plan:
         case Phase.FINALIZING:
             if run.state not in TABLE[Trigger.FINALIZE].sources:
                 return Plan()
-            return Plan(moves=(Move(run.id, Trigger.FINALIZE, run.state, run.attempt, detail=ev.detail),))
+            return _then_gang(world, Plan(moves=(Move(run.id, Trigger.FINALIZE, run.state, run.attempt,
+                                                      detail=ev.detail),)))
     return _on_exited(world, run, ev)
 
 
