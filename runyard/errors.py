@@ -3,7 +3,8 @@
     RunyardError                    root; `str(err)` is the one line a user sees
     ├── UsageError                  a mistake of the user's: bad flag, bad job file, unreadable directory
     │   ├── JobFileError            job file invalid; carries the YAML path of the fault
-    │   └── SnapshotTooLarge        the directory is over the snapshot size limit
+    │   ├── SnapshotTooLarge        the directory is over the snapshot size limit
+    │   └── SnapshotTooDeep         a file of the directory lies deeper than the snapshot depth limit
     ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry
     ├── ConfigError                 no head address or token configured
     └── HeadError                   the head refused or failed a call; carries the gRPC status code name
@@ -55,6 +56,20 @@ class SnapshotTooLarge(UsageError):
         super().__init__(
             f"{directory} is {size_bytes / 1e6:.1f} MB, over the snapshot limit of {limit_bytes / 1e6:.0f} MB; "
             f"list large files in .runyardignore (largest: {biggest})"
+        )
+
+
+class SnapshotTooDeep(UsageError):
+    """A file of the directory to snapshot lies more path components down than the limit."""
+
+    def __init__(self, directory: str, entry: str, depth: int, limit: int) -> None:
+        self.directory = directory
+        self.entry = entry
+        self.depth = depth
+        self.limit = limit
+        super().__init__(
+            f"{directory}: {entry!r} is {depth} path components deep, over the snapshot limit of {limit}; "
+            "move it up or list it in .runyardignore"
         )
 
 
