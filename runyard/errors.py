@@ -7,6 +7,7 @@
     │   └── SnapshotTooDeep         a file of the directory lies deeper than the snapshot depth limit
     ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry
     ├── ConfigError                 no head address or token configured
+    ├── DataDirInUse                another process holds the data directory; carries its PID
     └── HeadError                   the head refused or failed a call; carries the gRPC status code name
         ├── AuthenticationFailed    UNAUTHENTICATED
         ├── NotFound                NOT_FOUND
@@ -84,6 +85,19 @@ class SnapshotInvalid(RunyardError):
 
 class ConfigError(RunyardError):
     """Runyard is not configured to reach a head."""
+
+
+class DataDirInUse(RunyardError):
+    """Another process holds the lock of this data directory."""
+
+    def __init__(self, directory: str, pid: int | None) -> None:
+        self.directory = directory
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"data directory {directory} is in use by {holder} (it holds {directory}/runyard.lock); "
+            "stop it first, or choose another data directory"
+        )
 
 
 class HeadError(RunyardError):
