@@ -242,7 +242,8 @@ def main() -> None:
             # Interleaved, so that drift of a shared machine hits ours and the peer alike. Every submit phase gets
             # a fresh head: with no agents the queue only grows, and its depth may change the figure (see queue_depth).
             for shape, clients, calls in shapes:
-                cluster = Cluster.start(root / f"r{rep}-{shape}", agents=0)
+                # `default` named in head.toml: with no node joined yet, a run for it is queued, not refused.
+                cluster = Cluster.start(root / f"r{rep}-{shape}", agents=0, head_settings={"clusters": {"default": {}}})
                 head_pid = cluster.head.proc.pid  # type: ignore[union-attr]
                 plan.apply("head", head_pid)
                 token = cluster.head.token

@@ -5,6 +5,10 @@
 config so that `runyard submit` just works, and waits for the first agents to connect. The queue then grows and
 shrinks the cluster. Ctrl-C (or SIGTERM) stops the head, which stops its agents first so that their runs end and
 are reported. The daemons log to files under the data dir.
+
+`up` holds its data directory for its whole life (`datadir.DataDirLock`), and its head holds the `head`
+subdirectory: a second `up` on a directory in use, or on one whose head is still running, is refused before it
+writes a file (head.toml, the client config) and names the process that holds it.
 Must not: import the daemons' packages; they are started as processes.
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from runyard.config import ClientConfig, write_client_config
+from runyard.datadir import DataDirLock
 from runyard.errors import RunyardError
 
 START_TIMEOUT_S = 30.0
@@ -43,14 +48,31 @@ def default_data_dir() -> Path:
     return Path(base) / "runyard" / "local"
 
 
-def _wait_for(what: str, ready: Callable[[], bool], procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
+@dataclass(frozen=True, slots=True)
+class _Head:
+    proc: subprocess.Popen[bytes]
+    log: Path                           # shared with earlier heads of this data dir
+    log_from: int                       # where this head's lines begin in it
+
+    def exited(self) -> str:
+        """The head exited: its code and the last line it wrote (usually why), for a one-line message."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(self.log_from, f.seek(0, os.SEEK_END) - 4096))
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            lines = []
+        last = f": {lines[-1].strip()}" if lines else ""
+        return f"the head exited with code {self.proc.returncode}{last} (log: {self.log})"
+
+
+def _wait_for(what: str, ready: Callable[[], bool], head: _Head) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ready():
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RunyardError(f"{what}: a process exited with code {proc.returncode}; see the logs in {logs}")
+        if head.proc.poll() is not None:
+            raise RunyardError(f"{what}: {head.exited()}")
         if time.monotonic() > deadline:
-            raise RunyardError(f"{what} did not happen within {START_TIMEOUT_S:.0f}s; see the logs in {logs}")
+            raise RunyardError(f"{what} did not happen within {START_TIMEOUT_S:.0f}s; see the logs in {head.log.parent}")
         time.sleep(0.05)
 
 
@@ -78,8 +100,15 @@ def _daemon_env() -> dict[str, str]:
 
 
 def run_local_cluster(cluster: LocalCluster, *, say: Callable[[str], None], nodes_ready: Callable[[ClientConfig], int]) -> int:
-    """Run until interrupted; returns the exit code for `runyard up`."""
+    """Run until interrupted; returns the exit code for `runyard up`. `DataDirInUse` before anything is written if
+    another `up` holds the data directory, or a head started by an earlier one is still running on it."""
     head_dir = cluster.data_dir / "head"
+    with DataDirLock.take(cluster.data_dir, also_free=[head_dir]):
+        return _run(cluster, head_dir, say=say, nodes_ready=nodes_ready)
+
+
+def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
+         nodes_ready: Callable[[ClientConfig], int]) -> int:
     head_dir.mkdir(parents=True, exist_ok=True)
     ready_file = head_dir / "ready.json"
     ready_file.unlink(missing_ok=True)
@@ -93,27 +122,28 @@ def run_local_cluster(cluster: LocalCluster, *, say: Callable[[str], None], node
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        head_log = open(cluster.data_dir / "head.log", "ab")
-        head = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "--config", str(_head_config(cluster, head_dir)), "--data-dir",
-             str(head_dir), "--listen", f"127.0.0.1:{cluster.port}", "--ready-file", str(ready_file)],
-            stdout=head_log, stderr=head_log, env=_daemon_env(), start_new_session=True,
-        )
-        procs.append(head)
-        _wait_for("head start", ready_file.exists, procs, cluster.data_dir)
+        with open(cluster.data_dir / "head.log", "ab") as log:
+            log_from = log.tell()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scheduler", "--config", str(_head_config(cluster, head_dir)), "--data-dir",
+                 str(head_dir), "--listen", f"127.0.0.1:{cluster.port}", "--ready-file", str(ready_file)],
+                stdout=log, stderr=log, env=_daemon_env(), start_new_session=True,
+            )
+        procs.append(proc)
+        head = _Head(proc, cluster.data_dir / "head.log", log_from)
+        _wait_for("head start", ready_file.exists, head)
         address = json.loads(ready_file.read_text())["address"]
         token = (head_dir / "admin.token").read_text().strip()
         config = ClientConfig(address, token)
         config_file = write_client_config(config)
         say(f"head listening on {address} (data in {cluster.data_dir}); client config written to {config_file}")
-        _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, procs, cluster.data_dir)
+        _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
         say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")
         say("press Ctrl-C to stop")
-        while all(p.poll() is None for p in procs):
+        while proc.poll() is None:
             time.sleep(0.2)
-        dead = next(p for p in procs if p.poll() is not None)
-        say(f"a cluster process exited with code {dead.returncode}; stopping (logs in {cluster.data_dir})")
+        say(f"stopping: {head.exited()}")
         return 1
     except KeyboardInterrupt:
         say("stopping the cluster")

@@ -3,9 +3,11 @@
     RunyardError                    root; `str(err)` is the one line a user sees
     ├── UsageError                  a mistake of the user's: bad flag, bad job file, unreadable directory
     │   ├── JobFileError            job file invalid; carries the YAML path of the fault
-    │   └── SnapshotTooLarge        the directory is over the snapshot size limit
+    │   ├── SnapshotTooLarge        the directory is over the snapshot size limit
+    │   └── SnapshotTooDeep         a file of the directory lies deeper than the snapshot depth limit
     ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry
     ├── ConfigError                 no head address or token configured
+    ├── DataDirInUse                another process holds the data directory; carries its PID
     └── HeadError                   the head refused or failed a call; carries the gRPC status code name
         ├── AuthenticationFailed    UNAUTHENTICATED
         ├── NotFound                NOT_FOUND
@@ -58,6 +60,20 @@ class SnapshotTooLarge(UsageError):
         )
 
 
+class SnapshotTooDeep(UsageError):
+    """A file of the directory to snapshot lies more path components down than the limit."""
+
+    def __init__(self, directory: str, entry: str, depth: int, limit: int) -> None:
+        self.directory = directory
+        self.entry = entry
+        self.depth = depth
+        self.limit = limit
+        super().__init__(
+            f"{directory}: {entry!r} is {depth} path components deep, over the snapshot limit of {limit}; "
+            "move it up or list it in .runyardignore"
+        )
+
+
 class SnapshotInvalid(RunyardError):
     """An archive entry that must not be extracted."""
 
@@ -69,6 +85,19 @@ class SnapshotInvalid(RunyardError):
 
 class ConfigError(RunyardError):
     """Runyard is not configured to reach a head."""
+
+
+class DataDirInUse(RunyardError):
+    """Another process holds the lock of this data directory."""
+
+    def __init__(self, directory: str, pid: int | None) -> None:
+        self.directory = directory
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"data directory {directory} is in use by {holder} (it holds {directory}/runyard.lock); "
+            "stop it first, or choose another data directory"
+        )
 
 
 class HeadError(RunyardError):

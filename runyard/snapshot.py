@@ -29,9 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pathspec
 
-from runyard.errors import SnapshotInvalid, SnapshotTooLarge, UsageError
+from runyard.errors import SnapshotInvalid, SnapshotTooDeep, SnapshotTooLarge, UsageError
 
 IGNORE_FILES = (".runyardignore", ".amlignore", ".gitignore")
+# Path components per entry: deeper trees are refused when built and when checked, so that extraction (one
+# directory fd per component) and the run's working paths stay bounded.
+MAX_DEPTH = 64
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK_BYTES = 1 << 20
 _GIT_TIMEOUT_S = 5.0
@@ -63,7 +66,8 @@ class _Member:
 
 
 def create_snapshot(directory: Path, dest_dir: Path, *, max_bytes: int = 300_000_000) -> Snapshot:
-    """Zip `directory` into a new file in `dest_dir`; raise `SnapshotTooLarge` before writing if over `max_bytes`."""
+    """Zip `directory` into a new file in `dest_dir`; raise `SnapshotTooLarge` before writing if over `max_bytes`,
+    `SnapshotTooDeep` if a file lies more than `MAX_DEPTH` path components down."""
     directory = Path(directory)
     if not directory.exists():
         raise UsageError(f"{directory} does not exist; pass the directory holding your code")
@@ -115,6 +119,8 @@ def _collect(root: Path, spec: pathspec.GitIgnoreSpec | None) -> list[_Member]:
             elif spec is None or not spec.match_file(rel):
                 member = _member(entry, rel)
                 if member is not None:
+                    if rel.count("/") + 1 > MAX_DEPTH:
+                        raise SnapshotTooDeep(str(root), rel, rel.count("/") + 1, MAX_DEPTH)
                     members.append(member)
     members.sort(key=lambda m: m.name)
     return members
@@ -126,6 +132,8 @@ def _scan(directory: Path) -> list[os.DirEntry[str]]:
             return list(entries)
     except PermissionError as exc:
         raise UsageError(f"cannot read {directory}: permission denied; list it in .runyardignore") from exc
+    except OSError as exc:  # e.g. a path longer than the system allows, or a directory removed while we walk
+        raise UsageError(f"cannot read {directory}: {exc.strerror}; list it in .runyardignore") from exc
 
 
 def _member(entry: os.DirEntry[str], rel: str) -> _Member | None:
@@ -287,6 +295,8 @@ def _entry_parts(info: zipfile.ZipInfo) -> list[str]:
     parts = [p for p in posix.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise SnapshotInvalid(name, "path leaves the snapshot directory ('..')")
+    if len(parts) > MAX_DEPTH:
+        raise SnapshotInvalid(name, f"path is {len(parts)} components deep, over the limit of {MAX_DEPTH}")
     if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         raise SnapshotInvalid(name, "path component longer than 255 bytes")
     kind = stat.S_IFMT(info.external_attr >> 16)

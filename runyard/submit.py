@@ -1,6 +1,7 @@
 """`runyard submit`: snapshot the directory, upload it unless the head has it, queue the run, follow it.
 
 Following streams the run's output as it was written and ends with the run's exit code, like `sbatch -W`.
+While the run waits in the queue, the reason it waits is printed to stderr each time it changes (`QueueWatch`).
 Ctrl-C while following detaches: the run goes on.
 """
 
@@ -10,19 +11,25 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from protos import runyard_pb2 as pb
 from runyard import render, vocabulary
 from runyard.client import Client
+from runyard.errors import RunyardError
 from runyard.jobfile import RunRequest
 from runyard.snapshot import create_snapshot, git_properties
 
 SNAPSHOT_MAX_BYTES = int(os.environ.get("RUNYARD_SNAPSHOT_MAX_BYTES", 300_000_000))
 PROGRESS_FROM_BYTES = 5 * 1024 * 1024
+# A run that starts at once has printed its first line before this; only a run still silent then costs a GetRun.
+QUEUE_FIRST_LOOK_S = 1.0
+QUEUE_LOOK_MAX_S = 5.0     # looks are spaced out up to this while the reason stays the same
 
 
 def _upload(client: Client, path: Path, sha256: str, size: int) -> None:
@@ -71,16 +78,80 @@ def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool
         if not quiet:
             say(f"follow it with: runyard logs -f {reply.run_id}")
         return 0
-    return follow(client, reply.run_id, say=say)
+    return follow(client, reply.run_id, say=say, watch_queue=not quiet)
 
 
-def follow(client: Client, run_id: str, *, say: Callable[[str], None]) -> int:
+class RunLookup(Protocol):
+    """What `QueueWatch` needs of the client."""
+
+    def get_run(self, run_id: str) -> pb.Run: ...
+
+
+class QueueWatch:
+    """Says why a followed run is still queued, once per reason, until it leaves the queue or `stop()`.
+
+    The log stream has no room for the pending reason, so a thread asks `GetRun`: first after
+    QUEUE_FIRST_LOOK_S (a run that starts at once is never asked about), then at growing intervals up to
+    QUEUE_LOOK_MAX_S while the reason stays the same. It ends when the run is no longer Queued, on `stop()`
+    (the first log line, the end of the stream, Ctrl-C), or on an error of the head, which the log stream
+    reports itself. `stop()` returns only once the thread printed its last line.
+    """
+
+    def __init__(self, client: RunLookup, run_id: str, say: Callable[[str], None], *,
+                 first_look_s: float = QUEUE_FIRST_LOOK_S, max_look_s: float = QUEUE_LOOK_MAX_S) -> None:
+        self._client, self._run_id, self._say = client, run_id, say
+        self._first_look_s, self._max_look_s = first_look_s, max_look_s
+        self._stopped = threading.Event()
+        self._printing = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name=f"queue-watch-{run_id}", daemon=True)
+
+    def start(self) -> QueueWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """No line is printed after this returns; the thread ends after its current GetRun, if any."""
+        if not self._stopped.is_set():
+            with self._printing:
+                self._stopped.set()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _watch(self) -> None:
+        shown, wait_s = "", self._first_look_s
+        while not self._stopped.wait(wait_s):
+            try:
+                run = self._client.get_run(self._run_id)
+            except RunyardError:
+                return  # the log stream meets the same failure and reports it
+            if run.state != pb.RUN_STATE_QUEUED:
+                return
+            reason = run.pending_reason
+            if not reason or reason == shown:
+                wait_s = min(self._max_look_s, wait_s * 1.5)
+                continue
+            with self._printing:
+                if self._stopped.is_set():
+                    return
+                self._say(f"queued: {reason}")
+            shown, wait_s = reason, self._first_look_s
+
+
+def follow(client: Client, run_id: str, *, say: Callable[[str], None], watch_queue: bool = True) -> int:
+    watch = QueueWatch(client, run_id, say).start() if watch_queue else None
     try:
         for line in client.logs(run_id, follow=True):
+            if watch is not None:
+                watch.stop()
             render.write_log(line)
     except KeyboardInterrupt:
         say(f"detached; run {run_id} goes on. Follow it again with: runyard logs -f {run_id}")
         return 130
+    finally:
+        if watch is not None:
+            watch.stop()
+            watch.join()
     run = client.get_run(run_id)
     if run.state == pb.RUN_STATE_COMPLETED:
         say(f"run {run_id} completed")

@@ -1,6 +1,7 @@
 """`runyard-head`: the head daemon. Picks the implementations, wires the parts, runs them in one TaskGroup.
 
-Start-up: load config, open the database (refusing a lost one), make sure the admin and join tokens exist,
+Start-up: load config, lock the data directory (refusing one another process holds, before writing anything),
+open the database (refusing a lost one), make sure the admin and join tokens exist,
 serve gRPC, then write the ready file. SIGTERM/SIGINT stop it gracefully; a background task that dies takes
 the daemon down so that systemd restarts it.
 """
@@ -21,6 +22,7 @@ import uvloop
 
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import logsetup
+from runyard.datadir import DataDirLock
 from runyard.errors import RunyardError, UsageError
 from scheduler.agent_api import NodeAgentService
 from scheduler.artifacts import ArtifactStore
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_head_config(args.config, data_dir=args.data_dir, listen=args.listen, ready_file=args.ready_file)
         logsetup.configure(config.log_level, name="scheduler")
-        uvloop.run(serve(config))
+        with DataDirLock.take(config.data_path):  # held until the process ends: one head per data directory
+            uvloop.run(serve(config))
     except (RunyardError, HeadError) as err:
         print(f"runyard-head: {err}", file=sys.stderr)
         sys.exit(2)

@@ -188,14 +188,23 @@ class RunyardService(pb_grpc.RunyardServicer):
         return True
 
     async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
-        """Refuse a run that no node of its cluster could ever hold, counting the nodes the autoscaler may add;
-        with no node known yet, let it queue."""
+        """Refuse a run for a cluster that does not exist (no node of it ever joined, whatever its state now, and no
+        `[clusters.NAME]` in head.toml), or that no node of its cluster could ever hold, counting the nodes the
+        autoscaler may add; with no node of a configured cluster known yet, let it queue."""
+        known = await self._store.list_nodes()
+        configured = set(self._policies) | set(self._config.clusters)
+        if spec.compute not in configured and not any(n.cluster == spec.compute for n in known):
+            clusters = sorted({n.cluster for n in known} | configured)
+            raise FailedPrecondition(
+                f"no cluster {spec.compute!r}: no node has joined it and head.toml configures no autoscaler for it "
+                f"(clusters: {', '.join(clusters) or 'none yet; start an agent, or add [clusters.NAME] to head.toml'})"
+            )
         nodes = [
             NodeView(id=n.id, name=n.name, cluster=n.cluster, cpus_free=n.capacity.cpus, memory_free=n.capacity.memory_bytes,
                      gpus_free=tuple(g.index for g in n.capacity.gpus), cpus_total=n.capacity.cpus,
                      memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus), labels=n.labels,
                      gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in n.capacity.gpus))
-            for n in await self._store.list_nodes() if n.cluster == spec.compute and n.state is not NodeState.DOWN
+            for n in known if n.cluster == spec.compute and n.state is not NodeState.DOWN
         ]
         policy = self._policies.get(spec.compute)
         if policy is not None and policy.node_cpus and policy.max_nodes > len(nodes):

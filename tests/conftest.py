@@ -10,8 +10,9 @@ from tests.harness import Cluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A head and two agents shared by the tests of one module."""
-    found = Cluster.start(tmp_path_factory.mktemp("cluster"), agents=2)
+    """A head and two agents shared by the tests of one module, and a cluster `gpu-pool` that head.toml names but
+    no node has joined (a run for it queues)."""
+    found = Cluster.start(tmp_path_factory.mktemp("cluster"), agents=2, head_settings={"clusters": {"gpu-pool": {}}})
     yield found
     found.stop()
 

@@ -71,6 +71,7 @@ HOSTILE = {
     "dotdot": [("ok.py", b"print(1)"), ("../evil", b"owned")],
     "absolute": [("ok.py", b"print(1)"), ("/tmp/runyard-evil-absolute", b"owned")],
     "symlink": [("ok.py", b"print(1)"), (_link("link", "/etc/passwd"), b"/etc/passwd")],
+    "too deep": [("ok.py", b"print(1)"), ("d/" * 64 + "deep.py", b"print(2)")],
 }
 
 
@@ -80,8 +81,10 @@ def test_hostile_snapshot_is_refused_on_upload(cluster: Cluster, tmp_path: Path,
     archive.write_bytes(_zip(HOSTILE[case]))  # type: ignore[arg-type]
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     with Client(ClientConfig(cluster.head.address, cluster.head.token)) as client:
-        with pytest.raises(InvalidArgument, match="rejected"):
+        with pytest.raises(InvalidArgument, match="rejected") as caught:
             client.upload_snapshot(archive, sha)
+        bad = HOSTILE[case][-1][0]
+        assert (bad.filename if isinstance(bad, zipfile.ZipInfo) else bad) in str(caught.value)
         assert not client.has_snapshot(sha)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,18 @@ def test_up_writes_the_config_runs_work_and_ctrl_c_stops_everything(tmp_path: Pa
         up.communicate(timeout=60)
     assert up.returncode == 0
     wait_until("head and agents to exit", lambda: not _cluster_processes(data_dir), timeout_s=10)
+
+
+def test_up_says_why_its_head_could_not_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env["RUNYARD_CONFIG"] = str(tmp_path / "config.toml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "runyard", "up", "--agents", "1", "--port", str(port),
+                                 "--data", str(tmp_path / "local")], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the head exited with code" in lines[0] and f"127.0.0.1:{port}" in lines[0], lines
+    assert not (tmp_path / "config.toml").exists()

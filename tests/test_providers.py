@@ -38,9 +38,10 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN if config.get("ignore_term") else o
 print("stand-in up", config["name"], flush=True)
 with open(data / "pids", "a") as f:
     f.write(f"{os.getpid()}\\n")
-(data / "started.json").write_text(json.dumps({
+(data / "started.tmp").write_text(json.dumps({
     "pid": os.getpid(), "sid": os.getsid(0), "runyard_env": sorted(k for k in os.environ if k.startswith("RUNYARD_")),
 }))
+os.replace(data / "started.tmp", data / "started.json")  # the test polls it: never let it see a half-written file
 if "exit_code" in config:
     sys.exit(config["exit_code"])
 while True:

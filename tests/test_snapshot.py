@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from runyard.errors import SnapshotInvalid, SnapshotTooLarge, UsageError
-from runyard.snapshot import Snapshot, create_snapshot, git_properties, safe_extract, validate_archive
+from runyard.errors import SnapshotInvalid, SnapshotTooDeep, SnapshotTooLarge, UsageError
+from runyard.snapshot import MAX_DEPTH, Snapshot, create_snapshot, git_properties, safe_extract, validate_archive
 
 MB = 1024 * 1024
 
@@ -196,6 +196,48 @@ def test_exactly_at_the_limit_is_accepted(tmp_path: Path) -> None:
     assert create_snapshot(root, tmp_path, max_bytes=2000).source_bytes == 2000
 
 
+def test_a_file_deeper_than_the_depth_limit_is_refused_naming_it_and_an_ignored_one_is_not(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    _write(root, "train.py", "print('hi')\n")
+    deepest = "/".join(["d"] * (MAX_DEPTH - 1)) + "/ok.txt"     # exactly MAX_DEPTH components
+    _write(root, deepest, "fine")
+    snap = create_snapshot(root, tmp_path)
+    assert deepest in _names(snap)
+    dest = tmp_path / "run"
+    safe_extract(snap.path, dest, max_entries=10, max_bytes=MB)
+    assert (dest / deepest).read_text() == "fine"
+
+    too_deep = "/".join(["d"] * MAX_DEPTH) + "/deep.txt"        # one component more
+    _write(root, too_deep, "too far down")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SnapshotTooDeep) as caught:
+        create_snapshot(root, out)
+    assert (caught.value.entry, caught.value.depth, caught.value.limit) == (too_deep, MAX_DEPTH + 1, MAX_DEPTH)
+    assert too_deep in str(caught.value) and ".runyardignore" in str(caught.value)
+    assert list(out.iterdir()) == []
+
+    _write(root, ".runyardignore", "deep.txt\n")
+    assert deepest in _names(create_snapshot(root, out))
+
+
+def test_a_path_longer_than_the_system_allows_is_a_usage_error(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(25):                                         # 25 x 200 bytes: past PATH_MAX (4096)
+            os.mkdir("n" * 200, dir_fd=fd)
+            child = os.open("n" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("data.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    with pytest.raises(UsageError, match="cannot read .*: File name too long; list it in .runyardignore"):
+        create_snapshot(root, tmp_path)
+
+
 @pytest.mark.parametrize("kind", ["missing", "file"])
 def test_directory_that_is_not_a_directory_is_a_usage_error(tmp_path: Path, kind: str) -> None:
     target = tmp_path / "code"
@@ -296,6 +338,8 @@ BAD_ENTRIES = {  # entry, its data, a word the reason must contain
     "symlink": (_entry("link", stat.S_IFLNK | 0o777), b"/etc/passwd", "link"),
     "device": (_entry("dev", stat.S_IFCHR | 0o666), b"", "regular file"),
     "fifo": (_entry("pipe", stat.S_IFIFO | 0o666), b"", "regular file"),
+    "too deep": ("d/" * MAX_DEPTH + "evil", b"owned", f"over the limit of {MAX_DEPTH}"),
+    "too deep directory": ("d/" * (MAX_DEPTH + 1), b"", f"over the limit of {MAX_DEPTH}"),
 }
 
 
@@ -413,6 +457,14 @@ def test_good_archive_extracts_byte_identically(project: Path, tmp_path: Path) -
     written = safe_extract(snap.path, dest, max_entries=100, max_bytes=snap.source_bytes)
     assert written == snap.source_bytes
     assert _tree(dest) == _tree(project)
+
+
+def test_an_archive_entry_at_the_depth_limit_is_accepted(tmp_path: Path) -> None:
+    name = "d/" * (MAX_DEPTH - 1) + "ok.txt"
+    archive = _zip(tmp_path / "deep.zip", [(name, b"ok")])
+    validate_archive(archive, max_entries=10, max_bytes=MB)
+    assert safe_extract(archive, tmp_path / "dest", max_entries=10, max_bytes=MB) == 2
+    assert (tmp_path / "dest" / name).read_bytes() == b"ok"
 
 
 def test_extract_accepts_explicit_directory_entries(tmp_path: Path) -> None:
