@@ -121,6 +121,8 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C stops the cluster even when `up` was started in the background of a script, which ignores SIGINT.
+    previous_int = signal.signal(signal.SIGINT, stop)
     try:
         with open(cluster.data_dir / "head.log", "ab") as log:
             log_from = log.tell()
@@ -150,8 +152,10 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop_all(procs)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -168,7 +168,10 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
                              max_outputs_bytes=config.snapshot_max_bytes), server)
         host, _, port = config.listen.rpartition(":")
-        bound = server.add_insecure_port(config.listen)
+        try:
+            bound = server.add_insecure_port(config.listen)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
             raise RunyardError(f"cannot listen on {config.listen}: the address is in use or invalid")
         await server.start()
