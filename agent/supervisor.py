@@ -28,6 +28,7 @@ from agent.config import AgentConfig
 from agent.outbox import Outbox
 from agent.output import read_records
 from agent.records import RecordTail
+from agent.removal import remove_tree
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
 from runyard.snapshot import safe_extract
@@ -150,7 +151,10 @@ class Supervisor:
             self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason="agent_error", detail=f"agent error: {err}")
         finally:
             self._attempts.pop(a.key, None)
-            shutil.rmtree(workdir / "code", ignore_errors=True)
+            try:
+                await asyncio.to_thread(remove_tree, workdir / "code")
+            except Exception:
+                log.exception("removing the run's code failed", extra={"run_id": run_id, "attempt": number})
 
     async def _prepare(self, a: Attempt, workdir: Path) -> Path | None:
         """Fetch and safely extract the snapshot; None when the attempt ended here (reported)."""
@@ -170,7 +174,7 @@ class Supervisor:
                 return None
             fetch.result()
         code_dir = workdir / "code"
-        shutil.rmtree(code_dir, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, code_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.to_thread(
