@@ -22,13 +22,13 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from agent.config import AgentConfig
 from agent.outbox import Outbox
 from agent.output import read_records
 from agent.records import RecordTail
 from agent.removal import remove_tree
+from agent.snapshots import HeadFiles, SnapshotCache
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
 from runyard.snapshot import safe_extract
@@ -43,14 +43,6 @@ _SDK_FILES = ("__init__.py", "sdk.py", "ids.py")
 # pipes, and the head will requeue them, so they must not live on. util-linux's setpriv does it without a
 # preexec_fn, which is unsafe in a threaded process.
 _TIED_TO_AGENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
-
-
-class HeadFiles(Protocol):
-    """Blob transfers with the head. Both retry until they succeed; cancellation ends them."""
-
-    async def fetch_snapshot(self, run_id: str, attempt: int, dest: Path) -> None: ...
-
-    async def upload_outputs(self, run_id: str, attempt: int, archive: Path, sha256: str) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -100,7 +92,7 @@ class Supervisor:
         self._tasks = tasks
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._runs_dir = config.data_path / "runs"
-        self._snapshots_dir = config.data_path / "snapshots"
+        self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
         self._sdk_dir = install_sdk(config.data_path / "sdk")
         self._python_bin = config.python_bin_dir or str(Path(sys.executable).parent)
 
@@ -158,21 +150,18 @@ class Supervisor:
 
     async def _prepare(self, a: Attempt, workdir: Path) -> Path | None:
         """Fetch and safely extract the snapshot; None when the attempt ended here (reported)."""
-        sha = a.assignment.snapshot_sha256
-        archive = self._snapshots_dir / f"{sha}.zip"
-        if not archive.exists():
-            self._snapshots_dir.mkdir(parents=True, exist_ok=True)
-            fetch = asyncio.ensure_future(self._fetch(a, archive))
-            stop = asyncio.ensure_future(a.stop_requested.wait())
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
-                self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason=a.stop_reason, detail="stopped while preparing")
-                return None
-            fetch.result()
+        asg = a.assignment
+        fetch = asyncio.ensure_future(self._snapshots.archive(asg.snapshot_sha256, asg.run_id, asg.attempt))
+        stop = asyncio.ensure_future(a.stop_requested.wait())
+        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+            self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason=a.stop_reason, detail="stopped while preparing")
+            return None
+        archive = fetch.result()
         code_dir = workdir / "code"
         await asyncio.to_thread(remove_tree, code_dir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -185,15 +174,6 @@ class Supervisor:
             self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason=SNAPSHOT_INVALID, detail=str(err))
             return None
         return code_dir
-
-    async def _fetch(self, a: Attempt, archive: Path) -> None:
-        part = archive.with_suffix(f".{os.getpid()}.part")
-        await self._files.fetch_snapshot(a.assignment.run_id, a.assignment.attempt, part)
-        digest = await asyncio.to_thread(_sha256, part)
-        if digest != a.assignment.snapshot_sha256:
-            part.unlink(missing_ok=True)
-            raise RuntimeError("snapshot sha256 mismatch after download")
-        os.replace(part, archive)
 
     def _environment(self, a: Attempt, code_dir: Path) -> dict[str, str]:
         asg = a.assignment
