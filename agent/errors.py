@@ -1,9 +1,12 @@
 """Errors of the node agent. The docstring of each class says what it means; `str(err)` is one line for a person.
 
     AgentError                      root
+    ├── ContainmentUnavailable      the configured `run_containment` cannot work on this machine
+    ├── CannotStart                 a run's command could not be started (not found, not executable)
     └── InvalidTransition           the run model got an event its current state does not accept (a bug)
 
-An InvalidTransition stays inside one attempt and becomes its report.
+ContainmentUnavailable ends the agent with exit status 2 and one line on stderr (`app.main`); the others stay
+inside one attempt and become its report.
 """
 
 from __future__ import annotations
@@ -11,6 +14,14 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Something went wrong in the node agent."""
+
+
+class ContainmentUnavailable(AgentError):
+    """The configured way of containing a run's process tree is not available on this machine."""
+
+
+class CannotStart(AgentError):
+    """The command of a run could not be started; the message says why, for the run's log."""
 
 
 class InvalidTransition(AgentError):

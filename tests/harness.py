@@ -32,11 +32,13 @@ def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = DEADL
 
 
 def process_gone(pid: int) -> bool:
+    """True when `pid` has exited: no such process, or a zombie not yet reaped (init may reap orphans late)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
         return True
-    return False
+    return data[data.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
 def terminate(proc: subprocess.Popen[bytes] | None) -> None:
