@@ -12,12 +12,13 @@ import asyncio
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
+from agent.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
-from agent.link import HeadLink, JoinRefused
+from agent.errors import AgentError
+from agent.link import HeadLink
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor, kill_leftovers
 from runyard import logsetup
@@ -32,7 +33,8 @@ def gpu_probe(config: AgentConfig) -> GpuProbe:
     return NvmlProbe()
 
 
-async def serve(config: AgentConfig) -> None:
+async def serve(config: AgentConfig, *, clock: Clock | None = None) -> None:
+    clock = clock or MonotonicClock()
     config.data_path.mkdir(parents=True, exist_ok=True)
     killed = kill_leftovers(config.data_path / "runs")
     if killed:
@@ -48,12 +50,13 @@ async def serve(config: AgentConfig) -> None:
     async with asyncio.TaskGroup() as tasks:
         link: HeadLink
         supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks)
-        link = HeadLink(config=config, outbox=outbox, capacity=capacity, live_attempts=supervisor.live,
+        link = HeadLink(config=config, outbox=outbox, capacity=capacity, clock=clock, live_attempts=supervisor.live,
                         on_assign=supervisor.start, on_stop=supervisor.stop)
         log.info("agent starting", extra={"node": config.name, "head": config.head_address,
                                           "cpus": capacity.cpus, "gpus": len(capacity.gpus)})
         link_task = tasks.create_task(link.run(), name="head-link")
-        watch = tasks.create_task(_stop_runs_when_cut_off(link, supervisor, config.stop_runs_after_s), name="cut-off")
+        watch = tasks.create_task(_stop_runs_when_cut_off(link, supervisor, config.stop_runs_after_s, clock),
+                                  name="cut-off")
         stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
         await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         log.info("agent stopping")
@@ -64,11 +67,11 @@ async def serve(config: AgentConfig) -> None:
     await link.close()
 
 
-async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_s: float) -> None:
+async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_s: float, clock: Clock) -> None:
     """Stop this node's runs once the head was silent for `after_s`, before the head requeues them elsewhere."""
     while True:
-        await asyncio.sleep(min(1.0, after_s / 4))
-        if time.monotonic() - link.last_contact > after_s and supervisor.live():
+        await clock.sleep(min(1.0, after_s / 4))
+        if clock.now() - link.last_contact > after_s and supervisor.live():
             log.warning("cut off from the head; stopping runs", extra={"silent_s": after_s})
             for run_id, attempt in supervisor.live():
                 supervisor.stop(run_id, attempt, "node_lost")
@@ -105,14 +108,22 @@ def main(argv: list[str] | None = None) -> None:
         config = load_agent_config(args.config)
         logsetup.configure(config.log_level, name="agent")
         asyncio.run(serve(config))
-    except* JoinRefused as group:
-        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+    except* AgentError as group:
+        print(f"runyard-agent: {_first(group)}", file=sys.stderr)
         sys.exit(2)
     except* RunyardError as group:
-        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+        print(f"runyard-agent: {_first(group)}", file=sys.stderr)
         sys.exit(2)
     except* KeyboardInterrupt:
         pass
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of a (possibly nested) exception group: the one line to show."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 if __name__ == "__main__":

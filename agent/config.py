@@ -25,6 +25,7 @@ class AgentConfig:
     fake_gpu_memory_bytes: int = 80 * 1024**3
     heartbeat_interval_s: float = 5.0
     reconnect_max_s: float = 2.0
+    head_full_retry_max_s: float = 30.0     # back-off cap while the head answers RESOURCE_EXHAUSTED (disk full)
     stop_grace_s: float = 10.0              # SIGTERM -> SIGKILL
     stop_runs_after_s: float = 240.0        # cut off from the head this long: stop own runs (head: Down at 300 s)
     log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records

@@ -1,12 +1,14 @@
 """Errors of the node agent. The docstring of each class says what it means; `str(err)` is one line for a person.
 
     AgentError                      root
+    ├── JoinRefused                 the head refused the join token, or there is none: retrying cannot help
+    ├── NodeNameTaken               another live agent holds this node name (ALREADY_EXISTS from the head)
     ├── ContainmentUnavailable      the configured `run_containment` cannot work on this machine
     ├── CannotStart                 a run's command could not be started (not found, not executable)
     └── InvalidTransition           the run model got an event its current state does not accept (a bug)
 
-ContainmentUnavailable ends the agent with exit status 2 and one line on stderr (`app.main`); the others stay
-inside one attempt and become its report.
+The first three end the agent with exit status 2 and one line on stderr (`app.main`); the rest stay inside one
+attempt and become its report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Something went wrong in the node agent."""
+
+
+class JoinRefused(AgentError):
+    """The head refused the join token: nothing this agent can fix by retrying."""
+
+
+class NodeNameTaken(AgentError):
+    """Another live agent holds this node name; the message is the head's."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
 
 
 class ContainmentUnavailable(AgentError):

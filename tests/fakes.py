@@ -1,8 +1,10 @@
-"""Fakes for agent tests: a counting `HeadFiles`, and an async wait with a deadline."""
+"""Fakes for agent tests: a manual clock, a counting `HeadFiles`, and an async wait with a deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,37 @@ async def eventually(what: str, condition: Callable[[], Any], timeout_s: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+class ManualClock:
+    """A `Clock` whose time moves only when the test calls `advance()`; sleepers wake in deadline order."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self._now = start_s
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
+        await future
+
+    def pending(self) -> list[float]:
+        """How long each sleeper still has to sleep, soonest first."""
+        return sorted(due - self._now for due, _, f in self._sleepers if not f.done())
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
 
 
 class CountingFiles:
