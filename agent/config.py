@@ -6,7 +6,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.containment import Mode
 from runyard.configfile import load_config
+from runyard.errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,16 @@ class AgentConfig:
     snapshot_max_bytes: int = 8 * 1024**3
     outputs_max_bytes: int = 2 * 1024**3
     python_bin_dir: str = ""                # prepended to a run's PATH; default: this agent's interpreter's dir
+    run_containment: str = "auto"           # auto | cgroup | tether: how a run's process tree is kept together
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.run_containment not in set(Mode):
+            raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
+
+    @property
+    def containment(self) -> Mode:
+        return Mode(self.run_containment)
 
     @property
     def data_path(self) -> Path:

@@ -1,19 +1,90 @@
-"""The agent's own faults end it or are reported: a real `runyard-agent` against `FakeHead` (tests/fakehead.py),
-which records exactly what the agent does on the wire.
+"""Faults inside one run never end the agent, and the agent's own faults are reported: real agent processes.
+
+Most tests here put a real `runyard-agent` against `FakeHead` (tests/fakehead.py), which counts and records
+exactly what the agent does on the wire; the first uses the real head.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import subprocess
-from collections.abc import AsyncIterator
+import zipfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.fakehead import FakeHead
+from protos import runyard_pb2 as pb
+from runyard.client import Client
+from runyard.config import ClientConfig
+from tests.fakehead import FakeHead, zip_of
 from tests.fakes import eventually
-from tests.harness import start_agent_process, terminate
+from tests.harness import Cluster, start_agent_process, terminate, wait_until
+
+DEPTH = 3000
+
+DEEP_RUN = f"""\
+import os
+top = os.getcwd()
+with open(os.path.join("outputs", "result.txt"), "w") as f:
+    f.write("shallow output")
+for where in ("outputs", "."):
+    os.chdir(os.path.join(top, where))
+    for _ in range({DEPTH}):
+        os.mkdir("d")
+        os.chdir("d")
+    with open("leaf.txt", "w") as f:
+        f.write("at the bottom")
+print("made two trees {DEPTH} deep")
+"""
+
+
+def deep_snapshot() -> tuple[bytes, str]:
+    """A snapshot with the script above and one file {DEPTH} directories down (the path passes PATH_MAX)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("deep.py", DEEP_RUN)
+        zf.writestr("/".join(["s"] * DEPTH + ["leaf.txt"]), "deep in the snapshot")
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def one_agent(tmp_path: Path) -> Iterator[Cluster]:
+    found = Cluster.start(tmp_path / "cluster", agents=1)
+    yield found
+    found.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_run_leaving_three_thousand_nested_directories_does_not_end_the_agent(
+        one_agent: Cluster, project: Path, tmp_path: Path) -> None:
+    cluster = one_agent
+    data, sha = deep_snapshot()
+    archive = tmp_path / "deep.zip"
+    archive.write_bytes(data)
+    with Client(ClientConfig(cluster.head.address, cluster.head.token)) as client:
+        client.upload_snapshot(archive, sha)
+        run_id = client.submit(pb.SubmitRequest(experiment="deep", snapshot_sha256=sha,
+                                                spec=pb.RunSpec(argv=["python", "deep.py"]))).run_id
+    run = cluster.wait_state(run_id, "Completed", "Failed", timeout_s=60)
+    assert (run["state"], run["exit_code"]) == ("Completed", 0), run
+    logs = cluster.cli("logs", run_id, check=True)
+    assert f"made two trees {DEPTH} deep" in logs.stdout
+    assert "deeper than 64 levels were left out" in logs.stderr
+    agent = cluster.agents[0]
+    assert agent.proc is not None and agent.proc.poll() is None, "the agent must outlive the run"
+    code_dir = agent.data_dir / "runs" / run_id / "1" / "code"
+    wait_until("the run's code directory to be removed, however deep", lambda: not code_dir.exists())
+
+    second = cluster.cli("submit", str(project), "-q", "--", "python", "hello.py")
+    assert second.returncode == 0, second.stderr
+    assert "hello from the run" in second.stdout
+
+
+# --- against a fake head -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -44,6 +115,26 @@ async def exit_of(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> tuple
 
 
 @pytest.mark.timeout(60)
+async def test_eight_runs_of_one_new_snapshot_download_it_once(head: FakeHead, agent_dir: Path) -> None:
+    data, sha = zip_of({"hello.py": "import os\nprint('hello from', os.environ['RUNYARD_RUN_ID'])\n"})
+    head.fetch_gate.clear()  # hold the download until every attempt is preparing
+    runs = [f"run-{i}" for i in range(8)]
+    for run_id in runs:
+        head.assign(run_id, ["python", "hello.py"], data, sha)
+    agent = start_agent(head, agent_dir)
+    try:
+        await eventually("all eight to be preparing", lambda: len(head.updates(pb.RunUpdate.PREPARING)) == 8)
+        head.fetch_gate.set()
+        await eventually("all eight to exit", lambda: all(head.exited(r) for r in runs))
+        ends = [head.exited(r) for r in runs]
+        assert [(e.exit_code, e.reason) for e in ends if e is not None] == [(0, "")] * 8
+        assert len(head.fetches) == 1, head.fetches
+    finally:
+        terminate(agent)
+    assert [p.name for p in (agent_dir / "snapshots").iterdir()] == [f"{sha}.zip"]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("refused", ["join", "connect"])
 async def test_a_node_name_held_by_another_agent_ends_this_one_with_one_line(
         head: FakeHead, agent_dir: Path, refused: str) -> None:
@@ -61,3 +152,25 @@ async def test_a_node_name_held_by_another_agent_ends_this_one_with_one_line(
     assert stderr.splitlines()[-1] == f"runyard-agent: {message}"  # the lines before are the agent's JSON log
     assert "Traceback" not in stderr
     assert head.connects == (0 if refused == "join" else 1)
+
+
+@pytest.mark.timeout(60)
+async def test_a_stale_attempt_is_stopped_while_it_runs_and_while_it_uploads(head: FakeHead, agent_dir: Path) -> None:
+    quiet, quiet_sha = zip_of({"nothing.txt": ""})
+    writer, writer_sha = zip_of({"out.py": "open('outputs/result.txt', 'w').write('result')\n"})
+    head.upload_gate.clear()  # the head takes the upload and never answers
+    head.assign("running", ["sleep", "600"], quiet, quiet_sha)
+    head.assign("uploading", ["python", "out.py"], writer, writer_sha)
+    agent = start_agent(head, agent_dir)
+    try:
+        await eventually("one to run and one to upload",
+                         lambda: head.updates(pb.RunUpdate.RUNNING) and ("uploading", 1) in head.uploading)
+        for run_id in ("running", "uploading"):
+            head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=1, reason="stale")))
+        running = await eventually("the running attempt to stop", lambda: head.exited("running"))
+        uploading = await eventually("the uploading attempt to stop", lambda: head.exited("uploading"))
+    finally:
+        terminate(agent)
+    assert (running.reason, running.exit_code) == ("stale", 128 + 15)
+    assert (uploading.reason, uploading.exit_code) == ("stale", 0)
+    assert uploading.detail == "exit code 0 (stale); outputs not uploaded: stopped (stale)"
