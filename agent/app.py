@@ -20,10 +20,10 @@ from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
 from agent.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
 from agent.containment import Containment, kill_leftover_groups, open_containment
+from agent.cutoff import watch_cut_off
 from agent.errors import AgentError
 from agent.link import HeadLink
 from agent.outbox import Outbox
-from agent.runmodel import Reason
 from agent.supervisor import Supervisor
 from runyard import logsetup
 from runyard.errors import RunyardError
@@ -71,7 +71,8 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment) ->
                                               "gpus": len(capacity.gpus), "containment": containment.mode})
             link_task = tasks.create_task(head.run(), name="head-link")
             helpers = tasks.create_task(containment.run(), name="containment")
-            watch = tasks.create_task(_stop_runs_when_cut_off(head, supervisor, config.stop_runs_after_s, clock),
+            watch = tasks.create_task(watch_cut_off(clock=clock, last_contact=lambda: head.last_contact,
+                                                    runs=supervisor, after_s=config.stop_runs_after_s),
                                       name="cut-off")
             stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
             await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -83,16 +84,6 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment) ->
     finally:
         if link is not None:
             await link.close()
-
-
-async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_s: float, clock: Clock) -> None:
-    """Stop this node's runs once the head was silent for `after_s`, before the head requeues them elsewhere."""
-    while True:
-        await clock.sleep(min(1.0, after_s / 4))
-        if clock.now() - link.last_contact > after_s and supervisor.live():
-            log.warning("cut off from the head; stopping runs", extra={"silent_s": after_s})
-            for run_id, attempt in supervisor.live():
-                supervisor.stop(run_id, attempt, Reason.NODE_LOST)
 
 
 async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:

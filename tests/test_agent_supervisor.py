@@ -1,4 +1,4 @@
-"""The supervisor with real processes and a manual clock: time limits and failures inside one attempt."""
+"""The supervisor with real processes and a manual clock: cut-off, time limits and failures inside one attempt."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.containment import Containment, Mode, open_containment
+from agent.cutoff import watch_cut_off
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from protos import runyard_pb2 as pb
 from tests.fakes import CountingFiles, ManualClock, eventually
+
+CUT_OFF_S = 240.0
+
 
 def snapshot(files: dict[str, str]) -> tuple[bytes, str]:
     buffer = io.BytesIO()
@@ -69,7 +73,7 @@ async def node(tmp_path: Path, containment: Containment) -> AsyncIterator[Node]:
     files = CountingFiles(data)
     clock = ManualClock()
     outbox = Outbox(10_000)
-    config = AgentConfig(data_dir=str(tmp_path), stop_grace_s=5.0)
+    config = AgentConfig(data_dir=str(tmp_path), stop_grace_s=5.0, stop_runs_after_s=CUT_OFF_S)
     async with asyncio.TaskGroup() as tasks:
         supervisor = Supervisor(config=config, outbox=outbox, files=files, tasks=tasks, clock=clock,
                                 containment=containment)
@@ -81,6 +85,35 @@ async def node(tmp_path: Path, containment: Containment) -> AsyncIterator[Node]:
             return stopping.done()
 
         await eventually("every attempt to stop", stopped)
+
+
+@pytest.mark.timeout(30)
+async def test_cut_off_is_driven_by_the_clock_to_the_millisecond(node: Node) -> None:
+    node.assign("quiet", ["sleep", "600"])
+    await eventually("the run to start", lambda: node.updates("quiet", pb.RunUpdate.RUNNING))
+    heard = node.clock.now()
+
+    def last_contact() -> float:
+        return heard
+
+    watch = asyncio.create_task(watch_cut_off(clock=node.clock, last_contact=last_contact, runs=node.supervisor,
+                                              after_s=CUT_OFF_S))
+    try:
+        node.clock.advance(100.0)
+        heard = node.clock.now()  # the head spoke at +100 s: the cut-off moves to +340 s
+        node.clock.advance(140.0)
+        await eventually("the watch to sleep again", lambda: node.clock.pending() == [pytest.approx(100.0)])
+        node.clock.advance(99.999)
+        await asyncio.sleep(0)
+        assert node.supervisor.live() == {("quiet", 1)} and node.exited("quiet") is None
+        node.clock.advance(0.001)
+        exited = await eventually("the run to be stopped", lambda: node.exited("quiet"))
+    finally:
+        watch.cancel()
+    assert exited.reason == "cut_off"
+    assert exited.exit_code == 128 + 15
+    assert exited.detail == "exit code 143 (cut_off): cut off from the head for 240.0s (stop_runs_after_s = 240)"
+    assert "stopping the run: cut_off; SIGTERM, then SIGKILL after 5s" in node.system_lines("quiet")
 
 
 @pytest.mark.timeout(30)

@@ -135,6 +135,22 @@ async def test_eight_runs_of_one_new_snapshot_download_it_once(head: FakeHead, a
 
 
 @pytest.mark.timeout(60)
+async def test_a_cut_off_agent_stops_its_runs_and_says_why(head: FakeHead, agent_dir: Path) -> None:
+    data, sha = zip_of({"nothing.txt": ""})
+    head.assign("quiet", ["sleep", "600"], data, sha)
+    agent = start_agent(head, agent_dir, heartbeat_interval_s=0.2, stop_runs_after_s=1.0)
+    try:
+        await eventually("the run to start", lambda: head.updates(pb.RunUpdate.RUNNING))
+        head.silent = True  # the head hears the agent but says nothing any more
+        exited = await eventually("the run to be stopped", lambda: head.exited("quiet"))
+        assert exited.reason == "cut_off"
+        assert "cut off from the head for 1." in exited.detail and exited.exit_code == 128 + 15
+        assert agent.poll() is None
+    finally:
+        terminate(agent)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("refused", ["join", "connect"])
 async def test_a_node_name_held_by_another_agent_ends_this_one_with_one_line(
         head: FakeHead, agent_dir: Path, refused: str) -> None:
