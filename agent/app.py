@@ -1,8 +1,10 @@
 """`runyard-agent`: the node agent. Picks the implementations, wires the parts, runs them in one TaskGroup.
 
-Start-up: load config, kill attempts a previous agent process left behind, read capacity, then keep a link to
-the head and supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them,
-and exit.
+Start-up: load config, kill attempts a previous agent process left behind, set up run containment (cgroups or
+tethers), read capacity, then keep a link to the head and supervise what it assigns. SIGTERM/SIGINT stop every run
+(SIGTERM, grace, SIGKILL), report them, and exit. The clock of every timer is chosen here (`serve(clock=...)`).
+A refused join token, a node name held by another live agent, or a config error ends the agent with one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import asyncio
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
+from agent.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
-from agent.link import HeadLink, JoinRefused
+from agent.containment import Containment, kill_leftover_groups, open_containment
+from agent.cutoff import watch_cut_off
+from agent.errors import AgentError
+from agent.link import HeadLink
 from agent.outbox import Outbox
-from agent.supervisor import Supervisor, kill_leftovers
+from agent.supervisor import Supervisor
 from runyard import logsetup
 from runyard.errors import RunyardError
 
@@ -32,11 +37,21 @@ def gpu_probe(config: AgentConfig) -> GpuProbe:
     return NvmlProbe()
 
 
-async def serve(config: AgentConfig) -> None:
+async def serve(config: AgentConfig, *, clock: Clock | None = None) -> None:
+    clock = clock or MonotonicClock()
     config.data_path.mkdir(parents=True, exist_ok=True)
-    killed = kill_leftovers(config.data_path / "runs")
+    killed = kill_leftover_groups(config.data_path / "runs")
+    containment = await open_containment(config.containment, data_dir=config.data_path)
+    killed += len(containment.leftovers)
     if killed:
         log.warning("killed runs left by a previous agent process", extra={"count": killed})
+    try:
+        await _serve(config, clock, containment)
+    finally:
+        await containment.close()
+
+
+async def _serve(config: AgentConfig, clock: Clock, containment: Containment) -> None:
     capacity = await asyncio.to_thread(
         read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes
     )
@@ -45,33 +60,30 @@ async def serve(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with asyncio.TaskGroup() as tasks:
-        link: HeadLink
-        supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks)
-        link = HeadLink(config=config, outbox=outbox, capacity=capacity, live_attempts=supervisor.live,
-                        on_assign=supervisor.start, on_stop=supervisor.stop)
-        log.info("agent starting", extra={"node": config.name, "head": config.head_address,
-                                          "cpus": capacity.cpus, "gpus": len(capacity.gpus)})
-        link_task = tasks.create_task(link.run(), name="head-link")
-        watch = tasks.create_task(_stop_runs_when_cut_off(link, supervisor, config.stop_runs_after_s), name="cut-off")
-        stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
-        await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        log.info("agent stopping")
-        await supervisor.stop_all()
-        await _drain(outbox, link, timeout_s=3.0)
-        for task in (link_task, stopped, watch):
-            task.cancel()
-    await link.close()
-
-
-async def _stop_runs_when_cut_off(link: HeadLink, supervisor: Supervisor, after_s: float) -> None:
-    """Stop this node's runs once the head was silent for `after_s`, before the head requeues them elsewhere."""
-    while True:
-        await asyncio.sleep(min(1.0, after_s / 4))
-        if time.monotonic() - link.last_contact > after_s and supervisor.live():
-            log.warning("cut off from the head; stopping runs", extra={"silent_s": after_s})
-            for run_id, attempt in supervisor.live():
-                supervisor.stop(run_id, attempt, "cut_off")
+    link: HeadLink | None = None
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
+                                    clock=clock, containment=containment)
+            link = head = HeadLink(config=config, outbox=outbox, capacity=capacity, clock=clock,
+                                   live_attempts=supervisor.live, on_assign=supervisor.start, on_stop=supervisor.stop)
+            log.info("agent starting", extra={"node": config.name, "head": config.head_address, "cpus": capacity.cpus,
+                                              "gpus": len(capacity.gpus), "containment": containment.mode})
+            link_task = tasks.create_task(head.run(), name="head-link")
+            helpers = tasks.create_task(containment.run(), name="containment")
+            watch = tasks.create_task(watch_cut_off(clock=clock, last_contact=lambda: head.last_contact,
+                                                    runs=supervisor, after_s=config.stop_runs_after_s),
+                                      name="cut-off")
+            stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
+            await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("agent stopping")
+            await supervisor.stop_all()
+            await _drain(outbox, head, timeout_s=3.0)
+            for task in (link_task, stopped, watch, helpers):
+                task.cancel()
+    finally:
+        if link is not None:
+            await link.close()
 
 
 async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:
@@ -105,14 +117,22 @@ def main(argv: list[str] | None = None) -> None:
         config = load_agent_config(args.config)
         logsetup.configure(config.log_level, name="agent")
         asyncio.run(serve(config))
-    except* JoinRefused as group:
-        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+    except* AgentError as group:
+        print(f"runyard-agent: {_first(group)}", file=sys.stderr)
         sys.exit(2)
     except* RunyardError as group:
-        print(f"runyard-agent: {group.exceptions[0]}", file=sys.stderr)
+        print(f"runyard-agent: {_first(group)}", file=sys.stderr)
         sys.exit(2)
     except* KeyboardInterrupt:
         pass
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of a (possibly nested) exception group: the one line to show."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 if __name__ == "__main__":

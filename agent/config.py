@@ -6,7 +6,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.containment import Mode
 from runyard.configfile import load_config
+from runyard.errors import UsageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class AgentConfig:
     fake_gpu_memory_bytes: int = 80 * 1024**3
     heartbeat_interval_s: float = 5.0
     reconnect_max_s: float = 2.0
+    head_full_retry_max_s: float = 30.0     # back-off cap while the head answers RESOURCE_EXHAUSTED (disk full)
     stop_grace_s: float = 10.0              # SIGTERM -> SIGKILL
     stop_runs_after_s: float = 240.0        # cut off from the head this long: stop own runs (head: Down at 300 s)
     log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records
@@ -34,7 +37,16 @@ class AgentConfig:
     snapshot_max_bytes: int = 8 * 1024**3
     outputs_max_bytes: int = 2 * 1024**3
     python_bin_dir: str = ""                # prepended to a run's PATH; default: this agent's interpreter's dir
+    run_containment: str = "auto"           # auto | cgroup | tether: how a run's process tree is kept together
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.run_containment not in set(Mode):
+            raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
+
+    @property
+    def containment(self) -> Mode:
+        return Mode(self.run_containment)
 
     @property
     def data_path(self) -> Path:

@@ -3,7 +3,9 @@
 Each message gets a sequence number; the head acknowledges the highest one it committed, cumulatively, and the
 agent drops everything up to it. After a reconnect every unacknowledged message is sent again with its original
 number, in order; the head stores logs and metrics idempotently, so nothing is lost and nothing doubled.
-Heartbeats are not kept. Must not: do I/O; `link.py` drains it.
+Heartbeats are not kept. Hello carries the highest number already acknowledged, never a new one: the head acks
+it before it has read the messages resent after it, and a higher number would acknowledge them unread.
+Must not: do I/O; `link.py` drains it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Outbox:
         self._max = max_messages
         self._pending: deque[pb.AgentMessage] = deque()
         self._seq = itertools.count(1)
+        self._acked = 0
         self.changed = asyncio.Event()
 
     def full(self) -> bool:
@@ -36,7 +39,13 @@ class Outbox:
         self._pending.append(message)
         self.changed.set()
 
+    @property
+    def acked(self) -> int:
+        """The highest sequence number the head has acknowledged (0 before the first ack)."""
+        return self._acked
+
     def ack(self, msg_seq: int) -> None:
+        self._acked = max(self._acked, msg_seq)
         while self._pending and self._pending[0].msg_seq <= msg_seq:
             self._pending.popleft()
 

@@ -1,105 +1,114 @@
-"""Running assigned attempts: snapshot -> process -> logs and metrics -> outputs -> exit report.
+"""Running assigned attempts: the I/O shell around `runmodel.RunModel`.
 
-One task per attempt, all in the agent's TaskGroup. Each attempt runs in its own session and process group
-(`start_new_session`), so a cancel or a timeout stops the whole group: SIGTERM, `stop_grace_s`, SIGKILL. When the
-main process exits, what is left of its group is killed too. The final state is what this supervisor observed:
-the exit code, and why it stopped it (timeout, cancel), never what the script claimed.
+One task per attempt, in the agent's TaskGroup. It feeds the attempt's model events and performs the actions
+the model returns: the snapshot through the `SnapshotCache`, safe extraction, the process through the
+`Containment`, its output into the outbox, timers on the `Clock`, outputs through `HeadFiles`. Long actions run
+as jobs in a TaskGroup of the attempt; a job ends by queueing its event, and a job that fails queues `Failed`.
+Stops from the head or the cut-off watch are queued events too, so the model sees one event at a time.
+
+Every failure inside one attempt (a job, an action, the model itself, the cleanup) is caught here: the attempt
+is reported EXITED with reason agent_error and the cause in `detail`, and the agent and its other runs go on.
 Everything the head must learn goes through the outbox, so it survives the head being away.
-Must not: talk gRPC itself (the `HeadFiles` seam fetches and uploads).
+Must not: talk gRPC itself (the `HeadFiles` seam does), decide what the model decides, or remove a directory
+tree other than with `removal.remove_tree`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-import os
-import shutil
-import signal
 import sys
 import time
-import zipfile
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
+from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.containment import Containment, RunProcess, record_group
+from agent.errors import CannotStart
 from agent.outbox import Outbox
 from agent.output import read_records
+from agent.outputs_archive import MAX_DEPTH, zip_outputs
 from agent.records import RecordTail
+from agent.removal import remove_tree
+from agent.runenv import check_command, install_sdk, run_environment
+from agent.runmodel import (
+    AbortFetch, AbortUpload, Accept, Action, ArmGrace, ArmTimeLimit, DrainOutput, Event, Extracted, ExtractSnapshot,
+    Failed, Fetched, FetchSnapshot, GraceOver, KillTree, OutputDrained, Phase, ProcessExited, Reason, Report,
+    RunModel, SnapshotRejected, StartFailed, Started, StartProcess, StopRequested, SystemLine, Terminate,
+    TimeLimitReached, Uploaded, UploadOutputs, WatchProcess,
+)
+from agent.wire import reason_to_pb
+from agent.shipping import LogShipper, MetricShipper
+from agent.snapshots import HeadFiles, SnapshotCache
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
 from runyard.snapshot import safe_extract
 
 log = logging.getLogger(__name__)
 
-CANCELED = "canceled_by_user"
-TIMEOUT = "timeout"
-SNAPSHOT_INVALID = "snapshot_invalid"
-_SDK_FILES = ("__init__.py", "sdk.py", "ids.py")
-# The run dies with the agent process (PR_SET_PDEATHSIG): an agent that is SIGKILLed cannot re-attach to its runs'
-# pipes, and the head will requeue them, so they must not live on. util-linux's setpriv does it without a
-# preexec_fn, which is unsafe in a threaded process.
-_TIED_TO_AGENT = ("setpriv", "--pdeathsig", "KILL", "--") if shutil.which("setpriv") else ()
+_PHASES = {Phase.PREPARING: pb.RunUpdate.PREPARING, Phase.RUNNING: pb.RunUpdate.RUNNING,
+           Phase.FINALIZING: pb.RunUpdate.FINALIZING, Phase.EXITED: pb.RunUpdate.EXITED}
+_DRAIN_TIMEOUT_S = 30.0   # output pipes still open this long after the run's tree was killed: stop reading
+_DETAIL_CHARS = 500
+
+__all__ = ["HeadFiles", "Supervisor"]
 
 
-class HeadFiles(Protocol):
-    """Blob transfers with the head. Both retry until they succeed; cancellation ends them."""
-
-    async def fetch_snapshot(self, run_id: str, attempt: int, dest: Path) -> None: ...
-
-    async def upload_outputs(self, run_id: str, attempt: int, archive: Path, sha256: str) -> None: ...
+@dataclass(slots=True)
+class _Output:
+    logs: LogShipper
+    metrics: MetricShipper
+    readers: list[asyncio.Task[None]]
+    shippers: list[asyncio.Task[None]]
 
 
 @dataclass(slots=True, eq=False)
-class Attempt:
+class _Attempt:
     assignment: pb.Assignment
+    model: RunModel
+    workdir: Path
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    group: asyncio.TaskGroup | None = None
     task: asyncio.Task[None] | None = None
-    stop_reason: str = ""
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    archive: Path | None = None
+    process: RunProcess | None = None
+    output: _Output | None = None
+    stop_logged: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
         return self.assignment.run_id, self.assignment.attempt
 
+    @property
+    def code_dir(self) -> Path:
+        return self.workdir / "code"
 
-def install_sdk(dest: Path) -> Path:
-    """Copy the stdlib-only SDK (`from runyard import Run`) to `dest/runyard`; returns the dir for PYTHONPATH."""
-    import runyard
-
-    source = Path(runyard.__file__).parent
-    package = dest / "runyard"
-    package.mkdir(parents=True, exist_ok=True)
-    for name in _SDK_FILES:
-        shutil.copyfile(source / name, package / name)
-    return dest
+    @property
+    def fields(self) -> dict[str, object]:
+        return {"run_id": self.assignment.run_id, "attempt": self.assignment.attempt}
 
 
-def kill_leftovers(runs_dir: Path) -> int:
-    """Kill process groups of attempts a previous agent process left running; returns how many it found.
-
-    The head requeues those attempts (this agent cannot re-attach to their pipes), so they must not live on:
-    at most one live attempt per run.
-    """
-    found = 0
-    for pgid_file in runs_dir.glob("*/*/pgid"):
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(pgid_file.read_text()), signal.SIGKILL)
-            found += 1
-        pgid_file.unlink(missing_ok=True)
-    return found
+def _describe(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return text[:_DETAIL_CHARS]
 
 
 class Supervisor:
-    def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup,
+                 clock: Clock, containment: Containment) -> None:
         self._config = config
         self._outbox = outbox
         self._files = files
         self._tasks = tasks
-        self._attempts: dict[tuple[str, int], Attempt] = {}
+        self._clock = clock
+        self._containment = containment
+        self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._runs_dir = config.data_path / "runs"
-        self._snapshots_dir = config.data_path / "snapshots"
+        self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
         self._sdk_dir = install_sdk(config.data_path / "sdk")
         self._python_bin = config.python_bin_dir or str(Path(sys.executable).parent)
 
@@ -107,276 +116,250 @@ class Supervisor:
         return set(self._attempts)
 
     def start(self, assignment: pb.Assignment) -> None:
-        attempt = Attempt(assignment)
-        if attempt.key in self._attempts:
+        key = (assignment.run_id, assignment.attempt)
+        if key in self._attempts:
             return  # assignment resent after a reconnect
-        self._attempts[attempt.key] = attempt
-        attempt.task = self._tasks.create_task(self._supervise(attempt), name=f"run-{assignment.run_id}-{assignment.attempt}")
+        model = RunModel(timeout_s=assignment.spec.timeout_s, grace_s=self._config.stop_grace_s)
+        attempt = _Attempt(assignment, model, self._runs_dir / assignment.run_id / str(assignment.attempt))
+        self._attempts[key] = attempt
+        attempt.task = self._tasks.create_task(self._supervise(attempt),
+                                               name=f"run-{assignment.run_id}-{assignment.attempt}")
 
-    def stop(self, run_id: str, attempt: int, reason: str) -> None:
+    def stop(self, run_id: str, attempt: int, reason: Reason, detail: str = "") -> None:
         found = self._attempts.get((run_id, attempt))
-        if found is not None and not found.stop_requested.is_set():
-            log.info("stopping run", extra={"run_id": run_id, "attempt": attempt, "reason": reason})
-            found.stop_reason = reason
-            found.stop_requested.set()
+        if found is None:
+            return
+        if not found.stop_logged:
+            found.stop_logged = True
+            log.info("stopping run", extra={**found.fields, "reason": reason, "detail": detail})
+        found.events.put_nowait(StopRequested(reason, detail))
 
     async def stop_all(self) -> None:
         """Stop every attempt (agent shutdown) and wait for them to report."""
-        for attempt in list(self._attempts.values()):
-            self.stop(*attempt.key, reason="agent_stopped")
+        for key in list(self._attempts):
+            self.stop(*key, reason=Reason.AGENT_STOPPED)
         tasks = [a.task for a in self._attempts.values() if a.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _report(self, a: Attempt, phase: int, *, reason: str = "", **fields: object) -> None:
-        fields["reason"] = pb.Reason.Value("REASON_" + reason.upper()) if reason else pb.REASON_UNSPECIFIED
-        update = pb.RunUpdate(run_id=a.assignment.run_id, attempt=a.assignment.attempt, phase=phase, at=time.time(), **fields)
-        self._outbox.put(pb.AgentMessage(run_update=update))
+    # --- the loop of one attempt ---------------------------------------------------------------------------
 
-    async def _supervise(self, a: Attempt) -> None:
-        run_id, number = a.key
-        workdir = self._runs_dir / run_id / str(number)
+    async def _supervise(self, a: _Attempt) -> None:
+        """Drive one attempt to its EXITED report; never raises but CancelledError (agent exit)."""
         try:
-            self._report(a, pb.RunUpdate.PREPARING)
-            code_dir = await self._prepare(a, workdir)
-            if code_dir is None:
-                return
-            exit_code, reason = await self._execute(a, workdir, code_dir)
-            self._report(a, pb.RunUpdate.FINALIZING)
-            outputs_sha = await self._upload_outputs(a, workdir, code_dir / "outputs")
-            self._report(a, pb.RunUpdate.EXITED, exit_code=exit_code, reason=reason, outputs_sha256=outputs_sha,
-                         detail=f"exit code {exit_code}" + (f" ({reason})" if reason else ""))
-            log.info("run exited", extra={"run_id": run_id, "attempt": number, "exit_code": exit_code, "reason": reason})
-        except Exception as err:
-            log.exception("run supervision failed", extra={"run_id": run_id, "attempt": number})
-            self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason="agent_error", detail=f"agent error: {err}")
+            async with asyncio.TaskGroup() as group:
+                a.group = group
+                await self._drive(a)
+                for job in a.jobs.values():
+                    job.cancel()
+        except Exception as err:  # a bug in the shell or the model, or an ExceptionGroup from the jobs
+            log.exception("run supervision failed", extra=a.fields)
+            self._fail(a, _describe(err))
         finally:
+            await self._release(a)
             self._attempts.pop(a.key, None)
-            shutil.rmtree(workdir / "code", ignore_errors=True)
 
-    async def _prepare(self, a: Attempt, workdir: Path) -> Path | None:
-        """Fetch and safely extract the snapshot; None when the attempt ended here (reported)."""
-        sha = a.assignment.snapshot_sha256
-        archive = self._snapshots_dir / f"{sha}.zip"
-        if not archive.exists():
-            self._snapshots_dir.mkdir(parents=True, exist_ok=True)
-            fetch = asyncio.ensure_future(self._fetch(a, archive))
-            stop = asyncio.ensure_future(a.stop_requested.wait())
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
-                self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason=a.stop_reason, detail="stopped while preparing")
-                return None
-            fetch.result()
-        code_dir = workdir / "code"
-        shutil.rmtree(code_dir, ignore_errors=True)
-        workdir.mkdir(parents=True, exist_ok=True)
+    async def _drive(self, a: _Attempt) -> None:
+        event: Event | None = Accept()
+        while not a.model.done:
+            if event is None:
+                event = await a.events.get()
+            actions = a.model.handle(event)
+            event = None
+            for action in actions:
+                try:
+                    self._perform(a, action)
+                except Exception as err:
+                    log.exception("run action failed", extra={**a.fields, "action": type(action).__name__})
+                    if not a.model.done:
+                        event = Failed(f"{type(action).__name__}: {_describe(err)}")
+                    break
+
+    def _fail(self, a: _Attempt, detail: str) -> None:
+        """End an attempt whose loop broke: report agent_error through the model, or directly if that fails too."""
+        if a.model.done:
+            return
         try:
-            await asyncio.to_thread(
-                safe_extract, archive, code_dir, max_entries=self._config.snapshot_max_entries,
-                max_bytes=self._config.snapshot_max_bytes,
-            )
-        except SnapshotInvalid as err:
-            self._report(a, pb.RunUpdate.EXITED, exit_code=-1, reason=SNAPSHOT_INVALID, detail=str(err))
-            return None
-        return code_dir
+            for action in a.model.handle(Failed(detail)):
+                if isinstance(action, (Report, KillTree)):
+                    self._perform(a, action)
+        except Exception:
+            log.exception("run could not be failed through its model", extra=a.fields)
+            self._report(a, Report(Phase.EXITED, exit_code=-1, reason=Reason.AGENT_ERROR,
+                                   detail=f"agent error: {detail}"))
 
-    async def _fetch(self, a: Attempt, archive: Path) -> None:
-        part = archive.with_suffix(f".{os.getpid()}.part")
-        await self._files.fetch_snapshot(a.assignment.run_id, a.assignment.attempt, part)
-        digest = await asyncio.to_thread(_sha256, part)
-        if digest != a.assignment.snapshot_sha256:
-            part.unlink(missing_ok=True)
-            raise RuntimeError("snapshot sha256 mismatch after download")
-        os.replace(part, archive)
+    def _perform(self, a: _Attempt, action: Action) -> None:
+        match action:
+            case Report():
+                self._report(a, action)
+            case FetchSnapshot():
+                self._job(a, "fetch", self._fetch(a))
+            case AbortFetch():
+                self._cancel(a, "fetch")
+            case ExtractSnapshot():
+                self._job(a, "extract", self._extract(a))
+            case StartProcess():
+                self._job(a, "start", self._start(a))
+            case WatchProcess():
+                self._job(a, "watch", self._watch(a))
+            case ArmTimeLimit(seconds=seconds):
+                self._job(a, "time-limit", self._after(seconds, TimeLimitReached()))
+            case SystemLine(text=text):
+                self._system_line(a, text)
+            case Terminate():
+                assert a.process is not None
+                a.process.terminate()
+            case ArmGrace(seconds=seconds):
+                self._job(a, "grace", self._after(seconds, GraceOver()))
+            case KillTree():
+                if a.process is not None:
+                    a.process.kill()
+            case DrainOutput():
+                self._job(a, "drain", self._drain(a))
+            case UploadOutputs():
+                self._job(a, "upload", self._upload(a))
+            case AbortUpload():
+                self._cancel(a, "upload")
 
-    def _environment(self, a: Attempt, code_dir: Path) -> dict[str, str]:
+    def _job(self, a: _Attempt, name: str, work: Coroutine[Any, Any, Event | None]) -> asyncio.Task[None]:
+        """Run `work` in the attempt's TaskGroup; queue the event it returns, or Failed if it raises."""
+        async def job() -> None:
+            try:
+                event = await work
+            except Exception as err:
+                log.exception("run step failed", extra={**a.fields, "step": name})
+                event = Failed(f"{name}: {_describe(err)}")
+            if event is not None:
+                a.events.put_nowait(event)
+
+        assert a.group is not None
+        task = a.group.create_task(job(), name=f"{name}-{a.assignment.run_id}-{a.assignment.attempt}")
+        a.jobs[name] = task
+        return task
+
+    def _cancel(self, a: _Attempt, name: str) -> None:
+        job = a.jobs.get(name)
+        if job is not None:
+            job.cancel()
+
+    # --- jobs ----------------------------------------------------------------------------------------------
+
+    async def _fetch(self, a: _Attempt) -> Event:
         asg = a.assignment
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
-        env.update(asg.spec.environment)
-        env.update(asg.extra_env)
-        pythonpath = [str(self._sdk_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        env.update(
-            PATH=f"{self._python_bin}{os.pathsep}{env.get('PATH', os.defpath)}",
-            PYTHONPATH=os.pathsep.join(pythonpath),
-            PYTHONUNBUFFERED="1",
-            RUNYARD_RUN_ID=asg.run_id,
-            RUNYARD_PARENT_RUN_ID=asg.parent_run_id,
-            RUNYARD_EXPERIMENT=asg.experiment,
-            RUNYARD_WORKSPACE=asg.workspace,
-            RUNYARD_ATTEMPT=str(asg.attempt),
-            RUNYARD_OUTPUTS_DIR=str(code_dir / "outputs"),
-            RUNYARD_RECORDS_FILE=str(code_dir.parent / "records.jsonl"),
-            CUDA_VISIBLE_DEVICES=",".join(str(i) for i in asg.gpu_indices),
-        )
-        return env
+        a.archive = await self._snapshots.archive(asg.snapshot_sha256, asg.run_id, asg.attempt)
+        return Fetched()
 
-    async def _execute(self, a: Attempt, workdir: Path, code_dir: Path) -> tuple[int, str]:
-        """Run the command to its end; returns (exit code, reason it was stopped or '')."""
-        (code_dir / "outputs").mkdir(exist_ok=True)
-        records_file = workdir / "records.jsonl"
-        records_file.unlink(missing_ok=True)
+    async def _extract(self, a: _Attempt) -> Event:
+        assert a.archive is not None
+        await asyncio.to_thread(remove_tree, a.code_dir)  # left by an earlier agent process
+        a.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *_TIED_TO_AGENT, *a.assignment.spec.argv, cwd=code_dir, env=self._environment(a, code_dir),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            await asyncio.to_thread(safe_extract, a.archive, a.code_dir, max_entries=self._config.snapshot_max_entries,
+                                    max_bytes=self._config.snapshot_max_bytes)
+        except SnapshotInvalid as err:
+            return SnapshotRejected(str(err))
+        return Extracted()
+
+    async def _start(self, a: _Attempt) -> Event:
+        asg = a.assignment
+        (a.code_dir / "outputs").mkdir(exist_ok=True)
+        records_file = a.workdir / "records.jsonl"
+        records_file.unlink(missing_ok=True)
+        env = run_environment(asg, code_dir=a.code_dir, sdk_dir=self._sdk_dir, python_bin=self._python_bin)
+        argv = list(asg.spec.argv)
+        try:
+            check_command(argv, cwd=a.code_dir, env=env)
+            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", argv, cwd=a.code_dir, env=env)
+        except CannotStart as err:
+            return StartFailed(str(err))
         except OSError as err:
-            self._system_line(a, f"cannot start {a.assignment.spec.argv[0]!r}: {err.strerror}")
-            return 127, ""
-        (workdir / "pgid").write_text(str(proc.pid))
-        self._report(a, pb.RunUpdate.RUNNING, pid=proc.pid)
+            return StartFailed(f"cannot start {argv[0]!r}: {err.strerror or err}")
+        a.process = process
+        record_group(a.workdir / "pgid", process.group)
+        a.output = self._ship_output(a, process, records_file)
+        return Started(process.pid)
+
+    def _ship_output(self, a: _Attempt, process: RunProcess, records_file: Path) -> _Output:
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
         metrics = MetricShipper(a.assignment, self._outbox, RecordTail(records_file))
-        reason = ""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(logs.run(), name="ship-logs")
-            tasks.create_task(metrics.run(), name="ship-metrics")
-            readers = [
-                tasks.create_task(read_records(proc.stdout, pb.STDOUT, logs.add, record_bytes=self._config.log_record_bytes)),  # type: ignore[arg-type]
-                tasks.create_task(read_records(proc.stderr, pb.STDERR, logs.add, record_bytes=self._config.log_record_bytes)),  # type: ignore[arg-type]
-            ]
-            reason = await self._wait(a, proc)
-            _kill_group(proc.pid, signal.SIGKILL)  # whatever the run left behind
-            await asyncio.gather(*readers)
-            logs.close()
-            metrics.close()
-        (workdir / "pgid").unlink(missing_ok=True)
-        code = proc.returncode if proc.returncode is not None else -1
-        return (128 - code if code < 0 else code), reason
+        size = self._config.log_record_bytes
 
-    async def _wait(self, a: Attempt, proc: asyncio.subprocess.Process) -> str:
-        """Wait for the process; stop it on cancel or timeout. Returns why it was stopped, or ''."""
-        timeout_s = a.assignment.spec.timeout_s or None
-        exited = asyncio.ensure_future(proc.wait())
-        stop = asyncio.ensure_future(a.stop_requested.wait())
+        async def read(stream: asyncio.StreamReader, kind: int) -> None:
+            await read_records(stream, kind, logs.add, record_bytes=size)
+
+        return _Output(
+            logs, metrics,
+            readers=[self._job(a, "stdout", read(process.stdout, pb.STDOUT)),  # type: ignore[arg-type]
+                     self._job(a, "stderr", read(process.stderr, pb.STDERR))],  # type: ignore[arg-type]
+            shippers=[self._job(a, "ship-logs", logs.run()),  # type: ignore[arg-type]
+                      self._job(a, "ship-metrics", metrics.run())],  # type: ignore[arg-type]
+        )
+
+    async def _watch(self, a: _Attempt) -> Event:
+        assert a.process is not None
+        return ProcessExited(await a.process.wait())
+
+    async def _after(self, seconds: float, event: Event) -> Event:
+        await self._clock.sleep(seconds)
+        return event
+
+    async def _drain(self, a: _Attempt) -> Event:
+        assert a.output is not None
+        out = a.output
+        done, pending = await asyncio.wait(out.readers, timeout=_DRAIN_TIMEOUT_S)
+        if pending:
+            log.warning("run output still open after its end; no longer read", extra=a.fields)
+            for reader in pending:
+                reader.cancel()
+            self._system_line(a, "output written after the run's end was not read: a process outside the run held it")
+        out.logs.close()
+        out.metrics.close()
+        await asyncio.gather(*out.shippers)
+        return OutputDrained()
+
+    async def _upload(self, a: _Attempt) -> Event:
+        asg = a.assignment
+        archive = a.workdir / "outputs.zip"
         try:
-            done, _ = await asyncio.wait({exited, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            if exited in done:
-                return ""
-            reason = a.stop_reason if stop in done else TIMEOUT
-            self._system_line(a, f"stopping the run: {reason}; SIGTERM, then SIGKILL after {self._config.stop_grace_s:g}s")
-            _kill_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), self._config.stop_grace_s)
-            except TimeoutError:
-                _kill_group(proc.pid, signal.SIGKILL)
-                await exited
-            return reason
+            zipped = await asyncio.to_thread(zip_outputs, a.code_dir / "outputs", archive,
+                                             max_bytes=self._config.outputs_max_bytes)
+            if zipped.too_deep:
+                self._system_line(
+                    a, f"outputs: {zipped.too_deep} directories deeper than {MAX_DEPTH} levels were left out")
+            if zipped.over_limit:
+                self._system_line(a, f"outputs: over the limit of {self._config.outputs_max_bytes} bytes; not uploaded")
+            if zipped.sha256:
+                await self._files.upload_outputs(asg.run_id, asg.attempt, archive, zipped.sha256)
         finally:
-            stop.cancel()
+            archive.unlink(missing_ok=True)
+        return Uploaded(zipped.sha256)
 
-    def _system_line(self, a: Attempt, text: str) -> None:
+    # --- immediate actions and cleanup -----------------------------------------------------------------------
+
+    def _report(self, a: _Attempt, report: Report) -> None:
+        asg = a.assignment
+        update = pb.RunUpdate(run_id=asg.run_id, attempt=asg.attempt, phase=_PHASES[report.phase], at=time.time(),
+                              exit_code=report.exit_code, reason=reason_to_pb(report.reason), detail=report.detail,
+                              pid=report.pid, outputs_sha256=report.outputs_sha256)
+        self._outbox.put(pb.AgentMessage(run_update=update))
+        if report.phase is Phase.EXITED:
+            log.info("run exited", extra={**a.fields, "exit_code": report.exit_code, "reason": report.reason or "",
+                                          "detail": report.detail})
+
+    def _system_line(self, a: _Attempt, text: str) -> None:
         record = pb.LogRecord(stream=pb.SYSTEM, seq=int(time.time_ns()), ts=time.time(), data=text.encode())
-        self._outbox.put(pb.AgentMessage(logs=pb.LogBatch(run_id=a.assignment.run_id, attempt=a.assignment.attempt, records=[record])))
+        self._outbox.put(pb.AgentMessage(logs=pb.LogBatch(run_id=a.assignment.run_id, attempt=a.assignment.attempt,
+                                                           records=[record])))
 
-    async def _upload_outputs(self, a: Attempt, workdir: Path, outputs: Path) -> str:
-        if not outputs.is_dir() or not any(outputs.iterdir()):
-            return ""
-        archive = workdir / "outputs.zip"
-        sha = await asyncio.to_thread(_zip_dir, outputs, archive, self._config.outputs_max_bytes)
-        if sha:
-            await self._files.upload_outputs(a.assignment.run_id, a.assignment.attempt, archive, sha)
-        archive.unlink(missing_ok=True)
-        return sha
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _zip_dir(directory: Path, archive: Path, max_bytes: int) -> str:
-    """Zip the regular files under `directory` (links are not followed); '' when over `max_bytes`."""
-    total = 0
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_symlink() or not path.is_file():
-                continue
-            total += path.stat().st_size
-            if total > max_bytes:
-                log.warning("outputs over the size limit; not uploaded", extra={"dir": str(directory)})
-                return ""
-            zf.write(path, path.relative_to(directory).as_posix())
-    return _sha256(archive)
-
-
-class LogShipper:
-    """Batches log records of one attempt into the outbox every `flush_s`; a full outbox turns into a gap record."""
-
-    def __init__(self, assignment: pb.Assignment, outbox: Outbox, *, flush_s: float) -> None:
-        self._asg = assignment
-        self._outbox = outbox
-        self._flush_s = flush_s
-        self._batch: list[pb.LogRecord] = []
-        self._dropped: dict[int, int] = {}
-        self._closed = asyncio.Event()
-
-    def add(self, record: pb.LogRecord) -> None:
-        if self._outbox.full():
-            self._dropped[record.stream] = self._dropped.get(record.stream, 0) + 1
-            return
-        if self._dropped.get(record.stream):
-            count = self._dropped.pop(record.stream)
-            self._batch.append(pb.LogRecord(stream=record.stream, seq=record.seq - 1, ts=record.ts, gap=True,
-                                            data=f"{count} records dropped: the agent's buffer was full".encode()))
-        self._batch.append(record)
-
-    def flush(self) -> None:
-        if self._batch:
-            self._outbox.put(pb.AgentMessage(logs=pb.LogBatch(run_id=self._asg.run_id, attempt=self._asg.attempt, records=self._batch)))
-            self._batch = []
-
-    def close(self) -> None:
-        self._closed.set()
-
-    async def run(self) -> None:
-        """Flush periodically until closed, then flush what is left."""
-        while not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._flush_s)
-            self.flush()
-
-
-class MetricShipper:
-    """Tails the SDK's record file of one attempt into metric batches in the outbox."""
-
-    def __init__(self, assignment: pb.Assignment, outbox: Outbox, tail: RecordTail, *, poll_s: float = 0.2) -> None:
-        self._asg = assignment
-        self._outbox = outbox
-        self._tail = tail
-        self._poll_s = poll_s
-        self._closed = asyncio.Event()
-
-    def close(self) -> None:
-        self._closed.set()
-
-    def ship(self) -> int:
-        records = [r for r in self._tail.read_new() if not r.run]
-        batch = pb.MetricBatch(run_id=self._asg.run_id, attempt=self._asg.attempt)
-        for r in records:
-            batch.records.add(
-                seq=r.seq, params=r.params, tags=r.tags,
-                points=[pb.MetricPoint(key=k, value=v, step=s, ts=r.ts) for k, v, s in r.metrics],
-            )
-        if records:
-            self._outbox.put(pb.AgentMessage(metrics=batch))
-        return len(records)
-
-    async def run(self) -> None:
-        while not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._poll_s)
-            while self.ship():
-                pass
+    async def _release(self, a: _Attempt) -> None:
+        """Make sure nothing of the attempt is left running and remove its code; never raises."""
+        process = a.process
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("release the process tree", lambda: process.release() if process is not None else asyncio.sleep(0)),
+            ("forget the process group", lambda: asyncio.to_thread((a.workdir / "pgid").unlink, missing_ok=True)),
+            ("remove the code directory", lambda: asyncio.to_thread(remove_tree, a.code_dir)),
+        ]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("run cleanup failed", extra={**a.fields, "step": what})

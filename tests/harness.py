@@ -32,11 +32,13 @@ def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = DEADL
 
 
 def process_gone(pid: int) -> bool:
+    """True when `pid` has exited: no such process, or a zombie not yet reaped (init may reap orphans late)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
         return True
-    return False
+    return data[data.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
 def terminate(proc: subprocess.Popen[bytes] | None) -> None:
@@ -115,20 +117,26 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, head: Head) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "head_address": head.address, "join_token_file": str(head.join_token_file), "name": self.name,
-            "data_dir": str(self.data_dir), "heartbeat_interval_s": 1.0, "reconnect_max_s": 0.5, "stop_grace_s": 3.0,
-            **self.settings,
-        }
-        path = self.data_dir / "agent.toml"
-        path.write_text(_toml(config))
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(path)],
-                                         stdout=log, stderr=log, env=_env())
+        self.proc = start_agent_process(self.name, self.data_dir, self.log_file, {
+            "head_address": head.address, "join_token_file": str(head.join_token_file), **self.settings})
 
     def stop(self) -> None:
         terminate(self.proc)
+
+
+def start_agent_process(name: str, data_dir: Path, log_file: Path, settings: dict[str, Any],
+                        stderr: int | None = None) -> subprocess.Popen[bytes]:
+    """`runyard-agent` with test timers; its output goes to `log_file` (stderr to a pipe if `stderr` says so)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": name, "data_dir": str(data_dir), "heartbeat_interval_s": 1.0, "reconnect_max_s": 0.5,
+        "stop_grace_s": 3.0, **settings,
+    }
+    path = data_dir / "agent.toml"
+    path.write_text(_toml(config))
+    with open(log_file, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "agent", "--config", str(path)],
+                                stdout=log, stderr=log if stderr is None else stderr, env=_env())
 
 
 @dataclass

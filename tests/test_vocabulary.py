@@ -53,3 +53,13 @@ def test_a_state_filter_is_case_insensitive_and_names_the_choices() -> None:
     assert vocabulary.run_state("running") == vocabulary.run_state("Running") == pb.RUN_STATE_RUNNING
     with pytest.raises(ValueError, match="one of Queued, Preparing"):
         vocabulary.run_state("sleeping")
+
+
+def test_every_agent_reason_has_its_wire_value() -> None:
+    from agent.runmodel import Reason as AgentReason
+    from agent.wire import reason_from_pb, reason_to_pb
+    from scheduler.core.lifecycle import Reason
+
+    for reason in AgentReason:
+        assert reason_from_pb(reason_to_pb(reason)) is reason
+        assert Reason(reason.value).name == reason.name, "the head knows every reason an agent reports"

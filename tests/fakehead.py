@@ -1,0 +1,135 @@
+"""A head for agent tests: a real `NodeAgent` gRPC server on 127.0.0.1:0 in the test's event loop.
+
+It records everything the agent says and answers as the test programs it: refuse Join or Connect with a status
+code, fall silent (read on, never answer), hold snapshot fetches, count them. Assignments and cancels go out
+with `send()`. Only what the agent relies on is implemented; no scheduling, no store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import zipfile
+from collections.abc import AsyncIterator
+
+import grpc
+
+from protos import runyard_pb2 as pb
+from protos import runyard_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 64 * 1024
+
+
+def zip_of(files: dict[str, str]) -> tuple[bytes, str]:
+    """A snapshot archive of `files` and its sha256."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+class FakeHead(pb_grpc.NodeAgentServicer):
+    def __init__(self) -> None:
+        self.address = ""
+        self.join_abort: tuple[grpc.StatusCode, str] | None = None
+        self.connect_aborts: list[tuple[grpc.StatusCode, str]] = []   # the next Connects fail with these, in order
+        self.silent = False                                           # read on, but neither ack nor send anything
+        self.acking = True                                            # False: acknowledge Hello only
+        self.snapshots: dict[str, bytes] = {}                         # run id -> its snapshot archive
+        self.fetch_gate = asyncio.Event()                             # clear it to hold every fetch
+        self.fetch_gate.set()
+        self.upload_gate = asyncio.Event()                            # clear it to hold every upload
+        self.upload_gate.set()
+        self.fetches: list[tuple[str, int]] = []
+        self.uploading: list[tuple[str, int]] = []
+        self.uploads: list[tuple[str, int, str]] = []
+        self.messages: list[pb.AgentMessage] = []
+        self.joins = 0
+        self.connects = 0
+        self._session: asyncio.Queue[pb.HeadMessage] | None = None
+        self._pending: list[pb.HeadMessage] = []
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        pb_grpc.add_NodeAgentServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+
+    def send(self, message: pb.HeadMessage) -> None:
+        """To the agent on its stream now, or as soon as it connects."""
+        if self._session is not None:
+            self._session.put_nowait(message)
+        else:
+            self._pending.append(message)
+
+    def assign(self, run_id: str, argv: list[str], snapshot: bytes, sha256: str, *, attempt: int = 1) -> None:
+        self.snapshots[run_id] = snapshot
+        self.send(pb.HeadMessage(assign=pb.Assignment(
+            run_id=run_id, attempt=attempt, workspace="default", experiment="test", snapshot_sha256=sha256,
+            spec=pb.RunSpec(argv=argv))))
+
+    def updates(self, phase: int | None = None) -> list[pb.RunUpdate]:
+        return [m.run_update for m in self.messages
+                if m.WhichOneof("body") == "run_update" and (phase is None or m.run_update.phase == phase)]
+
+    def exited(self, run_id: str) -> pb.RunUpdate | None:
+        return next((u for u in self.updates(pb.RunUpdate.EXITED) if u.run_id == run_id), None)
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+        self.joins += 1
+        if self.join_abort is not None:
+            await context.abort(*self.join_abort)
+        return pb.JoinResponse(node_id=f"id-{request.name}", node_token="node-token")
+
+    async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext) -> None:
+        self.connects += 1
+        if self.connect_aborts:
+            await anext(aiter(request_iterator), None)  # like the real head: refuse after reading hello
+            await context.abort(*self.connect_aborts.pop(0))
+        queue: asyncio.Queue[pb.HeadMessage] = asyncio.Queue()
+        for message in self._pending:
+            queue.put_nowait(message)
+        self._pending.clear()
+        self._session = queue
+
+        async def write() -> None:
+            while True:
+                await context.write(await queue.get())
+
+        writer = asyncio.create_task(write())
+        try:
+            async for message in request_iterator:
+                self.messages.append(message)
+                if not self.silent and (self.acking or message.HasField("hello")):
+                    queue.put_nowait(pb.HeadMessage(ack=pb.Ack(msg_seq=message.msg_seq)))
+        finally:
+            writer.cancel()
+            if self._session is queue:
+                self._session = None
+
+    async def FetchSnapshot(self, request: pb.FetchSnapshotRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
+        self.fetches.append((request.run_id, request.attempt))
+        await self.fetch_gate.wait()
+        data = self.snapshots[request.run_id]
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield pb.DataChunk(data=data[start : start + CHUNK_BYTES], size=len(data))
+
+    async def UploadOutputs(self, request_iterator: AsyncIterator[pb.OutputsChunk],
+                            context: grpc.aio.ServicerContext) -> pb.OutputsResponse:
+        first = await anext(aiter(request_iterator))
+        self.uploading.append((first.run_id, first.attempt))
+        async for _ in request_iterator:
+            pass
+        await self.upload_gate.wait()
+        self.uploads.append((first.run_id, first.attempt, first.sha256))
+        return pb.OutputsResponse(sha256=first.sha256)

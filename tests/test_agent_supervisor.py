@@ -1,0 +1,156 @@
+"""The supervisor with real processes and a manual clock: cut-off, time limits and failures inside one attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.containment import Containment, Mode, open_containment
+from agent.cutoff import watch_cut_off
+from agent.outbox import Outbox
+from agent.supervisor import Supervisor
+from protos import runyard_pb2 as pb
+from tests.fakes import CountingFiles, ManualClock, eventually
+
+CUT_OFF_S = 240.0
+
+
+def snapshot(files: dict[str, str]) -> tuple[bytes, str]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buffer.getvalue(), hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+@dataclass
+class Node:
+    supervisor: Supervisor
+    outbox: Outbox
+    clock: ManualClock
+    files: CountingFiles
+    sha: str
+
+    def assign(self, run_id: str, argv: list[str], *, timeout_s: float = 0) -> None:
+        self.supervisor.start(pb.Assignment(run_id=run_id, attempt=1, snapshot_sha256=self.sha,
+                                            spec=pb.RunSpec(argv=argv, timeout_s=timeout_s)))
+
+    def updates(self, run_id: str, phase: int) -> list[pb.RunUpdate]:
+        return [m.run_update for m in self.outbox.after(0) if m.WhichOneof("body") == "run_update"
+                and m.run_update.run_id == run_id and m.run_update.phase == phase]
+
+    def exited(self, run_id: str) -> pb.RunUpdate | None:
+        found = self.updates(run_id, pb.RunUpdate.EXITED)
+        return found[0] if found else None
+
+    def stdout(self, run_id: str) -> bytes:
+        return b"\n".join(r.data for m in self.outbox.after(0) if m.WhichOneof("body") == "logs"
+                           and m.logs.run_id == run_id for r in m.logs.records if r.stream == pb.STDOUT)
+
+    def system_lines(self, run_id: str) -> list[str]:
+        return [r.data.decode() for m in self.outbox.after(0) if m.WhichOneof("body") == "logs"
+                and m.logs.run_id == run_id for r in m.logs.records if r.stream == pb.SYSTEM]
+
+
+@pytest.fixture
+async def containment(tmp_path: Path) -> AsyncIterator[Containment]:
+    found = await open_containment(Mode.AUTO, data_dir=tmp_path)
+    yield found
+    await found.close()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, containment: Containment) -> AsyncIterator[Node]:
+    data, sha = snapshot({"hello.py": "print('hello')\n"})
+    files = CountingFiles(data)
+    clock = ManualClock()
+    outbox = Outbox(10_000)
+    config = AgentConfig(data_dir=str(tmp_path), stop_grace_s=5.0, stop_runs_after_s=CUT_OFF_S)
+    async with asyncio.TaskGroup() as tasks:
+        supervisor = Supervisor(config=config, outbox=outbox, files=files, tasks=tasks, clock=clock,
+                                containment=containment)
+        yield Node(supervisor, outbox, clock, files, sha)
+        stopping = asyncio.create_task(supervisor.stop_all())
+
+        def stopped() -> bool:
+            clock.advance(60.0)  # past any grace period armed meanwhile
+            return stopping.done()
+
+        await eventually("every attempt to stop", stopped)
+
+
+@pytest.mark.timeout(30)
+async def test_cut_off_is_driven_by_the_clock_to_the_millisecond(node: Node) -> None:
+    node.assign("quiet", ["sleep", "600"])
+    await eventually("the run to start", lambda: node.updates("quiet", pb.RunUpdate.RUNNING))
+    heard = node.clock.now()
+
+    def last_contact() -> float:
+        return heard
+
+    watch = asyncio.create_task(watch_cut_off(clock=node.clock, last_contact=last_contact, runs=node.supervisor,
+                                              after_s=CUT_OFF_S))
+    try:
+        node.clock.advance(100.0)
+        heard = node.clock.now()  # the head spoke at +100 s: the cut-off moves to +340 s
+        node.clock.advance(140.0)
+        await eventually("the watch to sleep again", lambda: node.clock.pending() == [pytest.approx(100.0)])
+        node.clock.advance(99.999)
+        await asyncio.sleep(0)
+        assert node.supervisor.live() == {("quiet", 1)} and node.exited("quiet") is None
+        node.clock.advance(0.001)
+        exited = await eventually("the run to be stopped", lambda: node.exited("quiet"))
+    finally:
+        watch.cancel()
+    assert exited.reason == pb.REASON_CUT_OFF
+    assert exited.exit_code == 128 + 15
+    assert exited.detail == "exit code 143 (cut_off): cut off from the head for 240.0s (stop_runs_after_s = 240)"
+    assert "stopping the run: cut_off; SIGTERM, then SIGKILL after 5s" in node.system_lines("quiet")
+
+
+@pytest.mark.timeout(30)
+async def test_time_limit_and_grace_run_on_the_clock(node: Node, tmp_path: Path) -> None:
+    node.assign("stubborn", ["sh", "-c", "trap 'echo ignoring TERM' TERM; echo ready; while :; do sleep 1; done"],
+                timeout_s=60)
+    await eventually("the run to be ready", lambda: b"ready" in node.stdout("stubborn"))
+    node.clock.advance(59.999)
+    await asyncio.sleep(0)
+    assert node.exited("stubborn") is None
+    node.clock.advance(0.001)
+    await eventually("the run to shrug off SIGTERM", lambda: b"ignoring TERM" in node.stdout("stubborn"))
+    assert "stopping the run: timeout; SIGTERM, then SIGKILL after 5s" in node.system_lines("stubborn")
+    assert node.exited("stubborn") is None, "it runs on until the grace period ends on the clock"
+    node.clock.advance(5.0)
+    exited = await eventually("the run to be killed", lambda: node.exited("stubborn"))
+    assert (exited.exit_code, exited.reason) == (128 + 9, pb.REASON_TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_step_is_that_attempts_agent_error_and_the_next_attempt_runs(node: Node) -> None:
+    node.files.data = b"not what the head promised"
+    node.assign("broken", ["python", "hello.py"])
+    exited = await eventually("the attempt to fail", lambda: node.exited("broken"))
+    assert (exited.exit_code, exited.reason) == (-1, pb.REASON_AGENT_ERROR)
+    assert exited.detail.startswith("agent error: fetch: SnapshotMismatch: the snapshot the head sent has sha256")
+
+    node.files.data = snapshot({"hello.py": "print('hello')\n"})[0]
+    node.assign("fine", ["python", "hello.py"])
+    exited = await eventually("the next attempt to exit", lambda: node.exited("fine"))
+    assert (exited.exit_code, exited.reason) == (0, pb.REASON_UNSPECIFIED)
+
+
+@pytest.mark.timeout(30)
+async def test_a_command_that_cannot_start_exits_127_with_a_line_saying_why(node: Node) -> None:
+    node.assign("typo", ["pyhton", "hello.py"])
+    exited = await eventually("the attempt to end", lambda: node.exited("typo"))
+    assert (exited.exit_code, exited.reason) == (127, pb.REASON_UNSPECIFIED)
+    assert node.system_lines("typo") == ["cannot start 'pyhton': No such file or directory"]
+    assert not node.updates("typo", pb.RunUpdate.RUNNING)
