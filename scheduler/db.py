@@ -2,7 +2,7 @@
 
 The schema lives in `sql/schema.sql` (fresh databases) and `sql/migrations/NNNN_*.sql` (upgrades); a test
 proves that the migrations end at exactly the fresh schema. `PRAGMA user_version` is the applied migration.
-Must not: hold queries of the store (that is `store.py`).
+Must not: hold queries of the store (that is the `store` package).
 """
 
 from __future__ import annotations
