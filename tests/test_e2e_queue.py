@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project: Path) -> None:
