@@ -87,8 +87,7 @@ class StoreBase:
     # now, fetch later) pins the reader's snapshot, and every other coroutine's read meanwhile sees that old
     # snapshot: Connect found no node for a Join that had already committed.
     async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        rows = await self._r.execute_fetchall(sql, args)
-        return rows[0] if rows else None
+        return next(iter(await self._r.execute_fetchall(sql, args)), None)
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return list(await self._r.execute_fetchall(sql, args))
