@@ -38,9 +38,11 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN if config.get("ignore_term") else o
 print("stand-in up", config["name"], flush=True)
 with open(data / "pids", "a") as f:
     f.write(f"{os.getpid()}\\n")
-(data / "started.json").write_text(json.dumps({
+# Written aside, then renamed: the test polls for this file and must never read it half written.
+(data / "started.json.tmp").write_text(json.dumps({
     "pid": os.getpid(), "sid": os.getsid(0), "runyard_env": sorted(k for k in os.environ if k.startswith("RUNYARD_")),
 }))
+os.replace(data / "started.json.tmp", data / "started.json")
 if "exit_code" in config:
     sys.exit(config["exit_code"])
 while True:
