@@ -30,7 +30,7 @@ from scheduler.store.base import Conflict, NotCurrentAttempt, _translated
 from scheduler.store.credentials import CredentialStore
 from scheduler.store.nodes import NodeStore, _NodeCache
 from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
-from scheduler.store.runs import LiveRow, QueuedRow, RunStore, _spec_json  # noqa: F401  (_spec_json: its test)
+from scheduler.store.runs import LiveRow, QueuedRow, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 
 
 class Store(RunStore, NodeStore, RecordStore, CredentialStore):
