@@ -2,7 +2,7 @@
 
 Goals (docs: /work/shared/design/performance.md): >= 800/s serial, >= 1,500/s with 4 clients, p99 <= 10 ms.
 
-A real head (no agents: every run stays Queued) is started with tests.harness on loopback; one snapshot is
+A real head (no agents: every run stays Queued) is started with testbed.harness on loopback; one snapshot is
 uploaded once; then `Runyard.Submit` is called with the blocking gRPC stub, exactly as runyard/client.py does
 (bearer token metadata, a fresh idempotency key per call).
 
@@ -216,7 +216,7 @@ def main() -> None:
     import grpc
 
     from protos import runyard_pb2_grpc as pb_grpc
-    from tests.harness import Cluster
+    from testbed.harness import Cluster
 
     root = common.temp_root("runyard-bench-s1-")
     plan = PinPlan.make(not args.no_pin)
@@ -331,7 +331,7 @@ def main() -> None:
             "repeats": args.repeats, "warmup_calls_per_client": args.warmup, "serial_calls": args.serial_calls,
             "clients": args.clients, "calls_each": args.calls_each,
             "clients_are": "processes (multiprocessing spawn), one blocking grpc channel each",
-            "head": "tests.harness Cluster, agents=0, sqlite synchronous=FULL (default); a fresh head per submit phase",
+            "head": "testbed.harness Cluster, agents=0, sqlite synchronous=FULL (default); a fresh head per submit phase",
             "peer": "grpc.aio server on uvloop in its own process, HasSnapshot answered at once, no interceptor",
             "rate": "calls / (last client end - first client start); latency over all calls of all repeats",
             "pinning": plan.record(),

@@ -2,7 +2,7 @@
 
 Goal (docs: /work/shared/design/performance.md): >= 120 runs/s (>= 3x HTC-tuned Slurm on the same machine).
 
-A real head and 2 agents (tests.harness, loopback). One snapshot is uploaded once; then N runs of `true` are
+A real head and 2 agents (testbed.harness, loopback). One snapshot is uploaded once; then N runs of `true` are
 submitted as fast as 2 threads (one blocking channel each) can, without waiting for them, and
 `ListRuns(experiment, state="Completed", limit=10000)` is polled until all N are Completed or a deadline passes
 (then `complete` is false and the figure counts what completed). The figure is
@@ -175,7 +175,7 @@ def main() -> None:
 
     from protos import runyard_pb2 as pb
     from protos import runyard_pb2_grpc as pb_grpc
-    from tests.harness import Cluster
+    from testbed.harness import Cluster
 
     root = common.temp_root("runyard-bench-s2-")
     plan = PinPlan.make(not args.no_pin)

@@ -2,7 +2,7 @@
 
 Goals (docs: /work/shared/design/performance.md): p50 <= 50 ms to start, <= 100 ms to Completed; p99 <= 300 ms.
 
-A real head and one agent (tests.harness, loopback). One run at a time, each after the previous one ended. The run's
+A real head and one agent (testbed.harness, loopback). One run at a time, each after the previous one ended. The run's
 command is `/bin/sh -c 'date +%s.%N'`: its first stdout line is the wall-clock time the process was running,
 read back through `Runyard.StreamLogs` and compared with the client's clock just before it sent `Submit` (same
 machine, same clock). A Python command would add its own start-up time, so it is not used.
@@ -126,7 +126,7 @@ def main() -> None:
 
     from protos import runyard_pb2 as pb
     from protos import runyard_pb2_grpc as pb_grpc
-    from tests.harness import Cluster
+    from testbed.harness import Cluster
 
     root = common.temp_root("runyard-bench-s3-")
     plan = PinPlan.make(not args.no_pin)

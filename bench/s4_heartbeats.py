@@ -36,7 +36,7 @@ from protos import runyard_pb2 as pb  # noqa: E402
 from protos import runyard_pb2_grpc as pb_grpc  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import row  # noqa: E402
-from tests.harness import Head  # noqa: E402
+from testbed.harness import Head  # noqa: E402
 
 CHANNELS = 100  # HTTP/2 connections; ~50 streams each, well under per-connection stream caps
 

@@ -294,7 +294,7 @@ def node() -> None:
     """Admin: take nodes out of scheduling and back."""
 
 
-def _schedule(name: str, action: int) -> None:
+def _schedule(name: str, action: pb.NodeScheduleRequest.Action) -> None:
     with connect() as client:
         found = client.set_node_schedule(name, action)
     render.console.print(f"{found.name}: {render.schedule(found)} ({len(found.running)} runs on it)")

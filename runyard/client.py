@@ -30,8 +30,8 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.HeadError]] = {
 
 
 def translate(err: grpc.RpcError, address: str) -> errors.HeadError:
-    code = err.code()  # type: ignore[attr-defined]
-    details = err.details() or code.name  # type: ignore[attr-defined]
+    code = err.code()
+    details = err.details() or code.name
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return errors.AuthenticationFailed(f"authentication failed: {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -101,7 +101,7 @@ class Client:
         return self._stub.GetRun(pb.RunRef(run_id=run_id), **self._kw())
 
     @_translated
-    def list_runs(self, *, experiment: str = "", state: int = 0, limit: int = 50) -> list[pb.Run]:
+    def list_runs(self, *, experiment: str = "", state: pb.RunState = pb.RUN_STATE_UNSPECIFIED, limit: int = 50) -> list[pb.Run]:
         return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
 
     @_translated
@@ -137,11 +137,11 @@ class Client:
         return self._stub.GetNode(pb.NodeRef(node=name), **self._kw())
 
     @_translated
-    def set_node_schedule(self, node: str, action: int) -> pb.Node:
+    def set_node_schedule(self, node: str, action: pb.NodeScheduleRequest.Action) -> pb.Node:
         return self._stub.SetNodeSchedule(pb.NodeScheduleRequest(node=node, action=action), **self._kw())
 
     @_translated
-    def download(self, run_id: str, what: int, dest: Path) -> int:
+    def download(self, run_id: str, what: pb.DownloadRequest.What, dest: Path) -> int:
         """Write the run's snapshot or outputs zip to `dest`; returns its size."""
         written = 0
         with open(dest, "wb") as f:

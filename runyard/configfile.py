@@ -12,11 +12,14 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runyard.errors import UsageError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def load_config(cls: type[T], path: Path | None, *, env_prefix: str, **overrides: Any) -> T:
@@ -29,7 +32,7 @@ def load_config(cls: type[T], path: Path | None, *, env_prefix: str, **overrides
             raise UsageError(f"cannot read config {path}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise UsageError(f"config {path} is not valid TOML: {err}") from None
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UsageError(f"config {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}")

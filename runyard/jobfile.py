@@ -72,8 +72,9 @@ def _input_value(value: object) -> str | int | float | bool:
             raise ValueError(f"inputs of type {kind} are not supported yet by Runyard; give a literal value")
         raise ValueError("the {type:, default:} / {value:} form is not supported yet by Runyard; "
                          "write the value itself, e.g. lr: 0.01")
-    scalar_text(value)
-    return value  # type: ignore[return-value]  # scalar_text checked it
+    if isinstance(value, str | int | float):     # bool is an int
+        return value
+    raise ValueError(f"must be a string, number or boolean, not {_kind(value)}")
 
 
 def _size(value: object) -> int:

@@ -35,7 +35,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, SupportsFloat, SupportsIndex
 
 from runyard.ids import new_run_id
 
@@ -82,10 +82,13 @@ def _metric_value(key: str, value: object) -> float:
     # numpy's bool is named `bool_` (numpy 1) or `bool` (numpy 2) and is not a subclass of bool.
     if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
         raise TypeError(f"metric {key!r}: value must be a real number, got a bool")
-    if isinstance(value, (str, bytes, bytearray)):
+    # What float() takes but text: numbers, and numpy or torch scalars (they have __float__). float and int come
+    # first: isinstance() against a protocol is slow, and most values are plain numbers.
+    text = isinstance(value, (str, bytes, bytearray))
+    if text or not isinstance(value, (float, int, SupportsFloat, SupportsIndex)):
         raise TypeError(f"metric {key!r}: value must be a real number, got {type(value).__name__}")
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"metric {key!r}: value must be a real number, got {type(value).__name__}") from err
 
@@ -93,10 +96,9 @@ def _metric_value(key: str, value: object) -> float:
 def _metric_step(step: object) -> int:
     if isinstance(step, bool):
         raise TypeError("step must be an int, got a bool")
-    try:
-        number = operator.index(step)  # type: ignore[arg-type]
-    except TypeError as err:
-        raise TypeError(f"step must be an int, got {type(step).__name__}") from err
+    if not isinstance(step, (int, SupportsIndex)):        # int first: a protocol check is slow
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    number = operator.index(step)
     if not _STEP_MIN <= number <= _STEP_MAX:
         raise ValueError(f"step {number} does not fit in a signed 64-bit integer")
     return number

@@ -36,10 +36,11 @@ def word(kind: str, value: int) -> str:
     return "" if value == 0 else _word(enum.Name(value), prefix, case)
 
 
-def run_state(text: str) -> int:
+def run_state(text: str) -> pb.RunState:
     """The RunState value of a word, case-insensitive ('running' -> RUN_STATE_RUNNING); ValueError if none."""
     try:
-        return int(pb.RunState.Value("RUN_STATE_" + text.strip().upper()))
+        # The generated stubs type EnumTypeWrapper.Value() as a plain int, not as the enum it belongs to.
+        return pb.RunState.Value("RUN_STATE_" + text.strip().upper())  # type: ignore[return-value]
     except ValueError:
         words = ", ".join(word("RunState", v) for v in pb.RunState.values() if v)
         raise ValueError(f"unknown run state {text!r}; one of {words}") from None

@@ -23,13 +23,27 @@ from typing import Any
 
 import grpc
 
-from scheduler.errors import DiskFull, HeadError, PermissionDenied, Unauthenticated
+from scheduler.errors import (
+    AlreadyExists, DiskFull, FailedPrecondition, HeadError, InvalidArgument, NotFound, PermissionDenied,
+    ResourceExhausted, Unauthenticated,
+)
 from scheduler.core.lifecycle import InvalidTransition
 from scheduler.model import Principal
 
 log = logging.getLogger(__name__)
 
 _caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller")
+# The status code of each kind of refusal (the tree is drawn in errors.py); a subclass takes its nearest ancestor's.
+_CODES: dict[type[HeadError], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    HeadError: grpc.StatusCode.INTERNAL,
+}
 JOIN_METHOD = "/runyard.v1.NodeAgent/Join"
 NODE_SERVICE = "/runyard.v1.NodeAgent/"
 
@@ -40,6 +54,11 @@ def token_sha(token: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def status_code(err: HeadError) -> grpc.StatusCode:
+    """The gRPC status code a refusal is answered with."""
+    return next(_CODES[kind] for kind in type(err).__mro__ if kind in _CODES)
 
 
 def caller() -> Principal:
@@ -91,7 +110,7 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
         log.warning("a write failed: the disk is full", extra={"error": str(err)})
         err = DiskFull()
     if isinstance(err, HeadError):
-        await context.abort(err.code, str(err))
+        await context.abort(status_code(err), str(err))
     if isinstance(err, InvalidTransition):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
     raise err
@@ -119,7 +138,7 @@ def _wrap(behavior: Callable[..., Any], principal: Principal) -> Callable[..., A
 
 def _refuse(err: HeadError) -> Callable[..., Any]:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(err.code, str(err))
+        await context.abort(status_code(err), str(err))
     return refuse
 
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 from runyard.units import format_size, parse_size
 
@@ -145,7 +146,8 @@ def _policy(name: str, table: object) -> ClusterPolicy:
     unknown = sorted(set(table) - set(_KINDS))
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: unknown key; known keys: {', '.join(sorted(_KINDS))}")
-    values = {key: _value(f"{where}.{key}", key, value) for key, value in table.items()}
+    # Each value is checked against its field's kind by `_value`; the field, not the dict, carries its type.
+    values: dict[str, Any] = {key: _value(f"{where}.{key}", key, value) for key, value in table.items()}
     policy = ClusterPolicy(cluster=name, **values)
     _check(where, policy)
     return policy

@@ -115,14 +115,14 @@ class RunyardService(pb_grpc.RunyardServicer):
         return {n.id: n.name for n in await self._store.list_nodes()}
 
     async def HasSnapshot(self, request: pb.SnapshotRef, context: grpc.aio.ServicerContext) -> pb.HasSnapshotResponse:
-        present = _SHA256.match(request.sha256) and await asyncio.to_thread(self._artifacts.exists, "snapshots", request.sha256)
+        present = _SHA256.match(request.sha256) is not None and await asyncio.to_thread(self._artifacts.exists, "snapshots", request.sha256)
         return pb.HasSnapshotResponse(present=bool(present))
 
     async def UploadSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> pb.UploadSnapshotResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None:
             raise InvalidArgument("empty snapshot upload")
-        if _SHA256.match(first.sha256) and await asyncio.to_thread(self._artifacts.exists, "snapshots", first.sha256):
+        if _SHA256.match(first.sha256) is not None and await asyncio.to_thread(self._artifacts.exists, "snapshots", first.sha256):
             return pb.UploadSnapshotResponse(sha256=first.sha256, existed=True)
         path = await receive_blob(
             first.data, (c.data async for c in request_iterator), first.sha256,

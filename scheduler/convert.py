@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from protos import runyard_pb2 as pb
 from scheduler.core.lifecycle import DesiredState, Reason, RunState
@@ -26,6 +26,18 @@ _PHASES = {pb.RunUpdate.PREPARING: Phase.PREPARING, pb.RunUpdate.RUNNING: Phase.
            pb.RunUpdate.FINALIZING: Phase.FINALIZING, pb.RunUpdate.EXITED: Phase.EXITED}
 
 
+# One overload per vocabulary enum: the generated stubs type `EnumTypeWrapper.Value()` as a plain int, while a
+# message's enum field accepts only its own enum type; these say which protobuf enum each member becomes.
+@overload
+def to_pb(member: RunState) -> pb.RunState: ...
+@overload
+def to_pb(member: Reason | None) -> pb.Reason: ...
+@overload
+def to_pb(member: DesiredState) -> pb.DesiredState: ...
+@overload
+def to_pb(member: NodeState) -> pb.NodeState: ...
+@overload
+def to_pb(member: Schedule) -> pb.Schedule: ...
 def to_pb(member: StrEnum | None) -> int:
     """The protobuf value of a vocabulary member; None (or '') is the unspecified value 0."""
     if not member:
@@ -162,7 +174,9 @@ def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:
     return pb.LogLine(
         attempt=row.attempt,
         record=pb.LogRecord(
-            stream=row.stream, seq=row.seq, ts=row.ts, data=row.data, continued=bool(row.flags & 1),
+            # The stored value is the wire's own; the generated stubs accept only a `Stream` member here.
+            stream=row.stream,  # type: ignore[arg-type]
+            seq=row.seq, ts=row.ts, data=row.data, continued=bool(row.flags & 1),
             gap=bool(row.flags & 2), rank=row.rank if rank is None else rank,
         ),
     )

@@ -2,7 +2,7 @@
 
 The schema lives in `sql/schema.sql` (fresh databases) and `sql/migrations/NNNN_*.sql` (upgrades); a test
 proves that the migrations end at exactly the fresh schema. `PRAGMA user_version` is the applied migration.
-Must not: hold queries of the store (that is `store.py`).
+Must not: hold queries of the store (that is the `store` package).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import secrets
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -42,20 +43,26 @@ async def _configure(conn: aiosqlite.Connection, synchronous: str) -> None:
     await conn.execute("PRAGMA busy_timeout=5000")
 
 
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
+    """The one value of a query that always returns one row (a pragma, a count)."""
+    async with conn.execute(sql) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {sql!r}")
+    return row[0]
+
+
 async def migrate(conn: aiosqlite.Connection) -> int:
     """Bring the database to the latest version; returns the version."""
     latest = migrations()[-1][0]
-    async with conn.execute("PRAGMA user_version") as cur:
-        (version,) = await cur.fetchone()  # type: ignore[misc]
+    version = await _scalar(conn, "PRAGMA user_version")
     if version > latest:
         raise StartupRefused(
             f"the database is at schema version {version}, newer than this head knows ({latest}); "
             "run the newer runyard-head"
         )
     if version == 0:
-        async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:
-            (objects,) = await cur.fetchone()  # type: ignore[misc]
-        if objects == 0:
+        if await _scalar(conn, "SELECT count(*) FROM sqlite_master") == 0:
             await conn.executescript(f"BEGIN; {fresh_schema()}; PRAGMA user_version={latest}; COMMIT;")
             return latest
     for number, sql in migrations():

@@ -114,10 +114,10 @@ class _Queue:
                     d = _derive(row)
                 self._add(d)
         else:
-            for run_id, row in changes:
+            for run_id, entered in changes:
                 self._drop(run_id)
-                if row is not None:
-                    d = _derive(row)
+                if entered is not None:
+                    d = _derive(entered)
                     self._add(d)
                     fresh.append(d)
             fresh = [d for d in fresh if self._current(d)]
@@ -333,10 +333,12 @@ class Dispatcher:
             *(self._commit(run_id, sorted(members, key=lambda p: p.rank)) for run_id, members in gangs.items()),
             self._store.set_pending_reasons(reasons), return_exceptions=True,
         )
-        failed = next((d for d in done if isinstance(d, BaseException)), None)
-        if failed is not None:
-            raise failed
-        return sum(done[:-1])
+        placed = 0
+        for result in done:         # the placements' counts, then None from set_pending_reasons
+            if isinstance(result, BaseException):
+                raise result
+            placed += result or 0
+        return placed
 
     async def _commit(self, run_id: str, members: list[Placement]) -> int:
         """Commit one run's placement, then send its assignment(s); 0 if it was canceled meanwhile."""

@@ -1,4 +1,5 @@
-"""Errors of the head. Each maps to exactly one gRPC status code at the service boundary (`auth.py`).
+"""Errors of the head. Each maps to exactly one gRPC status code at the service boundary (`auth.py`, which holds
+the mapping: the errors themselves know nothing of gRPC, so the store and the cores can raise them).
 
     HeadError                       root; the docstring of each class says what it means
     ├── Unauthenticated             UNAUTHENTICATED: no token, or not a valid one
@@ -14,55 +15,37 @@
 
 from __future__ import annotations
 
-import grpc
-
 
 class HeadError(Exception):
     """The head refused a request."""
-
-    code = grpc.StatusCode.INTERNAL
 
 
 class Unauthenticated(HeadError):
     """Missing or invalid token."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
-
 
 class PermissionDenied(HeadError):
     """The credential is valid but not for this call."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class NotFound(HeadError):
     """No such object in the caller's workspace."""
 
-    code = grpc.StatusCode.NOT_FOUND
-
 
 class InvalidArgument(HeadError):
     """The request is malformed or out of range."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class FailedPrecondition(HeadError):
     """The request is valid but not in the current state."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
 
 class AlreadyExists(HeadError):
     """The name is taken by something live."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
-
 
 class ResourceExhausted(HeadError):
     """A size cap was hit or the head's disk is full."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class DiskFull(ResourceExhausted):

@@ -4,7 +4,7 @@ transactions that arrive while it is busy.
 On a disk where a durable commit costs a flush (WAL, synchronous=FULL), N callers that each commit pay N flushes;
 here they share one. Each caller still gets its own outcome: its statements run inside their own savepoint of the
 shared transaction, and it is answered only after the COMMIT that holds them.
-Must not: know the schema or the queries (that is `store.py`).
+Must not: know the schema or the queries (that is the `store` package).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from scheduler.core.lifecycle import DesiredState, RunState
+from scheduler.core.nodes import NodeState, Schedule
 
 
 # Properties of a child of a multi-node run: its node rank, and the parent's attempt it belongs to.
@@ -124,9 +125,9 @@ class NodeRecord:
     cluster: str
     labels: dict[str, str]
     capacity: Capacity
-    state: str
+    state: NodeState
     last_seen: float
-    schedule: str = "active"
+    schedule: Schedule = Schedule.ACTIVE
     failures_in_row: int = 0
 
 

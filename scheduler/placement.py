@@ -229,8 +229,8 @@ def place(
     pending: dict[str, str] = {}
     waiting: list[str] = []
     blocked: dict[str, _Blocked] = {}
-    unfit: dict[str, set[tuple]] = {}          # cluster -> request shapes that did not fit (free space only shrinks)
-    reasons: dict[tuple, str] = {}             # (cluster, placements so far, shape) -> pending reason
+    unfit: dict[str, set[_Shape]] = {}         # cluster -> request shapes that did not fit (free space only shrinks)
+    reasons: dict[tuple[str, int, _Shape], str] = {}    # (cluster, placements so far, shape) -> pending reason
     for req in queue:
         quota = quotas.get((req.workspace, req.cluster))
         used = gpus_used.get((req.workspace, req.cluster), 0)
@@ -272,7 +272,11 @@ def place(
     return Plan(tuple(placements), pending, tuple(waiting))
 
 
-def _shape(req: Request) -> tuple:
+# What a request asks of one node: requests of the same shape fit or do not fit alike.
+_Shape = tuple[float, int, int, int, str, int, tuple[tuple[str, str], ...]]
+
+
+def _shape(req: Request) -> _Shape:
     return (req.cpus, req.memory_bytes, req.gpus, req.nodes, req.gpu_model, req.gpu_memory_bytes, req.labels)
 
 

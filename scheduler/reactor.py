@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import Trigger
+from scheduler.core.nodes import NodeFacts
 from scheduler.core.plan import Plan
 from scheduler.core.react import (
     Cancel, Event, Hello, NodeDown, NodeHeard, NodeLeft, NodeSilent, Policy, Report, StreamClosed, World, react,
@@ -51,6 +52,7 @@ class Reactor:
                 committed = await self._store.apply_plan(plan) if _writes(plan) else []
             except Conflict as err:
                 log.debug("plan conflict; reacting again", extra={"event": type(event).__name__, "why": str(err)})
+                await self._reread_nodes(plan)
                 continue
             self._carry_out(world, plan, committed)
             return plan
@@ -74,6 +76,18 @@ class Reactor:
                 pass
         facts = self._sessions.facts(node_id) if node_id else None
         return World(runs, {node_id: facts} if facts is not None else {}, self._now(), self._policy)
+
+    async def _reread_nodes(self, plan: Plan) -> None:
+        """Take the facts of the nodes `plan` guarded on from the database again. The runs of a World are read
+        from the store on every try, but its nodes come from the sessions, which record a commit only once its
+        caller goes on: a caller cancelled while its Plan committed (a StreamClosed handled as its RPC is torn
+        down) leaves them behind the database, and every later Plan for that node would conflict."""
+        for node_id in {m.node_id for m in plan.node_moves} | {c.node_id for c in plan.counts}:
+            try:
+                node = await self._store.get_node(node_id)
+            except NotFound:
+                continue
+            self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
 
     async def _gather(self, runs: dict[str, RunRecord], run_ids: Iterable[str]) -> None:
         """Read the runs and, for each, the gang it belongs to: its parent and the parent's children."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster
+from testbed.harness import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from agent.cgroups import CgroupContainment, find_own_cgroup
 from agent.containment import Containment, Mode, open_containment
 from agent.errors import CannotStart, ContainmentUnavailable
 from tests.fakes import eventually
-from tests.harness import process_gone
+from testbed.harness import process_gone
 
 # A run whose tree escapes its process group: a grandchild in a session of its own and a plain background child.
 TREE = """\

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
-from scheduler.auth import JOIN_METHOD, Credentials, new_token, token_sha
+from scheduler import errors
+from scheduler.auth import JOIN_METHOD, Credentials, new_token, status_code, token_sha
 from scheduler.errors import PermissionDenied, Unauthenticated
 from scheduler.model import Principal
 
@@ -110,3 +112,20 @@ def test_forget_node_revokes_its_old_token(credentials: Credentials) -> None:
 def test_new_tokens_are_unique_and_long() -> None:
     tokens = {new_token() for _ in range(100)}
     assert len(tokens) == 100 and all(len(t) >= 32 for t in tokens)
+
+
+# The tree drawn in errors.py: what a client sees for each refusal (the client maps the codes back).
+@pytest.mark.parametrize(("error", "code"), [
+    (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied("node token"), grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound("no run"), grpc.StatusCode.NOT_FOUND),
+    (errors.InvalidArgument("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.FailedPrecondition("not now"), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AlreadyExists("name held"), grpc.StatusCode.ALREADY_EXISTS),
+    (errors.ResourceExhausted("too big"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DiskFull(), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.StartupRefused("lost database"), grpc.StatusCode.INTERNAL),
+    (errors.HeadError("anything else"), grpc.StatusCode.INTERNAL),
+])
+def test_every_refusal_has_its_status_code(error: errors.HeadError, code: grpc.StatusCode) -> None:
+    assert status_code(error) is code

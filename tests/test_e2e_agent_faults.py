@@ -16,7 +16,7 @@ import pytest
 from protos import runyard_pb2 as pb
 from tests.fakehead import FakeHead, zip_of
 from tests.fakes import eventually
-from tests.harness import Cluster, start_agent_process, terminate, wait_until
+from testbed.harness import Cluster, start_agent_process, terminate, wait_until
 
 DEPTH = 3000
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def _agents_of(head_dir: Path) -> list[psutil.Process]:

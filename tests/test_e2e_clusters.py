@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def test_a_run_for_an_unknown_cluster_is_refused_and_known_ones_queue(tmp_path: Path, project: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, process_gone, wait_until
+from testbed.harness import Cluster, process_gone, wait_until
 from tests.test_agent_containment import MODES, TREE, cgroups_usable, tree_pids
 
 

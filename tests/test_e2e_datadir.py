@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness import Head, wait_until
+from testbed.harness import Head, wait_until
 
 
 def _files(root: Path) -> dict[str, str]:

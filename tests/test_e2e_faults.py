@@ -15,7 +15,7 @@ import pytest
 from runyard.client import Client
 from runyard.config import ClientConfig
 from runyard.errors import InvalidArgument
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 @pytest.fixture

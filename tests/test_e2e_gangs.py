@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def _children(cluster: Cluster, parent: str) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def test_gpu_runs_get_disjoint_devices_and_pack_onto_one_node(tmp_path: Path, project: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
-from tests.harness import Agent, Cluster, Head, process_gone, wait_until
+from testbed.harness import Agent, Cluster, Head, process_gone, wait_until
 
 FAST_HEAD = {"disconnected_after_s": 1.0, "down_after_s": 3.0}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.harness import Cluster, process_gone, wait_until
+from testbed.harness import Cluster, process_gone, wait_until
 
 
 def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, project: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import Cluster, wait_until
+from testbed.harness import Cluster, wait_until
 
 
 def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project: Path) -> None:

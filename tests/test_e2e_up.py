@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.harness import wait_until
+from testbed.harness import wait_until
 
 
 def _cluster_processes(data_dir: Path) -> list[psutil.Process]:

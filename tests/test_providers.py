@@ -20,7 +20,7 @@ import pytest
 from agent.config import load_agent_config
 from scheduler.autoscale import ClusterPolicy
 from scheduler.providers import CommandProvider, LocalProvider, ProviderError, ProviderNode, ProviderStatus
-from tests.harness import process_gone
+from testbed.harness import process_gone
 
 DEADLINE_S = 20.0
 

@@ -1,9 +1,9 @@
 """What a reaction decides: a `Plan` of guarded changes and messages, as plain values. No I/O.
 
-The applier (`scheduler/applier.py`) commits the changes of one Plan in one transaction, every change guarded by
-the state it was decided in (a run still in `state` at `attempt`, a node still in `state`), and only then sends
-its messages. If any guard no longer holds, nothing of the Plan is written: the caller reads again and reacts
-again.
+The applier (`store.apply_plan()`, called by the reactor) commits the changes of one Plan in one transaction,
+every change guarded by the state it was decided in (a run still in `state` at `attempt`, a node still in
+`state`), and only then sends its messages. If any guard no longer holds, nothing of the Plan is written: the
+caller reads again and reacts again.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
+from typing import Any
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import (
@@ -125,14 +127,14 @@ class World:
         for m in plan.moves:
             run = runs[m.run_id]
             target = next_state(run.id, run.state, m.trigger)
-            changes: dict[str, object] = {"state": target}
+            changes: dict[str, Any] = {"state": target}
             if m.reason is not None:
                 changes["reason"] = m.reason
             if m.exit_code is not None:
                 changes["exit_code"] = m.exit_code
             if m.trigger is Trigger.REQUEUE:
                 changes.update(node_id="", gpu_indices=(), pending_reason=m.pending_reason)
-            runs[m.run_id] = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
+            runs[m.run_id] = dataclasses.replace(run, **changes)
         for s in plan.stops:
             runs[s.run_id] = dataclasses.replace(runs[s.run_id], desired_state=DesiredState.STOP)
         nodes = dict(self.nodes)
@@ -262,13 +264,18 @@ def _then_gang(world: World, plan: Plan) -> Plan:
     """`plan`, and what the parents of the runs it changes do about it."""
     after = world.with_plan(plan)
     parents = {after.runs[r].parent_id for r in plan.touched if after.runs[r].parent_id}
-    return plan + fold(after, [lambda w, p=p: follow_gang(w, p) for p in sorted(parents) if p in after.runs])
+    return plan + fold(after, [partial(follow_gang, parent_id=p) for p in sorted(parents) if p in after.runs])
 
 
 # --- losing attempts -----------------------------------------------------------------------------------------
 
 def budget(run: RunRecord, default_retries: int) -> int:
     return run.spec.max_retries if run.spec.max_retries >= 0 else default_retries
+
+
+def _lose_current(world: World, run_id: str, *, detail: str) -> Plan:
+    """`lose()` the run as `world` has it: a step of `fold`, after the steps before it changed the world."""
+    return lose(world, world.runs[run_id], detail=detail)
 
 
 def lose(world: World, run: RunRecord, *, detail: str, cause: Reason = Reason.NODE_LOST) -> Plan:
@@ -346,15 +353,14 @@ def on_hello(world: World, ev: Hello) -> Plan:
         lambda w: Plan(node_moves=(NodeMove(node.id, NodeTrigger.HELLO, node.state, "connected"),))]
     for run in sorted(world.runs.values(), key=lambda r: r.id):
         if run.node_id == ev.node_id and run.state in ACTIVE and (run.id, run.attempt) not in ev.attempts:
-            steps.append(lambda w, run_id=run.id: lose(w, w.runs[run_id],
-                                                       detail=f"{node.name} does not know this attempt"))
+            steps.append(partial(_lose_current, run_id=run.id, detail=f"{node.name} does not know this attempt"))
     plan = fold(world, steps)
     fences = []
     for run_id, attempt in sorted(ev.attempts):
-        run = world.runs.get(run_id)
-        if run is None or run.attempt != attempt or run.node_id != ev.node_id or run.state not in ACTIVE:
+        held = world.runs.get(run_id)
+        if held is None or held.attempt != attempt or held.node_id != ev.node_id or held.state not in ACTIVE:
             fences.append(Fence(ev.node_id, run_id, attempt))
-        elif run.desired_state is DesiredState.STOP:
+        elif held.desired_state is DesiredState.STOP:
             fences.append(Fence(ev.node_id, run_id, attempt, Reason.CANCELED_BY_USER))   # the stop, again
     return plan + Plan(fences=tuple(fences))
 
@@ -364,14 +370,10 @@ def on_node_down(world: World, ev: NodeDown) -> Plan:
     if node is None or node.state not in (NodeState.READY, NodeState.DISCONNECTED):
         return Plan()
     detail = ev.detail or f"node {node.name} went down"
-    steps: list[Callable[[World], Plan]] = []
+    moves: list[tuple[NodeTrigger, str]] = [(NodeTrigger.DOWN, detail)]
     if node.state is NodeState.READY:
-        steps.append(lambda w: _node_move(w, node.id, NodeTrigger.SILENT, "nothing heard within the heartbeat window"))
-    steps.append(lambda w: _node_move(w, node.id, NodeTrigger.DOWN, detail))
-    for run in sorted(world.runs.values(), key=lambda r: r.id):
-        if run.node_id == node.id and run.state in ACTIVE:
-            steps.append(lambda w, run_id=run.id: lose(w, w.runs[run_id], detail=detail))
-    return fold(world, steps)
+        moves.insert(0, (NodeTrigger.SILENT, "nothing heard within the heartbeat window"))
+    return _gone(world, node.id, moves, detail)
 
 
 def on_node_left(world: World, ev: NodeLeft) -> Plan:
@@ -379,10 +381,16 @@ def on_node_left(world: World, ev: NodeLeft) -> Plan:
     if node is None or node.state is NodeState.LEFT:
         return Plan()
     detail = ev.detail or f"node {node.name} left the cluster"
-    steps: list[Callable[[World], Plan]] = [lambda w: _node_move(w, node.id, NodeTrigger.LEAVE, detail)]
-    for run in sorted(world.runs.values(), key=lambda r: r.id):
-        if run.node_id == node.id and run.state in ACTIVE:
-            steps.append(lambda w, run_id=run.id: lose(w, w.runs[run_id], detail=detail))
+    return _gone(world, node.id, [(NodeTrigger.LEAVE, detail)], detail)
+
+
+def _gone(world: World, node_id: str, moves: list[tuple[NodeTrigger, str]], detail: str) -> Plan:
+    """The node's `moves`, then each of its live attempts lost once."""
+    steps: list[Callable[[World], Plan]] = [partial(_node_move, node_id=node_id, trigger=trigger, detail=why)
+                                            for trigger, why in moves]
+    steps += [partial(_lose_current, run_id=run.id, detail=detail)
+              for run in sorted(world.runs.values(), key=lambda r: r.id)
+              if run.node_id == node_id and run.state in ACTIVE]
     return fold(world, steps)
 
 

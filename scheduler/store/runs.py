@@ -1,59 +1,31 @@
-"""The head's state store: every read and write of the SQLite database.
+"""The store's runs: submit, reads, every state change (`transition`, `apply_plan`, `assign_gang`), and the
+in-memory mirror of the queue.
 
-Writes go through one thread that owns the write connection (`GroupCommit`): the write transactions that arrive
-while it is committing are committed together, one `BEGIN IMMEDIATE ... COMMIT` (one fsync) for the group, each
-caller's statements inside its own savepoint, and no caller returns before the COMMIT that holds its rows.
-Reads go through a second, read-only connection.
-Every run state change goes through `transition()`: the state machine's table check, a guarded
+Every run state change goes through the state machine's table check, a guarded
 `UPDATE ... WHERE state = <the state just read>`, and an appended run event, in one transaction.
 The queued runs are also kept in memory (`queued()`), changed only after the commit that changed them; the
-database stays the durable record and the mirror is rebuilt from it on open.
-Store errors are translated here: a full disk becomes `DiskFull` (RESOURCE_EXHAUSTED).
-Must not: decide anything (that is lifecycle/placement) or know about gRPC.
+database stays the durable record and the mirror is rebuilt from it on open (`_load_queue`).
+Must not: decide anything (that is `core.lifecycle`, `core.react`, placement), or know about gRPC.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import math
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
-
-import aiosqlite
+from typing import Any, NamedTuple
 
 from runyard.ids import new_run_id
-from scheduler import db
-from scheduler.errors import DiskFull, NotFound
-from scheduler.group_commit import Effects, GroupCommit, Work
+from scheduler.errors import NotFound
+from scheduler.group_commit import Effects
 from scheduler.core.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
-from scheduler.core.nodes import NodeState, NodeTrigger, Schedule, ScheduleTrigger, next_node_state, next_schedule
+from scheduler.core.nodes import NodeState, ScheduleTrigger, next_node_state
 from scheduler.core.plan import Move, Plan
-from scheduler.model import (
-    ATTEMPT_PROPERTY,
-    RANK_PROPERTY,
-    ClusterEvent,
-    Capacity,
-    LogRow,
-    MetricRow,
-    NewRun,
-    NodeRecord,
-    Principal,
-    RunEventRecord,
-    RunRecord,
-    RunSpec,
-)
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, NewRun, RunEventRecord, RunRecord, RunSpec
+from scheduler.store.base import _RUN_COLUMNS, Conflict, NotCurrentAttempt, StoreBase, _run
+from scheduler.store.nodes import _move_schedule, _node_event, _NodeCache
 
-_RUN_COLUMNS = (
-    "id, workspace, experiment, parent_id, display_name, state, desired_state, reason, exit_code, pending_reason, "
-    "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
-    "started_at, ended_at, priority, agent_error_node"
-)
-_NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row"
 _QUEUED_COLUMNS = (
     "id, workspace, priority, created_at, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
     "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus'), json_extract(spec, '$.instance_count'), "
@@ -67,9 +39,7 @@ _SETTABLE = frozenset(
 # whose WHERE contains its condition, so a query for some live states repeats it rather than scan every run.
 _LIVE_INDEXED = "state IN ('Queued', 'Preparing', 'Running', 'Finalizing')"
 _LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
-LOG_CONTINUED = 1
-LOG_GAP = 2
-T = TypeVar("T")
+_ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
 
 
 class QueuedRow(NamedTuple):
@@ -100,24 +70,6 @@ class LiveRow(NamedTuple):
     timeout_s: float
 
 
-def _run(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        id=row[0], workspace=row[1], experiment=row[2], parent_id=row[3] or "", display_name=row[4],
-        state=RunState(row[5]), desired_state=DesiredState(row[6]), reason=row[7], exit_code=row[8],
-        pending_reason=row[9], attempt=row[10], node_id=row[11] or "", gpu_indices=tuple(json.loads(row[12])),
-        spec=RunSpec.from_json(row[13]), snapshot_sha256=row[14], outputs_sha256=row[15],
-        tags=json.loads(row[16]), properties=json.loads(row[17]), created_at=row[18], started_at=row[19],
-        ended_at=row[20], priority=row[21], agent_error_node=row[22],
-    )
-
-
-def _node(row: Sequence[Any]) -> NodeRecord:
-    return NodeRecord(
-        id=row[0], name=row[1], cluster=row[2], labels=json.loads(row[3]), capacity=Capacity.from_json(row[4]),
-        state=NodeState(row[5]), last_seen=row[6], schedule=Schedule(row[7]), failures_in_row=row[8],
-    )
-
-
 def _queued_from_sql(r: Sequence[Any]) -> QueuedRow:
     return QueuedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or 1, r[9] or "", r[10] or 0,
                      tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0)
@@ -138,17 +90,6 @@ def _spec_json(spec: RunSpec) -> str:
     return json.dumps({name: getattr(spec, name) for name in _SPEC_FIELDS}, separators=(",", ":"))
 
 
-class NotCurrentAttempt(InvalidTransition):
-    """A report about an attempt that is not the run's current one (or not on the node that reports it)."""
-
-
-class Conflict(Exception):
-    """A guard of a Plan no longer holds (the run or node moved since it was read); nothing of it was written."""
-
-
-_ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
-
-
 def default_name(spec: RunSpec) -> str:
     """A display name from the command, for runs submitted without one: `python train.py --lr 0.1`."""
     argv = spec.argv[2:] if spec.argv[:2] == ("/bin/sh", "-c") else spec.argv
@@ -156,72 +97,18 @@ def default_name(spec: RunSpec) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
-def _node_event(w: sqlite3.Connection, node_id: str, at: float, source: str, target: str, event: str,
-                detail: str) -> None:
-    w.execute("INSERT INTO node_events (node_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
-              (node_id, at, source, target, event, detail))
+class RunStore(StoreBase):
+    """Reads and writes of runs; part of `Store`."""
 
+    _queue: dict[str, QueuedRow]                            # every Queued run, as of the last delivered commit
+    _queue_log: list[tuple[str, QueuedRow | None]] | None   # see queue_changes()
+    _node_cache: _NodeCache                                 # a Plan may move nodes too
 
-def _translated(err: BaseException) -> BaseException:
-    if isinstance(err, sqlite3.OperationalError) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return DiskFull()
-    return err
-
-
-class Store:
-    """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
-
-    def __init__(
-        self, writer: GroupCommit, reader: aiosqlite.Connection, cluster_id: str, clock: Callable[[], float],
-    ) -> None:
-        self._writer = writer
-        self._r = reader
-        self.cluster_id = cluster_id
-        self.clock = clock
-        self._queue: dict[str, QueuedRow] = {}          # every Queued run, as of the last delivered commit
-        self._queue_log: list[tuple[str, QueuedRow | None]] | None = None    # see queue_changes()
-        self._nodes: list[NodeRecord] | None = None     # list_nodes() as of the last node write, when known
-        self._nodes_version = 0                         # moves on every committed node write
-
-    @classmethod
-    async def open(
-        cls, data_dir: Path, *, synchronous: str = "FULL", clock: Callable[[], float] = time.time
-    ) -> Store:
-        opening, cluster_id = await db.open_database(data_dir, synchronous=synchronous)
-        await opening.close()  # migrated and checked; from here on the writer thread owns the writes
-        writer = GroupCommit(data_dir / "runyard.db", synchronous, asyncio.get_running_loop(), translate=_translated)
-        await writer.start()
-        try:
-            reader = await db.open_reader(data_dir)
-        except BaseException:
-            await writer.close()
-            raise
-        store = cls(writer, reader, cluster_id, clock)
-        try:
-            rows = await writer.write(
-                lambda w, _: w.execute(f"SELECT {_QUEUED_COLUMNS} FROM runs WHERE state = 'Queued'").fetchall())
-        except BaseException:
-            await store.close()
-            raise
-        store._queue = {r[0]: _queued_from_sql(r) for r in rows}
-        return store
-
-    async def close(self) -> None:
-        await self._r.close()
-        await self._writer.close()
-
-    async def _write(self, work: Work[T]) -> T:
-        return await self._writer.write(work)
-
-    # Each read runs to its end in one job on the reader's thread. A statement left open across an await (execute
-    # now, fetch later) pins the reader's snapshot, and every other coroutine's read meanwhile sees that old
-    # snapshot: Connect found no node for a Join that had already committed.
-    async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        rows = await self._r.execute_fetchall(sql, args)
-        return rows[0] if rows else None
-
-    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._r.execute_fetchall(sql, args))
+    async def _load_queue(self) -> None:
+        """Fill the mirror of the queue from the database (on open, before anyone else uses the store)."""
+        rows = await self._write(
+            lambda w, _: w.execute(f"SELECT {_QUEUED_COLUMNS} FROM runs WHERE state = 'Queued'").fetchall())
+        self._queue = {r[0]: _queued_from_sql(r) for r in rows}
 
     # Effects: in-memory state that follows a commit (see GroupCommit).
     def _enqueued(self, row: QueuedRow) -> Callable[[], None]:
@@ -242,35 +129,6 @@ class Store:
             log_.append((run_id, row))
             if len(log_) > 2 * len(self._queue) + 1000:     # nobody is reading it: stop, and say so
                 self._queue_log = None
-
-    def _nodes_changed(self) -> None:
-        self._nodes = None
-        self._nodes_version += 1
-
-    # --- credentials -----------------------------------------------------------------------------------------
-
-    async def ensure_workspace(self, name: str) -> None:
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (name, self.clock()))
-        await self._write(work)
-
-    async def add_token(self, token_sha: str, workspace: str, role: str) -> None:
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.execute("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)", (workspace, self.clock()))
-            w.execute(
-                "INSERT OR IGNORE INTO tokens (sha256, workspace, role, created_at) VALUES (?, ?, ?, ?)",
-                (token_sha, workspace, role, self.clock()),
-            )
-        await self._write(work)
-
-    async def principals(self) -> dict[str, Principal]:
-        """Every credential by the sha256 of its token: users' and nodes'."""
-        found = {sha: Principal(ws, role) for sha, ws, role in await self._all("SELECT sha256, workspace, role FROM tokens")}
-        for node_id, sha in await self._all("SELECT id, token_sha FROM nodes"):
-            found[sha] = Principal("", "node", node_id)
-        return found
-
-    # --- runs ------------------------------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun) -> tuple[str, bool]:
         """Insert a Queued run with its first event; returns (run id, existed) honouring the idempotency key."""
@@ -470,15 +328,15 @@ class Store:
                     continue
                 w.execute("UPDATE nodes SET failures_in_row = failures_in_row + 1 WHERE id = ?", (count.node_id,))
                 if count.quarantine:
-                    self._move_schedule(w, count.node_id, ScheduleTrigger.QUARANTINE, count.detail, now)
+                    _move_schedule(w, count.node_id, ScheduleTrigger.QUARANTINE, count.detail, now)
             for schedule in plan.schedules:
-                self._move_schedule(w, schedule.node_id, schedule.trigger, schedule.detail, now)
+                _move_schedule(w, schedule.node_id, schedule.trigger, schedule.detail, now)
             for expect in plan.expects:
                 row = w.execute("SELECT state FROM runs WHERE id = ?", (expect.run_id,)).fetchone()
                 if row is None or row[0] != expect.state:
                     raise Conflict(f"run {expect.run_id} is no longer {expect.state}")
             if plan.node_moves or plan.counts or plan.schedules:
-                effects.append(self._nodes_changed)
+                effects.append(self._node_cache.changed)
             touched = sorted(plan.touched)
             return [_run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
                     for run_id in touched]
@@ -518,19 +376,6 @@ class Store:
                                                             RunSpec.from_json(row[5]))))
         elif move.state is RunState.QUEUED:
             effects.append(self._dequeued(move.run_id))
-
-    def _move_schedule(self, w: sqlite3.Connection, node_id: str, trigger: ScheduleTrigger, detail: str,
-                       now: float) -> NodeRecord:
-        """Change a node's schedule by the table, with a node event (quarantine also with a cluster event)."""
-        node = _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
-        target = next_schedule(node.name, node.schedule, trigger)
-        forgive = ", failures_in_row = 0" if target is Schedule.ACTIVE else ""
-        w.execute(f"UPDATE nodes SET schedule = ?{forgive} WHERE id = ?", (target, node_id))
-        _node_event(w, node_id, now, node.schedule, target, trigger, detail)
-        if trigger is ScheduleTrigger.QUARANTINE:
-            w.execute("INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, 'quarantine', ?)",
-                      (now, node.cluster, node.name, detail))
-        return dataclasses.replace(node, schedule=target, failures_in_row=0 if forgive else node.failures_in_row)
 
     async def assign_gang(
         self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str
@@ -602,171 +447,3 @@ class Store:
         if run.node_id != node_id or run.attempt != attempt:
             raise NotFound(f"run {run_id!r} attempt {attempt} is not assigned to this node")
         return run
-
-    # --- logs ------------------------------------------------------------------------------------------------
-
-    async def append_logs(self, run_id: str, attempt: int, records: Sequence[tuple[int, int, int, float, int, bytes]]) -> int:
-        """Append (rank, stream, seq, ts, flags, data) records; a resent record is ignored. Returns rows added."""
-        rows = [(run_id, attempt, *record) for record in records]
-
-        def work(w: sqlite3.Connection, effects: Effects) -> int:
-            before = w.total_changes
-            w.executemany(
-                "INSERT OR IGNORE INTO logs (run_id, attempt, rank, stream, seq, ts, flags, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows,
-            )
-            return w.total_changes - before
-        return await self._write(work)
-
-    async def read_logs(
-        self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None
-    ) -> list[LogRow]:
-        """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored."""
-        ids = [run_id] if isinstance(run_id, str) else list(run_id)
-        sql = (f"SELECT id, attempt, rank, stream, seq, ts, flags, data, run_id FROM logs "
-               f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id > ?")
-        args: list[Any] = [*ids, after_id]
-        if rank is not None:
-            sql += " AND rank = ?"
-            args.append(rank)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        return [LogRow(*r) for r in await self._all(sql, args)]
-
-    async def tail_start(self, run_id: str | Sequence[str], lines: int, rank: int | None = None) -> int:
-        """The log row id after which the last `lines` records of the run(s) start."""
-        ids = [run_id] if isinstance(run_id, str) else list(run_id)
-        sql = f"SELECT id FROM logs WHERE run_id IN ({', '.join('?' * len(ids))})"
-        args: list[Any] = [*ids]
-        if rank is not None:
-            sql += " AND rank = ?"
-            args.append(rank)
-        sql += " ORDER BY id DESC LIMIT 1 OFFSET ?"
-        args.append(lines)
-        row = await self._one(sql, args)
-        return row[0] if row else 0
-
-    # --- metrics ---------------------------------------------------------------------------------------------
-
-    async def append_metrics(
-        self,
-        run_id: str,
-        attempt: int,
-        points: Sequence[tuple[int, str, int, float, float]],
-        params: dict[str, str],
-        tags: dict[str, str],
-    ) -> None:
-        """Append (seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
-        rows = [(run_id, attempt, seq, key, step, value, ts) for seq, key, step, value, ts in points]
-
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.executemany(
-                "INSERT OR IGNORE INTO metrics (run_id, attempt, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            if params:
-                w.executemany(
-                    "INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
-                    [(run_id, k, v) for k, v in params.items()],
-                )
-            if tags:
-                w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(tags), run_id))
-        await self._write(work)
-
-    async def read_metrics(self, run_id: str, key: str = "") -> list[MetricRow]:
-        sql = "SELECT key, value, step, ts FROM metrics WHERE run_id = ?"
-        args: list[Any] = [run_id]
-        if key:
-            sql += " AND key = ?"
-            args.append(key)
-        sql += " ORDER BY key, step, ts"
-        return [MetricRow(k, math.nan if v is None else v, s, t) for k, v, s, t in await self._all(sql, args)]
-
-    async def params(self, run_id: str) -> dict[str, str]:
-        return dict(await self._all("SELECT key, value FROM params WHERE run_id = ? ORDER BY key", (run_id,)))
-
-    # --- nodes -----------------------------------------------------------------------------------------------
-
-    async def join_node(
-        self, *, node_id: str, name: str, token_sha: str, cluster: str, labels: dict[str, str], capacity: Capacity
-    ) -> NodeRecord:
-        """Enroll a node by name (a rejoin keeps its id and replaces its credential), with a `join` node event.
-        Raises InvalidNodeTransition if the node is Ready: its name is held by a live agent."""
-        now = self.clock()
-
-        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
-            row = w.execute("SELECT id, state FROM nodes WHERE name = ?", (name,)).fetchone()
-            found, source = (row[0], NodeState(row[1])) if row is not None else (node_id, NodeState.JOINING)
-            target = next_node_state(name, source, NodeTrigger.JOIN)
-            w.execute(
-                "INSERT INTO nodes (id, name, token_sha, cluster, labels, capacity, state, last_seen, joined_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET token_sha = excluded.token_sha, "
-                "cluster = excluded.cluster, labels = excluded.labels, capacity = excluded.capacity, "
-                "state = excluded.state, last_seen = excluded.last_seen",
-                (found, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), target, now, now),
-            )
-            _node_event(w, found, now, "" if row is None else source, target, NodeTrigger.JOIN, f"cluster {cluster}")
-            effects.append(self._nodes_changed)
-            return _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (found,)).fetchone())
-        return await self._write(work)
-
-    async def set_node_capacity(self, node_id: str, capacity: Capacity) -> None:
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.execute("UPDATE nodes SET capacity = ?, last_seen = ? WHERE id = ?",
-                      (capacity.to_json(), self.clock(), node_id))
-            effects.append(self._nodes_changed)
-        await self._write(work)
-
-    async def set_node_schedule(self, name: str, trigger: ScheduleTrigger, detail: str) -> NodeRecord:
-        """Change what admins allow on a node by the schedule table; `uncordon` also forgives its failures in a
-        row. Raises NotFound, or InvalidNodeTransition when it already has that schedule."""
-        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
-            row = w.execute("SELECT id FROM nodes WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no node {name!r}")
-            effects.append(self._nodes_changed)
-            return self._move_schedule(w, row[0], trigger, detail, self.clock())
-        return await self._write(work)
-
-    async def node_events(self, node_id: str, limit: int = 50) -> list[RunEventRecord]:
-        """The node's latest state and schedule transitions, oldest first."""
-        rows = await self._all("SELECT at, from_state, to_state, event, detail FROM node_events WHERE node_id = ? "
-                               "ORDER BY id DESC LIMIT ?", (node_id, limit))
-        return [RunEventRecord(*r) for r in reversed(rows)]
-
-    async def record_event(self, cluster: str, node: str, kind: str, detail: str) -> None:
-        def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.execute(
-                "INSERT INTO cluster_events (at, cluster, node, kind, detail) VALUES (?, ?, ?, ?, ?)",
-                (self.clock(), cluster, node, kind, detail),
-            )
-        await self._write(work)
-
-    async def events(self, *, cluster: str = "", limit: int = 20) -> list[ClusterEvent]:
-        """The latest decision events, oldest first."""
-        sql = "SELECT at, cluster, node, kind, detail FROM cluster_events"
-        args: list[Any] = []
-        if cluster:
-            sql += " WHERE cluster = ?"
-            args.append(cluster)
-        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [ClusterEvent(*r) for r in reversed(rows)]
-
-    async def list_nodes(self) -> list[NodeRecord]:
-        """Every node by name. Kept between node writes: every node write goes through this store and drops it."""
-        if self._nodes is not None:
-            return list(self._nodes)
-        version = self._nodes_version
-        nodes = [_node(r) for r in await self._all(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")]
-        if version == self._nodes_version:     # no node write was delivered meanwhile: this read is current
-            self._nodes = nodes
-        return list(nodes)
-
-    async def get_node(self, node_id: str) -> NodeRecord:
-        row = await self._one(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,))
-        if row is None:
-            raise NotFound(f"no node {node_id!r}")
-        return _node(row)
-
-
-__all__ = ["Store", "InvalidTransition", "NotCurrentAttempt", "LOG_CONTINUED", "LOG_GAP"]

@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: a head, agents on loopback, and the `runyard` CLI as a subprocess.
+"""Real processes for end-to-end tests and benchmarks: a head, agents on loopback, and the `runyard` CLI as a
+subprocess.
 
 No fixed ports (the head binds 127.0.0.1:0 and writes its address to a ready file), no sleeps for readiness
 (every wait polls a condition with a deadline).
