@@ -17,7 +17,7 @@ READ_BYTES = 64 * 1024
 
 
 async def read_records(
-    stream: asyncio.StreamReader, kind: int, emit: Callable[[pb.LogRecord], None], *, record_bytes: int
+    stream: asyncio.StreamReader, kind: pb.Stream, emit: Callable[[pb.LogRecord], None], *, record_bytes: int
 ) -> int:
     """Read `stream` to EOF, calling `emit` for each record in order; returns how many were emitted."""
     seq = 0

@@ -283,15 +283,15 @@ class Supervisor:
         metrics = MetricShipper(a.assignment, self._outbox, RecordTail(records_file))
         size = self._config.log_record_bytes
 
-        async def read(stream: asyncio.StreamReader, kind: int) -> None:
+        async def read(stream: asyncio.StreamReader, kind: pb.Stream) -> None:
             await read_records(stream, kind, logs.add, record_bytes=size)
 
         return _Output(
             logs, metrics,
-            readers=[self._job(a, "stdout", read(process.stdout, pb.STDOUT)),  # type: ignore[arg-type]
-                     self._job(a, "stderr", read(process.stderr, pb.STDERR))],  # type: ignore[arg-type]
-            shippers=[self._job(a, "ship-logs", logs.run()),  # type: ignore[arg-type]
-                      self._job(a, "ship-metrics", metrics.run())],  # type: ignore[arg-type]
+            readers=[self._job(a, "stdout", read(process.stdout, pb.STDOUT)),
+                     self._job(a, "stderr", read(process.stderr, pb.STDERR))],
+            shippers=[self._job(a, "ship-logs", logs.run()),
+                      self._job(a, "ship-metrics", metrics.run())],
         )
 
     async def _watch(self, a: _Attempt) -> Event:

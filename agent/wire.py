@@ -4,15 +4,18 @@ Must not: hold logic."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from agent.runmodel import Reason
 from protos import runyard_pb2 as pb
 
 _PREFIX = "REASON_"
 
 
-def reason_to_pb(reason: Reason | None) -> int:
+def reason_to_pb(reason: Reason | None) -> pb.Reason:
     """The wire value of a reason; None (a clean exit) is the unspecified value."""
-    return int(pb.Reason.Value(_PREFIX + reason.name)) if reason else int(pb.REASON_UNSPECIFIED)
+    # The generated stubs type Value() as a plain int; it is one of this enum's values.
+    return cast(pb.Reason, pb.Reason.Value(_PREFIX + reason.name)) if reason else pb.REASON_UNSPECIFIED
 
 
 def reason_from_pb(value: int) -> Reason | None:
