@@ -158,7 +158,7 @@ class HeadLink:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             if not self._head_full:
                 self._head_full = True
-                log.warning("head out of space; keeping %d unacknowledged reports, retrying", len(self._outbox),
+                log.warning("head out of space; keeping the unacknowledged reports and retrying",
                             extra={"unacknowledged": len(self._outbox), "details": err.details()})
             return True
         if code == grpc.StatusCode.UNAUTHENTICATED:

@@ -105,7 +105,8 @@ async def test_a_full_head_keeps_every_report_and_warns_once(head: FakeHead, tmp
     assert all(0 < d <= 0.4 for d in delays), delays
     assert max(delays) > 0.1, f"the back-off may grow past reconnect_max_s while the head is full: {delays}"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.getMessage() for r in warnings] == ["head out of space; keeping 3 unacknowledged reports, retrying"]
+    assert [(r.getMessage(), getattr(r, "unacknowledged", None)) for r in warnings] == [
+        ("head out of space; keeping the unacknowledged reports and retrying", 3)]
     resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
     assert resumed == ["head has space again; delivery resumed"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
-from testbed.harness import Agent, Cluster, Head, process_gone, wait_until
+from testbed.harness import Agent, Cluster, Head, process_gone, start_agent_process, wait_until
 
 FAST_HEAD = {"disconnected_after_s": 1.0, "down_after_s": 3.0}
 
@@ -138,6 +138,30 @@ def test_a_join_for_a_name_held_by_a_live_agent_is_refused_naming_the_holder(tmp
         cluster.stop()
 
 
+def test_a_second_agent_under_a_name_in_use_exits_with_one_line_and_the_first_keeps_its_run(
+        tmp_path: Path, project: Path) -> None:
+    gate = tmp_path / "gate"
+    _waiting_script(project, gate)
+    cluster = Cluster.start(tmp_path / "cluster", agents=1)
+    try:
+        run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "wait.py", check=True).stdout.strip()
+        cluster.wait_state(run_id, "Running")
+        twin = start_agent_process("node-1", tmp_path / "twin", tmp_path / "twin.log",
+                                   {"head_address": cluster.head.address,
+                                    "join_token_file": str(cluster.head.join_token_file)},
+                                   stderr=subprocess.PIPE)
+        _, err = twin.communicate(timeout=30)
+        last = err.decode().strip().splitlines()[-1]      # its log lines go to stderr too; the verdict is last
+        assert twin.returncode == 2 and "Traceback" not in err.decode(), err.decode()
+        assert last.startswith("runyard-agent: node name 'node-1' is held by a live agent connected from")
+        gate.touch()
+        done = cluster.wait_state(run_id, "Completed")
+        assert done["attempt"] == 1, "the first agent's run was never disturbed"
+        assert [e["event"] for e in cluster.json("nodes", "node-1")["events"]].count("join") == 1
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 40 MiB filesystem of its own for the head's data, so that the test can fill it."""
@@ -180,12 +204,17 @@ def test_a_full_disk_on_the_head_refuses_clearly_and_agents_deliver_everything_o
         refused = cluster.cli("submit", str(project), "-d", "-q", "--", "echo", "no room")
         assert refused.returncode != 0 and "Traceback" not in refused.stderr
         assert "disk is full" in refused.stderr, refused.stderr
+        agent_log = cluster.agents[0].log_file
+        wait_until("the agent to say the head is out of space, once",
+                   lambda: agent_log.read_text().count("head out of space") == 1, timeout_s=30)
         filler.unlink()
         gate.touch()
         cluster.wait_state(run_id, "Completed", timeout_s=60)
         lines = cluster.logs_text(run_id).splitlines()
         assert lines == [f"line {i}" for i in range(len(lines))] and len(lines) >= 400, "every line once, in order"
         assert cluster.cli("submit", str(project), "-q", "--", "echo", "room again").returncode == 0
+        log_text = agent_log.read_text()
+        assert log_text.count("head out of space") == 1 and "delivery resumed" in log_text
     finally:
         cluster.stop()
 
