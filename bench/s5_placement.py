@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 from common import row  # noqa: E402
+from scheduler.core.lifecycle import Pending, PendingKind
 from scheduler.placement import NodeView, Plan, Placement, Request, pending_reason, place
 
 GOAL_S = 0.200
@@ -40,7 +41,7 @@ def scan_place(queue: Sequence[Request], nodes: Sequence[NodeView]) -> Plan:
     placements, pending, blocked = [], {}, set()
     for req in queue:
         if req.cluster in blocked:
-            pending[req.run_id] = "blocked"
+            pending[req.run_id] = Pending(PendingKind.BEHIND, "blocked")
             continue
         fits = [n for n in free.values() if n.cluster == req.cluster and n.fits(req)]
         if not fits:

@@ -36,6 +36,17 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_AGENT_STOPPED: _ClassVar[Reason]
     REASON_STALE: _ClassVar[Reason]
 
+class PendingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PENDING_KIND_UNSPECIFIED: _ClassVar[PendingKind]
+    PENDING_KIND_SCHEDULER: _ClassVar[PendingKind]
+    PENDING_KIND_CAPACITY: _ClassVar[PendingKind]
+    PENDING_KIND_NO_NODE: _ClassVar[PendingKind]
+    PENDING_KIND_UNFIT: _ClassVar[PendingKind]
+    PENDING_KIND_BEHIND: _ClassVar[PendingKind]
+    PENDING_KIND_QUOTA: _ClassVar[PendingKind]
+    PENDING_KIND_REQUEUED: _ClassVar[PendingKind]
+
 class DesiredState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DESIRED_STATE_UNSPECIFIED: _ClassVar[DesiredState]
@@ -88,6 +99,14 @@ REASON_AGENT_ERROR: Reason
 REASON_CUT_OFF: Reason
 REASON_AGENT_STOPPED: Reason
 REASON_STALE: Reason
+PENDING_KIND_UNSPECIFIED: PendingKind
+PENDING_KIND_SCHEDULER: PendingKind
+PENDING_KIND_CAPACITY: PendingKind
+PENDING_KIND_NO_NODE: PendingKind
+PENDING_KIND_UNFIT: PendingKind
+PENDING_KIND_BEHIND: PendingKind
+PENDING_KIND_QUOTA: PendingKind
+PENDING_KIND_REQUEUED: PendingKind
 DESIRED_STATE_UNSPECIFIED: DesiredState
 DESIRED_STATE_RUN: DesiredState
 DESIRED_STATE_STOP: DesiredState
@@ -330,7 +349,7 @@ class RunEvent(_message.Message):
     def __init__(self, at: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority")
+    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority", "pending_kind")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +395,7 @@ class Run(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     workspace: str
     experiment: str
@@ -400,7 +420,8 @@ class Run(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     desired_state: DesiredState
     priority: int
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ...) -> None: ...
+    pending_kind: PendingKind
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("experiment", "state", "limit")

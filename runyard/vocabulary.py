@@ -13,6 +13,7 @@ _ENUMS: dict[str, tuple[Any, str, str]] = {
     "RunState": (pb.RunState, "RUN_STATE_", "title"),
     "Reason": (pb.Reason, "REASON_", "lower"),
     "DesiredState": (pb.DesiredState, "DESIRED_STATE_", "lower"),
+    "PendingKind": (pb.PendingKind, "PENDING_KIND_", "lower"),
     "NodeState": (pb.NodeState, "NODE_STATE_", "title"),
     "Schedule": (pb.Schedule, "SCHEDULE_", "lower"),
 }

@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any, TypeVar, overload
 
 from protos import runyard_pb2 as pb
-from scheduler.core.lifecycle import DesiredState, Reason, RunState
+from scheduler.core.lifecycle import DesiredState, PendingKind, Reason, RunState
 from scheduler.core.nodes import NodeState, Schedule
 from scheduler.core.react import Phase, Report
 from scheduler.model import Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, RunEventRecord, RunRecord, RunSpec
@@ -19,6 +19,7 @@ VOCABULARY: dict[type[StrEnum], tuple[Any, str]] = {
     RunState: (pb.RunState, "RUN_STATE_"),
     Reason: (pb.Reason, "REASON_"),
     DesiredState: (pb.DesiredState, "DESIRED_STATE_"),
+    PendingKind: (pb.PendingKind, "PENDING_KIND_"),
     NodeState: (pb.NodeState, "NODE_STATE_"),
     Schedule: (pb.Schedule, "SCHEDULE_"),
 }
@@ -38,6 +39,8 @@ def to_pb(member: DesiredState) -> pb.DesiredState: ...
 def to_pb(member: NodeState) -> pb.NodeState: ...
 @overload
 def to_pb(member: Schedule) -> pb.Schedule: ...
+@overload
+def to_pb(member: PendingKind) -> pb.PendingKind: ...
 def to_pb(member: StrEnum | None) -> int:
     """The protobuf value of a vocabulary member; None (or '') is the unspecified value 0."""
     if not member:
@@ -150,6 +153,7 @@ def run_to_pb(
         has_exit_code=run.exit_code is not None,
         exit_code=run.exit_code or 0,
         pending_reason=run.pending_reason,
+        pending_kind=to_pb(run.pending_kind) if run.pending_kind else pb.PENDING_KIND_UNSPECIFIED,
         attempt=run.attempt,
         node=node_name,
         tags=run.tags,

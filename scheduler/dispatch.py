@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from scheduler.followers import Followers
-from scheduler.core.lifecycle import InvalidTransition, Trigger
+from scheduler.core.lifecycle import InvalidTransition, Pending, PendingKind, Trigger
 from scheduler.autoscale import Demand
 from scheduler.fairshare import Queued, Usage, decayed_usage, queue_order
 from scheduler.placement import NodeView, Placement, Request, Running, place
@@ -180,7 +180,7 @@ class Dispatcher:
         self.on_demand: Callable[[], None] = lambda: None
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()          # ends the pause between passes
-        self._reasons: dict[str, str] = {}     # pending reasons as last written, so a pass writes only changes
+        self._reasons: dict[str, Pending] = {}  # pending reasons as last written, so a pass writes only changes
         self._full_at = -math.inf              # time.monotonic() of the last full pass
         self._full_due: float | None = None    # when a full pass is owed to the runs quick passes left out
         self._usage: dict[tuple[str, str], float] = {}
@@ -363,13 +363,13 @@ class Dispatcher:
             self._followers.notify(run.id)
         return 1
 
-    def _reasons_to_write(self, pending: dict[str, str], derived: Mapping[str, _Derived]) -> dict[str, str]:
+    def _reasons_to_write(self, pending: dict[str, Pending], derived: Mapping[str, _Derived]) -> dict[str, Pending]:
         """The pending reasons of a full pass that differ from those last written."""
         starting = self.starting()
         if starting:
             pending = {
-                run_id: f"{reason}; autoscaler starting {starting[derived[run_id].request.cluster]}"
-                if starting.get(derived[run_id].request.cluster) and not reason.startswith("over quota") else reason
+                run_id: Pending(reason.kind, f"{reason.text}; autoscaler starting {starting[derived[run_id].request.cluster]}")
+                if starting.get(derived[run_id].request.cluster) and reason.kind is not PendingKind.QUOTA else reason
                 for run_id, reason in pending.items()
             }
         written, self._reasons = self._reasons, dict(pending)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from scheduler.core.lifecycle import DesiredState, RunState
+from scheduler.core.lifecycle import DesiredState, PendingKind, RunState
 from scheduler.core.nodes import NodeState, Schedule
 
 
@@ -80,6 +80,7 @@ class RunRecord:
     ended_at: float | None
     priority: int = 200
     agent_error_node: str = ""          # the node on which an earlier attempt failed on the agent's side
+    pending_kind: PendingKind | None = None     # while Queued: the kind of its pending reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from runyard.units import format_size
+from scheduler.core.lifecycle import Pending, PendingKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class Plan:
     placements: tuple[Placement, ...]
-    pending: dict[str, str]             # run id -> reason it stays queued
+    pending: dict[str, Pending]         # run id -> why it stays queued
     waiting: tuple[str, ...] = ()       # pending runs that wait for capacity (not for quota): autoscaler demand
 
 
@@ -226,16 +227,17 @@ def place(
         gpus_used[(r.workspace, r.cluster)] = gpus_used.get((r.workspace, r.cluster), 0) + len(r.gpu_indices)
         releases.setdefault(r.cluster, []).append((r.ends_at, r.node_id, r.cpus, r.memory_bytes, r.gpu_indices))
     placements: list[Placement] = []
-    pending: dict[str, str] = {}
+    pending: dict[str, Pending] = {}
     waiting: list[str] = []
     blocked: dict[str, _Blocked] = {}
     unfit: dict[str, set[_Shape]] = {}         # cluster -> request shapes that did not fit (free space only shrinks)
-    reasons: dict[tuple[str, int, _Shape], str] = {}    # (cluster, placements so far, shape) -> pending reason
+    reasons: dict[tuple[str, int, _Shape], Pending] = {}    # (cluster, placements so far, shape) -> pending reason
     for req in queue:
         quota = quotas.get((req.workspace, req.cluster))
         used = gpus_used.get((req.workspace, req.cluster), 0)
         if quota is not None and req.gpus and used + req.gpus * req.nodes > quota:
-            pending[req.run_id] = f"over quota: {req.workspace} uses {used} of {quota} GPUs in {req.cluster}"
+            pending[req.run_id] = Pending(PendingKind.QUOTA,
+                                          f"over quota: {req.workspace} uses {used} of {quota} GPUs in {req.cluster}")
             continue
         pool = pools.get(req.cluster)
         ahead = blocked.get(req.cluster)
@@ -255,12 +257,13 @@ def place(
             waiting.append(req.run_id)
             if ahead is None:
                 pending[req.run_id] = own
-                if not own.startswith(("no node in cluster", "cluster ")):   # it could fit some day: reserve
+                if own.kind is PendingKind.CAPACITY:    # it could fit once runs end: reserve its start
                     blocked[req.cluster] = _Blocked(req.run_id, _reserved_start(req, pool, releases.get(req.cluster, ())))
                 continue
             ahead.behind += 1
             runs = f"{ahead.behind} run(s) ahead"
-            pending[req.run_id] = f"{runs} in cluster {req.cluster}; cannot backfill: {why_not}" if fits_now else f"{own}; {runs}"
+            pending[req.run_id] = (Pending(PendingKind.BEHIND, f"{runs} in cluster {req.cluster}; cannot backfill: {why_not}")
+                                   if fits_now else Pending(own.kind, f"{own.text}; {runs}"))
             continue
         assert pool is not None
         for rank, node in enumerate(chosen):
@@ -313,15 +316,19 @@ def _reserved_start(
     return math.inf
 
 
-def pending_reason(req: Request, nodes: Sequence[NodeView]) -> str:
-    """One line saying why `req` cannot start now on any of `nodes` (all of its cluster)."""
+def pending_reason(req: Request, nodes: Sequence[NodeView]) -> Pending:
+    """Why `req` cannot start now on any of `nodes` (all of its cluster), in one line."""
     up = [n for n in nodes if n.schedulable]
     if not up:
         held = f" ({len(nodes)} cordoned, draining or quarantined)" if nodes else ""
-        return f"no node in cluster {req.cluster} is up{held}"
+        return Pending(PendingKind.NO_NODE, f"no node in cluster {req.cluster} is up{held}")
     never = never_fits(req, up)
     if never:
-        return never
+        return Pending(PendingKind.UNFIT, never)
+    return Pending(PendingKind.CAPACITY, _waiting_for(req, up))
+
+
+def _waiting_for(req: Request, up: Sequence[NodeView]) -> str:
     if req.nodes > 1:
         return (
             f"waiting for {req.nodes} nodes with {_describe(req)} each in cluster {req.cluster}; "

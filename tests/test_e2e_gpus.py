@@ -61,6 +61,7 @@ def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path) -> None:
         held = cluster.cli("submit", str(project), "-d", "-q", "--", "true", check=True).stdout.strip()
         reason = wait_until("a pending reason", lambda: "cordoned" in (r := cluster.run(held))["pending_reason"] and r)
         assert reason["pending_reason"] == "no node in cluster default is up (1 cordoned, draining or quarantined)"
+        assert reason["pending_kind"] == "no_node"
         gate.touch()
         cluster.wait_state(running, "Completed")  # a draining node lets its runs finish
         node = cluster.json("nodes")[0]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from scheduler.core.lifecycle import PendingKind
 from scheduler.placement import NodeView, Plan, Request, Running, place
 
 GiB = 1024**3
@@ -237,9 +238,11 @@ def test_blocked_run_blocks_later_runs_of_its_cluster() -> None:
     queue = [run("big", cpus=4), run("small1", cpus=1), run("small2", cpus=1)]
     plan = checked_place(queue, nodes)
     assert plan.placements == ()
-    assert plan.pending["small1"] == "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"
-    assert plan.pending["small2"] == "2 run(s) ahead in cluster c; cannot backfill: it has no time limit"
-    assert "big" in plan.pending and "ahead" not in plan.pending["big"]
+    assert plan.pending["small1"].text == "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"
+    assert plan.pending["small2"].text == "2 run(s) ahead in cluster c; cannot backfill: it has no time limit"
+    assert "big" in plan.pending and "ahead" not in plan.pending["big"].text
+    assert [plan.pending[r].kind for r in ("big", "small1", "small2")] == [
+        PendingKind.CAPACITY, PendingKind.BEHIND, PendingKind.BEHIND]
 
 
 def test_runs_before_the_blocked_one_are_placed() -> None:
@@ -247,7 +250,7 @@ def test_runs_before_the_blocked_one_are_placed() -> None:
     queue = [run("first", cpus=2), run("big", cpus=4), run("small", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"first": "n"}
-    assert plan.pending["small"].startswith("1 run(s) ahead in cluster c")
+    assert plan.pending["small"].text.startswith("1 run(s) ahead in cluster c")
 
 
 def test_a_blocked_cluster_does_not_hold_up_another() -> None:
@@ -255,14 +258,15 @@ def test_a_blocked_cluster_does_not_hold_up_another() -> None:
     queue = [run("a-big", cluster="a", cpus=4), run("b-run", cluster="b", cpus=4), run("a-small", cluster="a", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"b-run": "b1"}
-    assert plan.pending["a-small"].startswith("1 run(s) ahead in cluster a")
+    assert plan.pending["a-small"].text.startswith("1 run(s) ahead in cluster a")
 
 
 def test_runs_of_a_cluster_without_nodes_do_not_block_others() -> None:
     queue = [run("lost", cluster="nowhere"), run("ok", cluster="c")]
     plan = checked_place(queue, [node("n")])
     assert where(plan) == {"ok": "n"}
-    assert plan.pending["lost"].startswith("no node in cluster nowhere is up")
+    assert plan.pending["lost"].text.startswith("no node in cluster nowhere is up")
+    assert plan.pending["lost"].kind is PendingKind.NO_NODE
 
 
 # --- pending reasons --------------------------------------------------------------------------------------------
@@ -270,19 +274,20 @@ def test_runs_of_a_cluster_without_nodes_do_not_block_others() -> None:
 
 def test_no_node_up_reason() -> None:
     plan = checked_place([run("r1", cluster="gpu-pool")], [])
-    assert plan.pending["r1"].startswith("no node in cluster gpu-pool is up")
+    assert plan.pending["r1"].text.startswith("no node in cluster gpu-pool is up")
 
 
 def test_only_unschedulable_nodes_is_no_node_up() -> None:
     plan = checked_place([run("r1")], [node("n", cpus=64, schedulable=False)])
     assert plan.placements == ()
-    assert plan.pending["r1"].startswith("no node in cluster c is up")
+    assert plan.pending["r1"].text.startswith("no node in cluster c is up")
+    assert plan.pending["r1"].kind is PendingKind.NO_NODE
 
 
 def test_can_hold_reason_names_the_largest_node() -> None:
     nodes = [node("small", cpus=4, memory=8 * GiB), node("large", cpus=16, memory=64 * GiB, gpus=2)]
     plan = checked_place([run("r1", cpus=64, memory=8 * GiB)], nodes)
-    reason = plan.pending["r1"]
+    reason = plan.pending["r1"].text
     assert reason.startswith("no node in cluster c can hold 64 CPUs")
     assert "largest: large with 16 CPUs" in reason and "2 GPUs" in reason
 
@@ -290,14 +295,14 @@ def test_can_hold_reason_names_the_largest_node() -> None:
 def test_can_hold_reason_for_too_many_gpus() -> None:
     nodes = [node("g4", gpus=4), node("g8", gpus=8, gpus_free=())]
     plan = checked_place([run("r1", gpus=16)], nodes)
-    reason = plan.pending["r1"]
+    reason = plan.pending["r1"].text
     assert "can hold" in reason and "16 GPUs" in reason and "largest: g8" in reason and "8 GPUs" in reason
 
 
 def test_waiting_for_gpus_reason_names_the_node_with_most_free() -> None:
     nodes = [node("a", gpus=8, gpus_free=(0,)), node("b", gpus=8, gpus_free=(1, 2, 3))]
     plan = checked_place([run("r1", gpus=4)], nodes)
-    reason = plan.pending["r1"]
+    reason = plan.pending["r1"].text
     assert reason.startswith("waiting for 4 GPUs on one node in cluster c")
     assert reason.endswith("largest free: 3 on b")
 
@@ -305,20 +310,20 @@ def test_waiting_for_gpus_reason_names_the_node_with_most_free() -> None:
 def test_waiting_for_cpus_reason() -> None:
     nodes = [node("a", cpus=8, cpus_free=1), node("b", cpus=8, cpus_free=2.5)]
     plan = checked_place([run("r1", cpus=4)], nodes)
-    reason = plan.pending["r1"]
+    reason = plan.pending["r1"].text
     assert reason.startswith("waiting for 4 CPUs") and "largest free: 2.5 CPUs" in reason and reason.endswith("on b")
 
 
 def test_unschedulable_nodes_are_not_named_in_reasons() -> None:
     nodes = [node("cordoned", gpus=8, schedulable=False), node("open", gpus=8, gpus_free=(0,))]
     plan = checked_place([run("r1", gpus=2)], nodes)
-    assert plan.pending["r1"].endswith("largest free: 1 on open")
+    assert plan.pending["r1"].text.endswith("largest free: 1 on open")
 
 
 def test_gpu_run_short_of_cpus_is_not_told_it_waits_for_gpus() -> None:
     nodes = [node("n", cpus=8, cpus_free=1, gpus=4)]
     plan = checked_place([run("r1", cpus=4, gpus=1)], nodes)
-    reason = plan.pending["r1"]
+    reason = plan.pending["r1"].text
     # All 4 GPUs are free: the run waits for CPUs, and the reason must say so instead of
     # "waiting for 1 GPUs on one node ...; largest free: 4 on n".
     assert "waiting for 1 GPUs" not in reason
@@ -357,18 +362,18 @@ def test_mixed_gpus_on_one_node_hand_out_only_matching_indices() -> None:
                      gpu_specs=((0, "T4", 16 * GiB), (1, "A100", 80 * GiB), (2, "T4", 16 * GiB), (3, "A100", 80 * GiB)))
     plan = checked_place([run("r1", gpus=2, gpu_model="A100"), run("r2", gpus=1, gpu_model="A100")], [mixed])
     assert plan.placements[0].gpu_indices == (1, 3)
-    assert plan.pending["r2"].startswith("waiting for 1 A100 GPUs on one node in cluster c; largest free: 0 on m")
+    assert plan.pending["r2"].text.startswith("waiting for 1 A100 GPUs on one node in cluster c; largest free: 0 on m")
 
 
 def test_no_node_with_the_labels_says_so() -> None:
     plan = checked_place([run("r1", labels={"zone": "b"})], [node("a", labels={"zone": "a"})])
-    assert plan.pending["r1"] == "no node in cluster c has the labels zone=b"
+    assert plan.pending["r1"].text == "no node in cluster c has the labels zone=b"
 
 
 def test_no_node_with_the_gpu_model_says_what_there_is() -> None:
     plan = checked_place([run("r1", gpus=1, gpu_model="H100")], [node("a", gpus=8, gpu_model="A100")])
-    assert plan.pending["r1"].startswith("no node in cluster c can hold 1 CPUs, 1.0G, 1 H100 GPUs")
-    assert "(A100 80.0G)" in plan.pending["r1"]
+    assert plan.pending["r1"].text.startswith("no node in cluster c can hold 1 CPUs, 1.0G, 1 H100 GPUs")
+    assert "(A100 80.0G)" in plan.pending["r1"].text
 
 
 # --- gangs: all nodes at once or none ---------------------------------------------------------------------------
@@ -385,13 +390,14 @@ def test_gang_that_does_not_fit_whole_takes_nothing() -> None:
     nodes = [node("a", gpus=4), node("b", gpus=4, gpus_free=(0,))]
     plan = checked_place([run("g", gpus=4, nodes=2), run("later", gpus=1)], nodes)
     assert plan.placements == ()
-    assert plan.pending["g"] == "waiting for 2 nodes with 1 CPUs, 1.0G, 4 GPUs each in cluster c; 1 fit now"
-    assert plan.pending["later"].startswith("1 run(s) ahead in cluster c")
+    assert plan.pending["g"].text == "waiting for 2 nodes with 1 CPUs, 1.0G, 4 GPUs each in cluster c; 1 fit now"
+    assert plan.pending["later"].text.startswith("1 run(s) ahead in cluster c")
 
 
 def test_gang_larger_than_the_cluster_never_fits() -> None:
     plan = checked_place([run("g", gpus=1, nodes=3)], [node("a", gpus=4), node("b", gpus=4)])
-    assert plan.pending["g"].startswith("cluster c has only 2 node(s) that can hold")
+    assert plan.pending["g"].text.startswith("cluster c has only 2 node(s) that can hold")
+    assert plan.pending["g"].kind is PendingKind.UNFIT, "a gang that can never fit reserves nothing"
 
 
 # --- quotas ------------------------------------------------------------------------------------------------------
@@ -432,7 +438,8 @@ def test_gpu_quota(case: str) -> None:
     nodes = [node(f"n{i}", cpus=64, gpus=8) for i in range(4)]
     plan = checked_place(queue, nodes, running=running, quotas={("team-b", "c"): 8})
     assert {p.run_id for p in plan.placements} == placed
-    assert plan.pending == pending
+    assert {run_id: p.text for run_id, p in plan.pending.items()} == pending
+    assert all(p.kind is PendingKind.QUOTA for p in plan.pending.values())
     assert not set(pending) & set(plan.waiting), "an over-quota run is no reason to add nodes"
 
 
@@ -465,9 +472,9 @@ def test_backfill(case: str) -> None:
     running, small, reason = BACKFILL_CASES[case]
     nodes = [node("n", cpus=64, gpus=8, gpus_free=(6, 7))]
     plan = checked_place([run("big", gpus=8), small], nodes, running=running)
-    assert plan.pending["big"].startswith("waiting for 8 GPUs")
+    assert plan.pending["big"].text.startswith("waiting for 8 GPUs")
     if reason:
-        assert plan.pending["small"] == reason
+        assert plan.pending["small"].text == reason
     else:
         assert where(plan) == {"small": "n"}
 

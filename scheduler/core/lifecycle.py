@@ -73,6 +73,26 @@ LOST = frozenset({Reason.NODE_LOST, Reason.CUT_OFF, Reason.AGENT_STOPPED})
 NODE_SIDE = frozenset({Reason.ENV_BUILD_FAILED, Reason.AGENT_ERROR})
 
 
+class PendingKind(StrEnum):
+    """Why a queued run is not running yet, as a kind; the pending reason's text says the particulars."""
+
+    SCHEDULER = "scheduler"         # no scheduling pass has considered it yet
+    CAPACITY = "capacity"           # waiting for resources on the cluster's nodes (or for nodes to start)
+    NO_NODE = "no_node"             # no node of its cluster is up and schedulable
+    UNFIT = "unfit"                 # no node up now could ever hold it (size, labels, GPU model, gang size)
+    BEHIND = "behind"               # behind a blocked run it may not overtake (EASY backfill)
+    QUOTA = "quota"                 # its workspace is at its GPU quota in the cluster
+    REQUEUED = "requeued"           # its last attempt was lost; waiting to be placed again
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Why a run stays queued: a kind to decide on, a line to show."""
+
+    kind: PendingKind
+    text: str
+
+
 class DesiredState(StrEnum):
     RUN = "run"
     STOP = "stop"

@@ -31,7 +31,8 @@ from typing import Any
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import (
-    ACTIVE, LOST, NODE_SIDE, TABLE, TERMINAL, DesiredState, Reason, RunState, Trigger, next_state, outcome,
+    ACTIVE, LOST, NODE_SIDE, TABLE, TERMINAL, DesiredState, PendingKind, Reason, RunState, Trigger, next_state,
+    outcome,
 )
 from scheduler.core.nodes import STATE_TABLE, NodeFacts, NodeState, NodeTrigger, Schedule, next_node_state
 from scheduler.core.plan import Expect, Fence, Move, NodeCount, NodeMove, Plan, StopRun
@@ -133,7 +134,8 @@ class World:
             if m.exit_code is not None:
                 changes["exit_code"] = m.exit_code
             if m.trigger is Trigger.REQUEUE:
-                changes.update(node_id="", gpu_indices=(), pending_reason=m.pending_reason)
+                changes.update(node_id="", gpu_indices=(), pending_reason=m.pending_reason,
+                               pending_kind=PendingKind.REQUEUED)
             runs[m.run_id] = dataclasses.replace(run, **changes)
         for s in plan.stops:
             runs[s.run_id] = dataclasses.replace(runs[s.run_id], desired_state=DesiredState.STOP)

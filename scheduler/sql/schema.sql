@@ -46,7 +46,7 @@ CREATE TABLE runs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     ended_at        REAL
-, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '');
+, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '', pending_kind TEXT NOT NULL DEFAULT 'scheduler');
 CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');

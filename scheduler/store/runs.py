@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from runyard.ids import new_run_id
 from scheduler.errors import NotFound
 from scheduler.group_commit import Effects
-from scheduler.core.lifecycle import ACTIVE, DesiredState, InvalidTransition, RunState, Trigger, next_state
+from scheduler.core.lifecycle import (
+    ACTIVE, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
+)
 from scheduler.core.nodes import NodeState, ScheduleTrigger, next_node_state
 from scheduler.core.plan import Move, Plan
 from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, NewRun, RunEventRecord, RunRecord, RunSpec
@@ -271,6 +273,7 @@ class RunStore(StoreBase):
             values = dict(sets)
             if trigger is Trigger.ASSIGN:
                 values["attempt"] = current_attempt + 1
+                values["pending_kind"] = ""
             if "gpu_indices" in values:
                 values["gpu_indices"] = json.dumps(list(values["gpu_indices"]))
             assignments = ", ".join(f"{column} = ?" for column in values)
@@ -363,7 +366,8 @@ class RunStore(StoreBase):
         if move.agent_error_node:
             values["agent_error_node"] = move.agent_error_node
         if move.trigger is Trigger.REQUEUE:
-            values.update(node_id=None, gpu_indices="[]", pending_reason=move.pending_reason)
+            values.update(node_id=None, gpu_indices="[]", pending_reason=move.pending_reason,
+                          pending_kind=PendingKind.REQUEUED)
         assignments = ", ".join(f"{column} = ?" for column in values)
         w.execute(f"UPDATE runs SET {assignments} WHERE id = ? AND state = ? AND attempt = ?",
                   (*values.values(), move.run_id, move.state, move.attempt))
@@ -392,7 +396,8 @@ class RunStore(StoreBase):
             parent = _run(row)
             target = next_state(parent_id, parent.state, Trigger.ASSIGN)
             cur = w.execute(
-                "UPDATE runs SET state = ?, attempt = attempt + 1, pending_reason = '' WHERE id = ? AND state = ?",
+                "UPDATE runs SET state = ?, attempt = attempt + 1, pending_reason = '', pending_kind = '' "
+                "WHERE id = ? AND state = ?",
                 (target, parent_id, parent.state),
             )
             if cur.rowcount != 1:
@@ -430,13 +435,14 @@ class RunStore(StoreBase):
         rows = await self._all(f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id", (parent_id,))
         return [_run(r) for r in rows]
 
-    async def set_pending_reasons(self, reasons: dict[str, str]) -> None:
+    async def set_pending_reasons(self, reasons: Mapping[str, Pending]) -> None:
         if not reasons:
             return
-        rows = [(reason, run_id, RunState.QUEUED, reason) for run_id, reason in reasons.items()]
+        rows = [(p.text, p.kind, run_id, RunState.QUEUED, p.text, p.kind) for run_id, p in reasons.items()]
 
         def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.executemany("UPDATE runs SET pending_reason = ? WHERE id = ? AND state = ? AND pending_reason != ?", rows)
+            w.executemany("UPDATE runs SET pending_reason = ?, pending_kind = ? WHERE id = ? AND state = ? "
+                          "AND (pending_reason != ? OR pending_kind != ?)", rows)
         await self._write(work)
 
     # --- snapshots -------------------------------------------------------------------------------------------

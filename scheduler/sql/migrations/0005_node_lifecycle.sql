@@ -13,3 +13,6 @@ UPDATE nodes SET state = 'Joining' WHERE state = 'Joined';
 -- The node on which a run's earlier attempt failed on the agent's side; failing the same way on another node
 -- fails the run instead of bouncing it around the cluster.
 ALTER TABLE runs ADD COLUMN agent_error_node TEXT NOT NULL DEFAULT '';
+-- The kind of a queued run's pending reason (scheduler, capacity, no_node, unfit, behind, quota, requeued).
+ALTER TABLE runs ADD COLUMN pending_kind TEXT NOT NULL DEFAULT 'scheduler';
+UPDATE runs SET pending_kind = '' WHERE state != 'Queued';
