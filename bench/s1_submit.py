@@ -191,7 +191,7 @@ def run_clients(address: str, token: str, method: str, sha: str, *, clients: int
 def count_runs(stub: Any, token: str) -> int:
     """Queued runs of the default workspace (up to 10,000)."""
     from protos import runyard_pb2 as pb
-    return len(stub.ListRuns(pb.ListRunsRequest(state="Queued", limit=10_000), metadata=metadata(token), timeout=30).runs)
+    return len(stub.ListRuns(pb.ListRunsRequest(state=pb.RUN_STATE_QUEUED, limit=10_000), metadata=metadata(token), timeout=30).runs)
 
 
 def main() -> None:

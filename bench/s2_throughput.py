@@ -4,7 +4,7 @@ Goal (docs: /work/shared/design/performance.md): >= 120 runs/s (>= 3x HTC-tuned 
 
 A real head and 2 agents (testbed.harness, loopback). One snapshot is uploaded once; then N runs of `true` are
 submitted as fast as 2 threads (one blocking channel each) can, without waiting for them, and
-`ListRuns(experiment, state="Completed", limit=10000)` is polled until all N are Completed or a deadline passes
+`ListRuns(experiment, state=Completed, limit=10000)` is polled until all N are Completed or a deadline passes
 (then `complete` is false and the figure counts what completed). The figure is
 N / (head commit of the last `complete` event - send time of the first Submit).
 
@@ -125,7 +125,7 @@ def one_batch(stub: Any, pb: Any, md: Any, address: str, token: str, sha: str, n
     polls = 0
     while True:
         polls += 1
-        done = list(stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state="Completed", limit=10_000),
+        done = list(stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=pb.RUN_STATE_COMPLETED, limit=10_000),
                                   metadata=md, timeout=30).runs)
         if len(done) >= n or time.time() > deadline:
             break
@@ -133,7 +133,7 @@ def one_batch(stub: Any, pb: Any, md: Any, address: str, token: str, sha: str, n
     seen_all = time.time()
     cpu = meter.stop()
     gen_cpu = time.process_time() - cpu0
-    failed = [r for state in ("Failed", "Canceled") for r in stub.ListRuns(
+    failed = [r for state in (pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELED) for r in stub.ListRuns(
         pb.ListRunsRequest(experiment=experiment, state=state, limit=10_000), metadata=md, timeout=30).runs]
     complete = len(done) >= n
     last = max(done, key=lambda r: r.ended_at) if done else None

@@ -87,7 +87,7 @@ def one_run(stub: Any, pb: Any, md: Any, sha: str) -> dict[str, float]:
                 first_line = line.record.data.decode()
     t_seen = time.time()
     run = stub.GetRun(pb.RunRef(run_id=run_id), metadata=md, timeout=10)
-    if run.state != "Completed":
+    if run.state != pb.RUN_STATE_COMPLETED:
         raise RuntimeError(f"run {run_id} ended {run.state} ({run.reason}); logs: {first_line!r}")
     if first_line is None:
         raise RuntimeError(f"run {run_id} printed nothing")
