@@ -376,6 +376,7 @@ def test_agent_unit(jinja: Any) -> None:
     assert service["User"] == ["runyard"]
     assert service["SupplementaryGroups"] == ["video render"]
     assert service["KillMode"] == ["mixed"]
+    assert service["Delegate"] == ["yes"], "the agent gives each job a cgroup of its own"
     assert int(service["TimeoutStopSec"][0]) > variables["runyard_agent_stop_grace_s"] + 5
     assert service["Restart"] == ["on-failure"]
     assert "PYTHONUNBUFFERED=1" in service["Environment"]
