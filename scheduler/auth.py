@@ -70,16 +70,22 @@ class Credentials:
     """The set of valid credentials, by token digest. Loaded from the store at start, grown by joins."""
 
     def __init__(self, principals: dict[str, Principal], join_token_sha: str) -> None:
-        self._principals = dict(principals)
+        self._principals: dict[str, Principal] = {}
+        self._node_shas: dict[str, set[str]] = {}     # node id -> digests of its credentials, so a rejoin is O(1)
+        for sha, principal in principals.items():
+            self.add(sha, principal)
         self._join_sha = join_token_sha
 
     def add(self, sha: str, principal: Principal) -> None:
         self._principals[sha] = principal
+        if principal.node_id:
+            self._node_shas.setdefault(principal.node_id, set()).add(sha)
 
     def forget_node(self, node_id: str) -> None:
         if not node_id:
             raise ValueError("forget_node needs a node id")
-        self._principals = {k: p for k, p in self._principals.items() if p.node_id != node_id}
+        for sha in self._node_shas.pop(node_id, set()):
+            self._principals.pop(sha, None)
 
     def check(self, method: str, token: str) -> Principal:
         if not token:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from scheduler.clock import Clock
-from scheduler.core.heartbeats import Timers, judge
+from scheduler.core.heartbeats import UP, Timers, judge
 from scheduler.core.react import NodeDown, NodeSilent
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
@@ -36,15 +36,21 @@ class Reaper:
 
     async def tick(self) -> frozenset[str]:
         """One judgement; returns the nodes it declared Down."""
-        heard = self._sessions.last_heard()
+        now = self._clock.now()
+        # Only the nodes not heard from within the Disconnected timer can move; on a healthy cluster, none.
+        quiet_since = now - self._timers.disconnected_after_s
+        quiet = {node_id: at for node_id, at in self._sessions.last_heard().items() if at <= quiet_since}
+        if not quiet and not self._suspecting:
+            return frozenset()
         facts = self._sessions.all_facts()
-        nodes = {node_id: (f.state, heard[node_id]) for node_id, f in facts.items() if node_id in heard}
-        verdict = judge(self._clock.now(), nodes, self._timers)
+        nodes = {node_id: (facts[node_id].state, at) for node_id, at in quiet.items() if node_id in facts}
+        up_total = sum(1 for f in facts.values() if f.state in UP)
+        verdict = judge(now, nodes, self._timers, up_total=up_total)
         if verdict.suspect_self != self._suspecting:
             self._suspecting = verdict.suspect_self
             if verdict.suspect_self:
                 log.error("most nodes went silent at once; suspecting the head's own network, requeueing nothing",
-                          extra={"silent": len(verdict.silent), "nodes": len(nodes)})
+                          extra={"silent": len(nodes), "up": up_total})
         for node_id in sorted(verdict.silent - verdict.down):
             await self._reactor.handle(NodeSilent(node_id))
         for node_id in sorted(verdict.down):

@@ -35,7 +35,7 @@ def health(now: float, last_heard: float, timers: Timers) -> NodeState:
     return NodeState.READY
 
 
-_UP = frozenset({NodeState.JOINING, NodeState.READY, NodeState.DISCONNECTED})
+UP = frozenset({NodeState.JOINING, NodeState.READY, NodeState.DISCONNECTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +45,25 @@ class Verdict:
     suspect_self: bool                     # True: too many at once; nobody is declared Down
 
 
-def judge(now: float, nodes: Mapping[str, tuple[NodeState, float]], timers: Timers) -> Verdict:
-    """Which nodes newly went Disconnected or Down, given each node's (state, last heard)."""
+def judge(now: float, nodes: Mapping[str, tuple[NodeState, float]], timers: Timers, *,
+          up_total: int | None = None) -> Verdict:
+    """Which nodes newly went Disconnected or Down, given each node's (state, last heard).
+
+    `nodes` may hold only the nodes not heard from within the Disconnected timer (the others cannot move); then
+    `up_total` says how many nodes are up (Joining, Ready or Disconnected) in all, for suspecting the head."""
+    # Thresholds once, and the common case (heard within the window) first: the reaper judges every node each tick.
+    quiet_since, down_since = now - timers.disconnected_after_s, now - timers.down_after_s
     silent, down = set(), set()
     for node, (state, heard) in nodes.items():
-        verdict = health(now, heard, timers)
-        if state is NodeState.READY and verdict is not NodeState.READY:
+        if heard > quiet_since:
+            continue
+        if state is NodeState.READY:
             silent.add(node)
-        if state in (NodeState.READY, NodeState.DISCONNECTED) and verdict is NodeState.DOWN:
+        if heard <= down_since and (state is NodeState.READY or state is NodeState.DISCONNECTED):
             down.add(node)
+    if not down:
+        return Verdict(frozenset(silent), frozenset(), False)
     # Most of the nodes that were up going Down in one judgement: the head is the one cut off.
-    total = sum(1 for state, _ in nodes.values() if state in _UP)
+    total = up_total if up_total is not None else sum(1 for state, _ in nodes.values() if state in UP)
     suspect = total >= timers.suspect_self_min_nodes and len(down) > timers.suspect_self_fraction * total
-    return Verdict(frozenset(silent), frozenset() if suspect else frozenset(down), suspect and bool(down))
+    return Verdict(frozenset(silent), frozenset() if suspect else frozenset(down), suspect)
