@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runyard import render
+from runyard.client import Client
+from runyard.config import ClientConfig
+from runyard.errors import RunyardError
+
 DEADLINE_S = 30.0
 
 
@@ -145,6 +150,7 @@ class Cluster:
     root: Path
     head: Head
     agents: list[Agent] = field(default_factory=list)
+    _client: Client | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, root: Path, agents: int = 2, head_settings: dict[str, Any] | None = None,
@@ -166,6 +172,15 @@ class Cluster:
         for agent in self.agents:
             agent.stop()
         self.head.stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def client(self) -> Client:
+        """An in-process client of the head, for the polls: a CLI process per poll costs a core of its own."""
+        if self._client is None:
+            self._client = Client(ClientConfig(self.head.address, self.head.token), timeout_s=10)
+        return self._client
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**_env(), "RUNYARD_ADDRESS": self.head.address, "RUNYARD_TOKEN": self.head.token,
@@ -187,20 +202,28 @@ class Cluster:
         return json.loads(self.cli(*args, "-o", "json", check=True).stdout)
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self.json("show", run_id)
+        """The run as `runyard show RUN -o json` prints it."""
+        return render.as_dict(self.client().get_run(run_id))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The nodes as `runyard nodes -o json` prints them."""
+        return [render.as_dict(n) for n in self.client().nodes().nodes]
 
     def wait_state(self, run_id: str, *states: str, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
         def reached() -> bool:
-            found.update(self.run(run_id))
+            try:
+                found.update(self.run(run_id))
+            except RunyardError:       # the head restarting: ask again
+                return False
             return found["state"] in states
-        wait_until(f"run {run_id} to be {'/'.join(states)}", reached, timeout_s, every_s=0.1)
+        wait_until(f"run {run_id} to be {'/'.join(states)}", reached, timeout_s, every_s=0.05)
         return found
 
     def wait_nodes_ready(self, count: int) -> None:
         wait_until(f"{count} nodes ready",
-                   lambda: sum(n["state"] == "Ready" for n in self.json("nodes")) >= count, every_s=0.1)
+                   lambda: sum(n["state"] == "Ready" for n in self.nodes()) >= count, every_s=0.05)
 
     def logs_text(self, run_id: str) -> str:
         return self.cli("logs", run_id, check=True).stdout

@@ -40,7 +40,7 @@ def test_local_provider_starts_an_agent_for_a_queued_run_and_stops_it_when_idle(
         assert "starting 1 (1 of max 1)" in decisions, decisions
         assert "auto-default-1 idle for 1s; stopping it (0 left, min 0)" in decisions, decisions
         wait_until("the stopped node to be Left, not a silent node",
-                   lambda: cluster.json("nodes")[0]["state"] == "Left")
+                   lambda: cluster.nodes()[0]["state"] == "Left")
         assert cluster.json("nodes", "auto-default-1")["events"][-1]["detail"] == "the autoscaler stopped auto-default-1"
     finally:
         cluster.stop()

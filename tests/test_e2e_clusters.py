@@ -27,7 +27,7 @@ def test_a_run_for_an_unknown_cluster_is_refused_and_known_ones_queue(tmp_path: 
         configured = cluster.cli("submit", str(project), "-d", "-q", "-c", "configured", "--", "true",
                                  check=True).stdout.strip()
         solo.stop()
-        wait_until("solo-1 to be Down", lambda: {n["name"]: n["state"] for n in cluster.json("nodes")}["solo-1"] == "Down",
+        wait_until("solo-1 to be Down", lambda: {n["name"]: n["state"] for n in cluster.nodes()}["solo-1"] == "Down",
                    every_s=0.1)
         lone = cluster.cli("submit", str(project), "-d", "-q", "-c", "solo", "--", "true", check=True).stdout.strip()
         for run_id, name in ((configured, "configured"), (lone, "solo")):

@@ -31,7 +31,7 @@ def _pid(run: dict[str, Any], attempt: int) -> int:
 
 
 def _node_state(cluster: Cluster, name: str) -> str:
-    return next(n["state"] for n in cluster.json("nodes") if n["name"] == name)
+    return next(n["state"] for n in cluster.nodes() if n["name"] == name)
 
 
 def _agent(cluster: Cluster, run: dict[str, Any]) -> Agent:

@@ -63,7 +63,7 @@ def test_submit_says_why_its_run_waits_once_per_reason_then_streams_it(tmp_path:
             run_id = next(r["id"] for r in cluster.json("queue"))
             created = cluster.run(run_id)["created_at"]
             # Several more looks at the unchanged reason, none printed again.
-            wait_until("the run to have waited 4 s", lambda: time.time() - created >= 4.0, every_s=0.2)
+            wait_until("the run to have waited 3 s", lambda: time.time() - created >= 3.0, every_s=0.2)
             gate.touch()
             assert waiting.wait(timeout=60) == 0, err.read_text()
         finally:
