@@ -25,6 +25,8 @@ def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, proje
         )
         run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "work.py", check=True).stdout.strip()
         wait_until("attempt 1 to run", pid_file.exists)
+        # What the head has stored before the kill is kept; what the agent had not shipped yet dies with it.
+        wait_until("attempt 1's first line to be stored", lambda: "attempt 1 started" in cluster.logs_text(run_id))
         first = cluster.run(run_id)
         victim = next(a for a in cluster.agents if a.name == first["node"])
         assert victim.proc is not None
