@@ -16,11 +16,12 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # Import boundaries and types (both configured in pyproject.toml) first: they take seconds. Then the suite.
+# Two workers, each taking the next test when it is free (the end-to-end tests mostly wait on processes).
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 protos: $(STAMP)
