@@ -19,9 +19,11 @@ from pathlib import Path
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
 from agent.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
-from agent.containment import Containment, kill_leftover_groups, open_containment
+from agent.cgroups import CgroupContainment
+from agent.containment import Containment, Mode, kill_leftover_groups
+from agent.tethers import TetherContainment
 from agent.cutoff import watch_cut_off
-from agent.errors import AgentError
+from agent.errors import AgentError, ContainmentUnavailable
 from agent.link import HeadLink
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
@@ -35,6 +37,20 @@ def gpu_probe(config: AgentConfig) -> GpuProbe:
     if config.fake_gpus:
         return FakeGpuProbe(config.fake_gpus, config.fake_gpu_model, config.fake_gpu_memory_bytes, config.name)
     return NvmlProbe()
+
+
+async def open_containment(mode: Mode, *, data_dir: Path) -> Containment:
+    """The containment `mode` asks for; `auto` falls back to tethers where cgroups are not usable."""
+    if mode is Mode.TETHER:
+        return TetherContainment()
+    try:
+        return await CgroupContainment.open(data_dir=data_dir)
+    except ContainmentUnavailable as err:
+        if mode is Mode.CGROUP:
+            raise
+        log.info("cgroups not usable; runs are tethered", extra={"why": str(err)})
+        return TetherContainment()
+
 
 
 async def serve(config: AgentConfig, *, clock: Clock | None = None) -> None:

@@ -1,6 +1,6 @@
 """How a run's whole process tree is kept together: it dies with its cancel, with its end and with its agent.
 
-Two implementations of one seam, chosen by `run_containment` in the agent config (`open_containment`):
+Two implementations of one seam, chosen by `run_containment` in the agent config (`app.open_containment`):
 
 - `cgroup` (`cgroups.py`): one cgroup v2 per attempt below a per-agent cgroup. The command joins its cgroup
   before it is exec'd (a tiny `sh` writes its own pid to `cgroup.procs`, then execs the command: no Python
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -27,9 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from agent.errors import ContainmentUnavailable
 
-log = logging.getLogger(__name__)
 
 
 class Mode(StrEnum):
@@ -132,22 +129,6 @@ async def spawn_piped(argv: list[str], *, cwd: Path, env: dict[str, str], pass_f
 def exit_status(returncode: int) -> int:
     """A child's exit status as the agent reports it: 128 + N for a child killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-async def open_containment(mode: Mode, *, data_dir: Path) -> Containment:
-    """The containment `mode` asks for; `auto` falls back to tethers where cgroups are not usable."""
-    from agent.cgroups import CgroupContainment
-    from agent.tethers import TetherContainment
-
-    if mode is Mode.TETHER:
-        return TetherContainment()
-    try:
-        return await CgroupContainment.open(data_dir=data_dir)
-    except ContainmentUnavailable as err:
-        if mode is Mode.CGROUP:
-            raise
-        log.info("cgroups not usable; runs are tethered", extra={"why": str(err)})
-        return TetherContainment()
 
 
 def record_group(path: Path, pgid: int) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.cgroups import CgroupContainment, find_own_cgroup
-from agent.containment import Containment, Mode, open_containment
+from agent.app import open_containment
+from agent.containment import Containment, Mode
 from agent.errors import CannotStart, ContainmentUnavailable
 from tests.fakes import eventually
 from testbed.harness import process_gone

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.containment import Containment, Mode, open_containment
+from agent.app import open_containment
+from agent.containment import Containment, Mode
 from agent.cutoff import watch_cut_off
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
