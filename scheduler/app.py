@@ -147,7 +147,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
         sessions, followers = Sessions(), Followers()
         timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
         dispatcher = Dispatcher(store=store, sessions=sessions, followers=followers, quotas=quotas,
-                                half_life_s=config.fair_share_half_life_s, heartbeat_window_s=timers.disconnected_after_s)
+                                half_life_s=config.fair_share_half_life_s, heartbeat_window_s=timers.disconnected_after_s,
+                                clock=clock)
         reactor = Reactor(store=store, sessions=sessions, followers=followers, wake=dispatcher.wake,
                           policy=Policy(config.max_retries, config.quarantine_after), now=clock.now)
         await recover_nodes(store, sessions)
@@ -183,7 +184,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             os.replace(tmp, config.ready_file)
         autoscaler = None
         if providers:
-            autoscaler = Autoscaler(policies=policies, providers=providers, clock=store.clock,
+            autoscaler = Autoscaler(policies=policies, providers=providers, clock=clock,
                                     observe=lambda: observe(store, sessions, dispatcher),
                                     record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail),
                                     left=lambda name: node_left(store, reactor, name))

@@ -31,6 +31,7 @@ from scheduler.autoscale import (
     Terminate,
     decide,
 )
+from scheduler.clock import Clock, wait_event
 from scheduler.providers import NodeProvider, ProviderError, ProviderNode, ProviderStatus
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class _Tracked:
 
 class Autoscaler:
     def __init__(self, *, policies: Mapping[str, ClusterPolicy], providers: Mapping[str, NodeProvider],
-                 clock: Callable[[], float], observe: Callable[[], Awaitable[Observation]],
+                 clock: Clock, observe: Callable[[], Awaitable[Observation]],
                  record: Callable[[str, str, str], Awaitable[None]],
                  left: Callable[[str], Awaitable[None]] | None = None) -> None:
         """`providers` by cluster (one may serve several); `observe()` tells what the head knows now;
@@ -95,11 +96,7 @@ class Autoscaler:
     async def run(self, tick_s: float) -> None:
         """Tick every `tick_s`, or sooner when woken, until cancelled."""
         while True:
-            try:
-                async with asyncio.timeout(tick_s):
-                    await self._woken.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._clock, self._woken, tick_s)
             self._woken.clear()
             try:
                 await self.tick()
@@ -111,7 +108,7 @@ class Autoscaler:
         self._standing_now = set()
         try:
             observation = await self._observe()
-            now = self._clock()
+            now = self._clock.now()
             unknown = await self._reconcile()
             nodes = self._managed(now, observation.connected)
             decision = decide(now, self._policies, nodes, observation.demand, self._launched)

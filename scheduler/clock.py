@@ -22,3 +22,18 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def wait_event(clock: Clock, event: asyncio.Event, timeout_s: float | None) -> bool:
+    """Wait until `event` is set or `timeout_s` passed on `clock` (None: no limit); True if the event is set."""
+    if event.is_set() or timeout_s is None:
+        await event.wait()
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    timer = asyncio.ensure_future(clock.sleep(max(timeout_s, 0.0)))
+    try:
+        await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        timer.cancel()
+    return event.is_set()

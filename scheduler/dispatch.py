@@ -26,13 +26,13 @@ Why it stays cheap on a busy head:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
+from scheduler.clock import Clock, SystemClock, wait_event
 from scheduler.followers import Followers
 from scheduler.core.lifecycle import InvalidTransition, Pending, PendingKind, Trigger
 from scheduler.autoscale import Demand
@@ -167,8 +167,9 @@ class Dispatcher:
     def __init__(
         self, *, store: Store, sessions: Sessions, followers: Followers,
         quotas: Mapping[tuple[str, str], int] | None = None, half_life_s: float = 7 * 86400.0,
-        heartbeat_window_s: float = 20.0,
+        heartbeat_window_s: float = 20.0, clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._store = store
         self._window_s = heartbeat_window_s     # a node not heard from for this long takes no new runs
         self._sessions = sessions
@@ -181,7 +182,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()          # ends the pause between passes
         self._reasons: dict[str, Pending] = {}  # pending reasons as last written, so a pass writes only changes
-        self._full_at = -math.inf              # time.monotonic() of the last full pass
+        self._full_at = -math.inf              # clock time of the last full pass
         self._full_due: float | None = None    # when a full pass is owed to the runs quick passes left out
         self._usage: dict[tuple[str, str], float] = {}
         self._usage_at = -math.inf
@@ -212,12 +213,8 @@ class Dispatcher:
         backoff_s = 0.1
         while True:
             due = self._full_due
-            owed = False
-            try:
-                async with asyncio.timeout(None if due is None else max(due - time.monotonic(), 0.0)):
-                    await self._wake.wait()
-            except TimeoutError:
-                owed = True     # the full pass quick passes put off
+            woken = await wait_event(self._clock, self._wake, None if due is None else due - self._clock.now())
+            owed = not woken    # the full pass quick passes put off
             self._wake.clear()
             self._urgent.clear()
             try:
@@ -225,14 +222,12 @@ class Dispatcher:
                 backoff_s = 0.1
             except Exception:
                 log.exception("scheduling pass failed", extra={"retry_in_s": backoff_s})
-                await asyncio.sleep(backoff_s)
+                await self._clock.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 self._wake.set()
                 continue
             # Wake-ups that come meanwhile are served by the next pass: a bounded share of the CPU for passes.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self.took_s * PAUSE_PER_PASS, MAX_PAUSE_S)):
-                    await self._urgent.wait()
+            await wait_event(self._clock, self._urgent, min(self.took_s * PAUSE_PER_PASS, MAX_PAUSE_S))
 
     async def usage(self) -> dict[tuple[str, str], float]:
         """Decayed GPU-seconds per (workspace, cluster), recomputed at most every USAGE_REFRESH_S."""
@@ -301,7 +296,7 @@ class Dispatcher:
             return 0
         live = await self._store.live_attempts()
         if full is None:
-            full = time.monotonic() - self._full_at >= FULL_PASS_EVERY_S
+            full = self._clock.now() - self._full_at >= FULL_PASS_EVERY_S
         queued = self._queue.ordered() if full else self._queue.prefix(PREFIX_PER_CLUSTER)
         full = full or len(queued) == len(self._queue)
         now = self._store.clock()
@@ -315,7 +310,7 @@ class Dispatcher:
         by_id = self._queue.runs
         if full:
             self._waiting = [by_id[i].request for i in plan.waiting]
-            self._full_at, self._full_due = time.monotonic(), None
+            self._full_at, self._full_due = self._clock.now(), None
         elif self._full_due is None:
             self._full_due = self._full_at + FULL_PASS_EVERY_S
         self._demand = None

@@ -266,6 +266,19 @@ class FakeProvider:
         return None
 
 
+class HeadClock:
+    """A manual clock: the time is the test's `head.now`; a sleep only yields."""
+
+    def __init__(self, head: Head) -> None:
+        self._head = head
+
+    def now(self) -> float:
+        return self._head.now
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
 class Head:
     """What the head would supply: connected nodes, demand, and an event log; plus a manual clock."""
 
@@ -275,8 +288,9 @@ class Head:
         self.demand: list[Demand] = []
         self.events: list[tuple[str, str, str]] = []
 
-    def clock(self) -> float:
-        return self.now
+    @property
+    def clock(self) -> HeadClock:
+        return HeadClock(self)
 
     async def observe(self) -> Observation:
         return Observation(list(self.connected), list(self.demand))

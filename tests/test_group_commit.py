@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.dispatch import PREFIX_PER_CLUSTER, Dispatcher
+from scheduler.dispatch import FULL_PASS_EVERY_S, PREFIX_PER_CLUSTER, Dispatcher
+from tests.fakes import ManualClock
 from scheduler.errors import ResourceExhausted
 from scheduler.fairshare import Queued, queue_order
 from scheduler.followers import Followers
@@ -322,12 +323,12 @@ def test_every_acknowledged_run_survives_a_kill_in_the_middle_of_a_burst(tmp_pat
 # --- the dispatcher's view of the queue ---------------------------------------------------------------------------
 
 
-def dispatcher(store: Store, *nodes: Session) -> Dispatcher:
+def dispatcher(store: Store, *nodes: Session, clock: ManualClock | None = None) -> Dispatcher:
     sessions = Sessions()
     for node in nodes:
         sessions.attach(node)
         sessions.known(NodeFacts(node.node_id, node.name, NodeState.READY, Schedule.ACTIVE), heard_at=store.clock())
-    return Dispatcher(store=store, sessions=sessions, followers=Followers())
+    return Dispatcher(store=store, sessions=sessions, followers=Followers(), clock=clock)
 
 
 async def test_the_kept_queue_order_is_the_order_of_the_whole_queue(store: Store) -> None:
@@ -362,7 +363,8 @@ async def test_a_run_beyond_the_quick_pass_is_placed_by_the_full_pass_the_loop_o
     """A quick pass looks at the head of each cluster's queue only; a run further back that could start now is
     placed by the full pass the loop makes by itself, with no further wake-up."""
     node = Session("n1", "node-1", "a", Capacity(cpus=2.0, memory_bytes=2**32, disk_bytes=0))
-    d = dispatcher(store, node)
+    clock = ManualClock(start_s=1_700_000_000.0)
+    d = dispatcher(store, node, clock=clock)
     for _ in range(PREFIX_PER_CLUSTER + 5):
         await store.create_run(new_run(cpus=4.0, compute="a"))    # no node of cluster a can ever hold these
     await d.pass_once(full=True)
@@ -370,6 +372,9 @@ async def test_a_run_beyond_the_quick_pass_is_placed_by_the_full_pass_the_loop_o
     assert await d.pass_once() == 0, "a quick pass does not reach it"
     loop = asyncio.ensure_future(d.run())
     try:
+        await asyncio.sleep(0.05)
+        assert (await store.get_run(small)).state is RunState.QUEUED, "nothing happens before the full pass is due"
+        clock.advance(FULL_PASS_EVERY_S)        # on the dispatcher's own clock: no real second goes by
         async with asyncio.timeout(30):
             while (await store.get_run(small)).state is not RunState.PREPARING:
                 await asyncio.sleep(0.01)
