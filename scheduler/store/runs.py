@@ -247,13 +247,12 @@ class RunStore(StoreBase):
         return [RunEventRecord(*r) for r in rows]
 
     async def transition(
-        self, run_id: str, trigger: Trigger, *, attempt: int | None = None, on_node: str | None = None,
-        detail: str = "", **sets: Any
+        self, run_id: str, trigger: Trigger, *, attempt: int | None = None, detail: str = "", **sets: Any
     ) -> RunRecord:
-        """Apply `trigger` to the run in one transaction: table check, guarded update, appended event.
+        """Apply `trigger` to the run in one transaction: table check, guarded update, appended event. The
+        dispatcher's `assign`; every other change of a live run is a reaction committed by `apply_plan`.
 
-        With `attempt`, the run's current attempt must be that one, and with `on_node` it must be on that node
-        (fencing of agent reports): else NotCurrentAttempt, an InvalidTransition.
+        With `attempt`, the run's current attempt must be that one: else NotCurrentAttempt, an InvalidTransition.
         Raises InvalidTransition or NotFound.
         """
         unknown = set(sets) - _SETTABLE
@@ -261,14 +260,12 @@ class RunStore(StoreBase):
             raise ValueError(f"cannot set {sorted(unknown)} in a transition")
 
         def work(w: sqlite3.Connection, effects: Effects) -> RunRecord:
-            row = w.execute("SELECT state, attempt, node_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = w.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
             state, current_attempt = RunState(row[0]), row[1]
             if attempt is not None and attempt != current_attempt:
                 raise NotCurrentAttempt(run_id, f"{state} (attempt {current_attempt}, not {attempt})", trigger)
-            if on_node is not None and on_node != (row[2] or ""):
-                raise NotCurrentAttempt(run_id, f"{state} (attempt {current_attempt} is not on node {on_node})", trigger)
             target = next_state(run_id, state, trigger)
             values = dict(sets)
             if trigger is Trigger.ASSIGN:
