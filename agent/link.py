@@ -2,7 +2,7 @@
 
 `run()` keeps a stream open: it sends Hello (capacity and the attempts this agent knows), resends every
 unacknowledged outbox message, then new ones as they come and a heartbeat when idle; it applies what the head
-sends (acks, assignments, cancels, refusals). gRPC errors are translated here and nowhere else:
+sends (acks, assignments, cancels). gRPC errors are translated here and nowhere else:
 
 - UNAUTHENTICATED on Connect: the node credential is gone; join again with the join token.
 - UNAUTHENTICATED on Join, or no join token: `JoinRefused`, which ends the agent.
@@ -206,13 +206,10 @@ class HeadLink:
             self._on_assign(message.assign)
         elif kind == "cancel":
             cancel = message.cancel
-            self._on_stop(cancel.run_id, cancel.attempt, self._stop_reason(cancel.reason))
-        elif kind == "refusal":
-            refusal = message.refusal
-            log.warning("head refused a report", extra={"run_id": refusal.run_id, "attempt": refusal.attempt,
-                                                        "why": refusal.why})
-            self._outbox.drop_attempt(refusal.run_id, refusal.attempt)
-            self._on_stop(refusal.run_id, refusal.attempt, Reason.STALE)
+            reason = self._stop_reason(cancel.reason)
+            if reason is Reason.STALE:      # the head will take nothing more about this attempt
+                self._outbox.drop_attempt(cancel.run_id, cancel.attempt)
+            self._on_stop(cancel.run_id, cancel.attempt, reason)
 
     def _stop_reason(self, value: int) -> Reason:
         reason = reason_from_pb(value)

@@ -763,16 +763,14 @@ class MetricBatch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ...) -> None: ...
 
 class HeadMessage(_message.Message):
-    __slots__ = ("ack", "assign", "cancel", "refusal")
+    __slots__ = ("ack", "assign", "cancel")
     ACK_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
-    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     assign: Assignment
     cancel: CancelRun
-    refusal: Refusal
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("msg_seq",)
@@ -818,18 +816,6 @@ class CancelRun(_message.Message):
     attempt: int
     reason: Reason
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[_Union[Reason, str]] = ...) -> None: ...
-
-class Refusal(_message.Message):
-    __slots__ = ("msg_seq", "run_id", "attempt", "why")
-    MSG_SEQ_FIELD_NUMBER: _ClassVar[int]
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    WHY_FIELD_NUMBER: _ClassVar[int]
-    msg_seq: int
-    run_id: str
-    attempt: int
-    why: str
-    def __init__(self, msg_seq: _Optional[int] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., why: _Optional[str] = ...) -> None: ...
 
 class FetchSnapshotRequest(_message.Message):
     __slots__ = ("run_id", "attempt")

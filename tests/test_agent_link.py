@@ -184,3 +184,23 @@ async def test_a_failing_handler_is_logged_and_the_stream_goes_on(head: FakeHead
     assert [(r.getMessage(), getattr(r, "kind", None)) for r in failed] == [
         ("handling a message from the head failed", "assign")]
     assert head.connects == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_stale_stop_drops_what_is_queued_about_that_attempt(head: FakeHead, tmp_path: Path) -> None:
+    head.acking = False         # the reports stay queued until the head says something about them
+    outbox = Outbox(100)
+    for run_id in ("old", "live"):
+        outbox.put(pb.AgentMessage(run_update=pb.RunUpdate(run_id=run_id, attempt=1, phase=pb.RunUpdate.RUNNING)))
+    recorder = Recorder()
+    link = recorder.link(config(head, tmp_path), outbox, MonotonicClock())
+    head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id="old", attempt=1, reason=pb.REASON_STALE)))
+    head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id="live", attempt=1, reason=pb.REASON_CANCELED_BY_USER)))
+    task = asyncio.create_task(link.run())
+    try:
+        await eventually("both stops", lambda: len(recorder.stopped) == 2)
+    finally:
+        task.cancel()
+        await link.close()
+    assert recorder.stopped == [("old", 1, Reason.STALE), ("live", 1, Reason.CANCELED_BY_USER)]
+    assert outbox.attempts() == {("live", 1)}, "only the stale attempt's reports are dropped"
