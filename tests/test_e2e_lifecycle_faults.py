@@ -102,8 +102,8 @@ def test_an_agent_that_stops_its_runs_after_its_cut_off_gets_them_requeued_not_f
         agent.proc.send_signal(signal.SIGCONT)      # it stops its run at once, saying why
 
         wait_until("the stopped attempt to be gone", lambda: process_gone(_pid(first, 1)))
-        again = cluster.wait_state(run_id, "Running", timeout_s=30)
-        assert again["attempt"] == 2
+        again = wait_until("attempt 2 to run", lambda: (r := cluster.run(run_id))["attempt"] == 2
+                           and r["state"] == "Running" and r)
         requeue = next(e for e in again["events"] if e["event"] == "requeue")
         assert "cut" in requeue["detail"], requeue
         gate.touch()

@@ -8,6 +8,8 @@ attempt 1 unless a row says otherwise; the gang is a parent `p` of two children,
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -459,6 +461,12 @@ HELLOS = [
         ready() + fence()),
     row("attempt-being-stopped-reported-stop-again", world(run(desired=STOP)), hello(("r1", 1)),
         ready() + fence(reason=Reason.CANCELED_BY_USER)),
+    row("attempt-being-stopped-for-a-sibling-stopped-again-for-that-reason",
+        world(dataclasses.replace(run(desired=STOP), reason=Reason.SIBLING_FAILED)), hello(("r1", 1)),
+        ready() + fence(reason=Reason.SIBLING_FAILED)),
+    row("missing-attempt-stopped-for-its-parent-canceled-with-that-reason",
+        world(dataclasses.replace(run(desired=STOP), reason=Reason.PARENT_CANCELED)), hello(),
+        ready() + moves(Move("r1", CANCEL, R, 1, detail=UNKNOWN, reason=Reason.PARENT_CANCELED, at=NOW))),
     row("gang-child-missing-gang-requeued-sibling-stopped", world(*gang(R, R, R)), hello(),
         ready() + moves(lost("c0", R, UNKNOWN), requeue("p", R, f"rank 0: {UNKNOWN}"),
                         stops=(StopRun("c1", 1, "n2", Reason.SIBLING_FAILED,

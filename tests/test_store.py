@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import contextlib
 import itertools
@@ -16,9 +18,9 @@ from scheduler.auth import token_sha
 from scheduler import db
 from scheduler.db import MARKER, open_database
 from scheduler.errors import NotFound, StartupRefused
-from scheduler.core.lifecycle import InvalidTransition, RunState, Trigger
+from scheduler.core.lifecycle import DesiredState, InvalidTransition, Reason, RunState, Trigger
 from scheduler.core.nodes import InvalidNodeTransition, Schedule, ScheduleTrigger
-from scheduler.core.plan import NodeCount, Plan
+from scheduler.core.plan import NodeCount, Plan, StopRun
 from scheduler.model import Capacity, Gpu, NewRun, RunSpec
 from scheduler.store import Store
 
@@ -434,3 +436,14 @@ async def test_node_is_quarantined_after_failures_in_a_row_and_uncordon_forgives
     assert (forgiven.schedule, forgiven.failures_in_row) == (Schedule.ACTIVE, 0)
     with pytest.raises(InvalidNodeTransition):
         await store.set_node_schedule("gpu-7", ScheduleTrigger.UNCORDON, "again")
+
+
+async def test_a_stop_keeps_why_it_was_asked_while_the_run_is_live(store: Store) -> None:
+    run_id, _ = await store.create_run(new_run())
+    await store.transition(run_id, Trigger.ASSIGN, node_id="node-1")
+    stop = StopRun(run_id, 1, "node-1", Reason.SIBLING_FAILED, "a sibling failed")
+    await store.apply_plan(Plan(stops=(stop,)))
+    await store.apply_plan(Plan(stops=(dataclasses.replace(stop, reason=Reason.CANCELED_BY_USER),)))   # once only
+    run = await store.get_run(run_id)
+    assert (run.desired_state, run.reason) == (DesiredState.STOP, Reason.SIBLING_FAILED)
+    assert [e.event for e in await store.run_events(run_id)].count("stop_requested") == 1

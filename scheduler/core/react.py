@@ -31,7 +31,8 @@ from typing import Any
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import (
-    ACTIVE, LOST, NODE_SIDE, TABLE, TERMINAL, DesiredState, PendingKind, Reason, RunState, Trigger, next_state,
+    ACTIVE, LOST, NODE_SIDE, STOP_REASONS, TABLE, TERMINAL, DesiredState, PendingKind, Reason, RunState, Trigger,
+    next_state,
     outcome,
 )
 from scheduler.core.nodes import STATE_TABLE, NodeFacts, NodeState, NodeTrigger, Schedule, next_node_state
@@ -138,7 +139,9 @@ class World:
                                pending_kind=PendingKind.REQUEUED)
             runs[m.run_id] = dataclasses.replace(run, **changes)
         for s in plan.stops:
-            runs[s.run_id] = dataclasses.replace(runs[s.run_id], desired_state=DesiredState.STOP)
+            stopping = runs[s.run_id]
+            if stopping.desired_state is not DesiredState.STOP:
+                runs[s.run_id] = dataclasses.replace(stopping, desired_state=DesiredState.STOP, reason=s.reason)
         nodes = dict(self.nodes)
         for n in plan.node_moves:
             node = nodes[n.node_id]
@@ -271,6 +274,11 @@ def _then_gang(world: World, plan: Plan) -> Plan:
 
 # --- losing attempts -----------------------------------------------------------------------------------------
 
+def _stop_reason(run: RunRecord) -> Reason:
+    """Why the head asked a run to stop: kept in its reason while it is live (`StopRun`)."""
+    return Reason(run.reason) if run.reason in STOP_REASONS else Reason.CANCELED_BY_USER
+
+
 def budget(run: RunRecord, default_retries: int) -> int:
     return run.spec.max_retries if run.spec.max_retries >= 0 else default_retries
 
@@ -289,9 +297,9 @@ def lose(world: World, run: RunRecord, *, detail: str, cause: Reason = Reason.NO
     failed_by = Move(run.id, Trigger.FAIL, run.state, run.attempt, detail=detail, reason=cause, at=world.now,
                      agent_error_node=failed_here)
     if run.desired_state is DesiredState.STOP:     # it was being stopped anyway: that stop is its end
-        stopped = Reason.CANCELED_BY_USER
+        stopped = _stop_reason(run)
         # Only a gang stops its members; a run merely submitted under another one was stopped by its user.
-        if parent is not None and gangs.is_gang_parent(parent):
+        if not run.reason and parent is not None and gangs.is_gang_parent(parent):
             stopped = Reason.PARENT_CANCELED if parent.desired_state is DesiredState.STOP else Reason.SIBLING_FAILED
         return _then_gang(world, Plan(moves=(Move(run.id, Trigger.CANCEL, run.state, run.attempt, detail=detail,
                                                   reason=stopped, at=world.now),)))
@@ -363,7 +371,7 @@ def on_hello(world: World, ev: Hello) -> Plan:
         if held is None or held.attempt != attempt or held.node_id != ev.node_id or held.state not in ACTIVE:
             fences.append(Fence(ev.node_id, run_id, attempt))
         elif held.desired_state is DesiredState.STOP:
-            fences.append(Fence(ev.node_id, run_id, attempt, Reason.CANCELED_BY_USER))   # the stop, again
+            fences.append(Fence(ev.node_id, run_id, attempt, _stop_reason(held)))   # the stop, again
     return plan + Plan(fences=tuple(fences))
 
 

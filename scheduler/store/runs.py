@@ -303,10 +303,11 @@ class RunStore(StoreBase):
             for move in plan.moves:
                 self._apply_move(w, effects, move, now)
             for stop in plan.stops:
+                # While the run is live its reason says why it is being stopped (a Hello re-sends that stop).
                 cur = w.execute(
-                    "UPDATE runs SET desired_state = ? WHERE id = ? AND attempt = ? AND desired_state != ? "
+                    "UPDATE runs SET desired_state = ?, reason = ? WHERE id = ? AND attempt = ? AND desired_state != ? "
                     f"AND state IN ({', '.join('?' * len(ACTIVE))})",
-                    (DesiredState.STOP, stop.run_id, stop.attempt, DesiredState.STOP, *sorted(ACTIVE)),
+                    (DesiredState.STOP, stop.reason, stop.run_id, stop.attempt, DesiredState.STOP, *sorted(ACTIVE)),
                 )
                 if cur.rowcount == 1:
                     w.execute(
