@@ -27,7 +27,7 @@ from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
 from scheduler.convert import event_to_pb, from_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
-from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, shown
 from scheduler.followers import Followers, wait_changed
 from scheduler.core import gangs
 from scheduler.core.heartbeats import Timers
@@ -48,6 +48,13 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SCHEDULES = {pb.NodeScheduleRequest.CORDON: ScheduleTrigger.CORDON, pb.NodeScheduleRequest.DRAIN: ScheduleTrigger.DRAIN,
               pb.NodeScheduleRequest.UNCORDON: ScheduleTrigger.UNCORDON}
 LOG_PAGE = 1000
+# Caps on what one caller may store: one user's input never breaks another's reads (a ListRuns page included).
+MAX_ID_CHARS = 128
+ENV_MAX_BYTES = 64 * 1024
+MAP_MAX_ENTRIES = 100
+MAP_KEY_CHARS = 256
+MAP_VALUE_CHARS = 4096
+MAP_MAX_BYTES = 64 * 1024
 # A snapshot seen in the artifact store is taken as present for this long without asking the store again.
 # Snapshots are content-addressed and never deleted by the head; the limit only bounds how long an object removed
 # behind the head's back (a bucket's lifecycle rule) would still be accepted.
@@ -60,6 +67,19 @@ def request_of(spec: RunSpec, run_id: str = "", workspace: str = "") -> Request:
                    spec.gpu_model, spec.gpu_memory_bytes, tuple(sorted(spec.node_labels.items())), spec.timeout_s)
 
 
+def check_map(what: str, entries: Mapping[str, str]) -> None:
+    """Refuse tags or properties over their caps: count, key and value lengths, and total size."""
+    if len(entries) > MAP_MAX_ENTRIES:
+        raise InvalidArgument(f"{what}: {len(entries)} entries, over the limit of {MAP_MAX_ENTRIES}")
+    for key, value in entries.items():
+        if not key or len(key) > MAP_KEY_CHARS or len(value) > MAP_VALUE_CHARS:
+            raise InvalidArgument(f"{what}: {shown(key)} must have a key of 1 to {MAP_KEY_CHARS} characters and a "
+                                  f"value of at most {MAP_VALUE_CHARS:,}")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in entries.items())
+    if size > MAP_MAX_BYTES:
+        raise InvalidArgument(f"{what}: {size:,} bytes in all, over the limit of {MAP_MAX_BYTES:,}")
+
+
 def validate_spec(spec: RunSpec) -> None:
     """Refuse a run spec the head would never run as it is."""
     if not spec.argv or not spec.argv[0]:
@@ -68,7 +88,11 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument("the command is over 128 KiB; put it in a script in the snapshot")
     for key in spec.environment:
         if not _ENV_KEY.match(key):
-            raise InvalidArgument(f"environment variable name {key!r} is not valid")
+            raise InvalidArgument(f"environment variable name {shown(key)} is not valid")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in spec.environment.items())
+    if size > ENV_MAX_BYTES:
+        raise InvalidArgument(f"the run's environment is {size:,} bytes, over the limit of {ENV_MAX_BYTES:,}; "
+                              "put large values in a file in the snapshot")
     if not (0 < spec.cpus <= 4096):
         raise InvalidArgument(f"cpus must be in (0, 4096], not {spec.cpus:g}")
     if not (0 < spec.memory_bytes <= 64 * 1024**4):
@@ -109,6 +133,8 @@ class RunyardService(pb_grpc.RunyardServicer):
         self._snapshots_seen: dict[str, float] = {}    # sha256 -> monotonic time it was last seen present
 
     async def _run(self, run_id: str) -> RunRecord:
+        if len(run_id) > MAX_ID_CHARS:
+            raise NotFound(f"no run {shown(run_id)}")
         return await self._store.get_run(run_id, caller().workspace)
 
     async def _node_names(self) -> dict[str, str]:
@@ -152,8 +178,13 @@ class RunyardService(pb_grpc.RunyardServicer):
             raise PermissionDenied("only admins may give an integer priority; use low, medium or high")
         if abs(priority) > priorities.LIMIT:
             raise InvalidArgument(f"priority must be within +-{priorities.LIMIT:,}")
-        if len(request.display_name) > 256 or len(request.tags) > 100 or len(request.properties) > 100:
-            raise InvalidArgument("display name, tags or properties are over their size limits")
+        if len(request.display_name) > 256:
+            raise InvalidArgument("the display name is over 256 characters")
+        for what, entries in (("tags", request.tags), ("properties", request.properties)):
+            check_map(what, entries)
+        for what, value in (("idempotency key", request.idempotency_key), ("parent run id", request.parent_run_id)):
+            if len(value) > MAX_ID_CHARS:
+                raise InvalidArgument(f"the {what} is over {MAX_ID_CHARS} characters")
         if not await self._snapshot_present(request.snapshot_sha256):
             raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
         if request.parent_run_id:
@@ -313,7 +344,7 @@ class RunyardService(pb_grpc.RunyardServicer):
     async def GetNode(self, request: pb.NodeRef, context: grpc.aio.ServicerContext) -> pb.Node:
         node = next((n for n in await self._store.list_nodes() if n.name == request.node), None)
         if node is None:
-            raise NotFound(f"no node {request.node!r}; `runyard nodes` lists them")
+            raise NotFound(f"no node {shown(request.node)}; `runyard nodes` lists them")
         mine = (await self._runs_by_node()).get(node.id, [])
         return self._node_to_pb(node, mine, events=await self._store.node_events(node.id))
 

@@ -8,6 +8,7 @@ Must not: hold queries of the store (that is the `store` package).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from importlib import resources
 from pathlib import Path
@@ -72,13 +73,20 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return latest
 
 
+def _private(data_dir: Path, path: Path) -> None:
+    """The data directory 0700 and the database 0600 (SQLite gives its -wal and -shm files the database's mode)."""
+    os.chmod(data_dir, 0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 async def open_database(data_dir: Path, *, synchronous: str = "FULL") -> tuple[aiosqlite.Connection, str]:
     """Open (creating on first start) the database; returns the connection and the cluster id.
 
     Once a data dir was initialised (its marker file exists), a missing or foreign database is refused: the head
     never starts empty by accident.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data_dir / "runyard.db"
     marker = data_dir / MARKER
     if marker.exists() and not path.exists():
@@ -86,6 +94,7 @@ async def open_database(data_dir: Path, *, synchronous: str = "FULL") -> tuple[a
             f"{path} is missing but {marker} says this cluster was initialised; restore the database "
             f"or remove {marker} to start an empty cluster"
         )
+    _private(data_dir, path)
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await _configure(conn, synchronous)

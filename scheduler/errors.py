@@ -16,6 +16,14 @@ the mapping: the errors themselves know nothing of gRPC, so the store and the co
 from __future__ import annotations
 
 
+ECHO_CHARS = 40     # what a refusal echoes of a caller's input, at most
+
+
+def shown(text: str) -> str:
+    """A caller's input as a refusal may quote it: whole when short, else its start and how long it was."""
+    return repr(text) if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]!r}… ({len(text)} characters)"
+
+
 class HeadError(Exception):
     """The head refused a request."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import stat
 from pathlib import Path
 
 import aiosqlite
@@ -95,3 +96,18 @@ async def test_migrate_upgrades_every_older_version_to_the_fresh_schema(tmp_path
             assert upgraded.execute("SELECT value FROM meta WHERE key = 'cluster_id'").fetchone() == ("kept",)
         finally:
             upgraded.close()
+
+
+async def test_the_data_directory_and_the_database_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "head"
+    data.mkdir(mode=0o755)
+    conn, _ = await db.open_database(data)
+    try:
+        await conn.execute("CREATE TABLE t (x)")     # the -wal and -shm files exist from here
+    finally:
+        await conn.close()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("runyard.db", "runyard.db-wal", "runyard.db-shm"):
+        found = data / name
+        assert not found.exists() or stat.S_IMODE(found.stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((data / "runyard.db").stat().st_mode) == 0o600

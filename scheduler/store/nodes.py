@@ -14,7 +14,7 @@ import json
 import sqlite3
 from typing import Any
 
-from scheduler.errors import NotFound
+from scheduler.errors import NotFound, shown
 from scheduler.group_commit import Effects
 from scheduler.core.nodes import NodeState, NodeTrigger, Schedule, ScheduleTrigger, next_node_state, next_schedule
 from scheduler.model import ClusterEvent, Capacity, NodeRecord, RunEventRecord
@@ -97,7 +97,7 @@ class NodeStore(StoreBase):
         def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
             row = w.execute("SELECT id FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise NotFound(f"no node {name!r}")
+                raise NotFound(f"no node {shown(name)}")
             effects.append(self._node_cache.changed)
             return _move_schedule(w, row[0], trigger, detail, self.clock())
         return await self._write(work)
@@ -140,5 +140,5 @@ class NodeStore(StoreBase):
     async def get_node(self, node_id: str) -> NodeRecord:
         row = await self._one(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,))
         if row is None:
-            raise NotFound(f"no node {node_id!r}")
+            raise NotFound(f"no node {shown(node_id)}")
         return _node(row)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from runyard.ids import new_run_id
-from scheduler.errors import NotFound
+from scheduler.errors import NotFound, shown
 from scheduler.group_commit import Effects
 from scheduler.core.lifecycle import (
     ACTIVE, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
@@ -172,7 +172,7 @@ class RunStore(StoreBase):
         """The run, or NotFound; with `workspace`, another workspace's run is NotFound too."""
         row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if row is None or (workspace is not None and row[1] != workspace):
-            raise NotFound(f"no run {run_id!r}")
+            raise NotFound(f"no run {shown(run_id)}")
         return _run(row)
 
     async def list_runs(
@@ -262,7 +262,7 @@ class RunStore(StoreBase):
         def work(w: sqlite3.Connection, effects: Effects) -> RunRecord:
             row = w.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no run {run_id!r}")
+                raise NotFound(f"no run {shown(run_id)}")
             state, current_attempt = RunState(row[0]), row[1]
             if attempt is not None and attempt != current_attempt:
                 raise NotCurrentAttempt(run_id, f"{state} (attempt {current_attempt}, not {attempt})", trigger)
@@ -390,7 +390,7 @@ class RunStore(StoreBase):
         def work(w: sqlite3.Connection, effects: Effects) -> tuple[RunRecord, list[RunRecord]]:
             row = w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (parent_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no run {parent_id!r}")
+                raise NotFound(f"no run {shown(parent_id)}")
             parent = _run(row)
             target = next_state(parent_id, parent.state, Trigger.ASSIGN)
             cur = w.execute(
@@ -449,5 +449,5 @@ class RunStore(StoreBase):
         """The run if its current attempt is on `node_id`; else NotFound (a node acts only on its own runs)."""
         run = await self.get_run(run_id)
         if run.node_id != node_id or run.attempt != attempt:
-            raise NotFound(f"run {run_id!r} attempt {attempt} is not assigned to this node")
+            raise NotFound(f"run {shown(run_id)} attempt {attempt} is not assigned to this node")
         return run
