@@ -52,7 +52,9 @@ def test_a_node_frozen_past_down_is_declared_down_once_and_its_stale_attempt_sto
         tmp_path: Path, project: Path, frozen: list[Agent]) -> None:
     gate = tmp_path / "gate"
     _waiting_script(project, gate)
-    cluster = Cluster.start(tmp_path / "cluster", agents=2, head_settings=FAST_HEAD, stop_runs_after_s=600.0)
+    # The healthy agent heartbeats 15 times per Down timer, so that only the frozen one goes Down on a busy machine.
+    cluster = Cluster.start(tmp_path / "cluster", agents=2, head_settings=FAST_HEAD, stop_runs_after_s=600.0,
+                            heartbeat_interval_s=0.2)
     try:
         run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "wait.py", check=True).stdout.strip()
         first = cluster.wait_state(run_id, "Running")
@@ -193,7 +195,8 @@ def test_a_full_disk_on_the_head_refuses_clearly_and_agents_deliver_everything_o
         "import os, time\ni = 0\n"
         f"while not os.path.exists({str(gate)!r}) or i < 400:\n"
         "    print(f'line {i}', flush=True)\n    i += 1\n    time.sleep(0.005)\n")
-    cluster = Cluster(tmp_path / "cluster", Head(small_disk / "head", tmp_path / "head.log", dict(FAST_HEAD)))
+    # The agent is cut off from a full head for a while: it must not be declared Down meanwhile.
+    cluster = Cluster(tmp_path / "cluster", Head(small_disk / "head", tmp_path / "head.log", {}))
     cluster.head.start()
     cluster.add_agent("node-1")
     cluster.wait_nodes_ready(1)
