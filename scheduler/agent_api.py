@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from protos import runyard_pb2_grpc as pb_grpc
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import Credentials, caller, new_token, token_sha
 from scheduler.convert import capacity_from_pb, outbound_to_pb, report_from_pb
-from scheduler.core.nodes import InvalidNodeTransition, NodeFacts, NodeState
+from scheduler.core.nodes import InvalidNodeTransition, NodeState
 from scheduler.core.react import Hello, NodeHeard, StreamClosed
 from scheduler.errors import AlreadyExists, DiskFull, FailedPrecondition, HeadError, InvalidArgument, ResourceExhausted
 from scheduler.followers import Followers
@@ -44,14 +44,13 @@ class StaleAttempt(Exception):
 
 class NodeAgentService(pb_grpc.NodeAgentServicer):
     def __init__(
-        self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, reactor: Reactor, wake: Callable[[], None],
+        self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, reactor: Reactor,
         followers: Followers, credentials: Credentials, tmp_dir: Path, max_outputs_bytes: int,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._sessions = sessions
         self._reactor = reactor
-        self._wake = wake
         self._followers = followers
         self._credentials = credentials
         self._tmp_dir = tmp_dir
@@ -75,7 +74,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         previous = self._sessions.get(node.id)
         if previous is not None:
             previous.outbox.put_nowait(CLOSE)     # a silent agent's stream: the name is being taken over
-        self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
+        self._sessions.remember(node)
         self._credentials.forget_node(node.id)
         self._credentials.add(token_sha(token), Principal("", "node", node.id))
         log.info("node joined", extra={"node": request.name, "node_id": node.id, "peer": context.peer()})
@@ -100,15 +99,14 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         capacity = capacity_from_pb(first.hello.capacity)
         session = Session(node_id, node.name, node.cluster, capacity, labels=node.labels, since=now, peer=context.peer())
         if self._sessions.facts(node_id) is None:
-            self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
+            self._sessions.remember(node)
         try:
             await self._store.set_node_capacity(node_id, capacity)
             self._sessions.attach(session)
             self._sessions.heard(node_id, now)
             await self._reactor.handle(Hello(node_id, frozenset((h.run_id, h.attempt) for h in first.hello.running)))
             log.info("node connected", extra={"node": node.name, "running": len(first.hello.running)})
-            session.outbox.put_nowait(Ack(first.msg_seq))
-            self._wake()
+            session.outbox.put_nowait(Ack(first.msg_seq))    # the Hello's node move woke the dispatcher
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._write(session, context), name=f"write-{node.name}")
                 await self._read(session, request_iterator)

@@ -36,7 +36,7 @@ from scheduler.errors import HeadError
 from scheduler.followers import Followers
 from scheduler.clock import Clock, SystemClock
 from scheduler.core.heartbeats import Timers
-from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger
+from scheduler.core.nodes import NodeState, NodeTrigger
 from scheduler.core.plan import NodeMove, Plan
 from scheduler.core.react import NodeLeft, Policy
 from scheduler.reactor import Reactor
@@ -123,7 +123,7 @@ async def recover_nodes(store: Store, sessions: Sessions) -> None:
         await store.apply_plan(Plan(node_moves=tuple(closed)))
     for node in await store.list_nodes() if closed else nodes:
         heard = started if node.state is not NodeState.DOWN else None
-        sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row), heard)
+        sessions.remember(node, heard)
 
 
 async def node_left(store: Store, reactor: Reactor, name: str) -> None:
@@ -165,7 +165,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                            dispatcher=dispatcher, followers=followers, timers=timers, policies=policies), server)
         pb_grpc.add_NodeAgentServicer_to_server(
-            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor, wake=dispatcher.wake,
+            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
                              max_outputs_bytes=config.snapshot_max_bytes), server)
         host, _, port = config.listen.rpartition(":")

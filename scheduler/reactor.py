@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import Trigger
-from scheduler.core.nodes import NodeFacts
 from scheduler.core.plan import Plan
 from scheduler.core.react import (
     Cancel, Event, Hello, NodeDown, NodeHeard, NodeLeft, NodeSilent, Policy, Report, StreamClosed, World, react,
@@ -87,7 +86,7 @@ class Reactor:
                 node = await self._store.get_node(node_id)
             except NotFound:
                 continue
-            self._sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row))
+            self._sessions.remember(node)
 
     async def _gather(self, runs: dict[str, RunRecord], run_ids: Iterable[str]) -> None:
         """Read the runs and, for each, the gang it belongs to: its parent and the parent's children."""

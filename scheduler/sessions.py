@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from scheduler.core.lifecycle import Reason
 from scheduler.core.nodes import NodeFacts, NodeState, Schedule, takes_new_runs
-from scheduler.model import Capacity, RunRecord
+from scheduler.model import Capacity, NodeRecord, RunRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,10 @@ class Sessions:
         self._facts[facts.id] = facts
         if heard_at is not None:
             self._heard[facts.id] = heard_at
+
+    def remember(self, node: NodeRecord, heard_at: float | None = None) -> None:
+        """Record a node as the store has it (see `known`)."""
+        self.known(NodeFacts(node.id, node.name, node.state, node.schedule, node.failures_in_row), heard_at)
 
     def facts(self, node_id: str) -> NodeFacts | None:
         return self._facts.get(node_id)

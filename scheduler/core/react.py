@@ -337,7 +337,6 @@ def follow_gang(world: World, parent_id: str) -> Plan:
     moves, state = [], parent.state
     culprit = next((c for c in children if c.state in (RunState.FAILED, RunState.CANCELED)), None)
     for trigger in decision.triggers:
-        ends = trigger in (Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL)
         reason = decision.reason
         if trigger is Trigger.FAIL and culprit is not None and culprit.reason == Reason.NODE_LOST:
             reason = Reason.NODE_LOST
