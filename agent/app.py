@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
-from agent.clock import Clock, MonotonicClock
+from runyard.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
 from agent.cgroups import CgroupContainment
 from agent.containment import Containment, Mode, kill_leftover_groups

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from agent.clock import Clock
+from runyard.clock import Clock
 from agent.runmodel import Reason
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from agent.clock import Clock, wait_event
+from runyard.clock import Clock, wait_event
 from agent.config import AgentConfig
 from agent.errors import JoinRefused, NodeNameTaken
 from agent.outbox import Outbox

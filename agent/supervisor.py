@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.clock import Clock
+from runyard.clock import Clock
 from agent.config import AgentConfig
 from agent.containment import Containment, RunProcess, record_group
 from agent.errors import CannotStart

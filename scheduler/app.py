@@ -34,7 +34,7 @@ from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
 from scheduler.followers import Followers
-from scheduler.clock import Clock, SystemClock
+from runyard.clock import Clock, SystemClock
 from scheduler.core.heartbeats import Timers
 from scheduler.core.nodes import NodeState, NodeTrigger
 from scheduler.core.plan import NodeMove, Plan

@@ -31,7 +31,7 @@ from scheduler.autoscale import (
     Terminate,
     decide,
 )
-from scheduler.clock import Clock, wait_event
+from runyard.clock import Clock, wait_event
 from scheduler.providers import NodeProvider, ProviderError, ProviderNode, ProviderStatus
 
 log = logging.getLogger(__name__)

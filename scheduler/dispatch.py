@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from scheduler.clock import Clock, SystemClock, wait_event
+from runyard.clock import Clock, SystemClock, wait_event
 from scheduler.followers import Followers
 from scheduler.core.lifecycle import InvalidTransition, Pending, PendingKind, Trigger
 from scheduler.autoscale import Demand

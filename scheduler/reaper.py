@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from scheduler.clock import Clock
+from runyard.clock import Clock
 from scheduler.core.heartbeats import UP, Timers, judge
 from scheduler.core.react import NodeDown, NodeSilent
 from scheduler.reactor import Reactor

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.clock import MonotonicClock
+from runyard.clock import MonotonicClock
 from agent.config import AgentConfig
 from agent.errors import NodeNameTaken
 from agent.link import HeadLink
