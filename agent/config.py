@@ -13,8 +13,11 @@ from runyard.errors import UsageError
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    head_address: str = "127.0.0.1:7433"
-    join_token: str = ""
+    head_address: str = "127.0.0.1:7433"   # the head's client port: enrollment (TLS)
+    head_node_address: str = ""             # the head's node port (mTLS); default: head_address's port + 1
+    head_ca_file: str = ""                  # the cluster CA (PEM) the head's certificate must chain to
+    head_ca_fingerprint: str = ""           # or its fingerprint: the CA is read from the head and must match
+    join_token: str = ""                    # used once, to enroll; a node certificate from then on
     join_token_file: str = ""
     name: str = field(default_factory=socket.gethostname)
     cluster: str = "default"
@@ -51,6 +54,15 @@ class AgentConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def node_address(self) -> str:
+        if self.head_node_address:
+            return self.head_node_address
+        host, _, port = self.head_address.rpartition(":")
+        try:
+            return f"{host}:{int(port) + 1}"
+        except ValueError:
+            raise UsageError(f"config: head_address must be host:port, not {self.head_address!r}") from None
 
     def join_secret(self) -> str:
         if self.join_token:

@@ -1,19 +1,25 @@
-"""The agent's connection to the head: join once, then one Connect stream, reconnecting for ever.
+"""The agent's connection to the head: enroll once, then one Connect stream, reconnecting for ever.
+
+Enrollment (`_join`) sends a CSR for the node's key with the join token to the head's client port (TLS, the head
+checked against the cluster CA); the certificate it gets back is this node's credential from then on, on the
+head's node port (mTLS). Every call after enrollment goes there.
 
 `run()` keeps a stream open: it sends Hello (capacity and the attempts this agent knows), resends every
 unacknowledged outbox message, then new ones as they come and a heartbeat when idle; it applies what the head
 sends (acks, assignments, cancels). gRPC errors are translated here and nowhere else:
 
-- UNAUTHENTICATED on Connect: the node credential is gone; join again with the join token.
-- UNAUTHENTICATED on Join, or no join token: `JoinRefused`, which ends the agent.
-- ALREADY_EXISTS on Join or Connect: another live agent holds this node name; `NodeNameTaken` ends the agent.
+- UNAUTHENTICATED on Connect: the certificate was revoked (the node removed); enroll again with the join token.
+- PERMISSION_DENIED on Connect: the node waits for an admin's approval; one warning, then the longer back-off.
+- UNAUTHENTICATED or INVALID_ARGUMENT on Join, or no join token: `JoinRefused`, which ends the agent.
+- ALREADY_EXISTS on Join or Connect: another live agent (or another key) holds this node name; `NodeNameTaken`
+  ends the agent.
 - RESOURCE_EXHAUSTED on Connect: the head is out of space. One warning per episode, every unacknowledged
   report kept in the outbox, back-off up to `head_full_retry_max_s`, one line when delivery resumes.
 - Anything else: retried with capped, jittered back-off; an error that is not a gRPC status (a bug here, in a
   callback, in building a message) is logged with its traceback and context, then retried the same way.
 
 `run()` ends only by cancellation or by raising JoinRefused / NodeNameTaken. Timers use the injected `Clock`.
-Must not: run anything or touch the disk beyond the node credential (`node.json`).
+Must not: run anything or touch the disk beyond the node's identity (`identity.py`).
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from pathlib import Path
 import grpc
 
 from runyard.clock import Clock, wait_event
+from runyard.errors import UsageError
+from runyard.pki import CertificateError
 from agent.config import AgentConfig
 from agent.errors import JoinRefused, NodeNameTaken
+from agent.identity import NodeIdentity
 from agent.outbox import Outbox
 from agent.runmodel import Reason
 from agent.wire import reason_from_pb
@@ -42,7 +51,10 @@ CHUNK_BYTES = 1024 * 1024
 _FIRST_BACKOFF_S = 0.05
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
-_FATAL = (JoinRefused, NodeNameTaken)
+_FATAL = (JoinRefused, NodeNameTaken, UsageError)
+_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 20_000)]
 
 __all__ = ["HeadLink", "JoinRefused", "NodeNameTaken"]
 
@@ -73,52 +85,68 @@ class HeadLink:
         self._live_attempts = live_attempts
         self._on_assign = on_assign
         self._on_stop = on_stop
-        self._credential_file = config.data_path / "node.json"
-        self._token = ""
+        self._identity = NodeIdentity(config)
         self._head_full = False                    # inside an episode of RESOURCE_EXHAUSTED on Connect
+        self._awaiting_approval = False
         self.connected = asyncio.Event()
         self.last_contact = clock.now()            # when the head last said anything, on `clock`
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 16 * 1024 * 1024),
-                   ("grpc.keepalive_time_ms", 20_000)]
-        self._channel = grpc.aio.insecure_channel(config.head_address, options=options)
-        self._stub = pb_grpc.NodeAgentStub(self._channel)
+        self._ca: bytes | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.NodeAgentStub | None = None
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
-    def _metadata(self, token: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),)
+    def _trusted_ca(self) -> bytes:
+        if self._ca is None:
+            self._ca = self._identity.ca()
+        return self._ca
 
-    async def _credential(self) -> str:
-        if not self._token and self._credential_file.exists():
-            self._token = json.loads(self._credential_file.read_text())["node_token"]
-        if not self._token:
-            await self._join()
-        return self._token
+    async def _node_stub(self) -> pb_grpc.NodeAgentStub:
+        """The stub of the node port over mTLS with this node's certificate; enrolls first if it has none."""
+        if self._stub is not None:
+            return self._stub
+        ca = await asyncio.to_thread(self._trusted_ca)
+        certificate = self._identity.certificate()
+        if certificate is None:
+            certificate = await self._join(ca)
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=self._identity.key_pem(),
+                                                   certificate_chain=certificate)
+        self._channel = grpc.aio.secure_channel(self._config.node_address(), credentials, options=_OPTIONS)
+        self._stub = pb_grpc.NodeAgentStub(self._channel)
+        return self._stub
 
-    async def _join(self) -> None:
+    async def _forget_certificate(self) -> None:
+        self._identity.forget_certificate()
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def _join(self, ca: bytes) -> bytes:
         secret = self._config.join_secret()
         if not secret:
-            raise JoinRefused("no join token: set join_token or join_token_file in the agent config")
-        try:
-            reply = await self._stub.Join(
-                pb.JoinRequest(name=self._config.name, cluster=self._config.cluster, labels=self._config.labels,
-                               capacity=self._capacity),
-                metadata=self._metadata(secret), timeout=10,
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise JoinRefused(f"the head refused the join token: {err.details()}") from None
-            if err.code() == grpc.StatusCode.ALREADY_EXISTS:
-                raise NodeNameTaken(err.details() or f"node name {self._config.name!r} is taken") from None
-            raise
-        self._token = reply.node_token
-        tmp = self._credential_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"node_id": reply.node_id, "node_token": reply.node_token}))
-        tmp.chmod(0o600)
-        tmp.replace(self._credential_file)
-        log.info("joined the cluster", extra={"node_id": reply.node_id, "head": self._config.head_address})
+            raise JoinRefused("this node is not enrolled and has no join token: set join_token_file in the agent "
+                              "config (an admin creates one with `runyard node token create`)")
+        csr = self._identity.csr()
+        async with grpc.aio.secure_channel(self._config.head_address, grpc.ssl_channel_credentials(ca),
+                                           options=_OPTIONS) as channel:
+            try:
+                reply = await pb_grpc.NodeAgentStub(channel).Join(
+                    pb.JoinRequest(name=self._config.name, cluster=self._config.cluster, labels=self._config.labels,
+                                   capacity=self._capacity, csr=csr),
+                    metadata=(("authorization", f"Bearer {secret}"),), timeout=10,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.PERMISSION_DENIED):
+                    raise JoinRefused(f"the head refused to enroll this node: {err.details()}") from None
+                if err.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    raise NodeNameTaken(err.details() or f"node name {self._config.name!r} is taken") from None
+                raise
+        self._identity.save_certificate(reply.certificate)
+        log.info("enrolled in the cluster", extra={"node_id": reply.node_id, "head": self._config.head_address})
+        return reply.certificate
 
     async def run(self) -> None:
         """Keep a Connect stream open until cancelled; raises JoinRefused or NodeNameTaken."""
@@ -126,10 +154,12 @@ class HeadLink:
         while True:
             cap_s = self._config.reconnect_max_s
             try:
-                await self._stream(await self._credential())
+                await self._stream(await self._node_stub())
             except grpc.aio.AioRpcError as err:
-                if self._on_rpc_error(err):
+                if await self._on_rpc_error(err):
                     cap_s = max(cap_s, self._config.head_full_retry_max_s)
+            except CertificateError as err:
+                log.warning("cannot read the head's certificate; retrying", extra={"error": str(err)})
             except _CallCancelled:
                 pass  # its cause is logged where it happened
             except _FATAL:
@@ -150,8 +180,9 @@ class HeadLink:
             await self._clock.sleep(delay_s)
             backoff_s = min(backoff_s * 2, cap_s)
 
-    def _on_rpc_error(self, err: grpc.aio.AioRpcError) -> bool:
-        """Act on a failed Connect; True while the head is out of space. Raises what must end the agent."""
+    async def _on_rpc_error(self, err: grpc.aio.AioRpcError) -> bool:
+        """Act on a failed Connect; True while the head is out of space or this node waits for approval (the
+        longer back-off). Raises what must end the agent."""
         code = err.code()
         if code == grpc.StatusCode.ALREADY_EXISTS:
             raise NodeNameTaken(err.details() or f"node name {self._config.name!r} is taken")
@@ -161,19 +192,24 @@ class HeadLink:
                 log.warning("head out of space; keeping the unacknowledged reports and retrying",
                             extra={"unacknowledged": len(self._outbox), "details": err.details()})
             return True
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            if not self._awaiting_approval:
+                self._awaiting_approval = True
+                log.warning("the head does not let this node act yet; retrying", extra={"details": err.details()})
+            return True
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            log.warning("node credential refused; joining again")
-            self._token = ""
-            self._credential_file.unlink(missing_ok=True)
+            log.warning("the head no longer accepts this node's certificate; enrolling again",
+                        extra={"details": err.details()})
+            await self._forget_certificate()
         elif code not in _RETRYABLE:
             log.error("connect failed", extra={"code": code.name, "details": err.details()})
         else:
             log.debug("head unreachable", extra={"code": code.name})
         return False
 
-    async def _stream(self, token: str) -> None:
+    async def _stream(self, stub: pb_grpc.NodeAgentStub) -> None:
         ended = asyncio.Event()
-        call = self._stub.Connect(self._requests(ended), metadata=self._metadata(token))
+        call = stub.Connect(self._requests(ended))
         try:
             async for message in call:
                 self.last_contact = self._clock.now()
@@ -198,6 +234,7 @@ class HeadLink:
     def _apply(self, kind: str | None, message: pb.HeadMessage) -> None:
         if kind == "ack":
             self.connected.set()
+            self._awaiting_approval = False
             self._outbox.ack(message.ack.msg_seq)
             if self._head_full:
                 self._head_full = False
@@ -258,11 +295,9 @@ class HeadLink:
 
     async def fetch_snapshot(self, run_id: str, attempt: int, dest: Path) -> None:
         async def once() -> None:
-            token = await self._credential()
+            stub = await self._node_stub()
             with open(dest, "wb") as f:
-                async for chunk in self._stub.FetchSnapshot(
-                    pb.FetchSnapshotRequest(run_id=run_id, attempt=attempt), metadata=self._metadata(token)
-                ):
+                async for chunk in stub.FetchSnapshot(pb.FetchSnapshotRequest(run_id=run_id, attempt=attempt)):
                     await asyncio.to_thread(f.write, chunk.data)
         await self._retry(f"snapshot of {run_id}", once)
 
@@ -277,6 +312,6 @@ class HeadLink:
                     first = False
 
         async def once() -> None:
-            token = await self._credential()
-            await self._stub.UploadOutputs(chunks(), metadata=self._metadata(token))
+            stub = await self._node_stub()
+            await stub.UploadOutputs(chunks())
         await self._retry(f"outputs of {run_id}", once)

@@ -99,6 +99,56 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.DataChunk.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/runyard.v1.Runyard/WhoAmI',
+                request_serializer=protos_dot_runyard__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Identity.FromString,
+                _registered_method=True)
+        self.CreateWorkspace = channel.unary_unary(
+                '/runyard.v1.Runyard/CreateWorkspace',
+                request_serializer=protos_dot_runyard__pb2.WorkspaceRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Workspace.FromString,
+                _registered_method=True)
+        self.ListWorkspaces = channel.unary_unary(
+                '/runyard.v1.Runyard/ListWorkspaces',
+                request_serializer=protos_dot_runyard__pb2.ListWorkspacesRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.ListWorkspacesResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/runyard.v1.Runyard/CreateToken',
+                request_serializer=protos_dot_runyard__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/runyard.v1.Runyard/ListTokens',
+                request_serializer=protos_dot_runyard__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/runyard.v1.Runyard/RevokeToken',
+                request_serializer=protos_dot_runyard__pb2.TokenRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Token.FromString,
+                _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/runyard.v1.Runyard/CreateJoinToken',
+                request_serializer=protos_dot_runyard__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/runyard.v1.Runyard/RemoveNode',
+                request_serializer=protos_dot_runyard__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Node.FromString,
+                _registered_method=True)
+        self.ApproveNode = channel.unary_unary(
+                '/runyard.v1.Runyard/ApproveNode',
+                request_serializer=protos_dot_runyard__pb2.NodeRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Node.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/runyard.v1.Runyard/ListAudit',
+                request_serializer=protos_dot_runyard__pb2.AuditRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.AuditResponse.FromString,
+                _registered_method=True)
 
 
 class RunyardServicer:
@@ -184,6 +234,68 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who is calling: the token's workspace, role and name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWorkspace(self, request, context):
+        """Admins: workspaces, users' tokens, node enrollment and the audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkspaces(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateJoinToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunyardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +363,56 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=protos_dot_runyard__pb2.DownloadRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.DataChunk.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=protos_dot_runyard__pb2.WhoAmIRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Identity.SerializeToString,
+            ),
+            'CreateWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWorkspace,
+                    request_deserializer=protos_dot_runyard__pb2.WorkspaceRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Workspace.SerializeToString,
+            ),
+            'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkspaces,
+                    request_deserializer=protos_dot_runyard__pb2.ListWorkspacesRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.ListWorkspacesResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=protos_dot_runyard__pb2.CreateTokenRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=protos_dot_runyard__pb2.ListTokensRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=protos_dot_runyard__pb2.TokenRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Token.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=protos_dot_runyard__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=protos_dot_runyard__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Node.SerializeToString,
+            ),
+            'ApproveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveNode,
+                    request_deserializer=protos_dot_runyard__pb2.NodeRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Node.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_runyard__pb2.AuditRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.AuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +766,276 @@ class Runyard:
             '/runyard.v1.Runyard/Download',
             protos_dot_runyard__pb2.DownloadRequest.SerializeToString,
             protos_dot_runyard__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/WhoAmI',
+            protos_dot_runyard__pb2.WhoAmIRequest.SerializeToString,
+            protos_dot_runyard__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/CreateWorkspace',
+            protos_dot_runyard__pb2.WorkspaceRef.SerializeToString,
+            protos_dot_runyard__pb2.Workspace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkspaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListWorkspaces',
+            protos_dot_runyard__pb2.ListWorkspacesRequest.SerializeToString,
+            protos_dot_runyard__pb2.ListWorkspacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/CreateToken',
+            protos_dot_runyard__pb2.CreateTokenRequest.SerializeToString,
+            protos_dot_runyard__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListTokens',
+            protos_dot_runyard__pb2.ListTokensRequest.SerializeToString,
+            protos_dot_runyard__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/RevokeToken',
+            protos_dot_runyard__pb2.TokenRef.SerializeToString,
+            protos_dot_runyard__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/CreateJoinToken',
+            protos_dot_runyard__pb2.CreateJoinTokenRequest.SerializeToString,
+            protos_dot_runyard__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/RemoveNode',
+            protos_dot_runyard__pb2.NodeRef.SerializeToString,
+            protos_dot_runyard__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ApproveNode',
+            protos_dot_runyard__pb2.NodeRef.SerializeToString,
+            protos_dot_runyard__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListAudit',
+            protos_dot_runyard__pb2.AuditRequest.SerializeToString,
+            protos_dot_runyard__pb2.AuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

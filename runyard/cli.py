@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from protos import runyard_pb2 as pb
+from runyard import cli_admin as admin
 from runyard import priorities, render, vocabulary
 from runyard.client import Client
 from runyard.config import ClientConfig, load_client_config
@@ -106,23 +107,24 @@ def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, ex
 @cli.command()
 @click.option("-e", "--experiment", default="")
 @click.option("--state", default="", help="Queued, Running, Completed, Failed, ...")
+@click.option("--user", default="", help="only runs this user submitted")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @OUTPUT
-def runs(experiment: str, state: str, limit: int, output: str) -> None:
+def runs(experiment: str, state: str, user: str, limit: int, output: str) -> None:
     """List runs, newest first."""
     with connect() as client:
         try:
             wanted = vocabulary.run_state(state) if state else pb.RUN_STATE_UNSPECIFIED
         except ValueError as err:
             raise UsageError(str(err)) from None
-        found = client.list_runs(experiment=experiment, state=wanted, limit=limit)
+        found = client.list_runs(experiment=experiment, state=wanted, user=user, limit=limit)
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
     render.print_table(
-        ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "CREATED", "DURATION"),
-        ((r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r), r.node, render.when(r.created_at),
-          render.duration(r)) for r in found),
+        ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "USER", "CREATED", "DURATION"),
+        ((r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r), r.node,
+          r.submitter, render.when(r.created_at), render.duration(r)) for r in found),
     )
 
 
@@ -138,7 +140,7 @@ def show(run_id: str, output: str) -> None:
         return
     fields: list[tuple[str, Any]] = [
         ("run", run.id), ("name", run.display_name), ("experiment", run.experiment),
-        ("state", vocabulary.word("RunState", run.state)),
+        ("submitted by", run.submitter or "-"), ("state", vocabulary.word("RunState", run.state)),
     ]
     if run.state == pb.RUN_STATE_QUEUED:
         fields.append(("pending", run.pending_reason))
@@ -291,7 +293,7 @@ def _show_node(name: str, output: str) -> None:
 
 @cli.group()
 def node() -> None:
-    """Admin: take nodes out of scheduling and back."""
+    """Admin: enroll, approve and remove nodes; take them out of scheduling and back."""
 
 
 def _schedule(name: str, action: pb.NodeScheduleRequest.Action) -> None:
@@ -341,6 +343,12 @@ def queue(compute: str, output: str) -> None:
               r.pending_reason) for r in found),
         )
     render.print_events(reply.events)
+
+
+for command in (admin.login, admin.workspace, admin.token, admin.audit):
+    cli.add_command(command)
+for command in (admin.node_token, admin.node_remove, admin.node_approve):
+    node.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,9 +54,12 @@ class Client:
         self.address = config.address
         self._metadata = (("authorization", f"Bearer {config.token}"),)
         self._timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            config.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if config.insecure:
+            self._channel = grpc.insecure_channel(config.address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=config.ca_pem)
+            self._channel = grpc.secure_channel(config.address, credentials, options=options)
         self._stub = pb_grpc.RunyardStub(self._channel)
 
     def close(self) -> None:
@@ -101,8 +104,10 @@ class Client:
         return self._stub.GetRun(pb.RunRef(run_id=run_id), **self._kw())
 
     @_translated
-    def list_runs(self, *, experiment: str = "", state: pb.RunState = pb.RUN_STATE_UNSPECIFIED, limit: int = 50) -> list[pb.Run]:
-        return list(self._stub.ListRuns(pb.ListRunsRequest(experiment=experiment, state=state, limit=limit), **self._kw()).runs)
+    def list_runs(self, *, experiment: str = "", state: pb.RunState = pb.RUN_STATE_UNSPECIFIED, user: str = "",
+                  limit: int = 50) -> list[pb.Run]:
+        request = pb.ListRunsRequest(experiment=experiment, state=state, user=user, limit=limit)
+        return list(self._stub.ListRuns(request, **self._kw()).runs)
 
     @_translated
     def queue(self, compute: str = "") -> pb.QueueResponse:
@@ -149,3 +154,45 @@ class Client:
                 f.write(chunk.data)
                 written += len(chunk.data)
         return written
+
+    # --- identity and administration -------------------------------------------------------------------------
+
+    @_translated
+    def whoami(self) -> pb.Identity:
+        return self._stub.WhoAmI(pb.WhoAmIRequest(), **self._kw())
+
+    @_translated
+    def create_workspace(self, name: str) -> pb.Workspace:
+        return self._stub.CreateWorkspace(pb.WorkspaceRef(name=name), **self._kw())
+
+    @_translated
+    def list_workspaces(self) -> list[pb.Workspace]:
+        return list(self._stub.ListWorkspaces(pb.ListWorkspacesRequest(), **self._kw()).workspaces)
+
+    @_translated
+    def create_token(self, request: pb.CreateTokenRequest) -> pb.CreateTokenResponse:
+        return self._stub.CreateToken(request, **self._kw())
+
+    @_translated
+    def list_tokens(self, workspace: str = "") -> list[pb.Token]:
+        return list(self._stub.ListTokens(pb.ListTokensRequest(workspace=workspace), **self._kw()).tokens)
+
+    @_translated
+    def revoke_token(self, token_id: str) -> pb.Token:
+        return self._stub.RevokeToken(pb.TokenRef(id=token_id), **self._kw())
+
+    @_translated
+    def create_join_token(self, uses: int, ttl_s: float) -> pb.CreateJoinTokenResponse:
+        return self._stub.CreateJoinToken(pb.CreateJoinTokenRequest(uses=uses, ttl_s=ttl_s), **self._kw())
+
+    @_translated
+    def remove_node(self, name: str) -> pb.Node:
+        return self._stub.RemoveNode(pb.NodeRef(node=name), **self._kw())
+
+    @_translated
+    def approve_node(self, name: str) -> pb.Node:
+        return self._stub.ApproveNode(pb.NodeRef(node=name), **self._kw())
+
+    @_translated
+    def audit(self, *, since: float = 0.0, user: str = "", limit: int = 100) -> list[pb.AuditEntry]:
+        return list(self._stub.ListAudit(pb.AuditRequest(since=since, user=user, limit=limit), **self._kw()).entries)

@@ -134,11 +134,13 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         procs.append(proc)
         head = _Head(proc, cluster.data_dir / "head.log", log_from)
         _wait_for("head start", ready_file.exists, head)
-        address = json.loads(ready_file.read_text())["address"]
+        ready = json.loads(ready_file.read_text())
+        address = ready["address"]
         token = (head_dir / "admin.token").read_text().strip()
-        config = ClientConfig(address, token)
+        config = ClientConfig(address, token, Path(ready["ca_file"]).read_bytes())
         config_file = write_client_config(config)
-        say(f"head listening on {address} (data in {cluster.data_dir}); client config written to {config_file}")
+        say(f"head listening on {address} (TLS, cluster CA {ready['ca_fingerprint']}; data in {cluster.data_dir}); "
+            f"client config written to {config_file}")
         _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
         say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")

@@ -1,8 +1,17 @@
-"""Where the CLI finds the head: `RUNYARD_ADDRESS` / `RUNYARD_TOKEN`, else the config file that `runyard up`
-writes (`$RUNYARD_CONFIG`, else `$XDG_CONFIG_HOME/runyard/config.toml`, else `~/.config/runyard/config.toml`)."""
+"""Where the CLI finds the head and how it trusts it: `RUNYARD_ADDRESS` / `RUNYARD_TOKEN` / `RUNYARD_CA_FILE`, else
+the config file that `runyard up` and `runyard login` write (`$RUNYARD_CONFIG`, else
+`$XDG_CONFIG_HOME/runyard/config.toml`, else `~/.config/runyard/config.toml`), 0600.
+
+The file pins the cluster CA: `ca_file` (written beside the config, 0600) and its `ca_fingerprint`, checked on
+every load. `insecure = true` (or `RUNYARD_INSECURE=1`) talks plaintext to a head that allows it, on loopback only.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -15,6 +24,8 @@ from runyard.errors import ConfigError
 class ClientConfig:
     address: str
     token: str
+    ca_pem: bytes = b""                 # the cluster CA the head's certificate must chain to
+    insecure: bool = False              # plaintext, loopback only (development)
 
 
 def config_path() -> Path:
@@ -24,28 +35,86 @@ def config_path() -> Path:
     return Path(base) / "runyard" / "config.toml"
 
 
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """`sha256:` and the hex digest of the (first) certificate's DER bytes, as `openssl x509 -fingerprint -sha256`
+    shows; stdlib only, so that every CLI command can check the pinned CA cheaply."""
+    text = cert_pem.decode("ascii", "replace")
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in text or end not in text:
+        raise ConfigError("not a PEM certificate")
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    try:
+        der = base64.b64decode("".join(body.split()), validate=True)
+    except binascii.Error:
+        raise ConfigError("not a PEM certificate") from None
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
 def load_client_config() -> ClientConfig:
-    values: dict[str, str] = {}
+    values: dict[str, object] = {}
     path = config_path()
     if path.exists():
         try:
-            values = {k: str(v) for k, v in tomllib.loads(path.read_text()).items()}
+            values = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read {path}: {err}") from None
-    address = os.environ.get("RUNYARD_ADDRESS") or values.get("address", "")
-    token = os.environ.get("RUNYARD_TOKEN") or values.get("token", "")
+    address = os.environ.get("RUNYARD_ADDRESS") or str(values.get("address", ""))
+    token = os.environ.get("RUNYARD_TOKEN") or str(values.get("token", ""))
     if not address:
-        raise ConfigError(f"no head address: start a local cluster with `runyard up`, or set RUNYARD_ADDRESS (looked in {path})")
+        raise ConfigError(f"no head address: `runyard login ADDRESS`, or start a local cluster with `runyard up` "
+                          f"(looked in {path})")
     if not token:
-        raise ConfigError(f"no token: set RUNYARD_TOKEN, or run `runyard up` to write {path}")
-    return ClientConfig(address, token)
+        raise ConfigError(f"no token: set RUNYARD_TOKEN, or `runyard login {address}`")
+    insecure = os.environ.get("RUNYARD_INSECURE", "").lower() in ("1", "true", "yes") or values.get("insecure") is True
+    if insecure:
+        if not is_loopback(address):
+            raise ConfigError(f"insecure (plaintext) is allowed on loopback only, not for {address}")
+        return ClientConfig(address, token, insecure=True)
+    ca_file = os.environ.get("RUNYARD_CA_FILE") or str(values.get("ca_file", ""))
+    if not ca_file:
+        raise ConfigError(f"no cluster CA to trust the head with: `runyard login {address}` (looked in {path})")
+    try:
+        ca_pem = Path(ca_file).expanduser().read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the cluster CA {ca_file}: {err.strerror}; `runyard login {address}` again") from None
+    pinned = "" if os.environ.get("RUNYARD_CA_FILE") else str(values.get("ca_fingerprint", ""))
+    if pinned and fingerprint(ca_pem) != pinned:
+        raise ConfigError(f"the cluster CA in {ca_file} is not the one pinned in {path}; `runyard login {address}`")
+    return ClientConfig(address, token, ca_pem)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
+    """Write the config (0600) and, beside it, the CA it pins (0600)."""
     path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f'address = "{config.address}"\ntoken = "{config.token}"\n')
-    os.replace(path.with_suffix(".tmp"), path)
+    lines = [f"address = {_quoted(config.address)}", f"token = {_quoted(config.token)}"]
+    if config.insecure:
+        lines.append("insecure = true")
+    else:
+        ca_file = path.with_name(path.stem + "-ca.pem")
+        _write_private(ca_file, config.ca_pem)
+        lines += [f"ca_file = {_quoted(str(ca_file))}", f"ca_fingerprint = {_quoted(fingerprint(config.ca_pem))}"]
+    _write_private(path, ("\n".join(lines) + "\n").encode())
     return path

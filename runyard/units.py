@@ -32,3 +32,20 @@ def format_size(n_bytes: int) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of '90', '90s', '30m', '1h', '7d' or '2w'; ValueError otherwise."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; say e.g. 90s, 30m, 1h, 7d") from None
+    if value < 0 or value != value:
+        raise ValueError(f"{text!r} is not a duration; say e.g. 90s, 30m, 1h, 7d")
+    return value * _DURATION_UNITS[unit]

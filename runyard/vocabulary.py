@@ -16,6 +16,7 @@ _ENUMS: dict[str, tuple[Any, str, str]] = {
     "PendingKind": (pb.PendingKind, "PENDING_KIND_", "lower"),
     "NodeState": (pb.NodeState, "NODE_STATE_", "title"),
     "Schedule": (pb.Schedule, "SCHEDULE_", "lower"),
+    "Role": (pb.Role, "ROLE_", "lower"),
 }
 
 

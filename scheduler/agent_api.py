@@ -4,7 +4,9 @@ On the Connect stream the agent's first message is Hello (capacity and the attem
 reconciles those against the store, then each message is handled in order and acknowledged cumulatively once
 committed. Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an
 attempt that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
-A Join for a node name whose agent is connected and Ready is refused (ALREADY_EXISTS, naming the holder).
+Join enrolls a node (`enrollment.py`): a join token and a CSR buy a certificate bound to the node's name; the
+other methods are called on the node port with that certificate. A Join for a node name whose agent is connected
+and Ready is refused (ALREADY_EXISTS, naming the holder), as is one with another key than the name's.
 Must not: decide anything about runs or nodes (that is `scheduler/core/`); it converts and hands over.
 """
 
@@ -23,16 +25,17 @@ import grpc
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from scheduler.artifacts import ArtifactStore
-from scheduler.auth import Credentials, caller, new_token, token_sha
+from scheduler.auth import caller
 from scheduler.convert import capacity_from_pb, outbound_to_pb, report_from_pb
-from scheduler.core.nodes import InvalidNodeTransition, NodeState
+from scheduler.core.nodes import NodeState
+from scheduler.enrollment import Enrollment
 from scheduler.core.react import Hello, NodeHeard, StreamClosed
 from scheduler.errors import AlreadyExists, DiskFull, FailedPrecondition, HeadError, InvalidArgument, ResourceExhausted
 from scheduler.followers import Followers
 from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
 from scheduler.core.lifecycle import Reason
-from scheduler.model import Principal, RunRecord
+from scheduler.model import RunRecord
 from scheduler.store import LOG_CONTINUED, LOG_GAP, Store
 
 log = logging.getLogger(__name__)
@@ -45,40 +48,29 @@ class StaleAttempt(Exception):
 class NodeAgentService(pb_grpc.NodeAgentServicer):
     def __init__(
         self, *, store: Store, artifacts: ArtifactStore, sessions: Sessions, reactor: Reactor,
-        followers: Followers, credentials: Credentials, tmp_dir: Path, max_outputs_bytes: int,
+        followers: Followers, enrollment: Enrollment, ca_pem: bytes, tmp_dir: Path, max_outputs_bytes: int,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._sessions = sessions
         self._reactor = reactor
         self._followers = followers
-        self._credentials = credentials
+        self._enrollment = enrollment
+        self._ca_pem = ca_pem
         self._tmp_dir = tmp_dir
         self._max_outputs_bytes = max_outputs_bytes
         self._disk_full = False
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
-        if not request.name or len(request.name) > 253:
-            raise InvalidArgument("a node needs a name of 1 to 253 characters")
-        node_id = hashlib.sha256(request.name.encode()).hexdigest()[:16]
-        self._refuse_if_held(node_id, request.name)
-        token = new_token()
-        try:
-            node = await self._store.join_node(
-                node_id=node_id, name=request.name, token_sha=token_sha(token), cluster=request.cluster or "default",
-                labels=dict(request.labels), capacity=capacity_from_pb(request.capacity),
-            )
-        except InvalidNodeTransition:
-            self._refuse_if_held(node_id, request.name)
-            raise AlreadyExists(f"node name {request.name!r} is held by a live agent; stop it first") from None
-        previous = self._sessions.get(node.id)
-        if previous is not None:
-            previous.outbox.put_nowait(CLOSE)     # a silent agent's stream: the name is being taken over
-        self._sessions.remember(node)
-        self._credentials.forget_node(node.id)
-        self._credentials.add(token_sha(token), Principal("", "node", node.id))
-        log.info("node joined", extra={"node": request.name, "node_id": node.id, "peer": context.peer()})
-        return pb.JoinResponse(node_id=node.id, node_token=token)
+        name = request.name
+        if len(name) <= 253:
+            self._refuse_if_held(hashlib.sha256(name.encode()).hexdigest()[:16], name)
+        enrolled = await self._enrollment.enroll(
+            join_sha=caller().token_id, name=name, cluster=request.cluster, labels=dict(request.labels),
+            capacity=capacity_from_pb(request.capacity), csr_pem=request.csr)
+        log.info("node joined", extra={"node": name, "node_id": enrolled.node.id, "peer": context.peer()})
+        return pb.JoinResponse(node_id=enrolled.node.id, certificate=enrolled.certificate,
+                               ca_certificate=self._ca_pem)
 
     def _refuse_if_held(self, node_id: str, name: str) -> None:
         """One name, one live agent: a Join for a name whose agent is connected and Ready is refused."""
@@ -97,6 +89,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         node = await self._store.get_node(node_id)
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
+        self._enrollment.check_capacity(node.name, capacity)
         session = Session(node_id, node.name, node.cluster, capacity, labels=node.labels, since=now, peer=context.peer())
         if self._sessions.facts(node_id) is None:
             self._sessions.remember(node)

@@ -1,8 +1,8 @@
 """`runyard-head`: the head daemon. Picks the implementations, wires the parts, runs them in one TaskGroup.
 
 Start-up: load config, lock the data directory (refusing one another process holds, before writing anything),
-open the database (refusing a lost one), make sure the admin and join tokens exist,
-serve gRPC, then write the ready file. SIGTERM/SIGINT stop it gracefully; a background task that dies takes
+open the database (refusing a lost one), make sure the first admin's token and the cluster's TLS material exist,
+serve gRPC on the client port (TLS; users' tokens, joins) and the node port (mTLS), then write the ready file. SIGTERM/SIGINT stop it gracefully; a background task that dies takes
 the daemon down so that systemd restarts it.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -21,12 +22,13 @@ import grpc
 import uvloop
 
 from protos import runyard_pb2_grpc as pb_grpc
-from runyard import logsetup
+from runyard import logsetup, pki
 from runyard.datadir import DataDirLock
 from runyard.errors import RunyardError, UsageError
 from scheduler.agent_api import NodeAgentService
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import Boundary, Credentials, new_token, token_sha
+from scheduler.enrollment import Enrollment, Limits
 from scheduler.autoscale import ClusterPolicy, ProviderKind, policies_from_config
 from scheduler.autoscaler import Autoscaler, ConnectedNode, Observation
 from scheduler.client_api import RunyardService
@@ -40,10 +42,12 @@ from scheduler.core.nodes import NodeState, NodeTrigger
 from scheduler.core.plan import NodeMove, Plan
 from scheduler.core.react import NodeLeft, Policy
 from scheduler.reactor import Reactor
-from scheduler.providers import CommandProvider, LocalProvider, NodeProvider
+from scheduler.providers import CommandProvider, LocalHead, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
 from scheduler.store import Store
+from scheduler.tls import load_or_create
+from scheduler.model import Role, TokenRecord
 
 log = logging.getLogger("scheduler")
 
@@ -57,17 +61,17 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def ensure_token(store: Store, path: Path, *, workspace: str | None) -> str:
-    """Read the token at `path`, creating it on first start; registers user tokens in the store."""
+async def ensure_admin_token(store: Store, path: Path) -> None:
+    """The first admin's token, in a file readable by the head's user only; created on first start."""
     if path.exists():
         token = path.read_text().strip()
     else:
         token = new_token()
         write_private(path, token + "\n")
-        log.info("token created", extra={"path": str(path)})
-    if workspace is not None:
-        await store.add_token(token_sha(token), workspace, "admin")
-    return token
+        log.info("admin token created", extra={"path": str(path)})
+    await store.add_token(TokenRecord(id="tok-" + token_sha(token)[:12], name="admin", workspace="default",
+                                      role=Role.ADMIN, created_at=store.clock(), expires_at=0.0, revoked_at=0.0,
+                                      created_by="runyard-head", sha256=token_sha(token)), create_workspace=True)
 
 
 def cluster_policies(config: HeadConfig) -> dict[str, ClusterPolicy]:
@@ -77,8 +81,7 @@ def cluster_policies(config: HeadConfig) -> dict[str, ClusterPolicy]:
         raise UsageError(f"config: {err}") from None
 
 
-def node_providers(config: HeadConfig, policies: dict[str, ClusterPolicy], address: str,
-                   join_token_file: Path) -> dict[str, NodeProvider]:
+def node_providers(config: HeadConfig, policies: dict[str, ClusterPolicy], head: LocalHead) -> dict[str, NodeProvider]:
     """The node provider of every autoscaled cluster: one local provider shared by the local ones."""
     providers: dict[str, NodeProvider] = {}
     local: LocalProvider | None = None
@@ -90,8 +93,7 @@ def node_providers(config: HeadConfig, policies: dict[str, ClusterPolicy], addre
             continue
         if local is None:
             try:
-                local = LocalProvider(head_address=address, join_token_file=join_token_file,
-                                      data_dir=config.data_path / "autoscaled", log_dir=config.data_path / "logs",
+                local = LocalProvider(head=head, data_dir=config.data_path / "autoscaled", log_dir=config.data_path / "logs",
                                       agent_settings=config.local_agent_settings)
             except ValueError as err:
                 raise UsageError(f"config: local_agent_settings: {err}") from None
@@ -133,6 +135,39 @@ async def node_left(store: Store, reactor: Reactor, name: str) -> None:
         await reactor.handle(NodeLeft(node.id, f"the autoscaler stopped {name}"))
 
 
+def head_names(config: HeadConfig) -> list[str]:
+    """The names and addresses the head's certificate covers."""
+    hosts = [config.listen.rpartition(":")[0], config.node_address().rpartition(":")[0]]
+    names = [n for host in dict.fromkeys(hosts) for n in pki.local_names(host)]
+    return list(dict.fromkeys(names + [n.strip() for n in config.tls_names.split(",") if n.strip()]))
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> str:
+    """Bind `address` (TLS with `credentials`; plaintext only on loopback); returns it with the bound port."""
+    host, _, port = address.rpartition(":")
+    if credentials is None and not _loopback(host):
+        raise UsageError(f"refusing to listen on {address} without TLS: insecure_plaintext is for loopback "
+                         "addresses only (127.0.0.1, ::1, localhost)")
+    try:
+        bound = (server.add_insecure_port(address) if credentials is None
+                 else server.add_secure_port(address, credentials))
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise RunyardError(f"cannot listen on {address}: the address is in use or invalid")
+    return f"{host}:{bound}"
+
+
 async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
     data = config.data_path
     clock = clock or SystemClock()
@@ -140,9 +175,10 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
     store = await Store.open(data, synchronous=config.sqlite_synchronous, clock=clock.now)
     try:
         await store.ensure_workspace("default")
-        await ensure_token(store, Path(config.admin_token_file or data / "admin.token"), workspace="default")
-        join_token = await ensure_token(store, Path(config.join_token_file or data / "join.token"), workspace=None)
-        credentials = Credentials(await store.principals(), token_sha(join_token))
+        await ensure_admin_token(store, Path(config.admin_token_file or data / "admin.token"))
+        tls = load_or_create(config.tls_path, head_names(config), store.cluster_id)
+        credentials = Credentials(tokens=await store.list_tokens(), join_tokens=await store.join_tokens(),
+                                  node_keys=await store.node_keys(), now=clock.now)
         artifacts = ArtifactStore(config.artifact_url or str(data / "artifacts"))
         sessions, followers = Sessions(), Followers()
         timers = Timers(disconnected_after_s=config.disconnected_after_s, down_after_s=config.down_after_s)
@@ -160,27 +196,33 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
+        enrollment = Enrollment(store=store, credentials=credentials, tls=tls, sessions=sessions, reactor=reactor,
+                                limits=Limits(config.node_max_cpus, config.node_max_memory_bytes, config.node_max_gpus),
+                                require_approval=config.require_node_approval)
+        boundary = Boundary(credentials, audit=store.audit, now=clock.now)
+        server = grpc.aio.server(interceptors=[boundary], options=options)
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
-                           dispatcher=dispatcher, followers=followers, timers=timers, policies=policies), server)
+                           dispatcher=dispatcher, followers=followers, timers=timers, policies=policies,
+                           credentials=credentials, enrollment=enrollment, tls=tls), server)
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
-                             followers=followers, credentials=credentials, tmp_dir=data / "tmp",
+                             followers=followers, enrollment=enrollment, ca_pem=tls.ca.cert_pem, tmp_dir=data / "tmp",
                              max_outputs_bytes=config.snapshot_max_bytes), server)
-        host, _, port = config.listen.rpartition(":")
-        try:
-            bound = server.add_insecure_port(config.listen)
-        except RuntimeError:
-            bound = 0
-        if bound == 0:
-            raise RunyardError(f"cannot listen on {config.listen}: the address is in use or invalid")
+        address = listen(server, config.listen, None if config.insecure_plaintext else tls.client_port())
+        node_address = listen(server, config.node_address(), tls.node_port())
         await server.start()
-        address = f"{host}:{bound}"
-        providers = node_providers(config, policies, address, Path(config.join_token_file or data / "join.token"))
+
+        async def join_token_for_local_agent() -> str:
+            return (await enrollment.create_join_token(uses=1, ttl_s=3600.0, created_by="local provider")).secret
+
+        head = LocalHead(address, node_address, tls.ca_file, join_token_for_local_agent)
+        providers = node_providers(config, policies, head)
         if config.ready_file:
             tmp = Path(config.ready_file + ".tmp")
-            tmp.write_text(json.dumps({"address": address, "pid": os.getpid(), "cluster_id": store.cluster_id}))
+            tmp.write_text(json.dumps({"address": address, "node_address": node_address, "pid": os.getpid(),
+                                       "cluster_id": store.cluster_id, "ca_file": str(tls.ca_file),
+                                       "ca_fingerprint": tls.fingerprint}))
             os.replace(tmp, config.ready_file)
         autoscaler = None
         if providers:
@@ -189,7 +231,9 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                                     record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail),
                                     left=lambda name: node_left(store, reactor, name))
             dispatcher.starting, dispatcher.on_demand = autoscaler.starting, autoscaler.wake
-        log.info("head ready", extra={"address": address, "data_dir": str(data), "cluster_id": store.cluster_id})
+        log.info("head ready", extra={"address": address, "node_address": node_address, "data_dir": str(data),
+                                      "cluster_id": store.cluster_id, "ca_fingerprint": tls.fingerprint,
+                                      "tls": not config.insecure_plaintext})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

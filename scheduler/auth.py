@@ -1,11 +1,16 @@
-"""The head's gRPC boundary: who is calling, and domain errors -> status codes. One interceptor does both.
+"""The head's gRPC boundary: who is calling and may they, then decoding, then domain errors -> status codes, then
+the audit trail. One interceptor does all of it, in that order, for every method.
 
-Every call carries `authorization: Bearer <token>`. There is no anonymous mode:
-- `NodeAgent/Join` takes the cluster's join token;
-- the rest of `NodeAgent` takes a node's own credential (issued by Join);
-- `Runyard` (the client API) takes a user token of a workspace.
-Tokens are kept only as sha256 digests. A refusal is logged with the method and peer and answered with
-UNAUTHENTICATED (or PERMISSION_DENIED for a valid credential of the wrong kind).
+Every method has a rule in RULES (a method without one is refused, so a new RPC cannot slip through unguarded):
+- `Runyard` methods take a user's token (`authorization: Bearer <token>`) whose role allows the method
+  (viewer < user < admin, `model.Role`); a revoked or expired token is refused, saying so;
+- `NodeAgent/Join` takes a join token with a use left; the servicer spends the use and signs the node's CSR;
+- the rest of `NodeAgent` takes the node's certificate, verified by TLS on the node port (mTLS), bound to a
+  node name whose current certificate serial it must carry; a node waiting for approval may not act yet.
+The caller is authenticated from the call's metadata and TLS peer before a byte of its message is decoded; a
+message that does not decode is INVALID_ARGUMENT without internal names. A refusal is logged with the method and
+the reason and answered UNAUTHENTICATED (no valid credential) or PERMISSION_DENIED (a valid one that may not).
+Mutating calls are appended to the audit table with their outcome.
 
 Servicers read the caller with `caller()`, set by the interceptor for the duration of the call.
 """
@@ -18,17 +23,21 @@ import hashlib
 import inspect
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import grpc
+from cryptography import x509
 
+from runyard import pki
+from scheduler.core.lifecycle import InvalidTransition
 from scheduler.errors import (
     AlreadyExists, DiskFull, FailedPrecondition, HeadError, InvalidArgument, NotFound, PermissionDenied,
     ResourceExhausted, Unauthenticated,
 )
-from scheduler.core.lifecycle import InvalidTransition
-from scheduler.model import Principal
+from scheduler.model import NODE_ROLE, AuditRecord, NodeKey, Principal, Role, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +53,29 @@ _CODES: dict[type[HeadError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     HeadError: grpc.StatusCode.INTERNAL,
 }
-JOIN_METHOD = "/runyard.v1.NodeAgent/Join"
-NODE_SERVICE = "/runyard.v1.NodeAgent/"
+JOIN = "join"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    needs: Role | str       # a user's Role, NODE_ROLE, or JOIN
+    mutates: bool = False   # written to the audit trail
+
+
+_RUNYARD = "/runyard.v1.Runyard/"
+_NODE_AGENT = "/runyard.v1.NodeAgent/"
+RULES: dict[str, Rule] = {
+    **{_RUNYARD + m: Rule(Role.VIEWER) for m in (
+        "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI")},
+    _RUNYARD + "HasSnapshot": Rule(Role.USER),
+    **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in ("UploadSnapshot", "Submit", "Cancel")},
+    **{_RUNYARD + m: Rule(Role.ADMIN) for m in ("ListWorkspaces", "ListTokens", "ListAudit")},
+    **{_RUNYARD + m: Rule(Role.ADMIN, mutates=True) for m in (
+        "SetNodeSchedule", "CreateWorkspace", "CreateToken", "RevokeToken", "CreateJoinToken", "RemoveNode",
+        "ApproveNode")},
+    _NODE_AGENT + "Join": Rule(JOIN, mutates=True),
+    **{_NODE_AGENT + m: Rule(NODE_ROLE) for m in ("Connect", "FetchSnapshot", "UploadOutputs")},
+}
 
 
 def token_sha(token: str) -> str:
@@ -54,6 +84,10 @@ def token_sha(token: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
 
 
 def status_code(err: HeadError) -> grpc.StatusCode:
@@ -66,48 +100,103 @@ def caller() -> Principal:
     return _caller.get()
 
 
+@lru_cache(maxsize=1024)
+def _node_certificate(pem: bytes) -> tuple[str, str]:
+    """(node name, serial) of a PEM node certificate; ("", "") when it is not one."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return "", ""
+    return pki.node_name_of(cert), format(cert.serial_number, "x")
+
+
 class Credentials:
-    """The set of valid credentials, by token digest. Loaded from the store at start, grown by joins."""
+    """Every valid credential, in memory: users' tokens by digest, join tokens with a use left, and the node
+    certificates by name. Loaded from the store at start; kept current by the servicers that change them."""
 
-    def __init__(self, principals: dict[str, Principal], join_token_sha: str) -> None:
-        self._principals: dict[str, Principal] = {}
-        self._node_shas: dict[str, set[str]] = {}     # node id -> digests of its credentials, so a rejoin is O(1)
-        for sha, principal in principals.items():
-            self.add(sha, principal)
-        self._join_sha = join_token_sha
+    def __init__(self, *, tokens: list[TokenRecord], join_tokens: dict[str, float], node_keys: list[NodeKey],
+                 now: Callable[[], float]) -> None:
+        self._tokens = {t.sha256: t for t in tokens}
+        self._join = dict(join_tokens)
+        self._nodes = {k.name: k for k in node_keys}
+        self._now = now
 
-    def add(self, sha: str, principal: Principal) -> None:
-        self._principals[sha] = principal
-        if principal.node_id:
-            self._node_shas.setdefault(principal.node_id, set()).add(sha)
+    def add_token(self, token: TokenRecord) -> None:
+        self._tokens[token.sha256] = token
 
-    def forget_node(self, node_id: str) -> None:
-        if not node_id:
-            raise ValueError("forget_node needs a node id")
-        for sha in self._node_shas.pop(node_id, set()):
-            self._principals.pop(sha, None)
+    def set_join_token(self, sha: str, expires_at: float, uses_left: int) -> None:
+        if uses_left > 0:
+            self._join[sha] = expires_at
+        else:
+            self._join.pop(sha, None)
 
-    def check(self, method: str, token: str) -> Principal:
+    def set_node(self, key: NodeKey) -> None:
+        self._nodes[key.name] = key
+
+    def drop_node(self, name: str) -> None:
+        self._nodes.pop(name, None)
+
+    def check(self, rule: Rule, token: str, peer_cert: bytes | None) -> Principal:
+        if rule.needs == NODE_ROLE:
+            return self._node(peer_cert)
         if not token:
-            raise Unauthenticated("no token: set RUNYARD_TOKEN or run `runyard up` to write a config")
+            raise Unauthenticated("no token: set RUNYARD_TOKEN, or `runyard login` (`runyard up` writes a config)")
         sha = token_sha(token)
-        if method == JOIN_METHOD:
-            if not secrets.compare_digest(sha, self._join_sha):
-                raise Unauthenticated("invalid join token")
-            return Principal("", "joining")
-        principal = self._principals.get(sha)
-        if principal is None:
+        if rule.needs == JOIN:
+            expires_at = self._join.get(sha)
+            if expires_at is None:
+                raise Unauthenticated("invalid join token, or it has no use left")
+            if expires_at <= self._now():
+                raise Unauthenticated("the join token expired; create one with `runyard node token create`")
+            return Principal("", JOIN, user="join token", token_id=sha)   # the servicer spends a use of it
+        found = self._tokens.get(sha)
+        if found is None:
             raise Unauthenticated("invalid token: check RUNYARD_TOKEN or the token in your runyard config")
-        wants_node = method.startswith(NODE_SERVICE)
-        if wants_node != (principal.role == "node"):
-            raise PermissionDenied("this credential is not valid for this API")
-        return principal
+        if found.revoked_at:
+            raise Unauthenticated(f"token {found.id} was revoked; ask an admin for a new one")
+        if found.expires_at and found.expires_at <= self._now():
+            raise Unauthenticated(f"token {found.id} expired; ask an admin for a new one")
+        assert isinstance(rule.needs, Role)
+        if not found.role.allows(rule.needs):
+            raise PermissionDenied(f"a {found.role} token may not do this; it needs the {rule.needs} role")
+        return Principal(found.workspace, found.role, user=found.name, token_id=found.id)
+
+    def _node(self, peer_cert: bytes | None) -> Principal:
+        if not peer_cert:
+            raise Unauthenticated("node calls need the node's certificate (mTLS on the head's node port)")
+        name, serial = _node_certificate(peer_cert)
+        key = self._nodes.get(name) if name else None
+        if key is None or key.cert_serial != serial:
+            raise Unauthenticated("this node certificate was revoked or replaced; enroll the node again")
+        if not key.approved:
+            raise PermissionDenied(f"node {name!r} waits for an admin: `runyard node approve {name}`")
+        return Principal("", NODE_ROLE, node_id=key.node_id, user=name)
 
 
 def _token(metadata: tuple[tuple[str, Any], ...] | None) -> str:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):].strip()
+    return ""
+
+
+def _peer_cert(context: grpc.aio.ServicerContext) -> bytes | None:
+    certs = list((context.auth_context() or {}).get("x509_pem_cert") or ())
+    return certs[0] if certs else None
+
+
+def _target(request: Any, response: Any) -> str:
+    """What a mutating call acted on, for the audit trail: the first id-like field of its reply or request."""
+    for message in (response, request):
+        for field in ("run_id", "run_ids", "sha256", "id", "name", "node", "workspace"):
+            value: Any = getattr(message, field, None)
+            if isinstance(value, str) and value:
+                return value[:200]
+            if value is not None and not isinstance(value, str) and len(value):
+                return ",".join(list(value)[:20])[:200]
+        token: Any = getattr(message, "token", None)
+        if token is not None and token.id:
+            return str(token.id)
     return ""
 
 
@@ -122,64 +211,114 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
     raise err
 
 
-def _wrap(behavior: Callable[..., Any], principal: Principal) -> Callable[..., Any]:
-    if inspect.isasyncgenfunction(behavior):
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _caller.set(principal)
-            try:
-                async for item in behavior(request, context):
-                    yield item
-            except (HeadError, InvalidTransition, OSError) as err:
-                await _abort(context, err)
-        return stream
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        _caller.set(principal)
+def _decoder(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def decode(raw: bytes) -> Any:
+        if deserialize is None:
+            return raw
         try:
-            return await behavior(request, context)
-        except (HeadError, InvalidTransition, OSError) as err:
-            await _abort(context, err)
-    return unary
+            return deserialize(raw)
+        except Exception:
+            raise InvalidArgument("the request could not be decoded; is the client of this head's version?") from None
+    return decode
 
 
-def _refuse(err: HeadError) -> Callable[..., Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(status_code(err), str(err))
-    return refuse
+Audit = Callable[[AuditRecord], Awaitable[None]]
 
 
 class Boundary(grpc.aio.ServerInterceptor):
-    """Authenticates every call and maps domain errors to gRPC status codes."""
+    """Authenticates and authorizes every call before decoding it, maps domain errors to gRPC status codes, and
+    audits mutating calls."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, *, audit: Audit, now: Callable[[], float]) -> None:
         self._credentials = credentials
+        self._audit = audit
+        self._now = now
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method
+        rule = RULES.get(method)
+        token = _token(details.invocation_metadata)
+        return _rebuild(handler, lambda behavior, decode, streams_in: self._guard(
+            method, rule, token, behavior, decode, streams_in))
+
+    def _authenticate(self, method: str, rule: Rule | None, token: str,
+                      context: grpc.aio.ServicerContext) -> Principal:
+        if rule is None:
+            raise PermissionDenied("this method has no access rule; refused")
         try:
-            principal = self._credentials.check(method, _token(details.invocation_metadata))
+            return self._credentials.check(rule, token, _peer_cert(context))
         except HeadError as err:
-            log.warning("refused call", extra={"method": method, "why": str(err)})
-            return _rebuild(handler, lambda _: _refuse(err))
-        return _rebuild(handler, lambda behavior: _wrap(behavior, principal))
+            log.warning("refused call", extra={"method": method, "why": str(err), "peer": context.peer()})
+            raise
+
+    async def _record(self, method: str, rule: Rule | None, principal: Principal, context: grpc.aio.ServicerContext,
+                      request: Any, response: Any, code: str) -> None:
+        if rule is None or not rule.mutates:
+            return
+        entry = AuditRecord(at=self._now(), user=principal.user, workspace=principal.workspace,
+                            method=method.rsplit("/", 1)[-1], target=_target(request, response), peer=context.peer(),
+                            code=code)
+        try:
+            await self._audit(entry)
+        except Exception:
+            log.exception("writing the audit trail failed", extra={"method": method})
+
+    def _guard(self, method: str, rule: Rule | None, token: str, behavior: Callable[..., Any],
+               decode: Callable[[bytes], Any], streaming_in: bool) -> Callable[..., Any]:
+
+        async def start(raw: Any, context: grpc.aio.ServicerContext) -> tuple[Principal, Any]:
+            principal = self._authenticate(method, rule, token, context)
+            _caller.set(principal)
+            if streaming_in:
+                return principal, _decoded(raw, decode)
+            return principal, decode(raw)
+
+        if inspect.isasyncgenfunction(behavior):
+            async def stream(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal, request = await start(raw, context)
+                    async for item in behavior(request, context):
+                        yield item
+                except (HeadError, InvalidTransition, OSError) as err:
+                    await _abort(context, err)
+            return stream
+
+        async def unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                principal, request = await start(raw, context)
+            except (HeadError, OSError) as err:
+                await _abort(context, err)
+            try:
+                response = await behavior(request, context)
+            except (HeadError, InvalidTransition, OSError) as err:
+                code = status_code(err).name if isinstance(err, HeadError) else type(err).__name__
+                await self._record(method, rule, principal, context, request if not streaming_in else None, None, code)
+                await _abort(context, err)
+            await self._record(method, rule, principal, context, request if not streaming_in else None, response, "OK")
+            return response
+        return unary
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, make: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+async def _decoded(raw_messages: AsyncIterator[bytes], decode: Callable[[bytes], Any]) -> AsyncIterator[Any]:
+    async for raw in raw_messages:
+        yield decode(raw)
+
+
+def _rebuild(handler: grpc.RpcMethodHandler,
+             make: Callable[[Any, Callable[[bytes], Any], bool], Any]) -> grpc.RpcMethodHandler:
+    """The same method with raw bytes in (decoded by the guard, after authentication) and `make`'s behavior."""
     kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler, False),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler, True),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
     )
-    for attribute, factory in kinds:
+    for attribute, factory, streams_in in kinds:
         behavior = getattr(handler, attribute)
         if behavior is not None:
-            return factory(
-                make(behavior),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return factory(make(behavior, _decoder(handler.request_deserializer), streams_in),
+                           request_deserializer=None, response_serializer=handler.response_serializer)
     raise AssertionError("a method handler with no behavior")

@@ -1,5 +1,6 @@
-"""The Runyard gRPC service: what `runyard` (the CLI) calls. Every call is authenticated (auth.py) and scoped
-to the caller's workspace: another workspace's run is NOT_FOUND, exactly like a missing one.
+"""The Runyard gRPC service: what `runyard` (the CLI) calls. Every call is authenticated and authorized by role
+(auth.py) and scoped to the caller's workspace: another workspace's run is NOT_FOUND, exactly like a missing one,
+and a snapshot is usable only by the workspaces that uploaded it. The admin methods live in `admin_api.py`.
 
 Must not: place runs (dispatch) or interpret agent reports (agent_api).
 """
@@ -22,7 +23,8 @@ from runyard.errors import SnapshotInvalid
 from runyard.snapshot import validate_archive
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
-from scheduler.auth import caller
+from scheduler.admin_api import AdminMethods
+from scheduler.auth import Credentials, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
 from scheduler.convert import event_to_pb, from_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
@@ -38,7 +40,9 @@ from scheduler.model import NewRun, NodeRecord, RunEventRecord, RunRecord, RunSp
 from scheduler.placement import NodeView, Request, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
+from scheduler.enrollment import Enrollment
 from scheduler.store import Store
+from scheduler.tls import HeadTLS
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +119,17 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument(f"compute cluster name {spec.compute!r} is not valid")
 
 
-class RunyardService(pb_grpc.RunyardServicer):
+class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
         dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor,
+        credentials: Credentials, enrollment: Enrollment, tls: HeadTLS,
         policies: Mapping[str, ClusterPolicy] | None = None,
     ) -> None:
         self._config = config
+        self._credentials = credentials
+        self._enrollment = enrollment
+        self._tls = tls
         self._reactor = reactor
         self._policies = dict(policies or {})
         self._timers = timers
@@ -130,7 +138,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         self._sessions = sessions
         self._dispatcher = dispatcher
         self._followers = followers
-        self._snapshots_seen: dict[str, float] = {}    # sha256 -> monotonic time it was last seen present
+        self._snapshots_seen: dict[tuple[str, str], float] = {}  # (sha256, workspace) -> when last seen present
 
     async def _run(self, run_id: str) -> RunRecord:
         if len(run_id) > MAX_ID_CHARS:
@@ -141,19 +149,24 @@ class RunyardService(pb_grpc.RunyardServicer):
         return {n.id: n.name for n in await self._store.list_nodes()}
 
     async def HasSnapshot(self, request: pb.SnapshotRef, context: grpc.aio.ServicerContext) -> pb.HasSnapshotResponse:
-        present = _SHA256.match(request.sha256) is not None and await asyncio.to_thread(self._artifacts.exists, "snapshots", request.sha256)
-        return pb.HasSnapshotResponse(present=bool(present))
+        """Present only when the caller's workspace uploaded it: knowing a sha256 is not enough to use one."""
+        return pb.HasSnapshotResponse(present=await self._snapshot_present(request.sha256))
 
     async def UploadSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> pb.UploadSnapshotResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None:
             raise InvalidArgument("empty snapshot upload")
-        if _SHA256.match(first.sha256) is not None and await asyncio.to_thread(self._artifacts.exists, "snapshots", first.sha256):
+        if await self._snapshot_present(first.sha256):
             return pb.UploadSnapshotResponse(sha256=first.sha256, existed=True)
+        # Stored for another workspace or not at all: this caller proves it has the bytes by sending them all.
         path = await receive_blob(
             first.data, (c.data async for c in request_iterator), first.sha256,
             tmp_dir=self._config.data_path / "tmp", max_bytes=self._config.snapshot_max_bytes,
         )
+        if await asyncio.to_thread(self._artifacts.exists, "snapshots", first.sha256):
+            path.unlink(missing_ok=True)       # the same bytes, checked when they were first stored
+            await self._store.grant_snapshot(first.sha256, caller().workspace)
+            return pb.UploadSnapshotResponse(sha256=first.sha256, existed=True)
         try:
             await asyncio.to_thread(
                 validate_archive, path, max_entries=self._config.snapshot_max_entries,
@@ -163,6 +176,7 @@ class RunyardService(pb_grpc.RunyardServicer):
             path.unlink(missing_ok=True)
             raise InvalidArgument(str(err)) from None
         existed = not await asyncio.to_thread(self._artifacts.put, "snapshots", first.sha256, path)
+        await self._store.grant_snapshot(first.sha256, caller().workspace)
         log.info("snapshot stored", extra={"sha256": first.sha256, "existed": existed})
         return pb.UploadSnapshotResponse(sha256=first.sha256, existed=existed)
 
@@ -174,7 +188,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         if not _NAME.match(experiment):
             raise InvalidArgument(f"experiment name {experiment!r} must be letters, digits, '_', '-' or '.'")
         priority = request.priority or priorities.MEDIUM
-        if priority not in priorities.BY_NAME.values() and caller().role != "admin":
+        if priority not in priorities.BY_NAME.values() and not caller().is_admin:
             raise PermissionDenied("only admins may give an integer priority; use low, medium or high")
         if abs(priority) > priorities.LIMIT:
             raise InvalidArgument(f"priority must be within +-{priorities.LIMIT:,}")
@@ -195,7 +209,7 @@ class RunyardService(pb_grpc.RunyardServicer):
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
                 idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
-                priority=priority,
+                priority=priority, submitter=caller().user,
             )
         )
         if not existed:
@@ -204,18 +218,21 @@ class RunyardService(pb_grpc.RunyardServicer):
         return pb.SubmitResponse(run_id=run_id, existed=existed)
 
     async def _snapshot_present(self, sha256: str) -> bool:
-        """Whether the snapshot is in the artifact store; a recent positive answer is remembered (SNAPSHOT_SEEN_S)."""
+        """Whether the caller's workspace may use the snapshot and it is in the artifact store; a recent positive
+        answer is remembered (SNAPSHOT_SEEN_S)."""
         if not _SHA256.match(sha256):
             return False
-        now = time.monotonic()
-        seen = self._snapshots_seen.get(sha256)
+        key, now = (sha256, caller().workspace), time.monotonic()
+        seen = self._snapshots_seen.get(key)
         if seen is not None and now - seen < SNAPSHOT_SEEN_S:
             return True
+        if not await self._store.snapshot_visible(*key):
+            return False
         if not await asyncio.to_thread(self._artifacts.exists, "snapshots", sha256):
             return False
         if len(self._snapshots_seen) >= 10_000:
             self._snapshots_seen.clear()
-        self._snapshots_seen[sha256] = now
+        self._snapshots_seen[key] = now
         return True
 
     async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
@@ -262,7 +279,7 @@ class RunyardService(pb_grpc.RunyardServicer):
         except ValueError:
             raise InvalidArgument(f"unknown run state {request.state}; one of {', '.join(RunState)}") from None
         runs = await self._store.list_runs(
-            caller().workspace, experiment=request.experiment, state=state or "",
+            caller().workspace, experiment=request.experiment, state=state or "", user=request.user,
             limit=min(request.limit or 50, 10_000),
         )
         names = await self._node_names()
@@ -342,9 +359,12 @@ class RunyardService(pb_grpc.RunyardServicer):
         return pb.ListNodesResponse(nodes=nodes, events=[event_to_pb(e) for e in events])
 
     async def GetNode(self, request: pb.NodeRef, context: grpc.aio.ServicerContext) -> pb.Node:
-        node = next((n for n in await self._store.list_nodes() if n.name == request.node), None)
+        return await self._node_pb(request.node)
+
+    async def _node_pb(self, name: str) -> pb.Node:
+        node = next((n for n in await self._store.list_nodes() if n.name == name), None)
         if node is None:
-            raise NotFound(f"no node {shown(request.node)}; `runyard nodes` lists them")
+            raise NotFound(f"no node {shown(name)}; `runyard nodes` lists them")
         mine = (await self._runs_by_node()).get(node.id, [])
         return self._node_to_pb(node, mine, events=await self._store.node_events(node.id))
 
@@ -363,8 +383,6 @@ class RunyardService(pb_grpc.RunyardServicer):
         return shown
 
     async def SetNodeSchedule(self, request: pb.NodeScheduleRequest, context: grpc.aio.ServicerContext) -> pb.Node:
-        if caller().role != "admin":
-            raise PermissionDenied("only admins may cordon, drain or uncordon nodes")
         trigger = _SCHEDULES.get(request.action)
         if trigger is None:
             raise InvalidArgument("say cordon, drain or uncordon")

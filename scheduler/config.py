@@ -12,10 +12,17 @@ from runyard.errors import UsageError
 @dataclass(frozen=True, slots=True)
 class HeadConfig:
     data_dir: str = "/var/lib/runyard"
-    listen: str = "127.0.0.1:7433"              # host:port; port 0 picks a free one (see ready_file)
+    listen: str = "127.0.0.1:7433"              # host:port for clients and joins (TLS); port 0 picks a free one
+    node_listen: str = ""                       # host:port for enrolled agents (mTLS); default: listen's port + 1
+    tls_dir: str = ""                           # default: <data_dir>/tls, the cluster CA and the head's certificate
+    tls_names: str = ""                         # more names or addresses for the head's certificate, comma-separated
+    insecure_plaintext: bool = False            # development only: the client port without TLS, loopback only
+    require_node_approval: bool = False         # an enrolled node waits for `runyard node approve`
+    node_max_cpus: float = 1024.0               # the most a node may advertise; more is refused
+    node_max_memory_bytes: int = 64 * 1024**4
+    node_max_gpus: int = 64
     artifact_url: str = ""                      # fsspec URL; default: <data_dir>/artifacts
     ready_file: str = ""                        # written with the bound address once serving
-    join_token_file: str = ""                   # default: <data_dir>/join.token, generated on first start
     admin_token_file: str = ""                  # default: <data_dir>/admin.token, generated on first start
     disconnected_after_s: float = 20.0          # silent this long: Disconnected, nothing new placed there
     down_after_s: float = 300.0                 # silent this long: Down, its runs requeued or failed
@@ -36,6 +43,22 @@ class HeadConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def tls_path(self) -> Path:
+        return Path(self.tls_dir) if self.tls_dir else self.data_path / "tls"
+
+    def node_address(self) -> str:
+        """Where the node port listens: `node_listen`, else the client port's host and port + 1 (any free port
+        when the client port is 0)."""
+        if self.node_listen:
+            return self.node_listen
+        host, _, port = self.listen.rpartition(":")
+        try:
+            number = int(port)
+        except ValueError:
+            raise UsageError(f"config: listen must be host:port, not {self.listen!r}") from None
+        return f"{host}:{number + 1 if number else 0}"
 
     def quotas(self) -> dict[tuple[str, str], int]:
         """(workspace, cluster) -> GPUs that workspace may hold in that cluster."""

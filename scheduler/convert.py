@@ -9,7 +9,9 @@ from protos import runyard_pb2 as pb
 from scheduler.core.lifecycle import DesiredState, PendingKind, Reason, RunState
 from scheduler.core.nodes import NodeState, Schedule
 from scheduler.core.react import Phase, Report
-from scheduler.model import Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.model import (
+    AuditRecord, Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord, RunSpec, TokenRecord,
+)
 from scheduler.sessions import Ack, Assign, Outbound, StopAttempt
 
 E = TypeVar("E", bound=StrEnum)
@@ -22,6 +24,7 @@ VOCABULARY: dict[type[StrEnum], tuple[Any, str]] = {
     PendingKind: (pb.PendingKind, "PENDING_KIND_"),
     NodeState: (pb.NodeState, "NODE_STATE_"),
     Schedule: (pb.Schedule, "SCHEDULE_"),
+    Role: (pb.Role, "ROLE_"),
 }
 _PHASES = {pb.RunUpdate.PREPARING: Phase.PREPARING, pb.RunUpdate.RUNNING: Phase.RUNNING,
            pb.RunUpdate.FINALIZING: Phase.FINALIZING, pb.RunUpdate.EXITED: Phase.EXITED}
@@ -41,6 +44,8 @@ def to_pb(member: NodeState) -> pb.NodeState: ...
 def to_pb(member: Schedule) -> pb.Schedule: ...
 @overload
 def to_pb(member: PendingKind) -> pb.PendingKind: ...
+@overload
+def to_pb(member: Role) -> pb.Role: ...
 def to_pb(member: StrEnum | None) -> int:
     """The protobuf value of a vocabulary member; None (or '') is the unspecified value 0."""
     if not member:
@@ -154,6 +159,7 @@ def run_to_pb(
         exit_code=run.exit_code or 0,
         pending_reason=run.pending_reason,
         pending_kind=to_pb(run.pending_kind) if run.pending_kind else pb.PENDING_KIND_UNSPECIFIED,
+        submitter=run.submitter,
         attempt=run.attempt,
         node=node_name,
         tags=run.tags,
@@ -196,6 +202,7 @@ def node_to_pb(node: NodeRecord, *, state: NodeState, allocated: tuple[float, in
     msg = pb.Node(
         schedule=to_pb(node.schedule),
         drained=node.schedule is Schedule.DRAINING and not running,
+        awaiting_approval=not node.approved,
         id=node.id,
         name=node.name,
         cluster=node.cluster,
@@ -210,3 +217,14 @@ def node_to_pb(node: NodeRecord, *, state: NodeState, allocated: tuple[float, in
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event,
                        detail=event.detail)
     return msg
+
+
+def token_to_pb(token: TokenRecord) -> pb.Token:
+    return pb.Token(id=token.id, name=token.name, workspace=token.workspace, role=to_pb(token.role),
+                    created_at=token.created_at, expires_at=token.expires_at, revoked_at=token.revoked_at,
+                    created_by=token.created_by)
+
+
+def audit_to_pb(entry: AuditRecord) -> pb.AuditEntry:
+    return pb.AuditEntry(id=entry.id, at=entry.at, user=entry.user, workspace=entry.workspace, method=entry.method,
+                         target=entry.target, peer=entry.peer, code=entry.code)

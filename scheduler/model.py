@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from scheduler.core.lifecycle import DesiredState, PendingKind, RunState
 from scheduler.core.nodes import NodeState, Schedule
@@ -53,6 +54,7 @@ class NewRun:
     idempotency_key: str
     parent_id: str
     priority: int = 200
+    submitter: str = ""                 # the name of the token that submitted it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class RunRecord:
     priority: int = 200
     agent_error_node: str = ""          # the node on which an earlier attempt failed on the agent's side
     pending_kind: PendingKind | None = None     # while Queued: the kind of its pending reason
+    submitter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class NodeRecord:
     last_seen: float
     schedule: Schedule = Schedule.ACTIVE
     failures_in_row: int = 0
+    approved: bool = True               # False: enrolled, waiting for `runyard node approve`
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +168,68 @@ class MetricRow:
     ts: float
 
 
+class Role(StrEnum):
+    """What a user's token may do, each including the one before: read its workspace; also submit and cancel
+    there; also manage workspaces, tokens and nodes and read the audit trail."""
+
+    VIEWER = "viewer"
+    USER = "user"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+NODE_ROLE = "node"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a user of a workspace, or a node."""
+    """Who is calling: a user of a workspace (by token), or a node (by certificate)."""
 
     workspace: str
-    role: str               # admin | user | node
+    role: str               # a Role, or NODE_ROLE
     node_id: str = ""
+    user: str = ""          # the token's name; runs record it as their submitter
+    token_id: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: str
+    name: str
+    workspace: str
+    role: Role
+    created_at: float
+    expires_at: float       # 0: never
+    revoked_at: float       # 0: not revoked
+    created_by: str
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKey:
+    """The identity a node enrolled with: its key and the serial of its current certificate."""
+
+    node_id: str
+    name: str
+    key_sha256: str
+    cert_serial: str
+    approved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    at: float
+    user: str
+    workspace: str
+    method: str
+    target: str
+    peer: str
+    code: str
+    id: int = 0

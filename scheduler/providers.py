@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +39,8 @@ from scheduler.autoscale import ClusterPolicy
 _TIED_TO_HEAD = ("setpriv", "--pdeathsig", "TERM", "--") if shutil.which("setpriv") else ()
 _CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _KEY = re.compile(r"^[A-Za-z0-9_]+$")
-_RESERVED = ("head_address", "join_token_file", "name", "cluster", "data_dir")
+_RESERVED = ("head_address", "head_node_address", "head_ca_file", "head_ca_fingerprint", "join_token",
+             "join_token_file", "name", "cluster", "data_dir")
 _STDERR_TAIL = 64 << 10                         # what is kept of a power command's stderr
 _POLL_S = 0.05                                  # how often a child's exit is polled where there is no pidfd
 
@@ -98,18 +99,30 @@ class _Agent:
         return ProviderNode(self.name, self.cluster, status)
 
 
+@dataclass(frozen=True, slots=True)
+class LocalHead:
+    """What an agent on the head's machine needs to reach it: both ports, the CA to trust, and a way to get a
+    join token of one use for an agent that has not enrolled yet."""
+
+    address: str
+    node_address: str
+    ca_file: Path
+    join_token: Callable[[], Awaitable[str]]
+
+
 class LocalProvider:
     """Agent processes on this machine, named `auto-<cluster>-<n>` (the lowest n not running, so that a new agent
     reuses the data dir, environment cache and node identity of a stopped one).
 
-    Each agent gets `<data_dir>/<name>/agent.toml` (the head's address and join token file, its name, cluster and
-    data dir, plus `agent_settings`), runs in its own session with the head's environment minus `RUNYARD_*`, and logs
+    Each agent gets `<data_dir>/<name>/agent.toml` (the head's addresses and CA, its name, cluster and data dir,
+    plus `agent_settings`) and, until it has enrolled, a join token of one use in `<data_dir>/<name>/join.token`
+    (0600), runs in its own session with the head's environment minus `RUNYARD_*`, and logs
     to `<log_dir>/<name>.log`. `terminate` sends SIGTERM (the agent stops its runs), waits up to `stop_timeout_s`,
     then SIGKILLs the process group. `close` terminates every agent it started. `command` builds the argv from the
     config path (the real agent by default).
     """
 
-    def __init__(self, *, head_address: str, join_token_file: Path, data_dir: Path, agent_settings: Mapping[str, object],
+    def __init__(self, *, head: LocalHead, data_dir: Path, agent_settings: Mapping[str, object],
                  log_dir: Path, command: Callable[[Path], Sequence[str]] = agent_command,
                  stop_timeout_s: float = 20.0) -> None:
         clash = sorted(set(agent_settings) & set(_RESERVED))
@@ -118,7 +131,9 @@ class LocalProvider:
         odd = sorted(key for key in agent_settings if not _KEY.match(key))
         if odd:
             raise ValueError(f"agent_settings: {odd[0]!r} is not an agent config key")
-        self._settings = {"head_address": head_address, "join_token_file": str(join_token_file)}
+        self._head = head
+        self._settings = {"head_address": head.address, "head_node_address": head.node_address,
+                          "head_ca_file": str(head.ca_file)}
         self._extra = "".join(f"{key} = {_toml(value)}\n" for key, value in sorted(agent_settings.items()))
         self._data_dir = data_dir
         self._log_dir = log_dir
@@ -141,18 +156,28 @@ class LocalProvider:
             while f"auto-{cluster}-{n}" in self._agents:
                 n += 1
             name = f"auto-{cluster}-{n}"
-            started = self._start(name, cluster)
+            try:
+                join_token = "" if (self._data_dir / name / "node.crt").exists() else await self._head.join_token()
+            except Exception as err:
+                return ProviderError(f"cannot start agent {name}: no join token for it: {err}")
+            started = self._start(name, cluster, join_token)
             if isinstance(started, ProviderError):
                 return started
             self._by_key[key] = self._agents[name] = _Agent(name, cluster, started)
             return self._agents[name].node()
 
-    def _start(self, name: str, cluster: str) -> _Child | ProviderError:
+    def _start(self, name: str, cluster: str, join_token: str) -> _Child | ProviderError:
         agent_dir = self._data_dir / name
         config = agent_dir / "agent.toml"
-        settings = {**self._settings, "name": name, "cluster": cluster, "data_dir": str(agent_dir)}
+        token_file = agent_dir / "join.token"
+        settings = {**self._settings, "join_token_file": str(token_file), "name": name, "cluster": cluster,
+                    "data_dir": str(agent_dir)}
         try:
-            agent_dir.mkdir(parents=True, exist_ok=True)
+            agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if join_token:
+                fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(join_token + "\n")
             self._log_dir.mkdir(parents=True, exist_ok=True)
             config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()) + self._extra)
             command = list(self._command(config))

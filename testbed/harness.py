@@ -79,13 +79,16 @@ class Head:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     address: str = ""
+    node_address: str = ""              # the node port (mTLS); kept across restarts like `port`
+    ca_file: Path = Path()
 
     def start(self) -> None:
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "head.toml"
-        config.write_text(_toml(self.settings))
+        node_listen = {"node_listen": self.node_address} if self.node_address else {}
+        config.write_text(_toml({**node_listen, **self.settings}))
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "scheduler", "--config", str(config), "--data-dir", str(self.data_dir),
@@ -94,7 +97,8 @@ class Head:
             )
         wait_until("the head to be ready", lambda: ready.exists() or self.proc.poll() is not None)  # type: ignore[union-attr]
         assert self.proc.poll() is None, f"head exited: {self.log_file.read_text()[-2000:]}"
-        self.address = json.loads(ready.read_text())["address"]
+        found = json.loads(ready.read_text())
+        self.address, self.node_address, self.ca_file = found["address"], found["node_address"], Path(found["ca_file"])
         self.port = int(self.address.rsplit(":", 1)[1])
 
     @property
@@ -102,8 +106,21 @@ class Head:
         return (self.data_dir / "admin.token").read_text().strip()
 
     @property
-    def join_token_file(self) -> Path:
-        return self.data_dir / "join.token"
+    def ca_pem(self) -> bytes:
+        return self.ca_file.read_bytes()
+
+    def client_config(self, token: str | None = None) -> ClientConfig:
+        return ClientConfig(self.address, self.token if token is None else token, self.ca_pem)
+
+    def join_token(self, uses: int = 1, ttl_s: float = 3600.0) -> str:
+        """A new join token, created by the admin as `runyard node token create` does."""
+        with Client(self.client_config(), timeout_s=10) as client:
+            return client.create_join_token(uses, ttl_s).secret
+
+    def agent_settings(self) -> dict[str, Any]:
+        """What an agent needs to enroll with this head: its addresses, its CA, and a join token of one use."""
+        return {"head_address": self.address, "head_node_address": self.node_address,
+                "head_ca_file": str(self.ca_file), "join_token": self.join_token()}
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -123,8 +140,8 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, head: Head) -> None:
-        self.proc = start_agent_process(self.name, self.data_dir, self.log_file, {
-            "head_address": head.address, "join_token_file": str(head.join_token_file), **self.settings})
+        self.proc = start_agent_process(self.name, self.data_dir, self.log_file,
+                                        {**head.agent_settings(), **self.settings})
 
     def stop(self) -> None:
         terminate(self.proc)
@@ -179,12 +196,12 @@ class Cluster:
     def client(self) -> Client:
         """An in-process client of the head, for the polls: a CLI process per poll costs a core of its own."""
         if self._client is None:
-            self._client = Client(ClientConfig(self.head.address, self.head.token), timeout_s=10)
+            self._client = Client(self.head.client_config(), timeout_s=10)
         return self._client
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**_env(), "RUNYARD_ADDRESS": self.head.address, "RUNYARD_TOKEN": self.head.token,
-                "RUNYARD_CONFIG": str(self.root / "no-config.toml"), **extra}
+                "RUNYARD_CA_FILE": str(self.head.ca_file), "RUNYARD_CONFIG": str(self.root / "no-config.toml"), **extra}
 
     def cli(self, *args: str, cwd: Path | None = None, timeout_s: float = 60, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:

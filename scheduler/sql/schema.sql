@@ -14,6 +14,16 @@ CREATE TABLE tokens (
     workspace  TEXT NOT NULL REFERENCES workspaces(name),
     role       TEXT NOT NULL,             -- admin | user
     created_at REAL NOT NULL
+, id TEXT NOT NULL DEFAULT '', name TEXT NOT NULL DEFAULT '', expires_at REAL NOT NULL DEFAULT 0, revoked_at REAL NOT NULL DEFAULT 0, created_by TEXT NOT NULL DEFAULT '');
+CREATE UNIQUE INDEX tokens_id ON tokens (id);
+
+CREATE TABLE join_tokens (
+    id         TEXT PRIMARY KEY,
+    sha256     TEXT NOT NULL UNIQUE,
+    uses_left  INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL DEFAULT ''
 );
 
 CREATE TABLE experiments (
@@ -46,7 +56,7 @@ CREATE TABLE runs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     ended_at        REAL
-, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '', pending_kind TEXT NOT NULL DEFAULT 'scheduler');
+, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '', pending_kind TEXT NOT NULL DEFAULT 'scheduler', submitter TEXT NOT NULL DEFAULT '');
 CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
@@ -67,14 +77,14 @@ CREATE INDEX run_events_run ON run_events (run_id, id);
 CREATE TABLE nodes (
     id         TEXT PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
-    token_sha  TEXT NOT NULL,
+    key_sha256  TEXT NOT NULL,
     cluster    TEXT NOT NULL,
     labels     TEXT NOT NULL DEFAULT '{}',
     capacity   TEXT NOT NULL DEFAULT '{}',
     state      TEXT NOT NULL,
     last_seen  REAL NOT NULL,
     joined_at  REAL NOT NULL
-, schedule TEXT NOT NULL DEFAULT 'active', failures_in_row INTEGER NOT NULL DEFAULT 0);
+, schedule TEXT NOT NULL DEFAULT 'active', failures_in_row INTEGER NOT NULL DEFAULT 0, cert_serial TEXT NOT NULL DEFAULT '', approved INTEGER NOT NULL DEFAULT 1);
 
 CREATE TABLE node_events (
     id         INTEGER PRIMARY KEY,
@@ -130,3 +140,21 @@ CREATE TABLE params (
     value  TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
+
+CREATE TABLE snapshot_workspaces (
+    sha256    TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    PRIMARY KEY (sha256, workspace)
+) WITHOUT ROWID;
+
+CREATE TABLE audit (
+    id        INTEGER PRIMARY KEY,
+    at        REAL NOT NULL,
+    user      TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    method    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    peer      TEXT NOT NULL,
+    code      TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit (at);

@@ -7,7 +7,7 @@
     runs.py         runs: submit, reads, transitions, `apply_plan`, gang assignment, the in-memory queue
     nodes.py        nodes, node events, schedules, cluster events, the cached node list
     records.py      logs, metrics, params
-    credentials.py  workspaces, tokens, principals
+    credentials.py  workspaces, users' tokens, join tokens, node keys, snapshot grants, the audit trail
 
 Callers import from here only (`from scheduler.store import Store, Conflict, ...`); names with a leading
 underscore in the part modules are shared among the parts, not with the rest of the head.

@@ -61,29 +61,6 @@ class NodeStore(StoreBase):
 
     _node_cache: _NodeCache
 
-    async def join_node(
-        self, *, node_id: str, name: str, token_sha: str, cluster: str, labels: dict[str, str], capacity: Capacity
-    ) -> NodeRecord:
-        """Enroll a node by name (a rejoin keeps its id and replaces its credential), with a `join` node event.
-        Raises InvalidNodeTransition if the node is Ready: its name is held by a live agent."""
-        now = self.clock()
-
-        def work(w: sqlite3.Connection, effects: Effects) -> NodeRecord:
-            row = w.execute("SELECT id, state FROM nodes WHERE name = ?", (name,)).fetchone()
-            found, source = (row[0], NodeState(row[1])) if row is not None else (node_id, NodeState.JOINING)
-            target = next_node_state(name, source, NodeTrigger.JOIN)
-            w.execute(
-                "INSERT INTO nodes (id, name, token_sha, cluster, labels, capacity, state, last_seen, joined_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET token_sha = excluded.token_sha, "
-                "cluster = excluded.cluster, labels = excluded.labels, capacity = excluded.capacity, "
-                "state = excluded.state, last_seen = excluded.last_seen",
-                (found, name, token_sha, cluster, json.dumps(labels), capacity.to_json(), target, now, now),
-            )
-            _node_event(w, found, now, "" if row is None else source, target, NodeTrigger.JOIN, f"cluster {cluster}")
-            effects.append(self._node_cache.changed)
-            return _node(w.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ?", (found,)).fetchone())
-        return await self._write(work)
-
     async def set_node_capacity(self, node_id: str, capacity: Capacity) -> None:
         def work(w: sqlite3.Connection, effects: Effects) -> None:
             w.execute("UPDATE nodes SET capacity = ?, last_seen = ? WHERE id = ?",

@@ -151,12 +151,12 @@ class RunStore(StoreBase):
             )
             w.execute(
                 "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
-                "tags, properties, idempotency_key, created_at, pending_reason, priority) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "tags, properties, idempotency_key, created_at, pending_reason, priority, submitter) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, new.workspace, new.experiment, new.parent_id or None, display_name, RunState.QUEUED,
                     spec_json, new.snapshot_sha256, tags, properties, new.idempotency_key or None, now,
-                    "waiting for the scheduler", new.priority,
+                    "waiting for the scheduler", new.priority, new.submitter,
                 ),
             )
             w.execute(
@@ -176,10 +176,13 @@ class RunStore(StoreBase):
         return _run(row)
 
     async def list_runs(
-        self, workspace: str, *, experiment: str = "", state: str = "", limit: int = 50
+        self, workspace: str, *, experiment: str = "", state: str = "", user: str = "", limit: int = 50
     ) -> list[RunRecord]:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace = ?"
         args: list[Any] = [workspace]
+        if user:
+            sql += " AND submitter = ?"
+            args.append(user)
         if experiment:
             sql += " AND experiment = ?"
             args.append(experiment)
@@ -411,12 +414,12 @@ class RunStore(StoreBase):
                 spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
                 w.execute(
                     "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
-                    "tags, properties, created_at, priority, attempt, node_id, gpu_indices) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                    "tags, properties, created_at, priority, attempt, node_id, gpu_indices, submitter) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                     (child_id, parent.workspace, parent.experiment, parent_id, f"{parent.display_name} [rank {rank}]",
                      RunState.PREPARING, spec.to_json(), parent.snapshot_sha256, json.dumps(parent.tags),
                      json.dumps({RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent.attempt + 1)}),
-                     now, parent.priority, node_id, json.dumps(list(gpus))),
+                     now, parent.priority, node_id, json.dumps(list(gpus)), parent.submitter),
                 )
                 w.executemany(
                     "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",

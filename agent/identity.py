@@ -1,0 +1,77 @@
+"""The agent's identity: its key pair, its node certificate, and the cluster CA it trusts the head with.
+
+All three live in the agent's data dir: `node.key` (0600, made once, never leaves the node), `node.crt` (signed by
+the head at enrollment, bound to the node's name) and `ca.crt`. The CA comes from `head_ca_file`, or from the head
+itself when `head_ca_fingerprint` is set and what the head presents matches it (checked before anything is sent).
+Must not: talk gRPC (`link.py` does) or decide when to enroll.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.config import AgentConfig
+from runyard import pki
+from runyard.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+class NodeIdentity:
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        data = config.data_path
+        self.key_file, self.cert_file, self._ca_file = data / "node.key", data / "node.crt", data / "ca.crt"
+
+    def ca(self) -> bytes:
+        """The cluster CA (PEM). UsageError when none is configured or the head presents another."""
+        config = self._config
+        if config.head_ca_file:
+            try:
+                return Path(config.head_ca_file).read_bytes()
+            except OSError as err:
+                raise UsageError(f"cannot read head_ca_file {config.head_ca_file}: {err.strerror}") from None
+        if not config.head_ca_fingerprint:
+            raise UsageError("set head_ca_file (the cluster CA) or head_ca_fingerprint in the agent config "
+                             "(`runyard node token create` prints the fingerprint)")
+        expected = config.head_ca_fingerprint.strip().lower()
+        if self._ca_file.exists() and pki.fingerprint(self._ca_file.read_bytes()) == expected:
+            return self._ca_file.read_bytes()
+        ca = pki.fetch_ca(config.head_address)
+        found = pki.fingerprint(ca)
+        if found != expected:
+            raise UsageError(f"the head at {config.head_address} presents CA {found}, not head_ca_fingerprint "
+                             f"{expected}: refusing to enroll")
+        pki.write_private(self._ca_file, ca)
+        return ca
+
+    def key_pem(self) -> bytes:
+        """This node's private key (PEM), made on first use."""
+        if self.key_file.exists():
+            return self.key_file.read_bytes()
+        key = pki.new_key()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        self._config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pki.write_private(self.key_file, pem)
+        log.info("node key created", extra={"path": str(self.key_file)})
+        return pem
+
+    def csr(self) -> bytes:
+        key = serialization.load_pem_private_key(self.key_pem(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return pki.node_csr(self._config.name, key)
+
+    def certificate(self) -> bytes | None:
+        return self.cert_file.read_bytes() if self.cert_file.exists() else None
+
+    def save_certificate(self, cert_pem: bytes) -> None:
+        pki.write_private(self.cert_file, cert_pem)
+
+    def forget_certificate(self) -> None:
+        """The head no longer accepts it (the node was removed): enroll again with a join token."""
+        self.cert_file.unlink(missing_ok=True)
