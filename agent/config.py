@@ -17,6 +17,7 @@ class AgentConfig:
     head_node_address: str = ""             # the head's node port (mTLS); default: head_address's port + 1
     head_ca_file: str = ""                  # the cluster CA (PEM) the head's certificate must chain to
     head_ca_fingerprint: str = ""           # or its fingerprint: the CA is read from the head and must match
+    insecure_plaintext: bool = False        # development only: enroll over plaintext, to a head on loopback
     join_token: str = ""                    # used once, to enroll; a node certificate from then on
     join_token_file: str = ""
     name: str = field(default_factory=socket.gethostname)

@@ -34,6 +34,7 @@ from pathlib import Path
 import grpc
 
 from runyard.clock import Clock, wait_event
+from runyard.config import is_loopback
 from runyard.errors import UsageError
 from runyard.pki import CertificateError
 from agent.config import AgentConfig
@@ -129,8 +130,14 @@ class HeadLink:
             raise JoinRefused("this node is not enrolled and has no join token: set join_token_file in the agent "
                               "config (an admin creates one with `runyard node token create`)")
         csr = self._identity.csr()
-        async with grpc.aio.secure_channel(self._config.head_address, grpc.ssl_channel_credentials(ca),
-                                           options=_OPTIONS) as channel:
+        if self._config.insecure_plaintext:
+            if not is_loopback(self._config.head_address):
+                raise UsageError("insecure_plaintext is for a head on loopback only")
+            channel = grpc.aio.insecure_channel(self._config.head_address, options=_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(self._config.head_address, grpc.ssl_channel_credentials(ca),
+                                              options=_OPTIONS)
+        async with channel:
             try:
                 reply = await pb_grpc.NodeAgentStub(channel).Join(
                     pb.JoinRequest(name=self._config.name, cluster=self._config.cluster, labels=self._config.labels,

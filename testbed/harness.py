@@ -109,8 +109,13 @@ class Head:
     def ca_pem(self) -> bytes:
         return self.ca_file.read_bytes()
 
+    @property
+    def plaintext(self) -> bool:
+        """The head serves its client port without TLS (`insecure_plaintext`, loopback only)."""
+        return bool(self.settings.get("insecure_plaintext"))
+
     def client_config(self, token: str | None = None) -> ClientConfig:
-        return ClientConfig(self.address, self.token if token is None else token, self.ca_pem)
+        return ClientConfig(self.address, self.token if token is None else token, self.ca_pem, insecure=self.plaintext)
 
     def join_token(self, uses: int = 1, ttl_s: float = 3600.0) -> str:
         """A new join token, created by the admin as `runyard node token create` does."""
@@ -120,7 +125,8 @@ class Head:
     def agent_settings(self) -> dict[str, Any]:
         """What an agent needs to enroll with this head: its addresses, its CA, and a join token of one use."""
         return {"head_address": self.address, "head_node_address": self.node_address,
-                "head_ca_file": str(self.ca_file), "join_token": self.join_token()}
+                "head_ca_file": str(self.ca_file), "join_token": self.join_token(),
+                **({"insecure_plaintext": True} if self.plaintext else {})}
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -201,7 +207,8 @@ class Cluster:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**_env(), "RUNYARD_ADDRESS": self.head.address, "RUNYARD_TOKEN": self.head.token,
-                "RUNYARD_CA_FILE": str(self.head.ca_file), "RUNYARD_CONFIG": str(self.root / "no-config.toml"), **extra}
+                "RUNYARD_CA_FILE": str(self.head.ca_file), "RUNYARD_CONFIG": str(self.root / "no-config.toml"),
+                **({"RUNYARD_INSECURE": "1"} if self.head.plaintext else {}), **extra}
 
     def cli(self, *args: str, cwd: Path | None = None, timeout_s: float = 60, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:

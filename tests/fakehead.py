@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import shutil
+import tempfile
 import zipfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
+from runyard import pki
 
 CHUNK_BYTES = 64 * 1024
 
@@ -54,15 +58,30 @@ class FakeHead(pb_grpc.NodeAgentServicer):
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        """Serve like the real head: Join on a TLS port, the rest on an mTLS port, both under a CA of its own."""
+        self._ca = pki.create_ca("fake")
+        server = pki.issue_server(self._ca, ["127.0.0.1", "localhost"])
+        pair = [(server.key_pem, server.cert_pem + self._ca.cert_pem)]
+        self._dir = Path(tempfile.mkdtemp(prefix="fakehead-"))
+        self.ca_file = self._dir / "ca.crt"
+        self.ca_file.write_bytes(self._ca.cert_pem)
         self._server = grpc.aio.server()
         pb_grpc.add_NodeAgentServicer_to_server(self, self._server)
-        port = self._server.add_insecure_port("127.0.0.1:0")
+        port = self._server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair))
+        node_port = self._server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+            pair, root_certificates=self._ca.cert_pem, require_client_auth=True))
         await self._server.start()
-        self.address = f"127.0.0.1:{port}"
+        self.address, self.node_address = f"127.0.0.1:{port}", f"127.0.0.1:{node_port}"
+
+    def agent_settings(self) -> dict[str, object]:
+        """The agent config keys that point an agent at this head, with a join token it accepts."""
+        return {"head_address": self.address, "head_node_address": self.node_address,
+                "head_ca_file": str(self.ca_file), "join_token": "join-secret"}
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=None)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def send(self, message: pb.HeadMessage) -> None:
         """To the agent on its stream now, or as soon as it connects."""
@@ -88,7 +107,8 @@ class FakeHead(pb_grpc.NodeAgentServicer):
         self.joins += 1
         if self.join_abort is not None:
             await context.abort(*self.join_abort)
-        return pb.JoinResponse(node_id=f"id-{request.name}", node_token="node-token")
+        certificate = pki.sign_node(self._ca, pki.load_csr(request.csr), request.name)
+        return pb.JoinResponse(node_id=f"id-{request.name}", certificate=certificate, ca_certificate=self._ca.cert_pem)
 
     async def Connect(self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext) -> None:
         self.connects += 1

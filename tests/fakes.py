@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,16 @@ class CountingFiles:
 
     async def upload_outputs(self, run_id: str, attempt: int, archive: Path, sha256: str) -> None:
         self.uploads.append((run_id, attempt, sha256))
+
+
+async def enroll(store: Any, *, node_id: str, name: str, cluster: str = "default", labels: dict[str, str] | None = None,
+                 capacity: Any, key: str = "", serial: str = "1") -> Any:
+    """Enroll a node straight in the store, as a Join with a fresh join token of one use would; returns the node.
+    `key` is the sha256 of its public key (default: one per name)."""
+    join_sha = uuid.uuid4().hex
+    await store.add_join_token(f"join-{join_sha[:8]}", join_sha, uses=1, expires_at=store.clock() + 3600.0,
+                               created_by="test")
+    node, _, _ = await store.enroll(join_sha=join_sha, node_id=node_id, name=name, key_sha256=key or f"key-{name}",
+                                    cert_serial=serial, cluster=cluster, labels=labels or {}, capacity=capacity,
+                                    approved=True)
+    return node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,7 +32,7 @@ async def head() -> AsyncIterator[FakeHead]:
 
 
 def config(head: FakeHead, tmp_path: Path, **settings: object) -> AgentConfig:
-    values: dict[str, object] = {"head_address": head.address, "join_token": "join-secret", "name": "node-1",
+    values: dict[str, object] = {**head.agent_settings(), "name": "node-1",
                                  "data_dir": str(tmp_path), "heartbeat_interval_s": 1000.0,
                                  "reconnect_max_s": 0.1, "head_full_retry_max_s": 0.4}
     values.update(settings)
@@ -64,7 +63,6 @@ async def test_already_exists_means_the_node_name_is_taken(head: FakeHead, tmp_p
     if refused == "join":
         head.join_abort = (grpc.StatusCode.ALREADY_EXISTS, TAKEN)
     else:
-        (tmp_path / "node.json").write_text(json.dumps({"node_id": "n", "node_token": "t"}))
         head.connect_aborts = [(grpc.StatusCode.ALREADY_EXISTS, TAKEN)]
     link = Recorder().link(config(head, tmp_path), Outbox(100), MonotonicClock())
     try:
@@ -73,7 +71,7 @@ async def test_already_exists_means_the_node_name_is_taken(head: FakeHead, tmp_p
     finally:
         await link.close()
     assert str(caught.value) == TAKEN
-    assert (head.joins, head.connects) == ((1, 0) if refused == "join" else (0, 1)), "no retry"
+    assert (head.joins, head.connects) == ((1, 0) if refused == "join" else (1, 1)), "no retry"
 
 
 @pytest.mark.timeout(30)

@@ -83,7 +83,7 @@ def agent_dir(tmp_path: Path) -> Path:
 def start_agent(head: FakeHead, agent_dir: Path, stderr: int | None = None,
                 **settings: object) -> subprocess.Popen[bytes]:
     return start_agent_process("node-1", agent_dir, agent_dir.parent / "agent.log", {
-        "head_address": head.address, "join_token": "join-secret", "cpus": 16.0, **settings}, stderr=stderr)
+        **head.agent_settings(), "cpus": 16.0, **settings}, stderr=stderr)
 
 
 async def exit_of(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> tuple[int, str]:

@@ -48,7 +48,7 @@ def test_local_provider_starts_an_agent_for_a_queued_run_and_stops_it_when_idle(
 
 def test_queue_says_the_autoscaler_is_starting_a_node(tmp_path: Path, project: Path) -> None:
     settings = _autoscaled(launch_timeout_s=60.0)
-    settings["local_agent_settings"] = {"join_token": "not-the-join-token"}  # the agent starts but never joins
+    settings["require_node_approval"] = True    # the agent enrolls, but waits for an admin: never Ready
     cluster = Cluster.start(tmp_path / "cluster", agents=0, head_settings=settings)
     try:
         run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "true", check=True).stdout.strip()

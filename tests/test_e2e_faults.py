@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import io
 import os
 import stat
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from runyard.client import Client
-from runyard.config import ClientConfig
 from runyard.errors import InvalidArgument
 from testbed.harness import Cluster, wait_until
 
@@ -80,7 +80,7 @@ def test_hostile_snapshot_is_refused_on_upload(cluster: Cluster, tmp_path: Path,
     archive = tmp_path / "evil.zip"
     archive.write_bytes(_zip(HOSTILE[case]))  # type: ignore[arg-type]
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    with Client(ClientConfig(cluster.head.address, cluster.head.token)) as client:
+    with Client(cluster.head.client_config()) as client:
         with pytest.raises(InvalidArgument, match="rejected") as caught:
             client.upload_snapshot(archive, sha)
         bad = HOSTILE[case][-1][0]
@@ -96,7 +96,9 @@ def test_hostile_snapshot_is_refused_again_by_the_agent(cluster: Cluster, projec
     stored = cluster.head.data_dir / "artifacts" / "snapshots" / sha[:2] / f"{sha}.zip"
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_bytes(data)
-    with Client(ClientConfig(cluster.head.address, cluster.head.token)) as client:
+    with sqlite3.connect(cluster.head.data_dir / "runyard.db") as db:   # as an upload would have granted it
+        db.execute("INSERT INTO snapshot_workspaces (sha256, workspace) VALUES (?, 'default')", (sha,))
+    with Client(cluster.head.client_config()) as client:
         from protos import runyard_pb2 as pb
         run_id = client.submit(pb.SubmitRequest(experiment="evil", snapshot_sha256=sha,
                                                 spec=pb.RunSpec(argv=["python", "ok.py"]))).run_id

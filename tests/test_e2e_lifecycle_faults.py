@@ -15,6 +15,7 @@ import pytest
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
+from runyard import pki
 from testbed.harness import Agent, Cluster, Head, process_gone, start_agent_process, wait_until
 
 FAST_HEAD = {"disconnected_after_s": 1.0, "down_after_s": 3.0}
@@ -123,17 +124,18 @@ def _sleep_past_cut_off(seconds: float) -> None:
 def test_a_join_for_a_name_held_by_a_live_agent_is_refused_naming_the_holder(tmp_path: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=1)
     try:
-        join_token = cluster.head.join_token_file.read_text().strip()
-        with grpc.insecure_channel(cluster.head.address) as channel:
+        join_token = cluster.head.join_token(uses=2)
+        csr = pki.node_csr("any", pki.new_key())
+        with grpc.secure_channel(cluster.head.address, grpc.ssl_channel_credentials(cluster.head.ca_pem)) as channel:
             stub = pb_grpc.NodeAgentStub(channel)
             with pytest.raises(grpc.RpcError) as refused:
-                stub.Join(pb.JoinRequest(name="node-1", cluster="default"),
+                stub.Join(pb.JoinRequest(name="node-1", cluster="default", csr=csr),
                           metadata=(("authorization", f"Bearer {join_token}"),), timeout=10)
             assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
             assert "node-1" in refused.value.details() and "held by a live agent" in refused.value.details()
             assert "since" in refused.value.details()
             # The live agent keeps its credential: it still answers as Ready, and another name is welcome.
-            stub.Join(pb.JoinRequest(name="node-2", cluster="default"),
+            stub.Join(pb.JoinRequest(name="node-2", cluster="default", csr=csr),
                       metadata=(("authorization", f"Bearer {join_token}"),), timeout=10)
         assert _node_state(cluster, "node-1") == "Ready"
     finally:
@@ -149,8 +151,7 @@ def test_a_second_agent_under_a_name_in_use_exits_with_one_line_and_the_first_ke
         run_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "wait.py", check=True).stdout.strip()
         cluster.wait_state(run_id, "Running")
         twin = start_agent_process("node-1", tmp_path / "twin", tmp_path / "twin.log",
-                                   {"head_address": cluster.head.address,
-                                    "join_token_file": str(cluster.head.join_token_file)},
+                                   cluster.head.agent_settings(),
                                    stderr=subprocess.PIPE)
         _, err = twin.communicate(timeout=30)
         last = err.decode().strip().splitlines()[-1]      # its log lines go to stderr too; the verdict is last

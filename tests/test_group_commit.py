@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from scheduler.dispatch import FULL_PASS_EVERY_S, PREFIX_PER_CLUSTER, Dispatcher
-from tests.fakes import ManualClock
+from tests.fakes import enroll, ManualClock
 from scheduler.errors import ResourceExhausted
 from scheduler.fairshare import Queued, queue_order
 from scheduler.followers import Followers
@@ -256,7 +256,7 @@ async def test_a_caller_cancelled_while_queued_still_has_its_run_committed(store
 async def test_node_writes_are_seen_by_the_next_list_of_nodes(store: Store) -> None:
     capacity = Capacity(cpus=4.0, memory_bytes=2**30, disk_bytes=0)
     assert await store.list_nodes() == []
-    node_id = (await store.join_node(node_id="n1", name="one", token_sha="s", cluster="c", labels={},
+    node_id = (await enroll(store, node_id="n1", name="one", cluster="c", labels={},
                                      capacity=capacity)).id
     assert [(n.id, n.state) for n in await store.list_nodes()] == [(node_id, NodeState.JOINING)]
     await store.apply_plan(Plan(node_moves=(NodeMove(node_id, NodeTrigger.HELLO, NodeState.JOINING),)))

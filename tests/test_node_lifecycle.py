@@ -20,7 +20,7 @@ from scheduler.reactor import Reactor
 from scheduler.reaper import Reaper
 from scheduler.sessions import Session, Sessions
 from scheduler.store import Store
-from tests.fakes import ManualClock
+from tests.fakes import enroll, ManualClock
 
 TIMERS = Timers(disconnected_after_s=20.0, down_after_s=300.0)
 CAPACITY = Capacity(cpus=4.0, memory_bytes=2**32, disk_bytes=0)
@@ -42,7 +42,7 @@ class Head:
 
     async def node(self, name: str) -> str:
         """A node that joined and said Hello now."""
-        node = await self.store.join_node(node_id=name, name=name, token_sha=name * 8, cluster="default", labels={},
+        node = await enroll(self.store, node_id=name, name=name, cluster="default", labels={},
                                           capacity=CAPACITY)
         self.sessions.known(NodeFacts(node.id, node.name, node.state, node.schedule), heard_at=self.clock.now())
         self.sessions.attach(Session(node.id, node.name, "default", CAPACITY))

@@ -5,9 +5,11 @@ one), the command provider runs real power commands that write what they were as
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +21,8 @@ import pytest
 
 from agent.config import load_agent_config
 from scheduler.autoscale import ClusterPolicy
-from scheduler.providers import CommandProvider, LocalProvider, ProviderError, ProviderNode, ProviderStatus
+from runyard import pki
+from scheduler.providers import CommandProvider, LocalHead, LocalProvider, ProviderError, ProviderNode, ProviderStatus
 from testbed.harness import process_gone
 
 DEADLINE_S = 20.0
@@ -70,12 +73,21 @@ def stand_in(tmp_path: Path) -> Callable[[Path], list[str]]:
     return lambda config: [sys.executable, str(script), str(config)]
 
 
+def head_at(tmp_path: Path, address: str = "127.0.0.1:7433", node_address: str = "127.0.0.1:7434") -> LocalHead:
+    """A head for the provider: its addresses, a CA file, and join tokens numbered from 1."""
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(pki.create_ca("test").cert_pem)
+    minted = itertools.count(1)
+
+    async def join_token() -> str:
+        return f"join-secret-{next(minted)}"
+    return LocalHead(address, node_address, ca_file, join_token)
+
+
 def local(tmp_path: Path, command: Callable[[Path], list[str]] | None = None, *, stop_timeout_s: float = 10.0,
           **settings: object) -> LocalProvider:
-    token = tmp_path / "join.token"
-    token.write_text("join-secret\n")
     extra = {"command": command} if command else {}
-    return LocalProvider(head_address="127.0.0.1:7433", join_token_file=token, data_dir=tmp_path / "agents",
+    return LocalProvider(head=head_at(tmp_path), data_dir=tmp_path / "agents",
                          agent_settings=settings, log_dir=tmp_path / "logs", stop_timeout_s=stop_timeout_s,
                          **extra)  # type: ignore[arg-type]
 
@@ -102,13 +114,16 @@ async def test_local_launch_writes_the_agent_config_and_starts_it_in_its_own_ses
     assert info["sid"] == info["pid"], "the agent runs in its own session"
     assert info["runyard_env"] == [], "RUNYARD_* variables of the head must not reach an agent"
     config_file = tmp_path / "agents" / "auto-gpu-1" / "agent.toml"
+    agent_dir = tmp_path / "agents" / "auto-gpu-1"
     assert tomllib.loads(config_file.read_text()) == {
-        "head_address": "127.0.0.1:7433", "join_token_file": str(tmp_path / "join.token"), "name": "auto-gpu-1",
-        "cluster": "gpu", "data_dir": str(tmp_path / "agents" / "auto-gpu-1"), "cpus": 2.0, "fake_gpus": 2,
+        "head_address": "127.0.0.1:7433", "head_node_address": "127.0.0.1:7434",
+        "head_ca_file": str(tmp_path / "ca.crt"), "join_token_file": str(agent_dir / "join.token"),
+        "name": "auto-gpu-1", "cluster": "gpu", "data_dir": str(agent_dir), "cpus": 2.0, "fake_gpus": 2,
         "heartbeat_interval_s": 2.0, "labels": {"zone": "a b"}, "memory_bytes": 4 << 30,
     }
     real = load_agent_config(config_file)
-    assert (real.name, real.cluster, real.fake_gpus, real.join_secret()) == ("auto-gpu-1", "gpu", 2, "join-secret")
+    assert (real.name, real.cluster, real.fake_gpus, real.join_secret()) == ("auto-gpu-1", "gpu", 2, "join-secret-1")
+    assert stat.S_IMODE((agent_dir / "join.token").stat().st_mode) == 0o600, "the join token is the agent's only"
     log = tmp_path / "logs" / "auto-gpu-1.log"
     await eventually("the agent's output in its log", lambda: "stand-in up auto-gpu-1" in log.read_text())
 
@@ -206,9 +221,7 @@ def test_local_refuses_settings_it_sets_itself(tmp_path: Path) -> None:
 
 async def test_local_starts_the_real_agent(tmp_path: Path, providers: list[LocalProvider]) -> None:
     """The generated agent.toml is one the real agent accepts; SIGTERM stops it although no head answers."""
-    token = tmp_path / "join.token"
-    token.write_text("join-secret\n")
-    provider = LocalProvider(head_address=f"unix:{tmp_path}/no-head.sock", join_token_file=token,
+    provider = LocalProvider(head=head_at(tmp_path, f"unix:{tmp_path}/no-head.sock", f"unix:{tmp_path}/no-node.sock"),
                              data_dir=tmp_path / "agents", agent_settings={"fake_gpus": 1, "cpus": 1.0},
                              log_dir=tmp_path / "logs")
     providers.append(provider)
@@ -230,7 +243,7 @@ import asyncio, json, os, sys
 from pathlib import Path
 import grpc, uvloop
 from scheduler.autoscale import ClusterPolicy
-from scheduler.providers import CommandProvider, LocalProvider, ProviderStatus
+from scheduler.providers import CommandProvider, LocalHead, LocalProvider, ProviderStatus
 
 root, count = Path(sys.argv[1]), int(sys.argv[2])
 forked = root / "at-fork-handler-ran"
@@ -250,9 +263,10 @@ async def main():
                 pass
 
     calls = asyncio.create_task(traffic())
-    (root / "join.token").write_text("join-secret\\n")
-    local = LocalProvider(head_address=f"127.0.0.1:{port}", join_token_file=root / "join.token",
-                          data_dir=root / "agents", agent_settings={}, log_dir=root / "logs",
+    async def join_token():
+        return "join-secret"
+    head = LocalHead(f"127.0.0.1:{port}", f"127.0.0.1:{port}", root / "ca.crt", join_token)
+    local = LocalProvider(head=head, data_dir=root / "agents", agent_settings={}, log_dir=root / "logs",
                           command=lambda config: ["sleep", "60"], stop_timeout_s=5.0)
     metal = CommandProvider(ClusterPolicy("metal", max_nodes=1, provider="command", nodes=("n1",),
                                           power_on="true", power_off="true"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.auth import token_sha
+from tests.fakes import enroll
 from scheduler.core.lifecycle import RunState, Trigger
 from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger
 from scheduler.core.plan import NodeMove, Plan
@@ -36,7 +36,7 @@ def reactor_on(store: Store, sessions: Sessions) -> Reactor:
 
 
 async def ready_node(store: Store, sessions: Sessions, reactor: Reactor) -> NodeRecord:
-    joined = await store.join_node(node_id="n1", name="gpu-1", token_sha=token_sha("t"), cluster="default",
+    joined = await enroll(store, node_id="n1", name="gpu-1", cluster="default",
                                    labels={}, capacity=Capacity(cpus=4.0, memory_bytes=2**33, disk_bytes=2**40))
     sessions.known(NodeFacts(joined.id, joined.name, joined.state, joined.schedule), heard_at=START)
     await reactor.handle(Hello(joined.id, frozenset()))

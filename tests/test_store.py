@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.auth import token_sha
+from tests.fakes import enroll
 from scheduler import db
 from scheduler.db import MARKER, open_database
-from scheduler.errors import NotFound, StartupRefused
+from scheduler.errors import NotFound, StartupRefused, Unauthenticated
 from scheduler.core.lifecycle import DesiredState, InvalidTransition, Reason, RunState, Trigger
 from scheduler.core.nodes import InvalidNodeTransition, Schedule, ScheduleTrigger
 from scheduler.core.plan import NodeCount, Plan, StopRun
 from scheduler.model import Capacity, Gpu, NewRun, RunSpec
 from scheduler.store import Store
+from scheduler.store.credentials import KeyMismatch
 
 
 def manual_clock(start: float = 1_700_000_000.0) -> Callable[[], float]:
@@ -292,24 +293,47 @@ CAPACITY = Capacity(
 )
 
 
-async def test_rejoin_by_name_keeps_the_node_id_and_replaces_its_credential(store: Store) -> None:
-    first = await store.join_node(
-        node_id="node-a", name="gpu-1", token_sha=token_sha("old"), cluster="c", labels={"zone": "1"}, capacity=CAPACITY
-    )
-    again = await store.join_node(
-        node_id="node-b", name="gpu-1", token_sha=token_sha("new"), cluster="c", labels={"zone": "2"}, capacity=CAPACITY
-    )
+async def test_the_same_key_enrolls_again_under_its_name_with_the_same_node_id(store: Store) -> None:
+    first = await enroll(store, node_id="node-a", name="gpu-1", cluster="c", labels={"zone": "1"}, capacity=CAPACITY,
+                         key="k1", serial="a1")
+    again = await enroll(store, node_id="node-b", name="gpu-1", cluster="c", labels={"zone": "2"}, capacity=CAPACITY,
+                         key="k1", serial="b2")
     assert first.id == again.id == "node-a"
     (joined,) = await store.list_nodes()
     assert (joined.id, joined.name, joined.labels, joined.capacity) == ("node-a", "gpu-1", {"zone": "2"}, CAPACITY)
-    principals = await store.principals()
-    assert token_sha("old") not in principals
-    assert principals[token_sha("new")].node_id == "node-a"
+    (key,) = await store.node_keys()
+    assert (key.name, key.key_sha256, key.cert_serial) == ("gpu-1", "k1", "b2")
+
+
+async def test_another_key_never_takes_over_an_enrolled_name_until_it_is_removed(store: Store) -> None:
+    await enroll(store, node_id="node-a", name="gpu-1", capacity=CAPACITY, key="k1")
+    with pytest.raises(KeyMismatch, match="enrolled with another key"):
+        await enroll(store, node_id="node-a", name="gpu-1", capacity=CAPACITY, key="k2")
+    await store.forget_node_key("gpu-1")
+    assert await store.node_keys() == []
+    await enroll(store, node_id="node-a", name="gpu-1", capacity=CAPACITY, key="k2")
+    assert [k.key_sha256 for k in await store.node_keys()] == ["k2"]
+
+
+async def test_a_join_token_is_spent_by_its_uses_and_refused_after_its_ttl(store: Store) -> None:
+    await store.add_join_token("j1", "sha-1", uses=2, expires_at=store.clock() + 60, created_by="admin")
+    for name in ("one", "two"):
+        await store.enroll(join_sha="sha-1", node_id=name, name=name, key_sha256=name, cert_serial="1", cluster="c",
+                           labels={}, capacity=CAPACITY, approved=True)
+    with pytest.raises(Unauthenticated, match="no use left"):
+        await store.enroll(join_sha="sha-1", node_id="three", name="three", key_sha256="three", cert_serial="1",
+                           cluster="c", labels={}, capacity=CAPACITY, approved=True)
+    await store.add_join_token("j2", "sha-2", uses=5, expires_at=store.clock() - 1, created_by="admin")
+    with pytest.raises(Unauthenticated, match="expired"):
+        await store.enroll(join_sha="sha-2", node_id="four", name="four", key_sha256="four", cert_serial="1",
+                           cluster="c", labels={}, capacity=CAPACITY, approved=True)
+    assert await store.join_tokens() == {}
+    assert [n.name for n in await store.list_nodes()] == ["one", "two"]
 
 
 async def test_distinct_names_are_distinct_nodes(store: Store) -> None:
-    a = await store.join_node(node_id="n1", name="one", token_sha="s1", cluster="c", labels={}, capacity=CAPACITY)
-    b = await store.join_node(node_id="n2", name="two", token_sha="s2", cluster="c", labels={}, capacity=CAPACITY)
+    a = await enroll(store, node_id="n1", name="one", cluster="c", labels={}, capacity=CAPACITY)
+    b = await enroll(store, node_id="n2", name="two", cluster="c", labels={}, capacity=CAPACITY)
     assert (a.id, b.id) == ("n1", "n2")
     assert [n.name for n in await store.list_nodes()] == ["one", "two"]
 
@@ -413,7 +437,7 @@ async def test_a_writer_cancelled_mid_transaction_does_not_wedge_the_store(store
 
 
 async def test_node_is_quarantined_after_failures_in_a_row_and_uncordon_forgives(store: Store) -> None:
-    node_id = (await store.join_node(node_id="n1", name="gpu-7", token_sha="x" * 64, cluster="a100", labels={},
+    node_id = (await enroll(store, node_id="n1", name="gpu-7", cluster="a100", labels={},
                                      capacity=CAPACITY)).id
 
     async def count(node_side: bool, quarantine: bool = False) -> None:

@@ -99,8 +99,10 @@ class CredentialStore(StoreBase):
         await self._write(work)
 
     async def join_tokens(self) -> dict[str, float]:
-        """sha256 -> expiry of every join token with a use left."""
-        return {sha: exp for sha, exp in await self._all("SELECT sha256, expires_at FROM join_tokens WHERE uses_left > 0")}
+        """sha256 -> expiry of every join token with a use left that has not expired."""
+        rows = await self._all("SELECT sha256, expires_at FROM join_tokens WHERE uses_left > 0 AND expires_at > ?",
+                               (self.clock(),))
+        return {sha: expires_at for sha, expires_at in rows}
 
     async def enroll(self, *, join_sha: str, node_id: str, name: str, key_sha256: str, cert_serial: str, cluster: str,
                      labels: dict[str, str], capacity: Capacity, approved: bool) -> tuple[NodeRecord, NodeKey, int]:
