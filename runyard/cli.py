@@ -6,7 +6,11 @@ Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a fai
 
 from __future__ import annotations
 
+import os
 import sys
+
+# gRPC's C core logs a failed TLS handshake at INFO on stderr; the one-line error below says it for people.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import tempfile
 from pathlib import Path
 from typing import Any

@@ -35,6 +35,13 @@ def translate(err: grpc.RpcError, address: str) -> errors.HeadError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return errors.AuthenticationFailed(f"authentication failed: {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            return errors.Unavailable(
+                f"the head at {address} does not present a certificate of the pinned cluster CA; if the cluster "
+                f"was set up again, `runyard login {address}` again")
+        if "handshake" in details.lower():
+            return errors.Unavailable(f"TLS with the head at {address} failed; is it a Runyard head's client port? "
+                                      f"({details.rsplit(': ', 1)[-1][:120]})")
         return errors.Unavailable(f"cannot reach the head at {address}; is it running? (`runyard up` starts one)")
     return _BY_CODE.get(code, errors.HeadError)(details)
 
