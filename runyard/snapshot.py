@@ -9,7 +9,8 @@ from the end record, then that no two entries share bytes. So an archive of a mi
 and a zip bomb built of overlapping entries is refused before anything is decompressed.
 
 Must not: follow or create links, write anything outside the destination, trust the sizes an archive declares,
-or read a whole file into memory. Functions here block; async callers wrap them in `asyncio.to_thread`.
+or read a whole file into memory. Functions here block; async callers wrap them in `asyncio.to_thread` (the head
+runs `validate_archive` in a process of its own: `scheduler/snapshot_check.py`).
 """
 
 from __future__ import annotations

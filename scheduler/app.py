@@ -43,6 +43,7 @@ from scheduler.reactor import Reactor
 from scheduler.providers import CommandProvider, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
+from scheduler.snapshot_check import SnapshotChecks
 from scheduler.store import Store
 
 log = logging.getLogger("scheduler")
@@ -160,10 +161,15 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+        snapshot_checks = SnapshotChecks(max_entries=config.snapshot_max_entries,
+                                         max_unpacked_bytes=config.snapshot_max_unpacked_bytes,
+                                         timeout_s=config.snapshot_check_timeout_s,
+                                         workers=config.snapshot_check_workers)
         server = grpc.aio.server(interceptors=[Boundary(credentials)], options=options)
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
-                           dispatcher=dispatcher, followers=followers, timers=timers, policies=policies), server)
+                           dispatcher=dispatcher, followers=followers, timers=timers, snapshot_checks=snapshot_checks,
+                           policies=policies), server)
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                              followers=followers, credentials=credentials, tmp_dir=data / "tmp",
@@ -211,6 +217,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()  # local agents stop and report their runs while the server still listens
             await server.stop(grace=2.0)
+            await snapshot_checks.close()
     finally:
         await store.close()
 

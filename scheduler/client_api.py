@@ -19,7 +19,6 @@ from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import priorities
 from runyard.errors import SnapshotInvalid
-from runyard.snapshot import validate_archive
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import caller
@@ -38,6 +37,7 @@ from scheduler.model import NewRun, NodeRecord, RunEventRecord, RunRecord, RunSp
 from scheduler.placement import NodeView, Request, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
+from scheduler.snapshot_check import SnapshotChecks
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ def validate_spec(spec: RunSpec) -> None:
 class RunyardService(pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
-        dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor,
+        dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor, snapshot_checks: SnapshotChecks,
         policies: Mapping[str, ClusterPolicy] | None = None,
     ) -> None:
         self._config = config
+        self._snapshot_checks = snapshot_checks
         self._reactor = reactor
         self._policies = dict(policies or {})
         self._timers = timers
@@ -155,13 +156,13 @@ class RunyardService(pb_grpc.RunyardServicer):
             tmp_dir=self._config.data_path / "tmp", max_bytes=self._config.snapshot_max_bytes,
         )
         try:
-            await asyncio.to_thread(
-                validate_archive, path, max_entries=self._config.snapshot_max_entries,
-                max_bytes=self._config.snapshot_max_unpacked_bytes,
-            )
+            await self._snapshot_checks.check(path)
         except SnapshotInvalid as err:
             path.unlink(missing_ok=True)
             raise InvalidArgument(str(err)) from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         existed = not await asyncio.to_thread(self._artifacts.put, "snapshots", first.sha256, path)
         log.info("snapshot stored", extra={"sha256": first.sha256, "existed": existed})
         return pb.UploadSnapshotResponse(sha256=first.sha256, existed=existed)
