@@ -5,7 +5,7 @@
     │   ├── JobFileError            job file invalid; carries the YAML path of the fault
     │   ├── SnapshotTooLarge        the directory is over the snapshot size limit
     │   └── SnapshotTooDeep         a file of the directory lies deeper than the snapshot depth limit
-    ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry
+    ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry or WHOLE
     ├── ConfigError                 no head address or token configured
     ├── DataDirInUse                another process holds the data directory; carries its PID
     └── HeadError                   the head refused or failed a call; carries the gRPC status code name
@@ -75,12 +75,15 @@ class SnapshotTooDeep(UsageError):
 
 
 class SnapshotInvalid(RunyardError):
-    """An archive entry that must not be extracted."""
+    """An archive that must not be extracted: one of its entries, or the archive as a whole (`entry` is `WHOLE`)."""
+
+    WHOLE = "<archive>"
 
     def __init__(self, entry: str, why: str) -> None:
         self.entry = entry
         self.why = why
-        super().__init__(f"snapshot entry {entry!r} rejected: {why}")
+        where = "snapshot" if entry == self.WHOLE else f"snapshot entry {entry!r}"
+        super().__init__(f"{where} rejected: {why}")
 
 
 class ConfigError(RunyardError):

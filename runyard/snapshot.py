@@ -4,8 +4,13 @@ The client builds snapshots (`create_snapshot`, `git_properties`); the head chec
 (`validate_archive`) and the agent unpacks one into a run directory (`safe_extract`). The same directory gives
 the same bytes, so the head can deduplicate by sha256.
 
+Both check the archive's layout before `zipfile` parses it: the entry count and the central directory's place
+from the end record, then that no two entries share bytes. So an archive of a million entries costs a few reads,
+and a zip bomb built of overlapping entries is refused before anything is decompressed.
+
 Must not: follow or create links, write anything outside the destination, trust the sizes an archive declares,
-or read a whole file into memory. Functions here block; async callers wrap them in `asyncio.to_thread`.
+or read a whole file into memory. Functions here block; async callers wrap them in `asyncio.to_thread` (the head
+runs `validate_archive` in a process of its own: `scheduler/snapshot_check.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 import zipfile
@@ -38,11 +44,25 @@ MAX_DEPTH = 64
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK_BYTES = 1 << 20
 _GIT_TIMEOUT_S = 5.0
-_ARCHIVE = "<archive>"
+_ARCHIVE = SnapshotInvalid.WHOLE
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _ALLOWED_TYPES = (0, stat.S_IFREG, stat.S_IFDIR)
 _ALLOWED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError)
+# The zip records read before zipfile parses anything (APPNOTE 4.3): end of central directory, its zip64 locator
+# and zip64 record, a central directory file header, a local file header.
+_END = struct.Struct("<4s4H2LH")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_COMMENT_REACH = 1 << 16  # how far before the end record zipfile looks for it (an archive comment's length)
+# What one central directory record of a snapshot may take. Names are relative paths of a directory that was
+# walked, so shorter than PATH_MAX; Runyard writes no comments and extra fields only for zip64 sizes.
+_MAX_NAME_BYTES = 4096
+_MAX_EXTRA_BYTES = 256
+_MAX_RECORD_BYTES = _CENTRAL.size + _MAX_NAME_BYTES + _MAX_EXTRA_BYTES
+_FOREIGN = "not a snapshot Runyard wrote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +240,9 @@ def _without_credentials(url: str) -> str:
 
 def validate_archive(path: Path, *, max_entries: int, max_bytes: int) -> None:
     """Raise `SnapshotInvalid` unless every entry is safe to extract; writes nothing, decompresses everything."""
-    with _open_archive(path) as archive:
+    with _open_archive(path, max_entries) as archive:
         total = 0
-        for info, _ in _checked_entries(archive, max_entries):
+        for info, _ in _checked_entries(archive):
             for chunk in _read_entry(archive, info):
                 total += len(chunk)
                 if total > max_bytes:
@@ -235,8 +255,8 @@ def safe_extract(path: Path, dest: Path, *, max_entries: int, max_bytes: int) ->
     On any failure everything written is removed and `dest` is left as it was found.
     """
     dest = Path(dest)
-    with _open_archive(path) as archive:
-        entries = _checked_entries(archive, max_entries)
+    with _open_archive(path, max_entries) as archive:
+        entries = _checked_entries(archive)
         created = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
         if any(dest.iterdir()):
@@ -252,24 +272,147 @@ def safe_extract(path: Path, dest: Path, *, max_entries: int, max_bytes: int) ->
 
 
 @contextmanager
-def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise SnapshotInvalid(_ARCHIVE, "not a zip archive") from exc
-    with archive:
-        yield archive
+def _open_archive(path: Path, max_entries: int) -> Iterator[zipfile.ZipFile]:
+    """The archive, handed to zipfile only once its end record and central directory are checked, and yielded
+    once its entries are known not to overlap. zipfile reads through the same file object as the checks."""
+    with open(path, "rb") as raw:
+        directory = _central_directory(raw, max_entries)
+        try:
+            archive = zipfile.ZipFile(raw)
+        except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
+            raise SnapshotInvalid(_ARCHIVE, "not a zip archive") from exc
+        with archive:
+            _refuse_overlaps(raw, archive.infolist(), directory)
+            yield archive
 
 
-def _checked_entries(archive: zipfile.ZipFile, max_entries: int) -> list[tuple[zipfile.ZipInfo, list[str]]]:
+# --- the archive's layout, read before zipfile parses it ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Directory:
+    offset: int  # where the central directory starts; the entries' bytes all lie before it
+    size_bytes: int
+    entries: int
+
+
+def _central_directory(raw: BinaryIO, max_entries: int) -> _Directory:
+    """Where the central directory is and how many entries it holds, from the end record (zip64's when present).
+
+    Refused: more entries than `max_entries`; a directory that does not end where the end records begin (so
+    nothing precedes or follows the archive, and zipfile shifts no offset); a directory size that so many entries
+    cannot take; a directory whose records are not exactly as many as the end record says. zipfile itself never
+    reads the count: it parses records until the directory's bytes run out, one object per record.
+    """
+    file_size = raw.seek(0, os.SEEK_END)
+    end_at = _end_record_at(raw, file_size)
+    raw.seek(end_at)
+    _, _, _, _, entries, size, offset, _ = _END.unpack(raw.read(_END.size))
+    directory_end = end_at
+    record_at = end_at - _END64_LOCATOR.size - _END64.size
+    if end_at >= _END64_LOCATOR.size:
+        raw.seek(end_at - _END64_LOCATOR.size)
+        if raw.read(4) == b"PK\x06\x07":  # zip64 locator: zipfile then takes the zip64 record's figures
+            if record_at < 0:
+                raise SnapshotInvalid(_ARCHIVE, "not a zip archive (a zip64 locator but no zip64 end record)")
+            raw.seek(record_at)
+            record = _END64.unpack(raw.read(_END64.size))
+            if record[0] != b"PK\x06\x06":
+                raise SnapshotInvalid(_ARCHIVE, "not a zip archive (a zip64 locator but no zip64 end record)")
+            entries, size, offset, directory_end = record[7], record[8], record[9], record_at
+    if entries > max_entries:
+        raise SnapshotInvalid(_ARCHIVE, f"it has {entries:,} entries; the limit is {max_entries:,}")
+    if offset + size != directory_end:
+        raise SnapshotInvalid(_ARCHIVE, f"its end record places the central directory ({size:,} bytes at byte "
+                                        f"{offset:,}) where it is not in this {file_size:,}-byte file: {_FOREIGN}")
+    if not entries * _CENTRAL.size <= size <= entries * _MAX_RECORD_BYTES:
+        raise SnapshotInvalid(_ARCHIVE, f"its end record gives an entry count of {entries:,} for a central "
+                                        f"directory of {size:,} bytes: {_FOREIGN}")
+    directory = _Directory(offset, size, entries)
+    _count_records(raw, directory)
+    return directory
+
+
+def _end_record_at(raw: BinaryIO, file_size: int) -> int:
+    """The end of central directory record's offset, found the way zipfile finds it: at the very end of the file,
+    else the last signature within the longest comment's reach."""
+    if file_size < _END.size:
+        raise SnapshotInvalid(_ARCHIVE, "not a zip archive")
+    raw.seek(file_size - _END.size)
+    tail = raw.read(_END.size)
+    if tail[:4] == b"PK\x05\x06" and tail[-2:] == b"\0\0":
+        return file_size - _END.size
+    start = max(file_size - _COMMENT_REACH - _END.size, 0)
+    raw.seek(start)
+    data = raw.read()
+    found = data.rfind(b"PK\x05\x06")
+    if found < 0 or len(data) - found < _END.size:
+        raise SnapshotInvalid(_ARCHIVE, "not a zip archive")
+    return start + found
+
+
+def _count_records(raw: BinaryIO, directory: _Directory) -> None:
+    """Walk the central directory's record headers as zipfile will, without keeping any: their number must be the
+    end record's, each within what a snapshot's record takes, and the last must end where the directory does."""
+    raw.seek(directory.offset)
+    walked = count = 0
+    while walked < directory.size_bytes:
+        head = raw.read(_CENTRAL.size)
+        if len(head) != _CENTRAL.size or head[:4] != b"PK\x01\x02":
+            raise SnapshotInvalid(_ARCHIVE, "not a zip archive (a corrupt central directory)")
+        count += 1
+        if count > directory.entries:
+            raise SnapshotInvalid(_ARCHIVE, f"its central directory holds more than the {directory.entries:,} "
+                                            f"entries its end record says: {_FOREIGN}")
+        name_bytes, extra_bytes, comment_bytes = _CENTRAL.unpack(head)[12:15]
+        if name_bytes > _MAX_NAME_BYTES or extra_bytes + comment_bytes > _MAX_EXTRA_BYTES:
+            raise SnapshotInvalid(_ARCHIVE, f"entry {count:,} has a name of {name_bytes:,} bytes and "
+                                            f"{extra_bytes + comment_bytes:,} bytes of extra fields and comment; "
+                                            f"the limits are {_MAX_NAME_BYTES:,} and {_MAX_EXTRA_BYTES}")
+        raw.seek(name_bytes + extra_bytes + comment_bytes, os.SEEK_CUR)
+        walked += _CENTRAL.size + name_bytes + extra_bytes + comment_bytes
+    if walked != directory.size_bytes or count != directory.entries:
+        raise SnapshotInvalid(_ARCHIVE, f"its central directory holds {count:,} entries in {walked:,} bytes, not "
+                                        f"the {directory.entries:,} in {directory.size_bytes:,} its end record "
+                                        f"says: {_FOREIGN}")
+
+
+def _refuse_overlaps(raw: BinaryIO, infos: list[zipfile.ZipInfo], directory: _Directory) -> None:
+    """Refuse an entry whose bytes (local header, name, extra field, compressed data, as zipfile will read them)
+    reach into the next entry's or into the central directory.
+
+    Why: a cap on the upload's size bounds what an archive unpacks to only if every compressed byte is read once.
+    A zip bomb of overlapping entries ("better zip bomb") points thousands of entries at one deflated kernel, so
+    its unpacked size grows with the square of its size. No zip writer makes entries overlap.
+    """
+    if len(infos) != directory.entries:
+        raise SnapshotInvalid(_ARCHIVE, f"zipfile read {len(infos):,} entries where the end record says "
+                                        f"{directory.entries:,}: {_FOREIGN}")
+    previous: zipfile.ZipInfo | None = None
+    free_from = 0  # the first byte no earlier entry uses
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if previous is not None and info.header_offset < free_from:
+            raise SnapshotInvalid(info.filename, f"it overlaps entry {previous.filename!r}: {_FOREIGN}")
+        raw.seek(info.header_offset)
+        head = raw.read(_LOCAL.size)
+        if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
+            raise SnapshotInvalid(info.filename, "corrupt entry: no local header where the central directory says")
+        name_bytes, extra_bytes = _LOCAL.unpack(head)[10:12]
+        free_from = info.header_offset + _LOCAL.size + name_bytes + extra_bytes + info.compress_size
+        if free_from > directory.offset:
+            raise SnapshotInvalid(info.filename, f"its data runs into the central directory: {_FOREIGN}")
+        previous = info
+
+
+# --- entries ------------------------------------------------------------------------------------------------------
+
+
+def _checked_entries(archive: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, list[str]]]:
     """Every entry with its path components, or `SnapshotInvalid` for the first entry that must not be written."""
-    infos = archive.infolist()
-    if len(infos) > max_entries:
-        raise SnapshotInvalid(_ARCHIVE, f"{len(infos)} entries, over the limit of {max_entries}")
     entries: list[tuple[zipfile.ZipInfo, list[str]]] = []
     files: set[str] = set()
     dirs: set[str] = set()
-    for info in infos:
+    for info in archive.infolist():
         parts = _entry_parts(info)
         if not parts:
             continue  # "./" or "/" alone: the root itself

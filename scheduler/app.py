@@ -45,6 +45,7 @@ from scheduler.reactor import Reactor
 from scheduler.providers import CommandProvider, LocalHead, LocalProvider, NodeProvider
 from scheduler.reaper import Reaper
 from scheduler.sessions import Sessions
+from scheduler.snapshot_check import SnapshotChecks
 from scheduler.store import Store
 from scheduler.tls import load_or_create
 from scheduler.model import Role, TokenRecord
@@ -196,6 +197,10 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+        snapshot_checks = SnapshotChecks(max_entries=config.snapshot_max_entries,
+                                         max_unpacked_bytes=config.snapshot_max_unpacked_bytes,
+                                         timeout_s=config.snapshot_check_timeout_s,
+                                         workers=config.snapshot_check_workers)
         enrollment = Enrollment(store=store, credentials=credentials, tls=tls, sessions=sessions, reactor=reactor,
                                 limits=Limits(config.node_max_cpus, config.node_max_memory_bytes, config.node_max_gpus),
                                 require_approval=config.require_node_approval)
@@ -204,7 +209,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                            dispatcher=dispatcher, followers=followers, timers=timers, policies=policies,
-                           credentials=credentials, enrollment=enrollment, tls=tls), server)
+                           credentials=credentials, enrollment=enrollment, tls=tls,
+                           snapshot_checks=snapshot_checks), server)
         pb_grpc.add_NodeAgentServicer_to_server(
             NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                              followers=followers, enrollment=enrollment, ca_pem=tls.ca.cert_pem, tmp_dir=data / "tmp",
@@ -255,6 +261,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()  # local agents stop and report their runs while the server still listens
             await server.stop(grace=2.0)
+            await snapshot_checks.close()
     finally:
         await store.close()
 

@@ -20,7 +20,6 @@ from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import priorities
 from runyard.errors import SnapshotInvalid
-from runyard.snapshot import validate_archive
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
 from scheduler.admin_api import AdminMethods
@@ -41,6 +40,7 @@ from scheduler.placement import NodeView, Request, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
 from scheduler.enrollment import Enrollment
+from scheduler.snapshot_check import SnapshotChecks
 from scheduler.store import Store
 from scheduler.tls import HeadTLS
 
@@ -123,13 +123,14 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
         dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor,
-        credentials: Credentials, enrollment: Enrollment, tls: HeadTLS,
+        credentials: Credentials, enrollment: Enrollment, tls: HeadTLS, snapshot_checks: SnapshotChecks,
         policies: Mapping[str, ClusterPolicy] | None = None,
     ) -> None:
         self._config = config
         self._credentials = credentials
         self._enrollment = enrollment
         self._tls = tls
+        self._snapshot_checks = snapshot_checks
         self._reactor = reactor
         self._policies = dict(policies or {})
         self._timers = timers
@@ -168,13 +169,13 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
             await self._store.grant_snapshot(first.sha256, caller().workspace)
             return pb.UploadSnapshotResponse(sha256=first.sha256, existed=True)
         try:
-            await asyncio.to_thread(
-                validate_archive, path, max_entries=self._config.snapshot_max_entries,
-                max_bytes=self._config.snapshot_max_unpacked_bytes,
-            )
+            await self._snapshot_checks.check(path)
         except SnapshotInvalid as err:
             path.unlink(missing_ok=True)
             raise InvalidArgument(str(err)) from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         existed = not await asyncio.to_thread(self._artifacts.put, "snapshots", first.sha256, path)
         await self._store.grant_snapshot(first.sha256, caller().workspace)
         log.info("snapshot stored", extra={"sha256": first.sha256, "existed": existed})

@@ -37,6 +37,8 @@ class HeadConfig:
     snapshot_max_bytes: int = 2 * 1024**3       # uploaded zip
     snapshot_max_entries: int = 100_000
     snapshot_max_unpacked_bytes: int = 8 * 1024**3
+    snapshot_check_timeout_s: float = 60.0     # an upload's check (a process of its own) is killed after this
+    snapshot_check_workers: int = 2             # checks at once; further uploads wait for one to end
     sqlite_synchronous: str = "FULL"            # FULL: an acknowledged run survives power loss too
     log_level: str = "INFO"
 

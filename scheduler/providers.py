@@ -8,9 +8,7 @@ key (the same key again returns the same node and launches nothing); a launch th
 its key may be tried again; failures are returned as a `ProviderError` (one line for people: what failed and what
 to do), never raised. A provider decides nothing: the autoscaler says what to launch and terminate.
 
-Processes are started with posix_spawn and never forked (as `asyncio.create_subprocess_exec` does under uvloop):
-a forked child runs the head's at-fork handlers before it execs, and gRPC's restart its threads there, which can
-kill the child (SIGSEGV, SIGABRT) before its program starts. The event loop learns of a child's exit through a pidfd.
+Processes are started with `scheduler.processes.spawn`, never forked (see there why).
 Must not: import the `agent` package (an agent is started as a process) or touch the store.
 """
 
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from scheduler.autoscale import ClusterPolicy
+from scheduler.processes import Child, spawn
 
 # An agent started by the head dies with it (PR_SET_PDEATHSIG, SIGTERM so that it stops its runs): a head that is
 # killed must not leave agents behind that dial an address nobody listens on any more.
@@ -42,7 +41,6 @@ _KEY = re.compile(r"^[A-Za-z0-9_]+$")
 _RESERVED = ("head_address", "head_node_address", "head_ca_file", "head_ca_fingerprint", "join_token",
              "join_token_file", "name", "cluster", "data_dir")
 _STDERR_TAIL = 64 << 10                         # what is kept of a power command's stderr
-_POLL_S = 0.05                                  # how often a child's exit is polled where there is no pidfd
 
 
 class ProviderStatus(StrEnum):
@@ -92,7 +90,7 @@ def agent_command(config: Path) -> list[str]:
 class _Agent:
     name: str
     cluster: str
-    process: _Child
+    process: Child
 
     def node(self) -> ProviderNode:
         status = ProviderStatus.RUNNING if self.process.returncode is None else ProviderStatus.STOPPED
@@ -166,7 +164,7 @@ class LocalProvider:
             self._by_key[key] = self._agents[name] = _Agent(name, cluster, started)
             return self._agents[name].node()
 
-    def _start(self, name: str, cluster: str, join_token: str) -> _Child | ProviderError:
+    def _start(self, name: str, cluster: str, join_token: str) -> Child | ProviderError:
         agent_dir = self._data_dir / name
         config = agent_dir / "agent.toml"
         token_file = agent_dir / "join.token"
@@ -186,7 +184,7 @@ class LocalProvider:
             argv = [*_TIED_TO_HEAD, *command]
             env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
             with open(self._log_dir / f"{name}.log", "ab") as log, open(os.devnull, "rb") as devnull:
-                return _spawn(argv, stdin=devnull.fileno(), stdout=log.fileno(), stderr=log.fileno(), env=env)
+                return spawn(argv, stdin=devnull.fileno(), stdout=log.fileno(), stderr=log.fileno(), env=env)
         except OSError as err:
             what = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
             return ProviderError(f"cannot start agent {name}: {what}; see {self._log_dir / (name + '.log')}")
@@ -274,7 +272,7 @@ async def _run_power_command(what: str, template: str, node: str, timeout_s: flo
     # stderr goes to a file, not a pipe: a child that left the process group cannot hold the command's end open.
     with open(os.devnull, "r+b") as devnull, tempfile.TemporaryFile() as stderr:
         try:
-            proc = _spawn(argv, stdin=devnull.fileno(), stdout=devnull.fileno(), stderr=stderr.fileno(), env=os.environ)
+            proc = spawn(argv, stdin=devnull.fileno(), stdout=devnull.fileno(), stderr=stderr.fileno(), env=os.environ)
         except FileNotFoundError:
             return ProviderError(f"{failed}: {argv[0]!r} not found (command: {shown}); install it or fix the command")
         except OSError as err:
@@ -299,60 +297,7 @@ async def _run_power_command(what: str, template: str, node: str, timeout_s: flo
     return ProviderError(f"{failed}: `{shown}` {ended}{said}")
 
 
-def _spawn(argv: Sequence[str], *, stdin: int, stdout: int, stderr: int, env: Mapping[str, str]) -> _Child:
-    """Start `argv` (searched in PATH) in a session of its own, with these descriptors as its stdin, stdout and
-    stderr, the default dispositions of the signals Python ignores, and no signal blocked. Raises OSError when
-    the program cannot be started."""
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate((stdin, stdout, stderr))]
-    pid = os.posix_spawnp(argv[0], list(argv), env, file_actions=actions, setsid=True,
-                          setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=())
-    return _Child(pid)
-
-
-class _Child:
-    """A process started by `_spawn`, reaped by the event loop once it exits (no child watcher is involved)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._loop = asyncio.get_running_loop()
-        self._exited = self._loop.create_future()
-        self._poller: asyncio.Task[None] | None = None
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._pidfd = -1
-            self._poller = self._loop.create_task(self._poll(), name=f"reap-{pid}")
-        else:
-            self._loop.add_reader(self._pidfd, self._reap)
-
-    async def wait(self) -> int:
-        """The exit code once the process has exited; minus the signal's number when a signal ended it."""
-        return await asyncio.shield(self._exited)
-
-    def _reap(self) -> bool:
-        """Collect the exit status if the process has exited; True once it has."""
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:   # reaped by someone else: the status is lost
-            pid, status = self.pid, 255 << 8
-        if pid == 0:
-            return False
-        self.returncode = os.waitstatus_to_exitcode(status)
-        if self._pidfd >= 0:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-        if not self._exited.done():
-            self._exited.set_result(self.returncode)
-        return True
-
-    async def _poll(self) -> None:
-        while not self._reap():
-            await asyncio.sleep(_POLL_S)
-
-
-async def _stop(process: _Child, timeout_s: float) -> None:
+async def _stop(process: Child, timeout_s: float) -> None:
     """SIGTERM to the process group, then SIGKILL after `timeout_s`; returns once the process has exited."""
     if process.returncode is None:
         _signal_group(process.pid, signal.SIGTERM)
