@@ -197,6 +197,7 @@ class CgroupContainment:
                 return
             log.error("cgroup watcher exited; starting it again", extra={"exit_code": code})
             os.close(self._death_w)
+            self._death_w = -1          # a close() while this waits must not close it again
             await asyncio.sleep(_RESTART_PAUSE_S)  # a watcher that cannot live must not become a busy loop
             await self._start_watcher()
 
