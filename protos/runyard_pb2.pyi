@@ -449,10 +449,12 @@ class ListRunsRequest(_message.Message):
     def __init__(self, experiment: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., limit: _Optional[int] = ..., user: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "truncated")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[Run]
-    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class QueueRequest(_message.Message):
     __slots__ = ("compute",)

@@ -121,7 +121,11 @@ def runs(experiment: str, state: str, user: str, limit: int, output: str) -> Non
             wanted = vocabulary.run_state(state) if state else pb.RUN_STATE_UNSPECIFIED
         except ValueError as err:
             raise UsageError(str(err)) from None
-        found = client.list_runs(experiment=experiment, state=wanted, user=user, limit=limit)
+        reply = client.list_runs(experiment=experiment, state=wanted, user=user, limit=limit)
+    found = reply.runs
+    if reply.truncated:
+        render.err_console.print(f"showing the newest {len(found)} runs: the rest of the {limit} asked for did not fit "
+                                 "in one page; narrow with -e, --state or --user", markup=False)
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return

@@ -112,9 +112,9 @@ class Client:
 
     @_translated
     def list_runs(self, *, experiment: str = "", state: pb.RunState = pb.RUN_STATE_UNSPECIFIED, user: str = "",
-                  limit: int = 50) -> list[pb.Run]:
+                  limit: int = 50) -> pb.ListRunsResponse:
         request = pb.ListRunsRequest(experiment=experiment, state=state, user=user, limit=limit)
-        return list(self._stub.ListRuns(request, **self._kw()).runs)
+        return self._stub.ListRuns(request, **self._kw())
 
     @_translated
     def queue(self, compute: str = "") -> pb.QueueResponse:

@@ -52,6 +52,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SCHEDULES = {pb.NodeScheduleRequest.CORDON: ScheduleTrigger.CORDON, pb.NodeScheduleRequest.DRAIN: ScheduleTrigger.DRAIN,
               pb.NodeScheduleRequest.UNCORDON: ScheduleTrigger.UNCORDON}
 LOG_PAGE = 1000
+LIST_PAGE_BYTES = 4 * 1024 * 1024   # a page of runs stays far below any message limit, whatever each run holds
 # Caps on what one caller may store: one user's input never breaks another's reads (a ListRuns page included).
 MAX_ID_CHARS = 128
 ENV_MAX_BYTES = 64 * 1024
@@ -284,7 +285,15 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
             limit=min(request.limit or 50, 10_000),
         )
         names = await self._node_names()
-        return pb.ListRunsResponse(runs=[run_to_pb(r, node_name=names.get(r.node_id, "")) for r in runs])
+        response, size = pb.ListRunsResponse(), 0
+        for run in runs:
+            shown = run_to_pb(run, node_name=names.get(run.node_id, ""))
+            size += shown.ByteSize()
+            if size > LIST_PAGE_BYTES:
+                response.truncated = True
+                break
+            response.runs.append(shown)
+        return response
 
     async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.QueueResponse:
         workspace = caller().workspace

@@ -3,6 +3,9 @@ quote a caller's input only in part."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from protos import runyard_pb2 as pb
@@ -48,3 +51,20 @@ def test_an_unknown_id_is_not_echoed_whole(cluster: Cluster) -> None:
     with pytest.raises(NotFound) as short:
         cluster.client().get_run("nosuchrun")
     assert "'nosuchrun'" in str(short.value)
+
+
+def test_a_page_of_runs_at_every_cap_still_lists(cluster: Cluster, project: Path) -> None:
+    """Sixty runs each holding the most one run may (about 290 KiB): more than a message may carry, so the page
+    stops at its size limit and says so, instead of failing everyone's `runyard runs`."""
+    first = cluster.cli("submit", str(project), "-d", "-q", "-e", "big", "-c", "gpu-pool", "--", "true", check=True)
+    sha = cluster.run(first.stdout.strip())["snapshot_sha256"]
+    spec = pb.RunSpec(argv=["true", "a" * 100_000], compute="gpu-pool",
+                      environment={f"E{i}": "v" * 6000 for i in range(10)})
+    fat = {f"k{i}": "x" * 4000 for i in range(15)}
+    for _ in range(60):
+        cluster.client().submit(pb.SubmitRequest(experiment="big", snapshot_sha256=sha, spec=spec, tags=fat,
+                                                 properties=fat))
+    listed = cluster.cli("runs", "-e", "big", "--limit", "61", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert "did not fit in one page" in listed.stderr
+    assert 10 < len(json.loads(listed.stdout)) < 61
