@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.config import AgentConfig
 from runyard import pki
+from runyard.private import write_private
 from runyard.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class NodeIdentity:
         if found != expected:
             raise UsageError(f"the head at {config.head_address} presents CA {found}, not head_ca_fingerprint "
                              f"{expected}: refusing to enroll")
-        pki.write_private(self._ca_file, ca)
+        write_private(self._ca_file, ca)
         return ca
 
     def key_pem(self) -> bytes:
@@ -57,7 +58,7 @@ class NodeIdentity:
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         self._config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pki.write_private(self.key_file, pem)
+        write_private(self.key_file, pem)
         log.info("node key created", extra={"path": str(self.key_file)})
         return pem
 
@@ -70,7 +71,7 @@ class NodeIdentity:
         return self.cert_file.read_bytes() if self.cert_file.exists() else None
 
     def save_certificate(self, cert_pem: bytes) -> None:
-        pki.write_private(self.cert_file, cert_pem)
+        write_private(self.cert_file, cert_pem)
 
     def forget_certificate(self) -> None:
         """The head no longer accepts it (the node was removed): enroll again with a join token."""

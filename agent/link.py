@@ -25,7 +25,6 @@ Must not: run anything or touch the disk beyond the node's identity (`identity.p
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runyard.errors import ConfigError
+from runyard.private import write_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +94,6 @@ def load_client_config() -> ClientConfig:
     return ClientConfig(address, token, ca_pem)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -114,7 +106,7 @@ def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
         lines.append("insecure = true")
     else:
         ca_file = path.with_name(path.stem + "-ca.pem")
-        _write_private(ca_file, config.ca_pem)
+        write_private(ca_file, config.ca_pem)
         lines += [f"ca_file = {_quoted(str(ca_file))}", f"ca_fingerprint = {_quoted(fingerprint(config.ca_pem))}"]
-    _write_private(path, ("\n".join(lines) + "\n").encode())
+    write_private(path, ("\n".join(lines) + "\n").encode())
     return path

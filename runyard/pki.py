@@ -18,11 +18,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -209,16 +207,6 @@ def local_names(listen_host: str) -> list[str]:
     except Exception:  # an interface list is a convenience; the names above always work locally
         pass
     return list(dict.fromkeys(n.strip("[]") for n in names if n))
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def fetch_ca(address: str, timeout_s: float = 10.0) -> bytes:

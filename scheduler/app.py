@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -23,7 +22,9 @@ import uvloop
 
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import logsetup, pki
+from runyard.config import is_loopback
 from runyard.datadir import DataDirLock
+from runyard.private import write_private
 from runyard.errors import RunyardError, UsageError
 from scheduler.agent_api import NodeAgentService
 from scheduler.artifacts import ArtifactStore
@@ -51,15 +52,6 @@ from scheduler.tls import load_or_create
 from scheduler.model import Role, TokenRecord
 
 log = logging.getLogger("scheduler")
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only, atomically."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 async def ensure_admin_token(store: Store, path: Path) -> None:
@@ -143,20 +135,10 @@ def head_names(config: HeadConfig) -> list[str]:
     return list(dict.fromkeys(names + [n.strip() for n in config.tls_names.split(",") if n.strip()]))
 
 
-def _loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> str:
     """Bind `address` (TLS with `credentials`; plaintext only on loopback); returns it with the bound port."""
     host, _, port = address.rpartition(":")
-    if credentials is None and not _loopback(host):
+    if credentials is None and not is_loopback(address):
         raise UsageError(f"refusing to listen on {address} without TLS: insecure_plaintext is for loopback "
                          "addresses only (127.0.0.1, ::1, localhost)")
     try:

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from runyard.private import write_private
 from scheduler.autoscale import ClusterPolicy
 from scheduler.processes import Child, spawn
 
@@ -173,9 +174,7 @@ class LocalProvider:
         try:
             agent_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if join_token:
-                fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(join_token + "\n")
+                write_private(token_file, join_token + "\n")
             self._log_dir.mkdir(parents=True, exist_ok=True)
             config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()) + self._extra)
             command = list(self._command(config))

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from runyard import pki
+from runyard.private import write_private
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ def load_or_create(tls_dir: Path, names: list[str], cluster_id: str) -> HeadTLS:
         ca = pki.KeyPair(ca_key.read_bytes(), ca_crt.read_bytes())
     else:
         ca = pki.create_ca(cluster_id)
-        pki.write_private(ca_key, ca.key_pem)
-        pki.write_private(ca_crt, ca.cert_pem)
+        write_private(ca_key, ca.key_pem)
+        write_private(ca_crt, ca.cert_pem)
         log.info("cluster CA created", extra={"path": str(ca_crt), "fingerprint": pki.fingerprint(ca.cert_pem)})
     head_key, head_crt = tls_dir / "head.key", tls_dir / "head.crt"
     if head_key.exists() and head_crt.exists() and not pki.server_needs_renewal(head_crt.read_bytes(), names):
         server = pki.KeyPair(head_key.read_bytes(), head_crt.read_bytes())
     else:
         server = pki.issue_server(ca, names)
-        pki.write_private(head_key, server.key_pem)
-        pki.write_private(head_crt, server.cert_pem)
+        write_private(head_key, server.key_pem)
+        write_private(head_crt, server.cert_pem)
         log.info("head certificate issued", extra={"names": ",".join(names)})
     return HeadTLS(ca, server, ca_crt)

@@ -10,13 +10,12 @@ Must not: write runs, decide anything (that is `core.nodes` and the reactor), or
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 from typing import Any
 
 from scheduler.errors import NotFound, shown
 from scheduler.group_commit import Effects
-from scheduler.core.nodes import NodeState, NodeTrigger, Schedule, ScheduleTrigger, next_node_state, next_schedule
+from scheduler.core.nodes import Schedule, ScheduleTrigger, next_schedule
 from scheduler.model import ClusterEvent, Capacity, NodeRecord, RunEventRecord
 from scheduler.store.base import _NODE_COLUMNS, StoreBase, _node
 
