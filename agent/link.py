@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -115,8 +116,11 @@ class HeadLink:
             raise
         self._token = reply.node_token
         tmp = self._credential_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"node_id": reply.node_id, "node_token": reply.node_token}))
-        tmp.chmod(0o600)
+        tmp.unlink(missing_ok=True)
+        # Private from its first byte: the data dir may be open to runs passing through to their directories.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"node_id": reply.node_id, "node_token": reply.node_token}))
         tmp.replace(self._credential_file)
         log.info("joined the cluster", extra={"node_id": reply.node_id, "head": self._config.head_address})
 
