@@ -46,6 +46,7 @@ class AgentConfig:
     run_uid_range: str = "200000-265535"
     allow_root_runs: bool = False           # with run_uid_range = "": runs execute as root, not isolated at all
     run_root: str = ""                      # default: <data_dir>/runs, or a private dir in /tmp (`rundirs.py`)
+    run_environment: dict = field(default_factory=dict)  # variables every run gets (HF_HOME, NCCL_*, ...)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
