@@ -45,7 +45,8 @@ class AgentConfig:
     # /etc/passwd entry is needed. "" with allow_root_runs = false: the agent refuses to run anything as root.
     run_uid_range: str = "200000-265535"
     allow_root_runs: bool = False           # with run_uid_range = "": runs execute as root, not isolated at all
-    run_root: str = ""                      # default: <data_dir>/runs, or a private dir in /tmp (`rundirs.py`)
+    run_root: str = ""                      # default: <data_dir>/runs, or a private dir in /tmp (`rundirs.py`);
+                                            # one agent per run_root: at start it removes what it finds there
     run_environment: dict = field(default_factory=dict)  # variables every run gets (HF_HOME, NCCL_*, ...)
     log_level: str = "INFO"
 

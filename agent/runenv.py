@@ -72,8 +72,9 @@ def python_dir(configured: str, user: RunUser, shim_dir: Path) -> str:
         link = shim_dir / name
         link.unlink(missing_ok=True)
         link.symlink_to(interpreter)
-    log.info("runs get python from a link", extra={"python_bin_dir": str(wanted), "python": str(interpreter),
-                                                   "link_dir": str(shim_dir), "why": "out of the runs' reach"})
+    (log.warning if configured else log.info)(
+        "runs get python from a link", extra={"python_bin_dir": str(wanted), "python": str(interpreter),
+                                              "link_dir": str(shim_dir), "why": "python_bin_dir is out of their reach"})
     return str(shim_dir)
 
 
