@@ -1,10 +1,11 @@
 """`runyard-agent`: the node agent. Picks the implementations, wires the parts, runs them in one TaskGroup.
 
-Start-up: load config, kill attempts a previous agent process left behind, set up run containment (cgroups or
-tethers), read capacity, then keep a link to the head and supervise what it assigns. SIGTERM/SIGINT stop every run
-(SIGTERM, grace, SIGKILL), report them, and exit. The clock of every timer is chosen here (`serve(clock=...)`).
-A refused join token, a node name held by another live agent, or a config error ends the agent with one line on
-stderr and exit status 2.
+Start-up: load config, decide who runs execute as (`runusers.py`) and where their directories go
+(`rundirs.py`), kill attempts a previous agent process left behind and remove their directories, set up run
+containment (cgroups or tethers), read capacity, then keep a link to the head and supervise what it assigns.
+SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, and exit. The clock of every timer is
+chosen here (`serve(clock=...)`). A refused join token, a node name held by another live agent, a config error or
+an unsafe run directory ends the agent with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from agent.cutoff import watch_cut_off
 from agent.errors import AgentError, ContainmentUnavailable
 from agent.link import HeadLink
 from agent.outbox import Outbox
+from agent.rundirs import RunRoot, close_run_root, open_run_root, remove_leftovers
+from agent.runusers import RunUsers
 from agent.supervisor import Supervisor
 from runyard import logsetup
 from runyard.errors import RunyardError
@@ -55,19 +58,39 @@ async def open_containment(mode: Mode, *, data_dir: Path) -> Containment:
 
 async def serve(config: AgentConfig, *, clock: Clock | None = None) -> None:
     clock = clock or MonotonicClock()
-    config.data_path.mkdir(parents=True, exist_ok=True)
-    killed = kill_leftover_groups(config.data_path / "runs")
+    users = RunUsers.open(config.uid_range, allow_root_runs=config.allow_root_runs)
+    root = open_run_root(config.data_path, config.run_root, users.sample())
+    _warn_if_open(config.join_token_file, users)
+    killed = kill_leftover_groups(root.attempts)
     containment = await open_containment(config.containment, data_dir=config.data_path)
     killed += len(containment.leftovers)
     if killed:
         log.warning("killed runs left by a previous agent process", extra={"count": killed})
+    removed = await asyncio.to_thread(remove_leftovers, root)
+    if removed:
+        log.info("removed run directories left by a previous agent process", extra={"count": removed})
     try:
-        await _serve(config, clock, containment)
+        await _serve(config, clock, containment, users, root)
     finally:
         await containment.close()
+        await asyncio.to_thread(close_run_root, root)
 
 
-async def _serve(config: AgentConfig, clock: Clock, containment: Containment) -> None:
+def _warn_if_open(join_token_file: str, users: RunUsers) -> None:
+    """Runs cannot be kept from a join token file that every user may read: say so once."""
+    if not join_token_file or not users.isolated:
+        return
+    try:
+        mode = Path(join_token_file).stat().st_mode
+    except OSError:
+        return
+    if mode & 0o004:
+        log.warning("join token file is readable by every user, runs included; chmod 600 it",
+                    extra={"path": join_token_file})
+
+
+async def _serve(config: AgentConfig, clock: Clock, containment: Containment, users: RunUsers,
+                 root: RunRoot) -> None:
     capacity = await asyncio.to_thread(
         read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes
     )
@@ -80,7 +103,7 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment) ->
     try:
         async with asyncio.TaskGroup() as tasks:
             supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
-                                    clock=clock, containment=containment)
+                                    clock=clock, containment=containment, users=users, root=root)
             link = head = HeadLink(config=config, outbox=outbox, capacity=capacity, clock=clock,
                                    live_attempts=supervisor.live, on_assign=supervisor.start, on_stop=supervisor.stop)
             log.info("agent starting", extra={"node": config.name, "head": config.head_address, "cpus": capacity.cpus,

@@ -7,7 +7,8 @@ cgroup2 mount is /sys/fs/cgroup/unified, on a pure v2 host /sys/fs/cgroup):
 
 A run is started as `sh -c 'echo 0 > "$0" && exec "$@"' <its cgroup.procs> ARGV...`: the shell moves itself into
 the run's cgroup, then becomes the command, so the pid and the exit status are the command's and nothing of the
-run ever runs outside its cgroup. If the shell cannot join, the command is not started.
+run ever runs outside its cgroup. If the shell cannot join, the command is not started. For a run with a uid of
+its own ARGV begins with setpriv: the shell joins as the agent's user, and only the command drops to the run's.
 
 At start the agent kills what an earlier agent process with the same data dir left in its own `agent-<pid>`
 cgroup, then starts `cgroup_watch.py` for its own, which kills every run cgroup of this agent once the agent is

@@ -10,6 +10,8 @@ from agent.containment import Mode
 from runyard.configfile import load_config
 from runyard.errors import UsageError
 
+MAX_UID = 2**32 - 2     # (uid_t) -1 means "unchanged" to the kernel
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -42,11 +44,24 @@ class AgentConfig:
     outputs_max_bytes: int = 2 * 1024**3
     python_bin_dir: str = ""                # prepended to a run's PATH; default: this agent's interpreter's dir
     run_containment: str = "auto"           # auto | cgroup | tether: how a run's process tree is kept together
+    # Who runs execute as, and where their directories live (`runusers.py`, `rundirs.py`). An agent running as
+    # root gives each live attempt a uid (and the same gid) of its own from run_uid_range, "LO-HI" inclusive; no
+    # /etc/passwd entry is needed. "" with allow_root_runs = false: the agent refuses to run anything as root.
+    run_uid_range: str = "200000-265535"
+    allow_root_runs: bool = False           # with run_uid_range = "": runs execute as root, not isolated at all
+    run_root: str = ""                      # default: <data_dir>/runs, or a private dir in /tmp (`rundirs.py`);
+                                            # one agent per run_root: at start it removes what it finds there
+    run_environment: dict = field(default_factory=dict)  # variables every run gets (HF_HOME, NCCL_*, ...)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if self.run_containment not in set(Mode):
             raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
+        parse_uid_range(self.run_uid_range)
+
+    @property
+    def uid_range(self) -> tuple[int, int] | None:
+        return parse_uid_range(self.run_uid_range)
 
     @property
     def containment(self) -> Mode:
@@ -71,6 +86,20 @@ class AgentConfig:
         if self.join_token_file:
             return Path(self.join_token_file).read_text().strip()
         return ""
+
+
+def parse_uid_range(text: str) -> tuple[int, int] | None:
+    """`run_uid_range` as (LO, HI), inclusive; None when it is empty. UsageError when it is malformed."""
+    text = text.strip()
+    if not text:
+        return None
+    low, dash, high = text.partition("-")
+    if not (dash and low.strip().isdigit() and high.strip().isdigit()):
+        raise UsageError(f'config: run_uid_range must look like "200000-265535" (LO-HI, inclusive), not {text!r}')
+    lo, hi = int(low), int(high)
+    if not 0 < lo <= hi <= MAX_UID:
+        raise UsageError(f"config: run_uid_range {text!r} must have 0 < LO <= HI <= {MAX_UID}")
+    return lo, hi
 
 
 def load_agent_config(path: Path | None, **overrides: object) -> AgentConfig:

@@ -11,7 +11,10 @@ Two implementations of one seam, chosen by `run_containment` in the agent config
 - `auto`: cgroup where the agent can create a cgroup and move a process into it, else tether.
 
 Either way a run starts in its own session with stdin from /dev/null and stdout/stderr as pipes; `wait()`
-returns the command's exit status, 128 + N when a signal N killed it.
+returns the command's exit status, 128 + N when a signal N killed it. The wrapper (the shell, the tether) runs
+as the agent's user; a run that executes as a uid of its own has `argv` start with setpriv
+(`runusers.RunUser.command`), so the wrapper joins the cgroup or becomes the subreaper first and drops the
+privileges last, and the pid stays the command's.
 Must not: decide when to stop a run (the run model does), or read the run's output (the supervisor does).
 """
 
@@ -132,11 +135,16 @@ def exit_status(returncode: int) -> int:
 
 
 def record_group(path: Path, pgid: int) -> None:
-    """Write down a run's process group (and when its leader started) for `kill_leftover_groups`."""
-    path.write_text(f"{pgid} {_start_time(pgid)}")
+    """Write down a run's process group (and when its leader started) for `kill_leftover_groups`.
+
+    `path` must be where only the agent writes (`rundirs.AttemptDirs.pgid`): a later agent kills what it names.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pgid} {_start_time(pgid)}")
 
 
-def kill_leftover_groups(runs_dir: Path) -> int:
+def kill_leftover_groups(attempts_dir: Path) -> int:
     """Kill the process groups a previous agent process recorded and that still exist; returns how many.
 
     The head requeues those attempts (this agent cannot re-attach to their pipes), so they must not live on. A
@@ -144,7 +152,7 @@ def kill_leftover_groups(runs_dir: Path) -> int:
     newcomer that got the same number; a number stays taken while any member of its group lives.
     """
     found = 0
-    for record in runs_dir.glob("*/*/pgid"):
+    for record in attempts_dir.glob("*/pgid"):
         with contextlib.suppress(ValueError, OSError):
             pgid_text, _, started = record.read_text().partition(" ")
             pgid = int(pgid_text)

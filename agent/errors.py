@@ -4,10 +4,12 @@
     ├── JoinRefused                 the head refused the join token, or there is none: retrying cannot help
     ├── NodeNameTaken               another live agent holds this node name (ALREADY_EXISTS from the head)
     ├── ContainmentUnavailable      the configured `run_containment` cannot work on this machine
+    ├── UnsafeDirectory             a directory the agent must keep its own is a link, someone else's, open
     ├── CannotStart                 a run's command could not be started (not found, not executable)
+    ├── NoRunUser                   no user to run an attempt as (range exhausted, root refused, no setpriv)
     └── InvalidTransition           the run model got an event its current state does not accept (a bug)
 
-The first three end the agent with exit status 2 and one line on stderr (`app.main`); the rest stay inside one
+The first four end the agent with exit status 2 and one line on stderr (`app.main`); the rest stay inside one
 attempt and become its report.
 """
 
@@ -32,6 +34,15 @@ class NodeNameTaken(AgentError):
 
 class ContainmentUnavailable(AgentError):
     """The configured way of containing a run's process tree is not available on this machine."""
+
+
+class UnsafeDirectory(AgentError):
+    """A directory the agent must keep its own (the run root, the uid claims) is not safe to use; the message
+    names it and says why."""
+
+
+class NoRunUser(AgentError):
+    """There is no user to run this attempt as; the message says what to change in the agent's config."""
 
 
 class CannotStart(AgentError):

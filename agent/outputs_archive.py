@@ -1,5 +1,11 @@
 """Zipping a run's ./outputs for upload: regular files only, links never followed, no recursion.
 
+The agent is root and the run owns the directory, so the run decides what is in it, right up to the moment it
+is read: a link to the node credential, a directory swapped for a link between the listing and the reading, a
+FIFO where a file was, a hard link to someone else's file. So every step goes through a directory descriptor:
+each directory is opened relative to its parent with `O_NOFOLLOW`, each file relative to its directory with
+`O_NOFOLLOW | O_NONBLOCK` and is taken only if `fstat` says it is a regular file (and, when `owner` is given, one
+that uid owns: a file a run can read anyway). At most the size seen at the listing is read from a file.
 The walk is an explicit stack, so no directory depth can exhaust Python's stack; entries deeper than
 `MAX_DEPTH` directories are left out and counted (their paths would pass PATH_MAX long before anything useful).
 Blocking: call it through `asyncio.to_thread`. Must not: follow a symbolic link, or read outside `directory`.
@@ -7,12 +13,14 @@ Blocking: call it through `asyncio.to_thread`. Must not: follow a symbolic link,
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import shutil
 import stat
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +29,9 @@ from agent.digest import file_sha256
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,46 +42,122 @@ class Zipped:
     over_limit: bool   # the files add up to more than the limit; nothing is uploaded
 
 
-def zip_outputs(directory: Path, archive: Path, *, max_bytes: int) -> Zipped:
-    """Zip the regular files below `directory` into `archive`; nothing to upload when there are none."""
-    files, too_deep = _regular_files(directory)
-    if sum(size for _, size in files) > max_bytes:
-        log.warning("outputs over the size limit; not uploaded", extra={"dir": str(directory), "max_bytes": max_bytes})
-        return Zipped("", len(files), too_deep, True)
-    if not files:
+def zip_outputs(directory: Path, archive: Path, *, max_bytes: int, owner: int | None = None) -> Zipped:
+    """Zip the regular files below `directory` into `archive` (created 0600); nothing to upload when there are none.
+
+    `directory` itself may be a link or missing (nothing to zip); its parent must be the agent's. With `owner`,
+    only files owned by that uid are taken.
+    """
+    with _open_top(directory) as top:
+        if top is None:
+            return Zipped("", 0, 0, False)
+        files, too_deep = _regular_files(top)
+        if sum(size for _, size in files) > max_bytes:
+            log.warning("outputs over the size limit; not uploaded",
+                        extra={"dir": str(directory), "max_bytes": max_bytes})
+            return Zipped("", len(files), too_deep, True)
+        if not files:
+            return Zipped("", 0, too_deep, False)
+        fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        taken = 0
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+            for rel, size in files:
+                taken += _add_file(zf, top, rel, size, owner)
+    if not taken:
+        archive.unlink(missing_ok=True)
         return Zipped("", 0, too_deep, False)
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for rel, _ in files:
-            fd = os.open(directory / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as src:
-                st = os.fstat(src.fileno())
-                info = zipfile.ZipInfo(rel, date_time=time.localtime(max(st.st_mtime, 315532800))[:6])
-                info.external_attr = (stat.S_IFREG | stat.S_IMODE(st.st_mode)) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with zf.open(info, "w") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-    return Zipped(file_sha256(archive), len(files), too_deep, False)
+    return Zipped(file_sha256(archive), taken, too_deep, False)
 
 
-def _regular_files(directory: Path) -> tuple[list[tuple[str, int]], int]:
-    """(relative path, size) of every regular file below `directory`, in path order; and how many were too deep."""
-    if not directory.is_dir() or directory.is_symlink():
-        return [], 0
+@contextmanager
+def _open_top(directory: Path) -> Iterator[int | None]:
+    parent = os.open(directory.parent, _DIR_FLAGS)
+    try:
+        try:
+            fd: int | None = os.open(directory.name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            fd = None
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            log.warning("outputs is not a directory (a link?); nothing is uploaded", extra={"dir": str(directory)})
+            fd = None
+    finally:
+        os.close(parent)
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_below(top: int, rel_dir: str) -> int:
+    """A descriptor of `rel_dir` below `top`, every step refusing a link (OSError when one is found)."""
+    fd = os.dup(top)
+    try:
+        for part in rel_dir.split("/") if rel_dir else ():
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _regular_files(top: int) -> tuple[list[tuple[str, int]], int]:
+    """(relative path, size) of every regular file below `top`, in path order; and how many were too deep."""
     found: list[tuple[str, int]] = []
     too_deep = 0
     stack: list[tuple[str, int]] = [("", 0)]  # (relative dir, depth)
     while stack:
         rel_dir, depth = stack.pop()
-        with os.scandir(directory / rel_dir if rel_dir else directory) as entries:
-            listed = sorted(entries, key=lambda e: e.name, reverse=True)
-        for entry in listed:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_dir(follow_symlinks=False):
+        try:
+            fd = _open_below(top, rel_dir)
+        except OSError as err:  # swapped for a link or removed since it was listed: left out
+            log.warning("outputs directory changed while listed; left out", extra={"path": rel_dir, "error": str(err)})
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                listed = sorted(((e.name, e.stat(follow_symlinks=False)) for e in entries), reverse=True)
+        finally:
+            os.close(fd)
+        for name, st in listed:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if stat.S_ISDIR(st.st_mode):
                 if depth + 1 > MAX_DEPTH:
                     too_deep += 1
                 else:
                     stack.append((rel, depth + 1))
-            elif entry.is_file(follow_symlinks=False):
-                found.append((rel, entry.stat(follow_symlinks=False).st_size))
+            elif stat.S_ISREG(st.st_mode):
+                found.append((rel, st.st_size))
     found.sort()
     return found, too_deep
+
+
+def _add_file(zf: zipfile.ZipFile, top: int, rel: str, size: int, owner: int | None) -> int:
+    """Add one listed file if it is still a regular file (of `owner`); 1 if it was added, else 0."""
+    rel_dir, _, name = rel.rpartition("/")
+    try:
+        parent = _open_below(top, rel_dir)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+        finally:
+            os.close(parent)
+    except OSError as err:
+        log.warning("outputs file changed while zipped; left out", extra={"path": rel, "error": str(err)})
+        return 0
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode) or (owner is not None and st.st_uid != owner):
+            log.warning("outputs entry is not the run's own regular file; left out", extra={"path": rel})
+            return 0
+        info = zipfile.ZipInfo(rel, date_time=time.localtime(max(st.st_mtime, 315532800))[:6])
+        info.external_attr = (stat.S_IFREG | stat.S_IMODE(st.st_mode)) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zf.open(info, "w") as dst:
+            left = size
+            while left > 0 and (chunk := src.read(min(_CHUNK_BYTES, left))):
+                dst.write(chunk)
+                left -= len(chunk)
+    return 1

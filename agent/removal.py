@@ -5,6 +5,8 @@ limit, and paths longer than PATH_MAX), symbolic links to the agent's own files,
 permissions. `remove_tree` walks down one directory at a time through directory file descriptors opened with
 `O_NOFOLLOW` (a link is removed, never followed), keeps only one descriptor open whatever the depth, and climbs
 back with `..`, checking that it arrived where it came from (device and inode) before removing anything there.
+A directory swapped for a link between the scan and the descent is unlinked, not entered. Only `path`'s parent
+is opened by name, following links: it must be the agent's own directory, out of the run's reach.
 Blocking: call it through `asyncio.to_thread` from the event loop. Must not: recurse, follow a symbolic link, or
 hold a descriptor per level.
 """
@@ -66,6 +68,11 @@ def _remove_dir(top_parent_fd: int, top_name: str) -> None:
                 try:
                     child = _open_dir(name, fd)
                 except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    _unlink(name, fd)  # swapped for a link or a file since the scan: removed, not followed
                     continue
                 os.close(fd)
                 fd = child

@@ -1,40 +1,95 @@
-"""What a run's process sees: its environment, the in-run SDK on its PYTHONPATH, and its resolved command.
+"""What a run's process sees: its environment, the in-run SDK on its PYTHONPATH, its `python`, its command.
 
-Must not: start processes (`containment` does), or pass any of the agent's own `RUNYARD_*` variables (the join
-token, the node credential) to a run.
+The environment is built from an allowlist, never inherited: a fixed PATH (with a python the run's user can
+execute in front), LANG, LC_ALL and TZ when the agent has them, HOME, TMPDIR, USER and LOGNAME of the run's own,
+the agent's `run_environment`, the job's `environment_variables`, the assignment's extra variables, then the
+run's `RUNYARD_*` variables, which nothing overrides.
+Must not: pass anything else of the agent's environment to a run (its `RUNYARD_*` secrets above all), or
+start processes (`containment` does).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from agent.errors import CannotStart
+from agent.reach import may_execute
+from agent.rundirs import AttemptDirs
+from agent.runusers import RunUser
 from protos import runyard_pb2 as pb
 
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PASSED_ON = ("LANG", "LC_ALL", "TZ")
 _SDK_FILES = ("__init__.py", "sdk.py", "ids.py")
+_PYTHON_NAMES = ("python", "python3")
+_NOTHING: Mapping[str, str] = MappingProxyType({})
 
 
 def install_sdk(dest: Path) -> Path:
-    """Copy the stdlib-only SDK (`from runyard import Run`) to `dest/runyard`; returns the dir for PYTHONPATH."""
+    """Copy the stdlib-only SDK (`from runyard import Run`) to `dest/runyard`, readable by every run, writable by
+    none but the agent; returns the dir for PYTHONPATH."""
     import runyard
 
     source = Path(runyard.__file__).parent
     package = dest / "runyard"
     package.mkdir(parents=True, exist_ok=True)
+    for directory in (dest, package):
+        os.chmod(directory, 0o755)
     for name in _SDK_FILES:
         shutil.copyfile(source / name, package / name)
+        os.chmod(package / name, 0o644)
     return dest
 
 
-def run_environment(asg: pb.Assignment, *, code_dir: Path, sdk_dir: Path, python_bin: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+def python_dir(configured: str, user: RunUser, shim_dir: Path) -> str:
+    """The directory to put first on runs' PATH, so that `python` is an interpreter `user` can execute.
+
+    `configured` (`python_bin_dir`; default: this agent's interpreter's dir) when its python is within the
+    user's reach; else `shim_dir`, made to hold `python` and `python3` links to the first interpreter within
+    reach (this agent's own, resolved, or python3 on the default PATH); '' when there is none.
+    """
+    wanted = Path(configured or Path(sys.executable).parent)
+    if any(may_execute(wanted / name, user) for name in _PYTHON_NAMES):
+        return str(wanted)
+    found = [Path(os.path.realpath(sys.executable)),
+             *(Path(p) for p in (shutil.which(name, path=DEFAULT_PATH) for name in _PYTHON_NAMES) if p)]
+    interpreter = next((path for path in found if may_execute(path, user)), None)
+    if interpreter is None:
+        log.warning("no python that runs can execute; `python` in a run is whatever its PATH finds",
+                    extra={"python_bin_dir": str(wanted), "user": user.name})
+        return ""
+    shim_dir.mkdir(exist_ok=True)
+    os.chmod(shim_dir, 0o755)
+    for name in _PYTHON_NAMES:
+        link = shim_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(interpreter)
+    (log.warning if configured else log.info)(
+        "runs get python from a link", extra={"python_bin_dir": str(wanted), "python": str(interpreter),
+                                              "link_dir": str(shim_dir), "why": "python_bin_dir is out of their reach"})
+    return str(shim_dir)
+
+
+def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk_dir: Path, python_bin: str,
+                    extra: Mapping[str, str] = _NOTHING, agent_env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The whole environment of one run; nothing of `agent_env` but the `PASSED_ON` variables."""
+    env = {name: agent_env[name] for name in PASSED_ON if name in agent_env}
+    env.update(HOME=str(dirs.home), TMPDIR=str(dirs.tmp), USER=user.name, LOGNAME=user.name)
+    env.update(extra)
     env.update(asg.spec.environment)
     env.update(asg.extra_env)
+    path = env.get("PATH") or DEFAULT_PATH
     pythonpath = [str(sdk_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(
-        PATH=f"{python_bin}{os.pathsep}{env.get('PATH', os.defpath)}",
+        PATH=f"{python_bin}{os.pathsep}{path}" if python_bin else path,
         PYTHONPATH=os.pathsep.join(pythonpath),
         PYTHONUNBUFFERED="1",
         RUNYARD_RUN_ID=asg.run_id,
@@ -42,18 +97,18 @@ def run_environment(asg: pb.Assignment, *, code_dir: Path, sdk_dir: Path, python
         RUNYARD_EXPERIMENT=asg.experiment,
         RUNYARD_WORKSPACE=asg.workspace,
         RUNYARD_ATTEMPT=str(asg.attempt),
-        RUNYARD_OUTPUTS_DIR=str(code_dir / "outputs"),
-        RUNYARD_RECORDS_FILE=str(code_dir.parent / "records.jsonl"),
+        RUNYARD_OUTPUTS_DIR=str(dirs.outputs),
+        RUNYARD_RECORDS_FILE=str(dirs.records),
         CUDA_VISIBLE_DEVICES=",".join(str(i) for i in asg.gpu_indices),
     )
     return env
 
 
-def check_command(argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-    """Raise CannotStart unless `argv[0]` names an executable file, found the way exec would find it.
+def check_command(argv: list[str], *, cwd: Path, env: dict[str, str], user: RunUser) -> None:
+    """Raise CannotStart unless `argv[0]` names a file `user` can execute, found the way exec would find it.
 
-    The command is started through a small wrapper (a shell that joins the run's cgroup, or the tether), so a
-    missing command would otherwise show as the wrapper's own error message and exit status.
+    The command is started through a small wrapper (a shell that joins the run's cgroup, or the tether, then
+    setpriv), so a missing command would otherwise show as the wrapper's own error message and exit status.
     """
     if not argv:
         raise CannotStart("cannot start the run: its command is empty")
@@ -62,11 +117,11 @@ def check_command(argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
         path = Path(name) if os.path.isabs(name) else cwd / name
         if not path.is_file():
             raise CannotStart(f"cannot start {name!r}: No such file or directory")
-        if not os.access(path, os.X_OK):
+        if not may_execute(path, user):
             raise CannotStart(f"cannot start {name!r}: Permission denied")
         return
     # Relative PATH entries (and empty ones, meaning ".") are relative to the run's directory, as for exec.
-    search = os.pathsep.join(entry if os.path.isabs(entry) else str(cwd / (entry or "."))
-                             for entry in env.get("PATH", os.defpath).split(os.pathsep))
-    if shutil.which(name, path=search) is None:
-        raise CannotStart(f"cannot start {name!r}: No such file or directory")
+    for entry in env.get("PATH", DEFAULT_PATH).split(os.pathsep):
+        if may_execute((Path(entry) if os.path.isabs(entry) else cwd / (entry or ".")) / name, user):
+            return
+    raise CannotStart(f"cannot start {name!r}: No such file or directory")

@@ -5,7 +5,8 @@ sha256 has its own lock: the first attempt that needs an uncached snapshot fetch
 then find it cached. A fetch writes to a temporary name of its own and is moved into place only once its
 sha256 is right, so a cut-off download never looks cached. A cached zip that no longer matches its sha256 (a
 bad disk, a truncated copy) is fetched again. A fetch interrupted by its attempt's stop releases the lock; the
-next waiter fetches with its own credentials.
+next waiter fetches with its own credentials. The cache is the agent's alone (directory 0700, files 0600): no
+run can read a snapshot it was not given, nor change one between its check and its extraction.
 Must not: talk gRPC (the `HeadFiles` seam does), or extract anything (the supervisor does, safely).
 """
 
@@ -22,6 +23,9 @@ from typing import Protocol
 from agent.digest import file_sha256
 
 log = logging.getLogger(__name__)
+
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
 
 
 class HeadFiles(Protocol):
@@ -46,6 +50,8 @@ class SnapshotCache:
     def __init__(self, directory: Path, files: HeadFiles) -> None:
         self._dir = directory
         self._files = files
+        directory.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+        os.chmod(directory, _PRIVATE_DIR)  # also a cache an older agent left open to others
         self._slots: dict[str, _Slot] = {}  # sha256 -> its lock, while some attempt needs it
 
     async def archive(self, sha256: str, run_id: str, attempt: int) -> Path:
@@ -73,13 +79,17 @@ class SnapshotCache:
         return False
 
     async def _fetch(self, path: Path, sha256: str, run_id: str, attempt: int) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+        os.chmod(self._dir, _PRIVATE_DIR)
         part = self._dir / f"{sha256}.{uuid.uuid4().hex}.part"
+        # Created here, private, so that the download (which truncates it) never makes a file others may read.
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _PRIVATE_FILE))
         try:
             await self._files.fetch_snapshot(run_id, attempt, part)
             digest = await asyncio.to_thread(file_sha256, part)
             if digest != sha256:
                 raise SnapshotMismatch(f"the snapshot the head sent has sha256 {digest[:12]}, not {sha256[:12]}")
+            os.chmod(part, _PRIVATE_FILE)
             os.replace(part, path)
             log.info("snapshot fetched", extra={"sha256": sha256, "run_id": run_id, "attempt": attempt,
                                                 "size_bytes": path.stat().st_size})

@@ -9,6 +9,10 @@ Stops from the head or the cut-off watch are queued events too, so the model see
 Every failure inside one attempt (a job, an action, the model itself, the cleanup) is caught here: the attempt
 is reported EXITED with reason agent_error and the cause in `detail`, and the agent and its other runs go on.
 Everything the head must learn goes through the outbox, so it survives the head being away.
+
+Each attempt runs as its own `RunUser` (`runusers.py`), taken before its snapshot is fetched (an attempt that
+has none fails at once, saying what to change) and given back only once its directory is gone. Its directory
+(`rundirs.py`) is handed over to that user just before the command starts.
 Must not: talk gRPC itself (the `HeadFiles` seam does), decide what the model decides, or remove a directory
 tree other than with `removal.remove_tree`.
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -27,13 +30,15 @@ from typing import Any
 from runyard.clock import Clock
 from agent.config import AgentConfig
 from agent.containment import Containment, RunProcess, record_group
-from agent.errors import CannotStart
+from agent.errors import CannotStart, NoRunUser
 from agent.outbox import Outbox
 from agent.output import read_records
 from agent.outputs_archive import MAX_DEPTH, zip_outputs
 from agent.records import RecordTail
 from agent.removal import remove_tree
-from agent.runenv import check_command, install_sdk, run_environment
+from agent.rundirs import AttemptDirs, RunRoot, hand_over, make_attempt_dir
+from agent.runenv import check_command, install_sdk, python_dir, run_environment
+from agent.runusers import RunUser, RunUsers
 from agent.runmodel import (
     AbortFetch, AbortUpload, Accept, Action, ArmGrace, ArmTimeLimit, DrainOutput, Event, Extracted, ExtractSnapshot,
     Failed, Fetched, FetchSnapshot, GraceOver, KillTree, OutputDrained, Phase, ProcessExited, Reason, Report,
@@ -69,7 +74,7 @@ class _Output:
 class _Attempt:
     assignment: pb.Assignment
     model: RunModel
-    workdir: Path
+    dirs: AttemptDirs
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     group: asyncio.TaskGroup | None = None
@@ -77,6 +82,7 @@ class _Attempt:
     archive: Path | None = None
     process: RunProcess | None = None
     output: _Output | None = None
+    user: RunUser | None = None
     stop_logged: bool = False
 
     @property
@@ -85,7 +91,7 @@ class _Attempt:
 
     @property
     def code_dir(self) -> Path:
-        return self.workdir / "code"
+        return self.dirs.code
 
     @property
     def fields(self) -> dict[str, object]:
@@ -99,7 +105,7 @@ def _describe(err: BaseException) -> str:
 
 class Supervisor:
     def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup,
-                 clock: Clock, containment: Containment) -> None:
+                 clock: Clock, containment: Containment, users: RunUsers, root: RunRoot) -> None:
         self._config = config
         self._outbox = outbox
         self._files = files
@@ -107,10 +113,11 @@ class Supervisor:
         self._clock = clock
         self._containment = containment
         self._attempts: dict[tuple[str, int], _Attempt] = {}
-        self._runs_dir = config.data_path / "runs"
+        self._users = users
+        self._root = root
         self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
-        self._sdk_dir = install_sdk(config.data_path / "sdk")
-        self._python_bin = config.python_bin_dir or str(Path(sys.executable).parent)
+        self._sdk_dir = install_sdk(root.sdk)
+        self._python_bin = python_dir(config.python_bin_dir, users.sample(), root.bin)
 
     def live(self) -> set[tuple[str, int]]:
         return set(self._attempts)
@@ -120,7 +127,7 @@ class Supervisor:
         if key in self._attempts:
             return  # assignment resent after a reconnect
         model = RunModel(timeout_s=assignment.spec.timeout_s, grace_s=self._config.stop_grace_s)
-        attempt = _Attempt(assignment, model, self._runs_dir / assignment.run_id / str(assignment.attempt))
+        attempt = _Attempt(assignment, model, self._root.attempt(assignment.run_id, assignment.attempt))
         self._attempts[key] = attempt
         attempt.task = self._tasks.create_task(self._supervise(attempt),
                                                name=f"run-{assignment.run_id}-{assignment.attempt}")
@@ -245,13 +252,16 @@ class Supervisor:
 
     async def _fetch(self, a: _Attempt) -> Event:
         asg = a.assignment
+        try:
+            a.user = self._users.take(a.key)
+        except NoRunUser as err:
+            return Failed(str(err))
         a.archive = await self._snapshots.archive(asg.snapshot_sha256, asg.run_id, asg.attempt)
         return Fetched()
 
     async def _extract(self, a: _Attempt) -> Event:
         assert a.archive is not None
-        await asyncio.to_thread(remove_tree, a.code_dir)  # left by an earlier agent process
-        a.workdir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(make_attempt_dir, a.dirs)  # an earlier agent process's copy is removed first
         try:
             await asyncio.to_thread(safe_extract, a.archive, a.code_dir, max_entries=self._config.snapshot_max_entries,
                                     max_bytes=self._config.snapshot_max_bytes)
@@ -260,22 +270,23 @@ class Supervisor:
         return Extracted()
 
     async def _start(self, a: _Attempt) -> Event:
-        asg = a.assignment
-        (a.code_dir / "outputs").mkdir(exist_ok=True)
-        records_file = a.workdir / "records.jsonl"
-        records_file.unlink(missing_ok=True)
-        env = run_environment(asg, code_dir=a.code_dir, sdk_dir=self._sdk_dir, python_bin=self._python_bin)
+        asg, user = a.assignment, a.user
+        assert user is not None
+        await asyncio.to_thread(hand_over, a.dirs, user)
+        env = run_environment(asg, dirs=a.dirs, user=user, sdk_dir=self._sdk_dir, python_bin=self._python_bin,
+                              extra=self._config.run_environment)
         argv = list(asg.spec.argv)
         try:
-            check_command(argv, cwd=a.code_dir, env=env)
-            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", argv, cwd=a.code_dir, env=env)
+            check_command(argv, cwd=a.code_dir, env=env, user=user)
+            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", user.command(argv),
+                                                    cwd=a.code_dir, env=env)
         except CannotStart as err:
             return StartFailed(str(err))
         except OSError as err:
             return StartFailed(f"cannot start {argv[0]!r}: {err.strerror or err}")
         a.process = process
-        record_group(a.workdir / "pgid", process.group)
-        a.output = self._ship_output(a, process, records_file)
+        record_group(a.dirs.pgid, process.group)
+        a.output = self._ship_output(a, process, a.dirs.records)
         return Started(process.pid)
 
     def _ship_output(self, a: _Attempt, process: RunProcess, records_file: Path) -> _Output:
@@ -318,10 +329,11 @@ class Supervisor:
 
     async def _upload(self, a: _Attempt) -> Event:
         asg = a.assignment
-        archive = a.workdir / "outputs.zip"
+        archive = a.dirs.outputs_zip
+        owner = a.user.uid if a.user is not None and a.user.switches else None
         try:
-            zipped = await asyncio.to_thread(zip_outputs, a.code_dir / "outputs", archive,
-                                             max_bytes=self._config.outputs_max_bytes)
+            zipped = await asyncio.to_thread(zip_outputs, a.dirs.outputs, archive,
+                                             max_bytes=self._config.outputs_max_bytes, owner=owner)
             if zipped.too_deep:
                 self._system_line(
                     a, f"outputs: {zipped.too_deep} directories deeper than {MAX_DEPTH} levels were left out")
@@ -351,15 +363,24 @@ class Supervisor:
                                                            records=[record])))
 
     async def _release(self, a: _Attempt) -> None:
-        """Make sure nothing of the attempt is left running and remove its code; never raises."""
+        """Make sure nothing of the attempt is left running and remove its directory; never raises.
+
+        Its uid is given back only when both worked: a uid whose processes or files may remain stays taken.
+        """
         process = a.process
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release the process tree", lambda: process.release() if process is not None else asyncio.sleep(0)),
-            ("forget the process group", lambda: asyncio.to_thread((a.workdir / "pgid").unlink, missing_ok=True)),
-            ("remove the code directory", lambda: asyncio.to_thread(remove_tree, a.code_dir)),
+            ("forget the process group", lambda: asyncio.to_thread(a.dirs.pgid.unlink, missing_ok=True)),
+            ("remove the attempt's directory", lambda: asyncio.to_thread(remove_tree, a.dirs.top)),
         ]
+        clean = True
         for what, step in steps:
             try:
                 await step()
             except Exception:
+                clean = False
                 log.exception("run cleanup failed", extra={**a.fields, "step": what})
+        if clean:
+            self._users.give_back(a.key)
+        elif a.user is not None and a.user.switches:
+            log.error("uid stays taken until the agent restarts", extra={**a.fields, "uid": a.user.uid})

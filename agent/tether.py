@@ -3,6 +3,8 @@
 The agent starts it per run as `python -I -S tether.py DEATH_FD STATUS_FD -- ARGV...`, in a new session, with the
 run's directory, environment and pipes. DEATH_FD is the read end of a pipe whose write end only the agent holds;
 STATUS_FD is where the tether says `pid N` (the command's pid) or `error ...` (it could not start it; exit 127).
+For a run with a uid of its own ARGV begins with setpriv: the tether stays the agent's user (it must signal and
+reap the whole tree), and only the command drops to the run's.
 
 The tether is a child subreaper (`PR_SET_CHILD_SUBREAPER`): whatever the command leaves behind, double-forked or
 in a session of its own, is re-parented to the tether instead of init, so all of it is among its descendants.

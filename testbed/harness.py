@@ -22,6 +22,7 @@ from runyard import render
 from runyard.client import Client
 from runyard.config import ClientConfig
 from runyard.errors import RunyardError
+from runyard.private import write_private
 
 DEADLINE_S = 30.0
 
@@ -146,8 +147,12 @@ class Agent:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, head: Head) -> None:
-        self.proc = start_agent_process(self.name, self.data_dir, self.log_file,
-                                        {**head.agent_settings(), **self.settings})
+        settings = {**head.agent_settings(), **self.settings}
+        if "join_token" in settings:        # kept as a deployment keeps it: a file of its own, 0600
+            token_file = self.data_dir / "join.token"
+            write_private(token_file, str(settings.pop("join_token")) + "\n")
+            settings["join_token_file"] = str(token_file)
+        self.proc = start_agent_process(self.name, self.data_dir, self.log_file, settings)
 
     def stop(self) -> None:
         terminate(self.proc)
@@ -162,7 +167,7 @@ def start_agent_process(name: str, data_dir: Path, log_file: Path, settings: dic
         "stop_grace_s": 3.0, **settings,
     }
     path = data_dir / "agent.toml"
-    path.write_text(_toml(config))
+    write_private(path, _toml(config))
     with open(log_file, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "agent", "--config", str(path)],
                                 stdout=log, stderr=log if stderr is None else stderr, env=_env())

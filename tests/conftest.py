@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +26,13 @@ def project(tmp_path: Path) -> Path:
     code.mkdir()
     (code / "hello.py").write_text("print('hello from the run')\n")
     return code
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory a test shares with its runs (gates, marks, pid files). Runs execute as uids of their own and
+    cannot reach `tmp_path`, which pytest makes below a 0700 directory."""
+    path = Path(tempfile.mkdtemp(prefix="runyard-test-"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,12 +15,15 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.app import open_containment
-from agent.containment import Containment, Mode
+from agent.containment import Containment
 from agent.cutoff import watch_cut_off
 from agent.outbox import Outbox
+from agent.rundirs import close_run_root, open_run_root
+from agent.runusers import RunUsers
 from agent.supervisor import Supervisor
 from protos import runyard_pb2 as pb
 from tests.fakes import CountingFiles, ManualClock, eventually
+from tests.test_agent_containment import MODES
 
 CUT_OFF_S = 240.0
 
@@ -61,9 +65,9 @@ class Node:
                 and m.logs.run_id == run_id for r in m.logs.records if r.stream == pb.SYSTEM]
 
 
-@pytest.fixture
-async def containment(tmp_path: Path) -> AsyncIterator[Containment]:
-    found = await open_containment(Mode.AUTO, data_dir=tmp_path)
+@pytest.fixture(params=MODES, ids=str)
+async def containment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Containment]:
+    found = await open_containment(request.param, data_dir=tmp_path)
     yield found
     await found.close()
 
@@ -75,9 +79,11 @@ async def node(tmp_path: Path, containment: Containment) -> AsyncIterator[Node]:
     clock = ManualClock()
     outbox = Outbox(10_000)
     config = AgentConfig(data_dir=str(tmp_path), stop_grace_s=5.0, stop_runs_after_s=CUT_OFF_S)
+    users = RunUsers.open(config.uid_range, allow_root_runs=False)
+    root = open_run_root(tmp_path, "", users.sample())
     async with asyncio.TaskGroup() as tasks:
         supervisor = Supervisor(config=config, outbox=outbox, files=files, tasks=tasks, clock=clock,
-                                containment=containment)
+                                containment=containment, users=users, root=root)
         yield Node(supervisor, outbox, clock, files, sha)
         stopping = asyncio.create_task(supervisor.stop_all())
 
@@ -86,6 +92,7 @@ async def node(tmp_path: Path, containment: Containment) -> AsyncIterator[Node]:
             return stopping.done()
 
         await eventually("every attempt to stop", stopped)
+    close_run_root(root)
 
 
 @pytest.mark.timeout(30)
@@ -136,13 +143,14 @@ async def test_time_limit_and_grace_run_on_the_clock(node: Node, tmp_path: Path)
 
 @pytest.mark.timeout(30)
 async def test_a_failing_step_is_that_attempts_agent_error_and_the_next_attempt_runs(node: Node) -> None:
+    promised = node.files.data
     node.files.data = b"not what the head promised"
     node.assign("broken", ["python", "hello.py"])
     exited = await eventually("the attempt to fail", lambda: node.exited("broken"))
     assert (exited.exit_code, exited.reason) == (-1, pb.REASON_AGENT_ERROR)
     assert exited.detail.startswith("agent error: fetch: SnapshotMismatch: the snapshot the head sent has sha256")
 
-    node.files.data = snapshot({"hello.py": "print('hello')\n"})[0]
+    node.files.data = promised   # the same bytes: a zip made again in another second has another sha256
     node.assign("fine", ["python", "hello.py"])
     exited = await eventually("the next attempt to exit", lambda: node.exited("fine"))
     assert (exited.exit_code, exited.reason) == (0, pb.REASON_UNSPECIFIED)
@@ -155,3 +163,37 @@ async def test_a_command_that_cannot_start_exits_127_with_a_line_saying_why(node
     assert (exited.exit_code, exited.reason) == (127, pb.REASON_UNSPECIFIED)
     assert node.system_lines("typo") == ["cannot start 'pyhton': No such file or directory"]
     assert not node.updates("typo", pb.RunUpdate.RUNNING)
+
+
+@pytest.mark.timeout(30)
+async def test_a_tampered_cached_snapshot_is_fetched_again_before_the_next_attempt(node: Node, tmp_path: Path) -> None:
+    node.assign("first", ["python", "hello.py"])
+    await eventually("the first attempt to exit", lambda: node.exited("first"))
+    cache = tmp_path / "snapshots"
+    cached = cache / f"{node.sha}.zip"
+    assert (cache.stat().st_mode & 0o777, cached.stat().st_mode & 0o777) == (0o700, 0o600)
+    cached.write_bytes(snapshot({"hello.py": "print('tampered')\n"})[0])   # a valid zip, not the snapshot
+    node.assign("second", ["python", "hello.py"])
+    exited = await eventually("the second attempt to exit", lambda: node.exited("second"))
+    assert (exited.exit_code, node.stdout("second")) == (0, b"hello")
+    assert [run for run, _, _ in node.files.fetches] == ["first", "second"], "the tampered copy was fetched again"
+
+
+@pytest.mark.timeout(30)
+async def test_a_run_executes_as_a_uid_of_its_own_with_an_environment_of_its_own(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_ONLY_MARKER", "the agent's")
+    node.assign("who", ["sh", "-c", 'id -u; id -G; echo "$HOME $TMPDIR $USER"; env | cut -d= -f1 | sort'])
+    exited = await eventually("the run to exit", lambda: node.exited("who"))
+    assert exited.exit_code == 0, node.system_lines("who")
+    uid, groups, places, *names = node.stdout("who").decode().split("\n")
+    if os.geteuid() == 0:
+        assert 200000 <= int(uid) <= 265535 and groups == uid
+        assert places.endswith(f" runyard-{uid}")
+    home, tmp = places.split()[:2]
+    assert home.endswith("/who-1/home") and tmp.endswith("/who-1/tmp")
+    assert "AGENT_ONLY_MARKER" not in names
+    assert set(names) - {"PWD", "SHLVL", "_", "LANG", "LC_ALL", "TZ"} == {
+        "HOME", "TMPDIR", "USER", "LOGNAME", "PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES",
+        "RUNYARD_RUN_ID", "RUNYARD_PARENT_RUN_ID", "RUNYARD_EXPERIMENT", "RUNYARD_WORKSPACE", "RUNYARD_ATTEMPT",
+        "RUNYARD_OUTPUTS_DIR", "RUNYARD_RECORDS_FILE"}

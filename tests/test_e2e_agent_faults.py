@@ -16,6 +16,7 @@ import pytest
 from protos import runyard_pb2 as pb
 from tests.fakehead import FakeHead, zip_of
 from tests.fakes import eventually
+from tests.places import attempt_dirs
 from testbed.harness import Cluster, start_agent_process, terminate, wait_until
 
 DEPTH = 3000
@@ -56,8 +57,8 @@ def test_a_run_leaving_three_thousand_nested_directories_does_not_end_the_agent(
     assert "deeper than 64 levels were left out" in logs.stderr
     agent = cluster.agents[0]
     assert agent.proc is not None and agent.proc.poll() is None, "the agent must outlive the run"
-    code_dir = agent.data_dir / "runs" / run_id / "1" / "code"
-    wait_until("the run's code directory to be removed, however deep", lambda: not code_dir.exists())
+    attempt_dir = attempt_dirs(agent.data_dir, run_id).top
+    wait_until("the run's directory to be removed, however deep", lambda: not attempt_dir.exists())
 
     second = cluster.cli("submit", str(project), "-q", "--", "python", "hello.py")
     assert second.returncode == 0, second.stderr

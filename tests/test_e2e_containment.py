@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from testbed.harness import Cluster, process_gone, wait_until
+from tests.places import attempt_dirs
 from tests.test_agent_containment import MODES, TREE, cgroups_usable, tree_pids
 
 
@@ -18,7 +19,7 @@ def submit_tree(cluster: Cluster, project: Path) -> str:
 
 
 def run_dir(cluster: Cluster, run_id: str) -> Path:
-    return cluster.agents[0].data_dir / "runs" / run_id / "1" / "code"
+    return attempt_dirs(cluster.agents[0].data_dir, run_id).code
 
 
 @pytest.mark.timeout(90)

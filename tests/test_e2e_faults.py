@@ -15,6 +15,7 @@ import pytest
 
 from runyard.client import Client
 from runyard.errors import InvalidArgument
+from tests.places import attempt_dirs
 from testbed.harness import Cluster, wait_until
 
 
@@ -25,9 +26,9 @@ def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     found.stop()
 
 
-def test_head_killed_while_a_run_runs(own_cluster: Cluster, project: Path, tmp_path: Path) -> None:
+def test_head_killed_while_a_run_runs(own_cluster: Cluster, project: Path, shared: Path) -> None:
     cluster = own_cluster
-    gate = tmp_path / "gate"
+    gate = shared / "gate"
     (project / "count.py").write_text(
         "import os, time\n"
         "for i in range(50):\n"
@@ -106,9 +107,9 @@ def test_hostile_snapshot_is_refused_again_by_the_agent(cluster: Cluster, projec
     assert run["reason"] == "snapshot_invalid"
     assert "../evil" in run["events"][-1]["detail"]
     for agent in cluster.agents:
-        runs_dir = agent.data_dir / "runs"
-        assert not (runs_dir / run_id / "evil").exists() and not (runs_dir / "evil").exists()
-        assert not list((runs_dir / run_id).rglob("ok.py"))  # rejected as a whole: nothing extracted
+        dirs = attempt_dirs(agent.data_dir, run_id)
+        assert not (dirs.top / "evil").exists() and not (dirs.top.parent / "evil").exists()
+        assert not list(dirs.top.rglob("ok.py"))  # rejected as a whole: nothing extracted
     assert not Path("/tmp/runyard-evil-abs").exists()
     assert not any(p.name == "evil" for p in cluster.root.rglob("evil"))
     assert os.path.exists("/etc/passwd")

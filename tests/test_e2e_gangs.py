@@ -13,9 +13,10 @@ def _children(cluster: Cluster, parent: str) -> list[dict[str, Any]]:
     return sorted(children, key=lambda r: r["properties"]["runyard.node_rank"])
 
 
-def test_two_node_run_starts_on_both_nodes_with_ranks(cluster: Cluster, project: Path, tmp_path: Path) -> None:
-    barrier = tmp_path / "barrier"
+def test_two_node_run_starts_on_both_nodes_with_ranks(cluster: Cluster, project: Path, shared: Path) -> None:
+    barrier = shared / "barrier"
     barrier.mkdir()
+    barrier.chmod(0o777)  # runs (uids of their own) add files to it
     (project / "gang.py").write_text(
         "import os, time\n"
         "rank, world = os.environ['NODE_RANK'], os.environ['WORLD_SIZE']\n"
@@ -57,8 +58,8 @@ def test_a_failing_child_cancels_its_sibling_and_fails_the_parent(cluster: Clust
     assert [(c["state"], c["reason"]) for c in children] == [("Canceled", "sibling_failed"), ("Failed", "exit_code")]
 
 
-def test_a_gang_waits_for_all_its_nodes(cluster: Cluster, project: Path, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+def test_a_gang_waits_for_all_its_nodes(cluster: Cluster, project: Path, shared: Path) -> None:
+    gate = shared / "gate"
     (project / "hold.py").write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
     cpus = int(cluster.json("nodes")[0]["capacity"]["cpus"])
     blocker = cluster.cli("submit", str(project), "-d", "-q", "--cpus", str(cpus), "--", "python", "hold.py",

@@ -7,10 +7,10 @@ from pathlib import Path
 from testbed.harness import Cluster, wait_until
 
 
-def test_gpu_runs_get_disjoint_devices_and_pack_onto_one_node(tmp_path: Path, project: Path) -> None:
+def test_gpu_runs_get_disjoint_devices_and_pack_onto_one_node(tmp_path: Path, project: Path, shared: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=2, fake_gpus=2)
     try:
-        gate = tmp_path / "gate"
+        gate = shared / "gate"
         (project / "gpu.py").write_text(
             "import os, time\n"
             "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
@@ -50,10 +50,10 @@ def test_gpu_runs_get_disjoint_devices_and_pack_onto_one_node(tmp_path: Path, pr
         cluster.stop()
 
 
-def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path) -> None:
+def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path, shared: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=1)
     try:
-        gate = tmp_path / "gate"
+        gate = shared / "gate"
         (project / "wait.py").write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
         running = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "wait.py", check=True).stdout.strip()
         cluster.wait_state(running, "Running")

@@ -50,8 +50,8 @@ def frozen() -> Iterator[list[Agent]]:
 
 
 def test_a_node_frozen_past_down_is_declared_down_once_and_its_stale_attempt_stopped_on_return(
-        tmp_path: Path, project: Path, frozen: list[Agent]) -> None:
-    gate = tmp_path / "gate"
+        tmp_path: Path, project: Path, frozen: list[Agent], shared: Path) -> None:
+    gate = shared / "gate"
     _waiting_script(project, gate)
     # The healthy agent heartbeats 15 times per Down timer, so that only the frozen one goes Down on a busy machine.
     cluster = Cluster.start(tmp_path / "cluster", agents=2, head_settings=FAST_HEAD, stop_runs_after_s=600.0,
@@ -87,8 +87,8 @@ def test_a_node_frozen_past_down_is_declared_down_once_and_its_stale_attempt_sto
 
 
 def test_an_agent_that_stops_its_runs_after_its_cut_off_gets_them_requeued_not_failed(
-        tmp_path: Path, project: Path, frozen: list[Agent]) -> None:
-    gate = tmp_path / "gate"
+        tmp_path: Path, project: Path, frozen: list[Agent], shared: Path) -> None:
+    gate = shared / "gate"
     _waiting_script(project, gate)
     cluster = Cluster.start(tmp_path / "cluster", agents=1, head_settings={"disconnected_after_s": 1.0,
                                                                            "down_after_s": 120.0},
@@ -143,8 +143,8 @@ def test_a_join_for_a_name_held_by_a_live_agent_is_refused_naming_the_holder(tmp
 
 
 def test_a_second_agent_under_a_name_in_use_exits_with_one_line_and_the_first_keeps_its_run(
-        tmp_path: Path, project: Path) -> None:
-    gate = tmp_path / "gate"
+        tmp_path: Path, project: Path, shared: Path) -> None:
+    gate = shared / "gate"
     _waiting_script(project, gate)
     cluster = Cluster.start(tmp_path / "cluster", agents=1)
     try:
@@ -190,8 +190,8 @@ def _fill(disk: Path) -> Path:
 
 
 def test_a_full_disk_on_the_head_refuses_clearly_and_agents_deliver_everything_once_space_returns(
-        tmp_path: Path, project: Path, small_disk: Path) -> None:
-    gate = tmp_path / "gate"
+        tmp_path: Path, project: Path, small_disk: Path, shared: Path) -> None:
+    gate = shared / "gate"
     (project / "chatty.py").write_text(
         "import os, time\ni = 0\n"
         f"while not os.path.exists({str(gate)!r}) or i < 400:\n"

@@ -8,12 +8,12 @@ from pathlib import Path
 from testbed.harness import Cluster, process_gone, wait_until
 
 
-def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, project: Path) -> None:
+def test_agent_killed_mid_run_is_requeued_on_another_agent(tmp_path: Path, project: Path, shared: Path) -> None:
     # Heartbeats 10x faster than the Down timer, so that on a loaded machine only the killed agent goes Down.
     cluster = Cluster.start(tmp_path / "cluster", agents=2, heartbeat_interval_s=0.2,
                             head_settings={"disconnected_after_s": 1.0, "down_after_s": 2.0})
     try:
-        pid_file = tmp_path / "attempt1.pid"
+        pid_file = shared / "attempt1.pid"
         (project / "work.py").write_text(
             "import os, sys, time\n"
             "attempt = os.environ['RUNYARD_ATTEMPT']\n"
@@ -60,12 +60,13 @@ def test_a_quiet_run_is_not_stopped_by_the_agent_while_the_head_is_there(tmp_pat
         cluster.stop()
 
 
-def test_a_gang_that_loses_a_node_is_requeued_whole(tmp_path: Path, project: Path) -> None:
+def test_a_gang_that_loses_a_node_is_requeued_whole(tmp_path: Path, project: Path, shared: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=3, heartbeat_interval_s=0.2,
                             head_settings={"disconnected_after_s": 1.0, "down_after_s": 2.0})
     try:
-        marks = tmp_path / "marks"
+        marks = shared / "marks"
         marks.mkdir()
+        marks.chmod(0o777)  # runs (uids of their own) add files to it
         (project / "gang.py").write_text(
             "import os, time\n"
             f"mark = os.path.join({str(marks)!r}, os.environ['NODE_RANK'])\n"

@@ -10,10 +10,10 @@ from pathlib import Path
 from testbed.harness import Cluster, wait_until
 
 
-def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project: Path) -> None:
+def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project: Path, shared: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=1, cpus=1.0)
     try:
-        gate = tmp_path / "gate"
+        gate = shared / "gate"
         (project / "block.py").write_text(
             f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
 
@@ -45,10 +45,11 @@ def test_priorities_then_fifo_and_the_reason_each_waits(tmp_path: Path, project:
         cluster.stop()
 
 
-def test_submit_says_why_its_run_waits_once_per_reason_then_streams_it(tmp_path: Path, project: Path) -> None:
+def test_submit_says_why_its_run_waits_once_per_reason_then_streams_it(tmp_path: Path, project: Path,
+                                                                       shared: Path) -> None:
     cluster = Cluster.start(tmp_path / "cluster", agents=1, cpus=1.0)
     try:
-        gate = tmp_path / "gate"
+        gate = shared / "gate"
         (project / "block.py").write_text(
             f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n")
         blocker = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "block.py", check=True).stdout.strip()

@@ -107,8 +107,8 @@ def test_run_environment(cluster: Cluster, project: Path) -> None:
     assert seen["leaked"] == ""  # neither the join token nor the node credential reaches a run
 
 
-def test_cancel_stops_the_whole_process_group(cluster: Cluster, project: Path, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
+def test_cancel_stops_the_whole_process_group(cluster: Cluster, project: Path, shared: Path) -> None:
+    pids = shared / "pids"
     (project / "sleeper.py").write_text(
         "import os, subprocess, sys\n"
         "child = subprocess.Popen(['sleep', '600'])\n"
@@ -143,8 +143,8 @@ def test_cancel_of_a_queued_run_and_of_a_finished_one(cluster: Cluster, project:
     assert cluster.run(done)["state"] == "Completed"
 
 
-def test_logs_follow_shows_lines_while_the_run_is_running(cluster: Cluster, project: Path, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+def test_logs_follow_shows_lines_while_the_run_is_running(cluster: Cluster, project: Path, shared: Path) -> None:
+    gate = shared / "gate"
     (project / "gated.py").write_text(
         "import os, time\n"
         "print('first line', flush=True)\n"
@@ -241,8 +241,8 @@ def test_nodes_lists_both_agents(cluster: Cluster) -> None:
     assert "node-1" in table and "Ready" in table
 
 
-def test_interrupting_submit_detaches_and_the_run_goes_on(cluster: Cluster, project: Path, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+def test_interrupting_submit_detaches_and_the_run_goes_on(cluster: Cluster, project: Path, shared: Path) -> None:
+    gate = shared / "gate"
     (project / "wait.py").write_text(
         f"import os, time\nprint('started', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
     )

@@ -1,0 +1,81 @@
+"""What a run's process sees: an allowlisted environment, a `python` its user can execute, commands judged for
+that user (not for the root agent)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import CannotStart
+from agent.reach import may_execute
+from agent.rundirs import AttemptDirs
+from agent.runenv import DEFAULT_PATH, check_command, python_dir, run_environment
+from agent.runusers import RunUser, find_setpriv
+from protos import runyard_pb2 as pb
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="judging for another uid matters under a root agent")
+RUN_UID = 200321
+
+
+@pytest.fixture
+def other() -> RunUser:
+    return RunUser(RUN_UID, RUN_UID, f"runyard-{RUN_UID}", find_setpriv() or "/usr/bin/setpriv")
+
+
+@pytest.fixture
+def open_parent() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="runyard-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_the_environment_is_an_allowlist_and_the_run_variables_win(tmp_path: Path, other: RunUser) -> None:
+    dirs = AttemptDirs(tmp_path / "r-1")
+    asg = pb.Assignment(run_id="r", attempt=1, spec=pb.RunSpec(environment={"MY_VAR": "42", "RUNYARD_RUN_ID": "x"}))
+    agent_env = {"LANG": "C.UTF-8", "PATH": "/root/.pyenv/shims:/usr/bin", "RUNYARD_AGENT_JOIN_TOKEN": "secret",
+                 "AWS_SECRET_ACCESS_KEY": "the agent's", "HOME": "/root"}
+    env = run_environment(asg, dirs=dirs, user=other, sdk_dir=tmp_path / "sdk", python_bin="/opt/py/bin",
+                          extra={"HF_HOME": "/data/hf"}, agent_env=agent_env)
+    assert env["LANG"] == "C.UTF-8" and env["MY_VAR"] == "42" and env["HF_HOME"] == "/data/hf"
+    assert env["PATH"] == f"/opt/py/bin:{DEFAULT_PATH}"
+    assert (env["HOME"], env["TMPDIR"]) == (str(dirs.home), str(dirs.tmp))
+    assert env["USER"] == env["LOGNAME"] == f"runyard-{RUN_UID}"
+    assert env["RUNYARD_RUN_ID"] == "r" and env["RUNYARD_RECORDS_FILE"] == str(dirs.records)
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "RUNYARD_AGENT_JOIN_TOKEN" not in env
+
+
+@as_root
+def test_python_is_a_link_to_one_the_run_can_execute_when_the_agents_is_out_of_reach(
+        tmp_path: Path, open_parent: Path, other: RunUser) -> None:
+    hidden = tmp_path / "venv" / "bin"   # below pytest's 0700 directories
+    hidden.mkdir(parents=True)
+    (hidden / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
+    assert not may_execute(hidden / "python", other)
+    found = python_dir(str(hidden), other, open_parent / "bin")
+    assert found == str(open_parent / "bin")
+    assert may_execute(open_parent / "bin" / "python", other) and may_execute(open_parent / "bin" / "python3", other)
+
+    reachable = open_parent / "py"
+    reachable.mkdir()
+    (reachable / "python").symlink_to(os.path.realpath(open_parent / "bin" / "python"))
+    assert python_dir(str(reachable), other, open_parent / "bin") == str(reachable)
+
+
+@as_root
+def test_a_command_is_judged_for_the_runs_user(open_parent: Path, other: RunUser) -> None:
+    tool = open_parent / "tool"
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o700)   # root's: root may run it, the run may not
+    with pytest.raises(CannotStart, match="Permission denied"):
+        check_command([str(tool)], cwd=open_parent, env={"PATH": DEFAULT_PATH}, user=other)
+    with pytest.raises(CannotStart, match="No such file"):
+        check_command(["tool"], cwd=open_parent, env={"PATH": str(open_parent)}, user=other)
+    tool.chmod(0o755)
+    check_command(["tool"], cwd=open_parent, env={"PATH": str(open_parent)}, user=other)
+    check_command(["sh"], cwd=open_parent, env={"PATH": DEFAULT_PATH}, user=other)
