@@ -2,10 +2,12 @@
 
 Static checks (always run): every YAML file parses, every `template:` task names a file in its role's templates/,
 every handler a task notifies exists in the play, the keys the TOML templates write are fields of the daemons'
-config dataclasses, and the units start the venv's console scripts with --config.
+config dataclasses and are kept out of the free-form config dicts (as is the head's development-only plaintext
+switch), and the units start the venv's console scripts with --config.
 Rendering (needs jinja2, skipped without it): the templates render with the role defaults and a fake inventory,
 the rendered head.toml / agent.toml load with the daemons' own config loader (unknown keys and wrong types are
-errors there), and the rendered units carry the start, stop and hardening settings.
+errors there), the head serves TLS under the names the agents dial, and the rendered units carry the start, stop
+and hardening settings.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, load_agent_config
 from runyard.configfile import load_config
 from runyard.errors import UsageError
+from scheduler.app import head_names
 from scheduler.autoscale import policies_from_config
-from scheduler.config import HeadConfig
+from scheduler.config import HeadConfig, load_head_config
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 ROLES = ANSIBLE / "roles"
@@ -171,16 +174,15 @@ def toml_keys(template: Path) -> list[str]:
 
 
 def reserved_keys(role: str) -> set[str]:
-    """The keys the role's assert keeps out of runyard_<role>_config (they have their own variables)."""
+    """The keys the role's assert keeps out of runyard_<role>_config (its `<role>_reserved_keys` list)."""
     for task in load_yaml(ROLES / role / "tasks" / "main.yml"):
         if "ansible.builtin.assert" in task:
-            listed = (task.get("vars") or {}).get("runyard_agent_reserved_keys")
+            listed = (task.get("vars") or {}).get(f"{role}_reserved_keys")
             if listed:
+                condition = f"intersect({role}_reserved_keys) | length == 0"
+                assert any(condition in cond for cond in as_list(task["ansible.builtin.assert"]["that"])), \
+                    f"{role}: the assert does not check {role}_reserved_keys"
                 return set(listed)
-            for cond in as_list(task["ansible.builtin.assert"]["that"]):
-                found = re.search(r"intersect\((\[[^\]]*\])\)", cond)
-                if found:
-                    return set(yaml.safe_load(found.group(1)))
     raise AssertionError(f"{role}: no assert lists the reserved config keys")
 
 
@@ -195,6 +197,15 @@ def test_toml_templates_write_only_config_fields(role: str, template: str, field
     assert set(keys) <= fields, f"{template}: not config fields: {sorted(set(keys) - fields)}"
     # what the template writes itself must be kept out of the free-form dict, or TOML would see it twice
     assert set(keys) <= reserved_keys(role), f"{role}: keys the assert allows twice: {sorted(set(keys) - reserved_keys(role))}"
+    assert reserved_keys(role) <= fields, f"{role}: reserves keys the daemon no longer has: {sorted(reserved_keys(role) - fields)}"
+
+
+@pytest.mark.parametrize("role", ["runyard_head"])
+def test_roles_never_deploy_plaintext(role: str) -> None:
+    """insecure_plaintext is for a development head on loopback: no template writes it and no config dict may."""
+    for template in (ROLES / role / "templates").glob("*.j2"):
+        assert "insecure_plaintext" not in template.read_text(), template.name
+    assert "insecure_plaintext" in reserved_keys(role)
 
 
 @pytest.mark.parametrize(("unit", "script", "config"), [
@@ -246,29 +257,36 @@ def jinja() -> Any:
     return text_env, native_env
 
 
-def host_vars(jinja: Any, host: str, **overrides: Any) -> dict[str, Any]:
-    """What a template on `host` sees: every role's defaults, inventory variables, facts, then `overrides`."""
+def resolve(jinja: Any, variables: dict[str, Any]) -> dict[str, Any]:
+    """Resolve variables that refer to others until nothing is left to resolve, as Ansible does lazily."""
     _, native_env = jinja
-    variables: dict[str, Any] = {}
-    for role in ("runyard_common", "runyard_head", "runyard_agent"):
-        variables.update(load_yaml(ROLES / role / "defaults" / "main.yml"))
-    variables.update(INVENTORY[host])
-    variables.update(
-        inventory_hostname=host,
-        groups=GROUPS,
-        hostvars={h: {**v, "inventory_hostname": h} for h, v in INVENTORY.items()},
-        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
-        ansible_managed="Managed by Ansible",
-        runyard_agent_supplementary_groups=["video", "render"],
-    )
-    variables.update(overrides)
-    for _ in range(10):  # resolve variables that refer to others until nothing is left to resolve
+    for _ in range(10):
         pending = {k: v for k, v in variables.items() if isinstance(v, str) and "{{" in v}
         if not pending:
             return variables
         for key, value in pending.items():
             variables[key] = native_env.from_string(value).render(variables)
     raise AssertionError(f"variables refer to each other in a loop: {sorted(pending)}")
+
+
+def host_vars(jinja: Any, host: str, inventory: dict[str, dict[str, Any]] = INVENTORY,
+              **overrides: Any) -> dict[str, Any]:
+    """What a template on `host` sees: every role's defaults, inventory variables, facts, then `overrides`.
+    `hostvars` holds the inventory's variables only, as in Ansible (no role defaults)."""
+    variables: dict[str, Any] = {}
+    for role in ("runyard_common", "runyard_head", "runyard_agent"):
+        variables.update(load_yaml(ROLES / role / "defaults" / "main.yml"))
+    variables.update(inventory[host])
+    variables.update(
+        inventory_hostname=host,
+        groups=GROUPS,
+        hostvars={h: {**v, "inventory_hostname": h} for h, v in inventory.items()},
+        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
+        ansible_managed="Managed by Ansible",
+        runyard_agent_supplementary_groups=["video", "render"],
+    )
+    variables.update(overrides)
+    return resolve(jinja, variables)
 
 
 def render(jinja: Any, template: str, variables: dict[str, Any]) -> str:
@@ -301,12 +319,73 @@ def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def render_head(jinja: Any, tmp_path: Path, inventory: dict[str, dict[str, Any]] = INVENTORY,
+                **overrides: Any) -> HeadConfig:
+    text = render(jinja, "runyard_head/templates/head.toml.j2", host_vars(jinja, "head1", inventory, **overrides))
+    load_rendered(HeadConfig, text, tmp_path)
+    return load_head_config(tmp_path / "rendered.toml")
+
+
+def render_agent(jinja: Any, tmp_path: Path, host: str, inventory: dict[str, dict[str, Any]] = INVENTORY,
+                 **overrides: Any) -> AgentConfig:
+    text = render(jinja, "runyard_agent/templates/agent.toml.j2", host_vars(jinja, host, inventory, **overrides))
+    load_rendered(AgentConfig, text, tmp_path)
+    return load_agent_config(tmp_path / "rendered.toml")
+
+
 def test_head_toml_renders_to_a_valid_head_config(jinja: Any, tmp_path: Path) -> None:
-    config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", host_vars(jinja, "head1")), tmp_path)
+    config = render_head(jinja, tmp_path)
     assert config.data_dir == "/var/lib/runyard"
-    assert config.listen == "0.0.0.0:7433"
     assert config.log_level == "INFO"
     assert config.max_retries == HeadConfig().max_retries  # untouched keys keep the daemon's default
+
+
+def test_head_serves_tls_on_its_inventory_address(jinja: Any, tmp_path: Path) -> None:
+    """Both ports on the address the agents dial (not every interface), TLS, and that address in the
+    certificate."""
+    config = render_head(jinja, tmp_path)
+    assert config.insecure_plaintext is False
+    assert config.listen == "10.0.0.10:7433"
+    assert config.node_address() == "10.0.0.10:7434"
+    assert config.tls_path == Path("/var/lib/runyard/tls")
+    assert {"head1", "10.0.0.10"} <= set(config.tls_names.split(","))
+    agent = render_agent(jinja, tmp_path, "gpu1")
+    assert agent.head_address == config.listen and agent.node_address() == config.node_address()
+
+
+def test_head_named_by_dns_listens_everywhere_with_tls(jinja: Any, tmp_path: Path) -> None:
+    """On the head, its own name may resolve to 127.0.1.1 (Debian): binding it would cut the agents off, so a head
+    named by DNS listens on every interface, still TLS only, and its certificate carries the name agents dial."""
+    inventory = {**INVENTORY, "head1": {}}
+    config = render_head(jinja, tmp_path, inventory)
+    assert (config.listen, config.node_address(), config.insecure_plaintext) == ("0.0.0.0:7433", "0.0.0.0:7434", False)
+    agent = render_agent(jinja, tmp_path, "gpu1", inventory)
+    assert (agent.head_address, agent.node_address()) == ("head1:7433", "head1:7434")
+    assert "head1" in head_names(config)
+
+
+@pytest.mark.parametrize(("address", "listen", "node_address"), [
+    ("fd00::10", "[fd00::10]:7433", "[fd00::10]:7434"),
+    ("head1.example.internal", "0.0.0.0:7433", "head1.example.internal:7434"),
+])
+def test_head_address_forms(jinja: Any, tmp_path: Path, address: str, listen: str, node_address: str) -> None:
+    inventory = {**INVENTORY, "head1": {"ansible_host": address}}
+    config = render_head(jinja, tmp_path, inventory)
+    assert config.listen == listen
+    assert address in config.tls_names.split(",")
+    agent = render_agent(jinja, tmp_path, "gpu1", inventory)
+    assert agent.node_address() == node_address
+    assert agent.head_address.rpartition(":")[0].strip("[]") == address
+
+
+def test_head_certificate_names_what_agents_dial_when_it_listens_everywhere(jinja: Any, tmp_path: Path) -> None:
+    """runyard_head_listen = 0.0.0.0: the head finds its own interfaces' addresses, but agents may dial one this
+    machine lacks (NAT) or a name: tls_names carries the inventory's, and the extra names are added."""
+    config = render_head(jinja, tmp_path, runyard_head_listen="0.0.0.0:7433",
+                         runyard_head_extra_tls_names=["runyard.example.internal"])
+    assert config.listen == "0.0.0.0:7433" and config.node_address() == "0.0.0.0:7434"
+    names = head_names(config)
+    assert {"10.0.0.10", "head1", "runyard.example.internal"} <= set(names)
 
 
 def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path) -> None:
@@ -315,7 +394,12 @@ def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path
     variables = host_vars(jinja, "head1", runyard_head_config=extra, runyard_head_port="7500")
     config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", variables), tmp_path)
     assert {k: getattr(config, k) for k in extra} == extra
-    assert config.listen == "0.0.0.0:7500"
+    assert (config.listen, config.node_address()) == ("10.0.0.10:7500", "10.0.0.10:7501")
+
+
+def test_node_port_is_one_setting_for_the_head_and_its_agents(jinja: Any, tmp_path: Path) -> None:
+    config = render_head(jinja, tmp_path, runyard_head_node_port=9000)
+    assert (config.listen, config.node_listen) == ("10.0.0.10:7433", "10.0.0.10:9000")
 
 
 def test_head_toml_carries_quotas_and_autoscaled_clusters(jinja: Any, tmp_path: Path) -> None:
@@ -344,9 +428,9 @@ def test_head_unit(jinja: Any) -> None:
 
 
 def test_agent_toml_on_a_node(jinja: Any, tmp_path: Path) -> None:
-    text = render(jinja, "runyard_agent/templates/agent.toml.j2", host_vars(jinja, "gpu1"))
-    config = load_rendered(AgentConfig, text, tmp_path)
+    config = render_agent(jinja, tmp_path, "gpu1")
     assert config.head_address == "10.0.0.10:7433"  # the head's ansible_host, not the agent's
+    assert config.node_address() == "10.0.0.10:7434"
     assert config.join_token_file == "/etc/runyard/join.token"
     assert config.join_token == ""  # the secret is in the 0600 file, not in the config
     assert config.name == "gpu1"
@@ -366,7 +450,7 @@ def test_agent_toml_with_labels_and_extra_keys(jinja: Any, tmp_path: Path) -> No
     assert config.python_bin_dir == 'C:\\conda "x"\\bin'
     assert config.cluster == 'team "a"'
     assert config.stop_grace_s == 25.0
-    assert config.head_address == "10.0.0.10:7500"
+    assert (config.head_address, config.node_address()) == ("10.0.0.10:7500", "10.0.0.10:7501")
 
 
 def test_agent_unit(jinja: Any) -> None:
@@ -399,3 +483,4 @@ def test_agent_on_the_head_host_gets_its_own_user(jinja: Any) -> None:
     service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
     assert service["User"] == ["runyard-agent"]
     assert host_vars(jinja, "gpu1")["runyard_agent_user"] == "runyard"
+
