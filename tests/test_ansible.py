@@ -2,17 +2,25 @@
 
 Static checks (always run): every YAML file parses, every `template:` task names a file in its role's templates/,
 every handler a task notifies exists in the play, the keys the TOML templates write are fields of the daemons'
-config dataclasses, and the units start the venv's console scripts with --config.
+config dataclasses and are kept out of the free-form config dicts (as is the development-only plaintext switch),
+and the units start the venv's console scripts with --config.
 Rendering (needs jinja2, skipped without it): the templates render with the role defaults and a fake inventory,
 the rendered head.toml / agent.toml load with the daemons' own config loader (unknown keys and wrong types are
-errors there), and the rendered units carry the start, stop and hardening settings.
+errors there), the head serves TLS under the names the agents dial, and the rendered units carry the start, stop
+and hardening settings. Enrollment: the agent role's tasks, rendered for a node, create a join token on a real
+head with its own CLI, and the rendered agent.toml with that token and the copied CA enrolls a real agent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shlex
+import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,11 +28,17 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, load_agent_config
+from runyard.client import Client
+from runyard.config import ClientConfig
 from runyard.configfile import load_config
 from runyard.errors import UsageError
+from runyard.render import as_dict
+from scheduler.app import head_names
 from scheduler.autoscale import policies_from_config
-from scheduler.config import HeadConfig
+from scheduler.config import HeadConfig, load_head_config
+from scheduler.providers import _RESERVED as LOCAL_AGENT_RESERVED  # what the head's local provider sets itself
+from testbed.harness import terminate, wait_until
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 ROLES = ANSIBLE / "roles"
@@ -102,7 +116,7 @@ def test_site_plays_cover_head_and_agents() -> None:
     plays = load_yaml(ANSIBLE / "site.yml")
     by_hosts = {play["hosts"]: play for play in plays}
     assert set(by_hosts) == {"runyard_head", "runyard_agents"}
-    assert [p["hosts"] for p in plays] == ["runyard_head", "runyard_agents"], "the head must come first: it makes the join token"
+    assert [p["hosts"] for p in plays] == ["runyard_head", "runyard_agents"], "the head must come first: the agents enroll with it"
     for play in plays:
         assert play.get("become") is True
         for role in play["roles"]:
@@ -171,16 +185,15 @@ def toml_keys(template: Path) -> list[str]:
 
 
 def reserved_keys(role: str) -> set[str]:
-    """The keys the role's assert keeps out of runyard_<role>_config (they have their own variables)."""
+    """The keys the role's assert keeps out of runyard_<role>_config (its `<role>_reserved_keys` list)."""
     for task in load_yaml(ROLES / role / "tasks" / "main.yml"):
         if "ansible.builtin.assert" in task:
-            listed = (task.get("vars") or {}).get("runyard_agent_reserved_keys")
+            listed = (task.get("vars") or {}).get(f"{role}_reserved_keys")
             if listed:
+                condition = f"intersect({role}_reserved_keys) | length == 0"
+                assert any(condition in cond for cond in as_list(task["ansible.builtin.assert"]["that"])), \
+                    f"{role}: the assert does not check {role}_reserved_keys"
                 return set(listed)
-            for cond in as_list(task["ansible.builtin.assert"]["that"]):
-                found = re.search(r"intersect\((\[[^\]]*\])\)", cond)
-                if found:
-                    return set(yaml.safe_load(found.group(1)))
     raise AssertionError(f"{role}: no assert lists the reserved config keys")
 
 
@@ -195,6 +208,52 @@ def test_toml_templates_write_only_config_fields(role: str, template: str, field
     assert set(keys) <= fields, f"{template}: not config fields: {sorted(set(keys) - fields)}"
     # what the template writes itself must be kept out of the free-form dict, or TOML would see it twice
     assert set(keys) <= reserved_keys(role), f"{role}: keys the assert allows twice: {sorted(set(keys) - reserved_keys(role))}"
+    assert reserved_keys(role) <= fields, f"{role}: reserves keys the daemon no longer has: {sorted(reserved_keys(role) - fields)}"
+
+
+@pytest.mark.parametrize("role", ["runyard_head", "runyard_agent"])
+def test_roles_never_deploy_plaintext(role: str) -> None:
+    """insecure_plaintext is for a development head on loopback: no template writes it and no config dict may."""
+    for template in (ROLES / role / "templates").glob("*.j2"):
+        assert "insecure_plaintext" not in template.read_text(), template.name
+    assert "insecure_plaintext" in reserved_keys(role)
+
+
+def test_agent_role_reserves_what_the_local_provider_sets() -> None:
+    """The head's address, node port, CA, join token, name, cluster and data dir are the deployment's to set, in
+    the role as in the head's local provider: runyard_agent_config must not override any of them."""
+    assert set(LOCAL_AGENT_RESERVED) <= AGENT_FIELDS
+    missing = set(LOCAL_AGENT_RESERVED) - reserved_keys("runyard_agent")
+    assert not missing, f"runyard_agent_reserved_keys lacks {sorted(missing)}"
+
+
+def role_task(role: str, name: str) -> dict:
+    found = [t for t in walk_tasks(load_yaml(ROLES / role / "tasks" / "main.yml")) if t.get("name") == name]
+    assert len(found) == 1, f"{role}: {len(found)} tasks named {name!r}"
+    return found[0]
+
+
+def test_agent_data_dir_is_private() -> None:
+    """The data dir holds the node's private key."""
+    task = role_task("runyard_agent", "Create the data directory and HOME")
+    assert "{{ runyard_agent_data_dir }}" in task["loop"]
+    assert task["ansible.builtin.file"]["mode"] == "0700"
+    assert task["ansible.builtin.file"]["owner"] == "{{ runyard_agent_user }}"
+
+
+def test_agent_secrets_stay_out_of_the_log() -> None:
+    """The join token is made on the head and written to the node without Ansible printing it; the CA is public
+    but must be root's, so that the agent and its jobs cannot swap the trust anchor."""
+    create = role_task("runyard_agent", "Create a join token on the head")
+    assert create["delegate_to"] == "{{ runyard_head_host }}"
+    assert create["no_log"] is True and "run_once" not in create  # one token of one use per node
+    assert "RUNYARD_TOKEN" not in create["environment"], "the environment Ansible passes shows in ps"
+    write = role_task("runyard_agent", "Write the join token")
+    assert write["no_log"] is True
+    assert write["ansible.builtin.copy"]["mode"] == "0600"
+    assert write["ansible.builtin.copy"]["owner"] == "{{ runyard_agent_user }}"
+    ca = role_task("runyard_agent", "Write the cluster CA")["ansible.builtin.copy"]
+    assert (ca["owner"], ca["mode"], ca["dest"]) == ("root", "0644", "{{ runyard_agent_head_ca_file }}")
 
 
 @pytest.mark.parametrize(("unit", "script", "config"), [
@@ -236,6 +295,9 @@ def jinja() -> Any:
     def to_json(value: Any) -> str:
         return json.dumps(value)
 
+    def quote(value: Any) -> str:  # Ansible's `quote`: one shell word
+        return shlex.quote(str(value))
+
     # Ansible's template module: trim_blocks on, the trailing newline kept, undefined variables are errors.
     text_env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True,
                                   loader=jinja2.FileSystemLoader(str(ROLES)))
@@ -243,32 +305,62 @@ def jinja() -> Any:
     native_env = NativeEnvironment(undefined=jinja2.StrictUndefined)
     for env in (text_env, native_env):
         env.filters["to_json"] = to_json
+        env.filters["quote"] = quote
     return text_env, native_env
 
 
-def host_vars(jinja: Any, host: str, **overrides: Any) -> dict[str, Any]:
-    """What a template on `host` sees: every role's defaults, inventory variables, facts, then `overrides`."""
+def resolve(jinja: Any, variables: dict[str, Any]) -> dict[str, Any]:
+    """Resolve variables that refer to others until nothing is left to resolve, as Ansible does lazily."""
     _, native_env = jinja
-    variables: dict[str, Any] = {}
-    for role in ("runyard_common", "runyard_head", "runyard_agent"):
-        variables.update(load_yaml(ROLES / role / "defaults" / "main.yml"))
-    variables.update(INVENTORY[host])
-    variables.update(
-        inventory_hostname=host,
-        groups=GROUPS,
-        hostvars={h: {**v, "inventory_hostname": h} for h, v in INVENTORY.items()},
-        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
-        ansible_managed="Managed by Ansible",
-        runyard_agent_supplementary_groups=["video", "render"],
-    )
-    variables.update(overrides)
-    for _ in range(10):  # resolve variables that refer to others until nothing is left to resolve
+    for _ in range(10):
         pending = {k: v for k, v in variables.items() if isinstance(v, str) and "{{" in v}
         if not pending:
             return variables
         for key, value in pending.items():
             variables[key] = native_env.from_string(value).render(variables)
     raise AssertionError(f"variables refer to each other in a loop: {sorted(pending)}")
+
+
+def host_vars(jinja: Any, host: str, inventory: dict[str, dict[str, Any]] = INVENTORY,
+              **overrides: Any) -> dict[str, Any]:
+    """What a template on `host` sees: every role's defaults, inventory variables, facts, then `overrides`.
+    `hostvars` holds the inventory's variables only, as in Ansible (no role defaults)."""
+    variables: dict[str, Any] = {}
+    for role in ("runyard_common", "runyard_head", "runyard_agent"):
+        variables.update(load_yaml(ROLES / role / "defaults" / "main.yml"))
+    variables.update(inventory[host])
+    variables.update(
+        inventory_hostname=host,
+        groups=GROUPS,
+        hostvars={h: {**v, "inventory_hostname": h} for h, v in inventory.items()},
+        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
+        ansible_managed="Managed by Ansible",
+        runyard_agent_supplementary_groups=["video", "render"],
+    )
+    variables.update(overrides)
+    return resolve(jinja, variables)
+
+
+def task_vars(jinja: Any, task: dict, variables: dict[str, Any], **registered: Any) -> dict[str, Any]:
+    """`variables` plus the task's own vars and what earlier tasks registered, resolved."""
+    return resolve(jinja, {**variables, **registered, **(task.get("vars") or {})})
+
+
+def expand(jinja: Any, value: Any, variables: dict[str, Any]) -> Any:
+    """A task argument as the task sees it: strings rendered (native types kept), dicts and lists walked."""
+    _, native_env = jinja
+    if isinstance(value, str):
+        return native_env.from_string(value).render(variables) if "{{" in value else value
+    if isinstance(value, dict):
+        return {k: expand(jinja, v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(jinja, v, variables) for v in value]
+    return value
+
+
+def runs(jinja: Any, task: dict, variables: dict[str, Any]) -> bool:
+    """Whether the task's `when` conditions (plain Jinja expressions) all hold."""
+    return all(expand(jinja, "{{ " + cond + " }}", variables) for cond in as_list(task.get("when", [])))
 
 
 def render(jinja: Any, template: str, variables: dict[str, Any]) -> str:
@@ -301,12 +393,73 @@ def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def render_head(jinja: Any, tmp_path: Path, inventory: dict[str, dict[str, Any]] = INVENTORY,
+                **overrides: Any) -> HeadConfig:
+    text = render(jinja, "runyard_head/templates/head.toml.j2", host_vars(jinja, "head1", inventory, **overrides))
+    load_rendered(HeadConfig, text, tmp_path)
+    return load_head_config(tmp_path / "rendered.toml")
+
+
+def render_agent(jinja: Any, tmp_path: Path, host: str, inventory: dict[str, dict[str, Any]] = INVENTORY,
+                 **overrides: Any) -> AgentConfig:
+    text = render(jinja, "runyard_agent/templates/agent.toml.j2", host_vars(jinja, host, inventory, **overrides))
+    load_rendered(AgentConfig, text, tmp_path)
+    return load_agent_config(tmp_path / "rendered.toml")
+
+
 def test_head_toml_renders_to_a_valid_head_config(jinja: Any, tmp_path: Path) -> None:
-    config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", host_vars(jinja, "head1")), tmp_path)
+    config = render_head(jinja, tmp_path)
     assert config.data_dir == "/var/lib/runyard"
-    assert config.listen == "0.0.0.0:7433"
     assert config.log_level == "INFO"
     assert config.max_retries == HeadConfig().max_retries  # untouched keys keep the daemon's default
+
+
+def test_head_serves_tls_on_its_inventory_address(jinja: Any, tmp_path: Path) -> None:
+    """Both ports on the address the agents dial (not every interface), TLS, and that address in the
+    certificate."""
+    config = render_head(jinja, tmp_path)
+    assert config.insecure_plaintext is False
+    assert config.listen == "10.0.0.10:7433"
+    assert config.node_address() == "10.0.0.10:7434"
+    assert config.tls_path == Path("/var/lib/runyard/tls")
+    assert {"head1", "10.0.0.10"} <= set(config.tls_names.split(","))
+    agent = render_agent(jinja, tmp_path, "gpu1")
+    assert agent.head_address == config.listen and agent.node_address() == config.node_address()
+
+
+def test_head_named_by_dns_listens_everywhere_with_tls(jinja: Any, tmp_path: Path) -> None:
+    """On the head, its own name may resolve to 127.0.1.1 (Debian): binding it would cut the agents off, so a head
+    named by DNS listens on every interface, still TLS only, and its certificate carries the name agents dial."""
+    inventory = {**INVENTORY, "head1": {}}
+    config = render_head(jinja, tmp_path, inventory)
+    assert (config.listen, config.node_address(), config.insecure_plaintext) == ("0.0.0.0:7433", "0.0.0.0:7434", False)
+    agent = render_agent(jinja, tmp_path, "gpu1", inventory)
+    assert (agent.head_address, agent.node_address()) == ("head1:7433", "head1:7434")
+    assert "head1" in head_names(config)
+
+
+@pytest.mark.parametrize(("address", "listen", "node_address"), [
+    ("fd00::10", "[fd00::10]:7433", "[fd00::10]:7434"),
+    ("head1.example.internal", "0.0.0.0:7433", "head1.example.internal:7434"),
+])
+def test_head_address_forms(jinja: Any, tmp_path: Path, address: str, listen: str, node_address: str) -> None:
+    inventory = {**INVENTORY, "head1": {"ansible_host": address}}
+    config = render_head(jinja, tmp_path, inventory)
+    assert config.listen == listen
+    assert address in config.tls_names.split(",")
+    agent = render_agent(jinja, tmp_path, "gpu1", inventory)
+    assert agent.node_address() == node_address
+    assert agent.head_address.rpartition(":")[0].strip("[]") == address
+
+
+def test_head_certificate_names_what_agents_dial_when_it_listens_everywhere(jinja: Any, tmp_path: Path) -> None:
+    """runyard_head_listen = 0.0.0.0: the head finds its own interfaces' addresses, but agents may dial one this
+    machine lacks (NAT) or a name: tls_names carries the inventory's, and the extra names are added."""
+    config = render_head(jinja, tmp_path, runyard_head_listen="0.0.0.0:7433",
+                         runyard_head_extra_tls_names=["runyard.example.internal"])
+    assert config.listen == "0.0.0.0:7433" and config.node_address() == "0.0.0.0:7434"
+    names = head_names(config)
+    assert {"10.0.0.10", "head1", "runyard.example.internal"} <= set(names)
 
 
 def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path) -> None:
@@ -315,7 +468,14 @@ def test_head_toml_passes_extra_keys_with_their_types(jinja: Any, tmp_path: Path
     variables = host_vars(jinja, "head1", runyard_head_config=extra, runyard_head_port="7500")
     config = load_rendered(HeadConfig, render(jinja, "runyard_head/templates/head.toml.j2", variables), tmp_path)
     assert {k: getattr(config, k) for k in extra} == extra
-    assert config.listen == "0.0.0.0:7500"
+    assert (config.listen, config.node_address()) == ("10.0.0.10:7500", "10.0.0.10:7501")
+
+
+def test_node_port_is_one_setting_for_the_head_and_its_agents(jinja: Any, tmp_path: Path) -> None:
+    config = render_head(jinja, tmp_path, runyard_head_node_port=9000)
+    assert (config.listen, config.node_listen) == ("10.0.0.10:7433", "10.0.0.10:9000")
+    agent = render_agent(jinja, tmp_path, "cpu1", runyard_head_node_port=9000)
+    assert (agent.head_address, agent.head_node_address) == ("10.0.0.10:7433", "10.0.0.10:9000")
 
 
 def test_head_toml_carries_quotas_and_autoscaled_clusters(jinja: Any, tmp_path: Path) -> None:
@@ -344,9 +504,12 @@ def test_head_unit(jinja: Any) -> None:
 
 
 def test_agent_toml_on_a_node(jinja: Any, tmp_path: Path) -> None:
-    text = render(jinja, "runyard_agent/templates/agent.toml.j2", host_vars(jinja, "gpu1"))
-    config = load_rendered(AgentConfig, text, tmp_path)
+    config = render_agent(jinja, tmp_path, "gpu1")
     assert config.head_address == "10.0.0.10:7433"  # the head's ansible_host, not the agent's
+    assert config.head_node_address == "10.0.0.10:7434"
+    assert config.head_ca_file == "/etc/runyard/ca.crt"  # the head's CA, copied by the role
+    assert config.head_ca_fingerprint == ""
+    assert config.insecure_plaintext is False
     assert config.join_token_file == "/etc/runyard/join.token"
     assert config.join_token == ""  # the secret is in the 0600 file, not in the config
     assert config.name == "gpu1"
@@ -366,7 +529,16 @@ def test_agent_toml_with_labels_and_extra_keys(jinja: Any, tmp_path: Path) -> No
     assert config.python_bin_dir == 'C:\\conda "x"\\bin'
     assert config.cluster == 'team "a"'
     assert config.stop_grace_s == 25.0
-    assert config.head_address == "10.0.0.10:7500"
+    assert (config.head_address, config.node_address()) == ("10.0.0.10:7500", "10.0.0.10:7501")
+
+
+def test_agent_toml_with_a_ca_fingerprint_instead_of_the_head(jinja: Any, tmp_path: Path) -> None:
+    """Agents whose head is not in the inventory: they check the CA the head presents against the fingerprint."""
+    fingerprint = "sha256:" + "ab" * 32
+    config = render_agent(jinja, tmp_path, "gpu1", runyard_agent_head_ca_fingerprint=fingerprint,
+                          runyard_agent_head_address="runyard.example.internal:7433")
+    assert (config.head_ca_fingerprint, config.head_ca_file) == (fingerprint, "")
+    assert config.node_address() == "runyard.example.internal:7434"
 
 
 def test_agent_unit(jinja: Any) -> None:
@@ -399,3 +571,140 @@ def test_agent_on_the_head_host_gets_its_own_user(jinja: Any) -> None:
     service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
     assert service["User"] == ["runyard-agent"]
     assert host_vars(jinja, "gpu1")["runyard_agent_user"] == "runyard"
+
+
+# --- enrollment ----------------------------------------------------------------------------------------------
+
+NOT_ENROLLED = {"runyard_agent_node_certificate": {"stat": {"exists": False}}}
+ENROLLED = {"runyard_agent_node_certificate": {"stat": {"exists": True}}}
+
+
+def token_task(jinja: Any, host: str, inventory: dict[str, dict[str, Any]] = INVENTORY, **overrides: Any
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The agent role's join-token task for `host`: its arguments as rendered, and the variables it sees."""
+    task = role_task("runyard_agent", "Create a join token on the head")
+    variables = task_vars(jinja, task, host_vars(jinja, host, inventory, **overrides), **NOT_ENROLLED)
+    return expand(jinja, task, variables), variables
+
+
+def test_join_token_is_made_on_the_head_with_its_own_address_ca_and_admin_token(jinja: Any) -> None:
+    task, _ = token_task(jinja, "gpu1")
+    assert task["delegate_to"] == "head1"
+    assert task["environment"]["RUNYARD_ADDRESS"] == "10.0.0.10:7433"
+    assert task["environment"]["RUNYARD_CA_FILE"] == "/var/lib/runyard/tls/ca.crt"
+    words = shlex.split(task["ansible.builtin.shell"]["cmd"])
+    assert words[0] == "RUNYARD_TOKEN=$(cat /var/lib/runyard/admin.token)"
+    assert words[-9:] == ["exec", "/opt/runyard/venv/bin/runyard", "node", "token", "create", "--uses", "1", "--ttl", "1h"]
+
+
+def test_join_token_on_a_head_listening_everywhere_goes_through_loopback(jinja: Any) -> None:
+    """A head that listens on 0.0.0.0 (set in the head's inventory variables) is reached by its CLI on 127.0.0.1,
+    which its certificate names; its data dir and tls_dir from the inventory move the CA and the admin token."""
+    inventory = {**INVENTORY, "head1": {"ansible_host": "10.0.0.10", "runyard_head_listen": "0.0.0.0:7500",
+                                        "runyard_head_data_dir": "/srv/runyard",
+                                        "runyard_head_config": {"tls_dir": "/srv/pki"}}}
+    task, _ = token_task(jinja, "gpu1", inventory)
+    assert task["environment"]["RUNYARD_ADDRESS"] == "127.0.0.1:7500"
+    assert task["environment"]["RUNYARD_CA_FILE"] == "/srv/pki/ca.crt"
+    assert "/srv/runyard/admin.token" in task["ansible.builtin.shell"]["cmd"]
+
+
+def test_only_a_node_without_a_certificate_gets_a_join_token(jinja: Any) -> None:
+    task = role_task("runyard_agent", "Create a join token on the head")
+    variables = host_vars(jinja, "gpu1")
+    assert runs(jinja, task, task_vars(jinja, task, variables, **NOT_ENROLLED))
+    assert not runs(jinja, task, task_vars(jinja, task, variables, **ENROLLED))
+    given = host_vars(jinja, "gpu1", runyard_agent_join_token="from-the-vault")
+    assert not runs(jinja, task, task_vars(jinja, task, given, **NOT_ENROLLED))
+    stat_task = role_task("runyard_agent", "Look for the node's certificate")
+    assert expand(jinja, stat_task["ansible.builtin.stat"]["path"], variables) == "/var/lib/runyard-agent/node.crt"
+    assert stat_task["register"] == "runyard_agent_node_certificate"
+
+
+def name_and_state(node: Any) -> tuple[str, str]:
+    """A node's name and state as `runyard nodes -o json` shows them."""
+    shown = as_dict(node)
+    return shown["name"], shown["state"]
+
+
+def run_shell_task(task: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """What the shell module does with the task on the head: `/bin/sh -c cmd` with `environment` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    env.update({k: str(v) for k, v in task["environment"].items()})
+    return subprocess.run(["/bin/sh", "-c", task["ansible.builtin.shell"]["cmd"]], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_the_roles_enroll_an_agent_with_a_real_head(jinja: Any, tmp_path: Path) -> None:
+    """The head's config as the head role renders it, a join token made by the agent role's task on the head, the
+    CA copied where the role puts it, and the agent's config as the role renders it: the agent enrolls and is
+    Ready. Loopback and free ports stand in for the inventory's address and the fixed ports."""
+    venv = tmp_path / "venv"                   # the role runs <runyard_venv>/bin/runyard: this interpreter's CLI
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "runyard").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m runyard \"$@\"\n")
+    (venv / "bin" / "runyard").chmod(0o755)
+    head_dir, head_etc, agent_etc = tmp_path / "head", tmp_path / "head-etc", tmp_path / "agent-etc"
+    for path in (head_dir, head_etc, agent_etc):
+        path.mkdir()
+    inventory = {**INVENTORY, "head1": {"ansible_host": "127.0.0.1"}}
+    head_vars = host_vars(jinja, "head1", inventory, runyard_head_port=0, runyard_head_node_port=0,
+                          runyard_head_data_dir=str(head_dir))
+    head_config = head_etc / "head.toml"
+    head_config.write_text(render(jinja, "runyard_head/templates/head.toml.j2", head_vars))
+    ready = tmp_path / "ready.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}
+    head = agent = None
+    try:
+        with open(tmp_path / "head.log", "wb") as log:
+            head = subprocess.Popen([sys.executable, "-m", "scheduler", "--config", str(head_config),
+                                     "--ready-file", str(ready)], stdout=log, stderr=log, env=env)
+        wait_until("the head to be ready", lambda: ready.exists() or head.poll() is not None)
+        assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+        serving = json.loads(ready.read_text())
+
+        # The head's address and data dir as the agents' play sees them: through the head's inventory variables.
+        inventory["head1"].update(runyard_head_listen=serving["address"], runyard_head_data_dir=str(head_dir))
+        overrides = dict(runyard_venv=str(venv), runyard_config_dir=str(agent_etc),
+                         runyard_agent_data_dir=str(tmp_path / "agent"), runyard_agent_head_address=serving["address"],
+                         runyard_agent_head_node_address=serving["node_address"])
+        task, variables = token_task(jinja, "gpu1", inventory, **overrides)
+        assert variables["runyard_agent_head_ca_path"] == serving["ca_file"]
+
+        assert variables["runyard_agent_head_admin_token_path"] == str(head_dir / "admin.token")
+
+        unreadable, _ = token_task(jinja, "gpu1", inventory, **overrides,
+                                   runyard_agent_head_admin_token_path=str(head_dir / "missing.token"))
+        refused = run_shell_task(unreadable)
+        assert refused.returncode != 0 and refused.stdout == "", "no admin token: no CLI call with an empty one"
+
+        made = run_shell_task(task)
+        assert made.returncode == 0, made.stderr
+        secret = made.stdout.splitlines()[-1].strip()
+        assert secret and secret not in made.stderr
+
+        token_file = Path(variables["runyard_agent_join_token_file"])
+        token_file.write_text(secret + "\n")
+        token_file.chmod(0o600)
+        ca_file = Path(variables["runyard_agent_head_ca_file"])
+        ca_file.write_bytes(Path(variables["runyard_agent_head_ca_path"]).read_bytes())
+        agent_config = agent_etc / "agent.toml"
+        agent_config.write_text(render(jinja, "runyard_agent/templates/agent.toml.j2", variables))
+        assert load_agent_config(agent_config).head_ca_file == str(ca_file)
+
+        with open(tmp_path / "agent.log", "wb") as log:
+            agent = subprocess.Popen([sys.executable, "-m", "agent", "--config", str(agent_config)],
+                                     stdout=log, stderr=log, env=env)
+        admin = ClientConfig(serving["address"], (head_dir / "admin.token").read_text().strip(), ca_file.read_bytes())
+        with Client(admin, timeout_s=10) as client:
+            def ready_node() -> bool:
+                assert agent.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
+                return any(name_and_state(n) == ("gpu1", "Ready") for n in client.nodes().nodes)
+            wait_until("the agent to enroll and be Ready", ready_node)
+        node_dir = tmp_path / "agent"
+        assert (node_dir / "node.crt").exists()
+        assert stat.S_IMODE((node_dir / "node.key").stat().st_mode) == 0o600
+        # Enrolled: the next run of the play makes no token for this node.
+        assert not runs(jinja, role_task("runyard_agent", "Create a join token on the head"), {**variables, **ENROLLED})
+    finally:
+        terminate(agent)
+        terminate(head)
