@@ -84,7 +84,10 @@ class AgentConfig:
         if self.join_token:
             return self.join_token
         if self.join_token_file:
-            return Path(self.join_token_file).read_text().strip()
+            try:
+                return Path(self.join_token_file).read_text().strip()
+            except OSError as err:
+                raise UsageError(f"cannot read join_token_file {self.join_token_file}: {err.strerror}") from None
         return ""
 
 

@@ -88,8 +88,12 @@ def load_client_config() -> ClientConfig:
         ca_pem = Path(ca_file).expanduser().read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read the cluster CA {ca_file}: {err.strerror}; `runyard login {address}` again") from None
+    try:
+        found = fingerprint(ca_pem)
+    except ConfigError:
+        raise ConfigError(f"the cluster CA {ca_file} is not a PEM certificate") from None
     pinned = "" if os.environ.get("RUNYARD_CA_FILE") else str(values.get("ca_fingerprint", ""))
-    if pinned and fingerprint(ca_pem) != pinned:
+    if pinned and found != pinned:
         raise ConfigError(f"the cluster CA in {ca_file} is not the one pinned in {path}; `runyard login {address}`")
     return ClientConfig(address, token, ca_pem)
 
