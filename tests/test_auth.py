@@ -96,6 +96,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         live = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "wait.py", check=True).stdout.strip()
         cluster.wait_state(live, "Running")
         yield World(cluster, tokens, certs, live, done, cluster.run(live)["snapshot_sha256"], throwaway, spare)
+        cluster.cli("cancel", live)
     finally:
         cluster.stop()
 
