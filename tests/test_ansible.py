@@ -233,6 +233,13 @@ def role_task(role: str, name: str) -> dict:
     return found[0]
 
 
+def test_head_data_dir_is_closed() -> None:
+    """The head's data dir holds the admin token and the CA's key: nobody else on the host may list or enter it, an
+    agent's jobs included where one runs on the head host. The real head keeps it so too (checked below)."""
+    args = role_task("runyard_head", "Create the data directory")["ansible.builtin.file"]
+    assert (args["owner"], args["mode"]) == ("{{ runyard_user }}", "0700")
+
+
 def test_agent_data_dir_is_private() -> None:
     """The data dir holds the node's private key."""
     task = role_task("runyard_agent", "Create the data directory and HOME")
@@ -661,6 +668,8 @@ def test_the_roles_enroll_an_agent_with_a_real_head(jinja: Any, tmp_path: Path) 
         wait_until("the head to be ready", lambda: ready.exists() or head.poll() is not None)
         assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
         serving = json.loads(ready.read_text())
+        head_dir_mode = role_task("runyard_head", "Create the data directory")["ansible.builtin.file"]["mode"]
+        assert stat.S_IMODE(head_dir.stat().st_mode) == int(head_dir_mode, 8), "the play and the head would disagree"
 
         # The head's address and data dir as the agents' play sees them: through the head's inventory variables.
         inventory["head1"].update(runyard_head_listen=serving["address"], runyard_head_data_dir=str(head_dir))
