@@ -559,6 +559,10 @@ def test_agent_toml_with_a_ca_fingerprint_instead_of_the_head(jinja: Any, tmp_pa
 
 
 AGENT_UNIT = "runyard_agent/templates/runyard-agent.service.j2"
+# What the root agent needs (see the unit's comments), checked against a real root agent under this set: without
+# any one of them the isolation tests fail, and without CAP_SETPCAP setpriv leaves a job the unit's bounding set.
+AGENT_CAPABILITIES = {"CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE",
+                      "CAP_KILL"}
 
 
 def agent_unit(jinja: Any, host: str = "gpu1", **overrides: Any) -> dict[str, list[str]]:
@@ -584,6 +588,28 @@ def test_agent_runs_as_root_with_a_delegated_cgroup(jinja: Any, host: str) -> No
     assert service.get("User") == ["root"] and service.get("Group") == ["root"]
     assert "SupplementaryGroups" not in service  # setpriv clears a job's groups: they would serve nobody
     assert service["Delegate"] == ["yes"], "the agent gives each job a cgroup of its own"
+
+
+def test_agent_unit_keeps_only_the_privileges_the_agent_needs(jinja: Any) -> None:
+    service = agent_unit(jinja)
+    assert set(" ".join(service["CapabilityBoundingSet"]).split()) == AGENT_CAPABILITIES
+    assert service["NoNewPrivileges"] == ["yes"]
+    assert "AmbientCapabilities" not in service
+
+
+def test_agent_unit_sandbox_spares_what_jobs_need(jinja: Any) -> None:
+    """The sandbox applies to the jobs too: read-only system, private /tmp, no kernel tunables, modules or log, no
+    set-uid files; but writable storage outside /usr and /etc, /home, the GPUs, the delegated cgroup and the jobs'
+    /proc entries all stay."""
+    service = agent_unit(jinja)
+    for key, value in {"ProtectSystem": "full", "ReadOnlyPaths": "/opt/runyard/venv", "PrivateTmp": "yes",
+                       "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
+                       "RestrictSUIDSGID": "yes"}.items():
+        assert service.get(key) == [value], f"{key}={service.get(key)}"
+    for key in ("ProtectHome", "PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock",
+                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute", "SystemCallFilter",
+                "RestrictNamespaces", "PrivateNetwork", "UMask", "ReadWritePaths"):
+        assert key not in service, f"{key} would take from jobs what they need (see the unit's comments)"
 
 
 def test_agent_unit_follows_stop_grace_and_environment(jinja: Any) -> None:
