@@ -6,7 +6,8 @@ config dataclasses and are kept out of the free-form config dicts (as is the dev
 and the units start the venv's console scripts with --config.
 Rendering (needs jinja2, skipped without it): the templates render with the role defaults and a fake inventory,
 the rendered head.toml / agent.toml load with the daemons' own config loader (unknown keys and wrong types are
-errors there), the head serves TLS under the names the agents dial, and the rendered units carry the start, stop
+errors there), the head serves TLS under the names the agents dial, the agent runs as root and every job as a uid of
+its own (never as root, never as an account of the host), and the rendered units carry the start, stop, privilege
 and hardening settings. Enrollment: the agent role's tasks, rendered for a node, create a join token on a real
 head with its own CLI, and the rendered agent.toml with that token and the copied CA enrolls a real agent.
 """
@@ -233,25 +234,26 @@ def role_task(role: str, name: str) -> dict:
     return found[0]
 
 
-def test_agent_data_dir_is_private() -> None:
-    """The data dir holds the node's private key."""
-    task = role_task("runyard_agent", "Create the data directory and HOME")
-    assert "{{ runyard_agent_data_dir }}" in task["loop"]
-    assert task["ansible.builtin.file"]["mode"] == "0700"
-    assert task["ansible.builtin.file"]["owner"] == "{{ runyard_agent_user }}"
+def test_head_data_dir_is_closed() -> None:
+    """The head's data dir holds the admin token and the CA's key: nobody else on the host may list or enter it, an
+    agent's jobs included where one runs on the head host. The real head keeps it so too (checked below)."""
+    args = role_task("runyard_head", "Create the data directory")["ansible.builtin.file"]
+    assert (args["owner"], args["mode"]) == ("{{ runyard_user }}", "0700")
 
 
 def test_agent_secrets_stay_out_of_the_log() -> None:
-    """The join token is made on the head and written to the node without Ansible printing it; the CA is public
-    but must be root's, so that the agent and its jobs cannot swap the trust anchor."""
+    """The join token is made on the head and written to the node without Ansible printing it, root's and 0600 like
+    agent.toml: no job can read them. The CA is public but must be root's, so that no job can swap the trust
+    anchor."""
     create = role_task("runyard_agent", "Create a join token on the head")
     assert create["delegate_to"] == "{{ runyard_head_host }}"
     assert create["no_log"] is True and "run_once" not in create  # one token of one use per node
     assert "RUNYARD_TOKEN" not in create["environment"], "the environment Ansible passes shows in ps"
     write = role_task("runyard_agent", "Write the join token")
     assert write["no_log"] is True
-    assert write["ansible.builtin.copy"]["mode"] == "0600"
-    assert write["ansible.builtin.copy"]["owner"] == "{{ runyard_agent_user }}"
+    assert (write["ansible.builtin.copy"]["owner"], write["ansible.builtin.copy"]["mode"]) == ("root", "0600")
+    config = role_task("runyard_agent", "Write agent.toml")["ansible.builtin.template"]
+    assert (config["owner"], config["group"], config["mode"]) == ("root", "root", "0600")
     ca = role_task("runyard_agent", "Write the cluster CA")["ansible.builtin.copy"]
     assert (ca["owner"], ca["mode"], ca["dest"]) == ("root", "0644", "{{ runyard_agent_head_ca_file }}")
 
@@ -285,6 +287,13 @@ INVENTORY = {
     "cpu1": {},  # no ansible_host: its inventory name is its address
 }
 GROUPS = {"all": ["head1", "gpu1", "cpu1"], "runyard_head": ["head1"], "runyard_agents": ["gpu1", "cpu1", "head1"]}
+# What `getent passwd` / `getent group` give a host (as ansible.builtin.getent's facts: the fields after the name).
+ACCOUNTS = {"root": ["x", "0", "0", "root", "/root", "/bin/bash"],
+            "runyard": ["x", "998", "998", "", "/var/lib/runyard", "/usr/sbin/nologin"],
+            "alice": ["x", "1000", "1000", "Alice", "/home/alice", "/bin/bash"],
+            "nobody": ["x", "65534", "65534", "nobody", "/nonexistent", "/usr/sbin/nologin"]}
+GROUPS_OF_THE_HOST = {"root": ["x", "0", ""], "video": ["x", "44", ""], "runyard": ["x", "998", ""],
+                      "alice": ["x", "1000", ""], "nogroup": ["x", "65534", ""]}
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +312,18 @@ def jinja() -> Any:
                                   loader=jinja2.FileSystemLoader(str(ROLES)))
     # Ansible evaluates variables lazily and keeps native types ("{{ [1] }}" is a list): NativeEnvironment.
     native_env = NativeEnvironment(undefined=jinja2.StrictUndefined)
+    def intersect(left: Any, right: Any) -> list:  # Ansible's `intersect`: unique items of left also in right
+        return [item for i, item in enumerate(left) if item in right and item not in left[:i]]
+
+    def match(value: Any, pattern: str) -> bool:  # Ansible's `match` test: re.match
+        return re.match(pattern, str(value)) is not None
+
     for env in (text_env, native_env):
         env.filters["to_json"] = to_json
         env.filters["quote"] = quote
+        env.filters["intersect"] = intersect
+        env.filters["dict2items"] = lambda mapping: [{"key": k, "value": v} for k, v in mapping.items()]
+        env.tests["match"] = match
     return text_env, native_env
 
 
@@ -333,9 +351,8 @@ def host_vars(jinja: Any, host: str, inventory: dict[str, dict[str, Any]] = INVE
         inventory_hostname=host,
         groups=GROUPS,
         hostvars={h: {**v, "inventory_hostname": h} for h, v in inventory.items()},
-        ansible_facts={"os_family": "Debian", "getent_group": {"video": [], "render": []}},
+        ansible_facts={"os_family": "Debian", "getent_passwd": ACCOUNTS, "getent_group": GROUPS_OF_THE_HOST},
         ansible_managed="Managed by Ansible",
-        runyard_agent_supplementary_groups=["video", "render"],
     )
     variables.update(overrides)
     return resolve(jinja, variables)
@@ -541,36 +558,156 @@ def test_agent_toml_with_a_ca_fingerprint_instead_of_the_head(jinja: Any, tmp_pa
     assert config.node_address() == "runyard.example.internal:7434"
 
 
+AGENT_UNIT = "runyard_agent/templates/runyard-agent.service.j2"
+# What the root agent needs (see the unit's comments), checked against a real root agent under this set: without
+# any one of them the isolation tests fail, and without CAP_SETPCAP setpriv leaves a job the unit's bounding set.
+AGENT_CAPABILITIES = {"CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE",
+                      "CAP_KILL"}
+
+
+def agent_unit(jinja: Any, host: str = "gpu1", **overrides: Any) -> dict[str, list[str]]:
+    return unit_settings(render(jinja, AGENT_UNIT, host_vars(jinja, host, **overrides)))["Service"]
+
+
 def test_agent_unit(jinja: Any) -> None:
     variables = host_vars(jinja, "gpu1")
-    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
+    service = agent_unit(jinja)
     assert service["ExecStart"] == ["/opt/runyard/venv/bin/runyard-agent --config /etc/runyard/agent.toml"]
-    assert service["User"] == ["runyard"]
-    assert service["SupplementaryGroups"] == ["video render"]
     assert service["KillMode"] == ["mixed"]
-    assert service["Delegate"] == ["yes"], "the agent gives each job a cgroup of its own"
     assert int(service["TimeoutStopSec"][0]) > variables["runyard_agent_stop_grace_s"] + 5
     assert service["Restart"] == ["on-failure"]
     assert "PYTHONUNBUFFERED=1" in service["Environment"]
     assert "HOME=/var/lib/runyard-agent/home" in service["Environment"]
 
 
-def test_agent_unit_follows_stop_grace_groups_and_environment(jinja: Any) -> None:
-    variables = host_vars(jinja, "gpu1", runyard_agent_stop_grace_s=120, runyard_agent_supplementary_groups=[],
-                          runyard_agent_environment={"HF_HOME": "/data/hf cache"})
-    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
+@pytest.mark.parametrize("host", ["gpu1", "head1"])
+def test_agent_runs_as_root_with_a_delegated_cgroup(jinja: Any, host: str) -> None:
+    """Root, so that every job runs as a uid of its own, away from the agent's key and from other jobs: on the head
+    host too, where the jobs' uids then have no access to the head's data dir."""
+    service = agent_unit(jinja, host)
+    assert service.get("User") == ["root"] and service.get("Group") == ["root"]
+    assert "SupplementaryGroups" not in service  # setpriv clears a job's groups: they would serve nobody
+    assert service["Delegate"] == ["yes"], "the agent gives each job a cgroup of its own"
+
+
+def test_agent_unit_keeps_only_the_privileges_the_agent_needs(jinja: Any) -> None:
+    service = agent_unit(jinja)
+    assert set(" ".join(service["CapabilityBoundingSet"]).split()) == AGENT_CAPABILITIES
+    assert service["NoNewPrivileges"] == ["yes"]
+    assert "AmbientCapabilities" not in service
+
+
+def test_agent_unit_sandbox_spares_what_jobs_need(jinja: Any) -> None:
+    """The sandbox applies to the jobs too: read-only system, private /tmp, no kernel tunables, modules or log, no
+    set-uid files; but writable storage outside /usr and /etc, /home, the GPUs, the delegated cgroup and the jobs'
+    /proc entries all stay."""
+    service = agent_unit(jinja)
+    for key, value in {"ProtectSystem": "full", "ReadOnlyPaths": "/opt/runyard/venv", "PrivateTmp": "yes",
+                       "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
+                       "RestrictSUIDSGID": "yes"}.items():
+        assert service.get(key) == [value], f"{key}={service.get(key)}"
+    for key in ("ProtectHome", "PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock",
+                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute", "SystemCallFilter",
+                "RestrictNamespaces", "PrivateNetwork", "UMask", "ReadWritePaths"):
+        assert key not in service, f"{key} would take from jobs what they need (see the unit's comments)"
+
+
+def test_agent_unit_follows_stop_grace_and_environment(jinja: Any) -> None:
+    service = agent_unit(jinja, runyard_agent_stop_grace_s=120, runyard_agent_environment={"HF_HOME": "/data/hf cache"})
     assert int(service["TimeoutStopSec"][0]) > 120
-    assert "SupplementaryGroups" not in service  # systemd refuses a unit that names a group the host lacks
     assert '"HF_HOME=/data/hf cache"' in service["Environment"]
 
 
-def test_agent_on_the_head_host_gets_its_own_user(jinja: Any) -> None:
-    """Jobs run as the agent's user; on the head host that user must not be able to read the head's tokens."""
-    variables = host_vars(jinja, "head1")
-    assert variables["runyard_agent_user"] == "runyard-agent" != variables["runyard_user"]
-    service = unit_settings(render(jinja, "runyard_agent/templates/runyard-agent.service.j2", variables))["Service"]
-    assert service["User"] == ["runyard-agent"]
-    assert host_vars(jinja, "gpu1")["runyard_agent_user"] == "runyard"
+def assert_conditions(jinja: Any, task: dict, variables: dict[str, Any]) -> list[str]:
+    """The conditions of an `ansible.builtin.assert` task that do not hold (Jinja expressions, as Ansible reads them)."""
+    variables = task_vars(jinja, task, variables)
+    return [cond for cond in as_list(task["ansible.builtin.assert"]["that"])
+            if not expand(jinja, "{{ " + cond + " }}", variables)]
+
+
+CHECK_VARIABLES = "Check the agent's variables"
+CHECK_RANGE = "Check that no account or group of the host has a uid or gid of the run uid range"
+
+
+def test_agent_toml_gives_jobs_uids_of_their_own(jinja: Any, tmp_path: Path) -> None:
+    """The agent's default range unless set, and never allow_root_runs: a root agent runs no job as root."""
+    config = render_agent(jinja, tmp_path, "gpu1")
+    assert config.run_uid_range == AgentConfig().run_uid_range == "200000-265535"
+    assert config.uid_range == (200000, 265535)
+    assert config.allow_root_runs is False
+    text = (tmp_path / "rendered.toml").read_text()
+    assert tomllib.loads(text)["allow_root_runs"] is False
+    assert load_yaml(ROLES / "runyard_agent" / "defaults" / "main.yml")["runyard_agent_run_uid_range"] == "200000-265535"
+    assert render_agent(jinja, tmp_path, "cpu1", runyard_agent_run_uid_range="300000-300999").uid_range == (300000, 300999)
+
+
+def test_agent_role_refuses_root_runs_and_a_bad_range(jinja: Any) -> None:
+    """allow_root_runs is reserved: runyard_agent_config cannot turn it on; nor can a range that is no range, nor a
+    leftover runyard_agent_user ask for the unprivileged agent of earlier versions."""
+    assert {"allow_root_runs", "run_uid_range"} <= reserved_keys("runyard_agent")
+    task = role_task("runyard_agent", CHECK_VARIABLES)
+    assert assert_conditions(jinja, task, host_vars(jinja, "gpu1")) == []
+    for bad in ({"runyard_agent_config": {"allow_root_runs": True}},
+                {"runyard_agent_config": {"run_uid_range": "1000-2000"}},
+                {"runyard_agent_run_uid_range": ""},
+                {"runyard_agent_run_uid_range": "200000"},
+                {"runyard_agent_user": "runyard"}):
+        assert assert_conditions(jinja, task, host_vars(jinja, "gpu1", **bad)), f"{bad} passes the check"
+
+
+@pytest.mark.parametrize(("uid_range", "users", "groups"), [
+    ("200000-265535", [], []),
+    (" 990 - 999 ", ["runyard"], ["runyard"]),   # the head's account: its data dir
+    ("1000-1000", ["alice"], ["alice"]),         # a person's files
+    ("40-50", [], ["video"]),                    # a group's rights
+])
+def test_run_uid_range_holds_no_account_of_the_host(jinja: Any, uid_range: str, users: list, groups: list) -> None:
+    """A job runs as uid N, gid N: the play refuses a range in which N is an account's uid or a group's gid."""
+    task = role_task("runyard_agent", CHECK_RANGE)
+    variables = host_vars(jinja, "head1", runyard_agent_run_uid_range=uid_range)
+    assert bool(assert_conditions(jinja, task, variables)) == bool(users or groups)
+    seen = task_vars(jinja, task, variables)
+    assert (seen["runyard_agent_users_in_range"], seen["runyard_agent_groups_in_range"]) == (users, groups)
+
+
+STATE = "runyard_agent_data_dir_state"
+
+
+def test_agent_data_dir_is_roots_and_its_mode_left_to_the_agent(jinja: Any) -> None:
+    """The data dir holds the node's key: root's, created 0700. From then on the agent sets its mode at each start
+    (0711 while jobs pass through it to their run directories): a play that closed it again would cut live jobs
+    off from their directories."""
+    variables = host_vars(jinja, "gpu1")
+    create = role_task("runyard_agent", "Create the data directory")
+    args = create["ansible.builtin.file"]
+    assert (args["path"], args["state"], args["owner"], args["group"], args["mode"]) == \
+        ("{{ runyard_agent_data_dir }}", "directory", "root", "root", "0700")
+    assert runs(jinja, create, {**variables, STATE: {"stat": {"exists": False}}})
+    assert not runs(jinja, create, {**variables, STATE: {"stat": {"exists": True, "uid": 0}}})
+    for task in walk_tasks(load_yaml(ROLES / "runyard_agent" / "tasks" / "main.yml")):
+        file_args = task.get("ansible.builtin.file") or {}
+        if file_args.get("path") == "{{ runyard_agent_data_dir }}" and task["name"] != create["name"]:
+            assert "mode" not in file_args, f"{task['name']} sets the data dir's mode"
+    home = role_task("runyard_agent", "Create the agent's HOME")["ansible.builtin.file"]
+    assert (home["owner"], home["mode"]) == ("root", "0700")
+    assert expand(jinja, home["path"], variables) == "/var/lib/runyard-agent/home"
+
+
+def test_an_unprivileged_agents_data_dir_becomes_roots(jinja: Any) -> None:
+    """Nodes deployed when the agent was not root: their key, certificate and run directories become root's (the
+    root agent refuses a run root that is not its own), without following links a job may have left."""
+    variables = host_vars(jinja, "gpu1")
+    task = role_task("runyard_agent", "Give the data directory of an unprivileged agent to root")
+    args = task["ansible.builtin.file"]
+    assert (args["path"], args["recurse"], args["follow"], args["owner"], args["group"]) == \
+        ("{{ runyard_agent_data_dir }}", True, False, "root", "root")
+    assert "mode" not in args
+    assert runs(jinja, task, {**variables, STATE: {"stat": {"exists": True, "uid": 998}}})
+    assert not runs(jinja, task, {**variables, STATE: {"stat": {"exists": True, "uid": 0}}})
+    assert not runs(jinja, task, {**variables, STATE: {"stat": {"exists": False}}})
+    look = role_task("runyard_agent", "Look at the data directory")
+    assert look["register"] == STATE
+    assert expand(jinja, look["ansible.builtin.stat"]["path"], variables) == "/var/lib/runyard-agent"
 
 
 # --- enrollment ----------------------------------------------------------------------------------------------
@@ -661,6 +798,8 @@ def test_the_roles_enroll_an_agent_with_a_real_head(jinja: Any, tmp_path: Path) 
         wait_until("the head to be ready", lambda: ready.exists() or head.poll() is not None)
         assert head.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
         serving = json.loads(ready.read_text())
+        head_dir_mode = role_task("runyard_head", "Create the data directory")["ansible.builtin.file"]["mode"]
+        assert stat.S_IMODE(head_dir.stat().st_mode) == int(head_dir_mode, 8), "the play and the head would disagree"
 
         # The head's address and data dir as the agents' play sees them: through the head's inventory variables.
         inventory["head1"].update(runyard_head_listen=serving["address"], runyard_head_data_dir=str(head_dir))
