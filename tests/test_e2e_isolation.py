@@ -66,6 +66,9 @@ print(json.dumps({
     "uid": int(subprocess.run(["id", "-u"], capture_output=True, text=True).stdout),
     "results": results, "hard_link": hard_link, "marker": os.environ.get(%r),
     "own_code": open("probe.py").read(11), "env": sorted(os.environ),
+    "caps": {line.split(":")[0]: int(line.split()[1], 16) for line in open("/proc/self/status")
+             if line.startswith(("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"))},
+    "no_new_privs": next(line.split()[1] for line in open("/proc/self/status") if line.startswith("NoNewPrivs")),
 }))
 """ % MARKER
 
@@ -114,6 +117,8 @@ def test_a_run_reaches_nothing_of_the_agent_nor_of_another_run(open_root: Path, 
         assert seen["hard_link"] == "PermissionError", "the kernel's protected_hardlinks"
         assert seen["marker"] is None and MARKER not in seen["env"]
         assert seen["own_code"] == "import json"
+        assert seen["caps"] == dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0), seen["caps"]
+        assert seen["no_new_privs"] == "1"
 
         probe_id = cluster.json("runs", "--limit", "1")[0]["id"]
         cluster.cli("download", probe_id, "--outputs", str(shared / "out"), check=True)
