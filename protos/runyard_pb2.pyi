@@ -76,6 +76,7 @@ class Stream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STDOUT: _ClassVar[Stream]
     STDERR: _ClassVar[Stream]
     SYSTEM: _ClassVar[Stream]
+    BUILD: _ClassVar[Stream]
 
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -132,6 +133,7 @@ STREAM_UNSPECIFIED: Stream
 STDOUT: Stream
 STDERR: Stream
 SYSTEM: Stream
+BUILD: Stream
 ROLE_UNSPECIFIED: Role
 ROLE_VIEWER: Role
 ROLE_USER: Role
@@ -163,7 +165,7 @@ class Resources(_message.Message):
     def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., instance_count: _Optional[int] = ..., gpu_model: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., node_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute", "max_retries")
+    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute", "max_retries", "env", "env_ref", "env_hash")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,13 +179,98 @@ class RunSpec(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    ENV_REF_FIELD_NUMBER: _ClassVar[int]
+    ENV_HASH_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     environment: _containers.ScalarMap[str, str]
     resources: Resources
     timeout_s: float
     compute: str
     max_retries: int
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    env: EnvironmentSpec
+    env_ref: str
+    env_hash: str
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ..., env: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., env_ref: _Optional[str] = ..., env_hash: _Optional[str] = ...) -> None: ...
+
+class EnvironmentSpec(_message.Message):
+    __slots__ = ("python", "pip", "index_url", "extra_index_urls", "find_links", "conda", "channels", "image")
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    PIP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_URL_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_INDEX_URLS_FIELD_NUMBER: _ClassVar[int]
+    FIND_LINKS_FIELD_NUMBER: _ClassVar[int]
+    CONDA_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    python: str
+    pip: _containers.RepeatedScalarFieldContainer[str]
+    index_url: str
+    extra_index_urls: _containers.RepeatedScalarFieldContainer[str]
+    find_links: _containers.RepeatedScalarFieldContainer[str]
+    conda: _containers.RepeatedScalarFieldContainer[str]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    image: str
+    def __init__(self, python: _Optional[str] = ..., pip: _Optional[_Iterable[str]] = ..., index_url: _Optional[str] = ..., extra_index_urls: _Optional[_Iterable[str]] = ..., find_links: _Optional[_Iterable[str]] = ..., conda: _Optional[_Iterable[str]] = ..., channels: _Optional[_Iterable[str]] = ..., image: _Optional[str] = ...) -> None: ...
+
+class Environment(_message.Message):
+    __slots__ = ("name", "version", "description", "tags", "spec", "hash", "created_at", "built_on", "created_by")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BUILT_ON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    description: str
+    tags: _containers.ScalarMap[str, str]
+    spec: EnvironmentSpec
+    hash: str
+    created_at: float
+    built_on: _containers.RepeatedScalarFieldContainer[str]
+    created_by: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., hash: _Optional[str] = ..., created_at: _Optional[float] = ..., built_on: _Optional[_Iterable[str]] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class EnvironmentRef(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class ListEnvironmentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEnvironmentsResponse(_message.Message):
+    __slots__ = ("environments",)
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    environments: _containers.RepeatedCompositeFieldContainer[Environment]
+    def __init__(self, environments: _Optional[_Iterable[_Union[Environment, _Mapping]]] = ...) -> None: ...
+
+class BuildEnvironmentRequest(_message.Message):
+    __slots__ = ("ref", "nodes")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BuildEnvironmentResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "uuid", "model", "memory_bytes")
@@ -198,16 +285,24 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Capacity(_message.Message):
-    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus")
+    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus", "platform", "interpreters", "builders", "env_hashes")
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    INTERPRETERS_FIELD_NUMBER: _ClassVar[int]
+    BUILDERS_FIELD_NUMBER: _ClassVar[int]
+    ENV_HASHES_FIELD_NUMBER: _ClassVar[int]
     cpus: float
     memory_bytes: int
     disk_bytes: int
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
-    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
+    platform: str
+    interpreters: _containers.RepeatedScalarFieldContainer[str]
+    builders: _containers.RepeatedScalarFieldContainer[str]
+    env_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., platform: _Optional[str] = ..., interpreters: _Optional[_Iterable[str]] = ..., builders: _Optional[_Iterable[str]] = ..., env_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("stream", "seq", "ts", "data", "continued", "gap", "rank")
@@ -360,7 +455,7 @@ class RunEvent(_message.Message):
     def __init__(self, at: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority", "pending_kind", "submitter")
+    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority", "pending_kind", "submitter", "env_name", "env_version")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -408,6 +503,8 @@ class Run(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     PENDING_KIND_FIELD_NUMBER: _ClassVar[int]
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    ENV_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENV_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     workspace: str
     experiment: str
@@ -434,7 +531,9 @@ class Run(_message.Message):
     priority: int
     pending_kind: PendingKind
     submitter: str
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ..., submitter: _Optional[str] = ...) -> None: ...
+    env_name: str
+    env_version: str
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ..., submitter: _Optional[str] = ..., env_name: _Optional[str] = ..., env_version: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("experiment", "state", "limit", "user")
@@ -497,18 +596,20 @@ class CancelResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("run_id", "follow", "tail", "has_rank", "rank")
+    __slots__ = ("run_id", "stream", "follow", "tail", "has_rank", "rank")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
+    stream: Stream
     follow: bool
     tail: int
     has_rank: bool
     rank: int
-    def __init__(self, run_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("attempt", "record")
@@ -886,10 +987,12 @@ class RunHandle(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at",)
+    __slots__ = ("sent_at", "env_hashes")
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    ENV_HASHES_FIELD_NUMBER: _ClassVar[int]
     sent_at: float
-    def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
+    env_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sent_at: _Optional[float] = ..., env_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
     __slots__ = ("run_id", "attempt", "phase", "exit_code", "reason", "detail", "outputs_sha256", "at", "pid")
@@ -946,20 +1049,30 @@ class MetricBatch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ...) -> None: ...
 
 class HeadMessage(_message.Message):
-    __slots__ = ("ack", "assign", "cancel")
+    __slots__ = ("ack", "assign", "cancel", "build_env")
     ACK_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ENV_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     assign: Assignment
     cancel: CancelRun
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ...) -> None: ...
+    build_env: BuildEnvironment
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelRun, _Mapping]] = ..., build_env: _Optional[_Union[BuildEnvironment, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("msg_seq",)
     MSG_SEQ_FIELD_NUMBER: _ClassVar[int]
     msg_seq: int
     def __init__(self, msg_seq: _Optional[int] = ...) -> None: ...
+
+class BuildEnvironment(_message.Message):
+    __slots__ = ("env", "env_hash")
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    ENV_HASH_FIELD_NUMBER: _ClassVar[int]
+    env: EnvironmentSpec
+    env_hash: str
+    def __init__(self, env: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., env_hash: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("run_id", "attempt", "workspace", "experiment", "parent_run_id", "snapshot_sha256", "spec", "gpu_indices", "extra_env")

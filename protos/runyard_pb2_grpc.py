@@ -104,6 +104,26 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.Identity.FromString,
                 _registered_method=True)
+        self.CreateEnvironment = channel.unary_unary(
+                '/runyard.v1.Runyard/CreateEnvironment',
+                request_serializer=protos_dot_runyard__pb2.Environment.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Environment.FromString,
+                _registered_method=True)
+        self.ListEnvironments = channel.unary_unary(
+                '/runyard.v1.Runyard/ListEnvironments',
+                request_serializer=protos_dot_runyard__pb2.ListEnvironmentsRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.ListEnvironmentsResponse.FromString,
+                _registered_method=True)
+        self.GetEnvironment = channel.unary_unary(
+                '/runyard.v1.Runyard/GetEnvironment',
+                request_serializer=protos_dot_runyard__pb2.EnvironmentRef.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.Environment.FromString,
+                _registered_method=True)
+        self.BuildEnvironment = channel.unary_unary(
+                '/runyard.v1.Runyard/BuildEnvironment',
+                request_serializer=protos_dot_runyard__pb2.BuildEnvironmentRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.BuildEnvironmentResponse.FromString,
+                _registered_method=True)
         self.CreateWorkspace = channel.unary_unary(
                 '/runyard.v1.Runyard/CreateWorkspace',
                 request_serializer=protos_dot_runyard__pb2.WorkspaceRef.SerializeToString,
@@ -241,6 +261,31 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnvironment(self, request, context):
+        """Environments: registered per workspace, built once per node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEnvironment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BuildEnvironment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateWorkspace(self, request, context):
         """Admins: workspaces, users' tokens, node enrollment and the audit trail.
         """
@@ -368,6 +413,26 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=protos_dot_runyard__pb2.WhoAmIRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.Identity.SerializeToString,
+            ),
+            'CreateEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnvironment,
+                    request_deserializer=protos_dot_runyard__pb2.Environment.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Environment.SerializeToString,
+            ),
+            'ListEnvironments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironments,
+                    request_deserializer=protos_dot_runyard__pb2.ListEnvironmentsRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.ListEnvironmentsResponse.SerializeToString,
+            ),
+            'GetEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEnvironment,
+                    request_deserializer=protos_dot_runyard__pb2.EnvironmentRef.FromString,
+                    response_serializer=protos_dot_runyard__pb2.Environment.SerializeToString,
+            ),
+            'BuildEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildEnvironment,
+                    request_deserializer=protos_dot_runyard__pb2.BuildEnvironmentRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.BuildEnvironmentResponse.SerializeToString,
             ),
             'CreateWorkspace': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWorkspace,
@@ -793,6 +858,114 @@ class Runyard:
             '/runyard.v1.Runyard/WhoAmI',
             protos_dot_runyard__pb2.WhoAmIRequest.SerializeToString,
             protos_dot_runyard__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/CreateEnvironment',
+            protos_dot_runyard__pb2.Environment.SerializeToString,
+            protos_dot_runyard__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListEnvironments',
+            protos_dot_runyard__pb2.ListEnvironmentsRequest.SerializeToString,
+            protos_dot_runyard__pb2.ListEnvironmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/GetEnvironment',
+            protos_dot_runyard__pb2.EnvironmentRef.SerializeToString,
+            protos_dot_runyard__pb2.Environment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/BuildEnvironment',
+            protos_dot_runyard__pb2.BuildEnvironmentRequest.SerializeToString,
+            protos_dot_runyard__pb2.BuildEnvironmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

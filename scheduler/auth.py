@@ -68,7 +68,8 @@ RULES: dict[str, Rule] = {
     **{_RUNYARD + m: Rule(Role.VIEWER) for m in (
         "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI")},
     _RUNYARD + "HasSnapshot": Rule(Role.USER),
-    **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in ("UploadSnapshot", "Submit", "Cancel")},
+    **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in (
+        "UploadSnapshot", "Submit", "Cancel", "CreateEnvironment", "BuildEnvironment")},
     **{_RUNYARD + m: Rule(Role.ADMIN) for m in ("ListWorkspaces", "ListTokens", "ListAudit")},
     **{_RUNYARD + m: Rule(Role.ADMIN, mutates=True) for m in (
         "SetNodeSchedule", "CreateWorkspace", "CreateToken", "RevokeToken", "CreateJoinToken", "RemoveNode",
