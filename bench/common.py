@@ -297,6 +297,36 @@ def metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def channel(config: Any, options: Sequence[tuple[str, Any]] = ()) -> Any:
+    """A blocking gRPC channel to a head as runyard/client.py opens one from a `ClientConfig`: TLS that trusts the
+    cluster CA, or plaintext when the config says the head allows it (`insecure_plaintext`, loopback only)."""
+    import grpc
+
+    if config.insecure:
+        return grpc.insecure_channel(config.address, options=list(options))
+    return grpc.secure_channel(config.address, grpc.ssl_channel_credentials(root_certificates=config.ca_pem),
+                               options=list(options))
+
+
+def transport(config: Any) -> str:
+    """"tls" or "plaintext": how a client with this config talks to the head."""
+    return "plaintext" if config.insecure else "tls"
+
+
+def peer_tls(directory: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 made with runyard.pki (ECDSA P-256, as the head's), written to
+    `directory`: what a bare peer server needs to serve TLS the way the head does. Returns the three paths."""
+    from runyard import pki
+
+    ca = pki.create_ca("bench-peer")
+    server = pki.issue_server(ca, ["127.0.0.1", "localhost"])
+    paths = {"ca": directory / "peer-ca.crt", "key": directory / "peer.key", "cert": directory / "peer.crt"}
+    pki.write_private(paths["ca"], ca.cert_pem)
+    pki.write_private(paths["key"], server.key_pem)
+    pki.write_private(paths["cert"], server.cert_pem + ca.cert_pem)
+    return paths
+
+
 def make_snapshot(workdir: Path) -> Any:
     """A one-file snapshot zip built with runyard.snapshot.create_snapshot."""
     from runyard.snapshot import create_snapshot
