@@ -21,6 +21,8 @@ on the head's core and this generator on the other, at the same number of ping-p
   ratio to it (what the transport alone costs at this load);
 - the shape before mTLS: 50 streams sharing one plaintext connection; the difference is what one connection per
   agent with TLS costs the transport.
+A limit stream that fails before it opens (thousands opening at once make grpc fail a few with INTERNAL) is opened
+again with the simulated agents' back-off; failures are counted and reported, as ours are.
 Prints one JSON object.
 """
 
@@ -57,6 +59,7 @@ JOIN_CHANNELS = 8        # TLS channels to the client port that the Joins share 
 MAX_JOIN_USES = 10_000   # the head's cap on one join token's uses (scheduler/enrollment.py)
 KEEPALIVE = [("grpc.keepalive_time_ms", 20_000)]   # as agent/link.py
 LEGACY_STREAMS = 50      # the limit's shape before mTLS: this many streams on one plaintext connection
+OPEN_ATTEMPTS = 8        # the limit opens a failed stream again this many times at most
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -348,12 +351,21 @@ async def transport_limit(address: str, credentials: grpc.ChannelCredentials | N
     stubs = [pb_grpc.NodeAgentStub(c) for c in channels]
     latencies: list[float] = []
     interval_s = streams / rate_per_s
-    opened = 0
+    settled = 0                       # streams open, or failed before they opened
     all_open = asyncio.Event()
-    grid: list[float] = []  # the slots' origin, set once every stream is open
+    grid: list[float] = []            # the slots' origin, set once every stream has settled
+    failed: dict[str, int] = {}       # "open:INTERNAL" (retried) or "stream:INTERNAL" (after it opened) -> count
+    gave_up: list[int] = []           # streams that never opened
 
-    async def one(index: int) -> None:
-        nonlocal opened
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == streams:
+            grid.append(time.monotonic())
+            all_open.set()
+
+    async def session(index: int, state: dict[str, bool]) -> None:
+        """One stream until its last slot; state["open"] once its first message came back."""
         queue: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         sent: dict[int, tuple[float, bool]] = {}
 
@@ -380,20 +392,41 @@ async def transport_limit(address: str, credentials: grpc.ChannelCredentials | N
                 slot += interval_s
             await queue.put(None)
         feeder = asyncio.create_task(feed())
-        async for reply in call:
-            at, counted = sent.pop(reply.ack.msg_seq)
-            if reply.ack.msg_seq == 0:
-                opened += 1
-                if opened == streams:
-                    grid.append(time.monotonic())
-                    all_open.set()
-            elif counted:
-                latencies.append(time.perf_counter() - at)
-        await feeder
+        try:
+            async for reply in call:
+                at, counted = sent.pop(reply.ack.msg_seq)
+                if reply.ack.msg_seq == 0:
+                    state["open"] = True
+                    settle()
+                elif counted:
+                    latencies.append(time.perf_counter() - at)
+            await feeder
+        finally:
+            feeder.cancel()
+            call.cancel()
+
+    async def one(index: int) -> None:
+        """A stream that fails before it opens is opened again with the simulated agents' back-off (a burst of
+        thousands of stream opens at once makes some fail); one that fails later is counted and not replaced."""
+        state = {"open": False}
+        backoff_s = BACKOFF_S
+        for _ in range(OPEN_ATTEMPTS):
+            try:
+                await session(index, state)
+                return
+            except grpc.aio.AioRpcError as err:
+                key = f"{'stream' if state['open'] else 'open'}:{err.code().name}"
+                failed[key] = failed.get(key, 0) + 1
+                if state["open"]:
+                    return
+            await asyncio.sleep(backoff_s * (0.5 + random.random()))
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        gave_up.append(index)
+        settle()
+
     t_open = time.perf_counter()
-    opening = asyncio.create_task(all_open.wait())
     runs = asyncio.gather(*(one(i) for i in range(streams)))
-    await asyncio.wait_for(asyncio.shield(opening), 120)
+    await all_open.wait()
     open_s = time.perf_counter() - t_open
     await runs
     for channel in channels:
@@ -401,7 +434,8 @@ async def transport_limit(address: str, credentials: grpc.ChannelCredentials | N
     return {"streams": streams, "connections": connections, "tls": credentials is not None,
             "connect_all_s": round(connect_s, 2), "open_all_streams_s": round(open_s, 2),
             "p50_ms": round(pct(latencies, 0.5) * 1000, 3), "p99_ms": round(pct(latencies, 0.99) * 1000, 3),
-            "messages": len(latencies)}
+            "messages": len(latencies), "expected": int(streams * seconds / interval_s), "failures_by_phase_and_code": failed,
+            "streams_never_opened": len(gave_up)}
 
 
 def limits(directory: Path, pinned: bool, agents: int, rate_per_s: float, seconds: float) -> dict[str, object]:
