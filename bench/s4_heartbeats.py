@@ -8,7 +8,9 @@ evenly) on the node port over mTLS with the certificate `Join` returned. gRPC ca
 channels with different client certificates, and each certificate names one node, so every simulated agent has a
 TCP and TLS connection of its own, as real agents do: N connections to the head (there were 100 shared plaintext
 connections before the node port required mTLS). The Joins share a few TLS channels (no client certificate there).
-The connections use the agent's keepalive (20 s). A heartbeat's latency is the time until
+The connections use the agent's keepalive (20 s). Before the window, the generator freezes its heap (gc.freeze):
+otherwise a full collection over its thousands of channels stalls its event loop for 200-500 ms, which read as
+heartbeat latency of the head; its own collections in the window are reported. A heartbeat's latency is the time until
 the head's Ack for it arrives; the window counts the heartbeats sent inside it (acks waited for a little after it),
 and the ones never answered are reported. Like the real agent (agent/link.py), a simulated agent whose Join or Connect fails
 retries with jittered exponential backoff (0.05 s doubling to 2 s; Join with a 10 s deadline); every retry is counted
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -91,6 +94,41 @@ def identities(agents: int) -> tuple[list[Identity], float]:
                                     serialization.NoEncryption())
         found.append(Identity(name, key_pem, pki.node_csr(name, key)))
     return found, time.perf_counter() - t0
+
+
+class GcPauses:
+    """This process's own garbage-collection pauses while installed: the generator is not what is measured, but a
+    pause of its event loop delays every ack it reads and would show up as heartbeat latency."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif info["generation"] == 2:
+            self.pauses_ms.append((time.perf_counter() - self._started) * 1000)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, object]:
+        return {"full_collections": len(self.pauses_ms),
+                "longest_ms": round(max(self.pauses_ms), 1) if self.pauses_ms else None}
+
+
+def freeze_heap() -> int:
+    """Collect once, then move every object alive into the permanent generation (gc.freeze): the thousands of
+    channels, calls and coroutines set up so far are then never scanned again, so a full collection of the
+    generator no longer stalls its event loop for hundreds of milliseconds. Returns the objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class Fleet:
@@ -234,16 +272,19 @@ async def generate(config: object, node_address: str, join_token: str, fleet_ids
     storm_head_cpu = sum(head.cpu_times()[:2]) - storm_head_cpu0
     storm_my_cpu = sum(me_proc.cpu_times()[:2]) - storm_my_cpu0
     retries_to_connect = dict(fleet.retries)
+    frozen = freeze_heap()
     await asyncio.sleep(warmup_s)  # every agent beats at least twice before the window opens
     head_cpu0, my_cpu0, t0 = sum(head.cpu_times()[:2]), sum(me_proc.cpu_times()[:2]), time.monotonic()
     connected0, reconnects0 = len(fleet.connected), fleet.reconnects
-    head_connections = _tcp_connections(head_pid)
-    fleet.measuring.set()
-    await asyncio.sleep(duration_s)
-    fleet.measuring.clear()
+    with GcPauses() as pauses:
+        fleet.measuring.set()
+        await asyncio.sleep(duration_s)
+        fleet.measuring.clear()
     head_cpu = (sum(head.cpu_times()[:2]) - head_cpu0) / (time.monotonic() - t0)
     my_cpu = (sum(me_proc.cpu_times()[:2]) - my_cpu0) / (time.monotonic() - t0)
     await asyncio.sleep(min(interval_s, 5.0))  # acks of the window's last heartbeats; later ones count as lost
+    # Counted after the window: scanning thousands of sockets blocks this event loop for a while.
+    head_connections = _tcp_connections(head_pid)
     window = list(fleet.latencies)
     connected = len(fleet.connected)
     failures: dict[str, int] = {}  # agents never acknowledged, by their latest error
@@ -255,6 +296,7 @@ async def generate(config: object, node_address: str, join_token: str, fleet_ids
     await asyncio.gather(*tasks, return_exceptions=True)
     for channel in join_channels:
         await channel.close()
+    gc.unfreeze()
     arrived = sorted(fleet.connected_at)
     enrolled = sorted(fleet.enrolled_at)
     return {"connected": connected, "failed_agents": failures, "complete": connected == agents,
@@ -262,6 +304,7 @@ async def generate(config: object, node_address: str, join_token: str, fleet_ids
             "p50_ms": round(pct(window, 0.50) * 1000, 2), "p99_ms": round(pct(window, 0.99) * 1000, 2),
             "max_ms": round(max(window) * 1000, 2) if window else None,
             "head_cpu_share_of_one_core": round(head_cpu, 3), "generator_cpu_share_of_one_core": round(my_cpu, 3),
+            "generator_gc": {"objects_frozen_before_window": frozen, "in_window": pauses.summary()},
             "connections": {
                 "node_port": "one mTLS channel per simulated agent, with its own certificate (gRPC shares no "
                              "connection across client certificates): one TCP and TLS connection each",
@@ -428,11 +471,15 @@ async def transport_limit(address: str, credentials: grpc.ChannelCredentials | N
     runs = asyncio.gather(*(one(i) for i in range(streams)))
     await all_open.wait()
     open_s = time.perf_counter() - t_open
-    await runs
+    frozen = freeze_heap()  # inside the unmeasured first interval, as ours is frozen before its window
+    with GcPauses() as pauses:
+        await runs
+    gc.unfreeze()
     for channel in channels:
         await channel.close()
     return {"streams": streams, "connections": connections, "tls": credentials is not None,
             "connect_all_s": round(connect_s, 2), "open_all_streams_s": round(open_s, 2),
+            "generator_gc": {"objects_frozen_before_window": frozen, "in_window": pauses.summary()},
             "p50_ms": round(pct(latencies, 0.5) * 1000, 3), "p99_ms": round(pct(latencies, 0.99) * 1000, 3),
             "messages": len(latencies), "expected": int(streams * seconds / interval_s), "failures_by_phase_and_code": failed,
             "streams_never_opened": len(gave_up)}
