@@ -379,7 +379,7 @@ def start_echo(directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, obje
 
 
 async def transport_limit(address: str, credentials: grpc.ChannelCredentials | None, streams: int,
-                          connections: int, rate_per_s: float, seconds: float) -> dict[str, object]:
+                          connections: int, rate_per_s: float, seconds: float, server_pid: int) -> dict[str, object]:
     """`streams` echo streams spread over `connections` connections (mTLS when `credentials`), slots spread evenly,
     `rate_per_s` messages in all; latency until each echo. Connections and streams are open before the clock
     starts, and the first interval is not measured."""
@@ -472,13 +472,17 @@ async def transport_limit(address: str, credentials: grpc.ChannelCredentials | N
     await all_open.wait()
     open_s = time.perf_counter() - t_open
     frozen = freeze_heap()  # inside the unmeasured first interval, as ours is frozen before its window
+    server = psutil.Process(server_pid)
+    server_cpu0, t0 = sum(server.cpu_times()[:2]), time.monotonic()
     with GcPauses() as pauses:
         await runs
+    server_cpu = (sum(server.cpu_times()[:2]) - server_cpu0) / (time.monotonic() - t0)
     gc.unfreeze()
     for channel in channels:
         await channel.close()
     return {"streams": streams, "connections": connections, "tls": credentials is not None,
             "connect_all_s": round(connect_s, 2), "open_all_streams_s": round(open_s, 2),
+            "server_cpu_share_of_one_core": round(server_cpu, 3),
             "generator_gc": {"objects_frozen_before_window": frozen, "in_window": pauses.summary()},
             "p50_ms": round(pct(latencies, 0.5) * 1000, 3), "p99_ms": round(pct(latencies, 0.99) * 1000, 3),
             "messages": len(latencies), "expected": int(streams * seconds / interval_s), "failures_by_phase_and_code": failed,
@@ -496,9 +500,9 @@ def limits(directory: Path, pinned: bool, agents: int, rate_per_s: float, second
                                                    private_key=(tls / "client.key").read_bytes(),
                                                    certificate_chain=(tls / "client.crt").read_bytes())
         same = asyncio.run(transport_limit(f"127.0.0.1:{found['mtls']}", credentials, agents, agents, rate_per_s,
-                                           seconds))
+                                           seconds, proc.pid))
         legacy = asyncio.run(transport_limit(f"127.0.0.1:{found['plaintext']}", None, LEGACY_STREAMS, 1, rate_per_s,
-                                             seconds))
+                                             seconds, proc.pid))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -570,6 +574,9 @@ def main() -> None:
             "echo_p99_ms_one_mtls_connection_per_stream": same["p99_ms"],
             f"echo_p99_ms_{LEGACY_STREAMS}_streams_one_plaintext_connection": legacy["p99_ms"],
             "ratio": round(same["p99_ms"] / legacy["p99_ms"], 2) if legacy["p99_ms"] else None,
+            "echo_server_cpu_share_one_mtls_connection_per_stream": same["server_cpu_share_of_one_core"],
+            f"echo_server_cpu_share_{LEGACY_STREAMS}_streams_one_plaintext_connection":
+                legacy["server_cpu_share_of_one_core"],
             "note": "what one mTLS connection per agent costs the bare transport, against the shape the simulated "
                     "agents had when the node port took bearer tokens",
         },
