@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     common.exit_on_sigterm()
     if args.quick:
-        args.serial_calls, args.calls_each, args.warmup, args.runs, args.first_calls, args.repeats = 100, 40, 10, 15, 5, 2
+        args.serial_calls, args.calls_each, args.warmup = 100, 40, 10
+        args.runs, args.first_calls, args.repeats = 15, 5, 2
 
     from protos import runyard_pb2_grpc as pb_grpc
 
@@ -190,7 +191,8 @@ def main() -> None:
         }
         result["ratios_per_repeat"] = {
             "s1_serial_submits_per_s": per_repeat_ratios(
-                [r["calls_per_s"] for r in submits["tls/serial"]], [r["calls_per_s"] for r in submits["plaintext/serial"]]),
+                [r["calls_per_s"] for r in submits["tls/serial"]],
+                [r["calls_per_s"] for r in submits["plaintext/serial"]]),
             "s1_concurrent_submits_per_s": per_repeat_ratios(
                 [r["calls_per_s"] for r in submits["tls/concurrent"]],
                 [r["calls_per_s"] for r in submits["plaintext/concurrent"]]),
@@ -203,8 +205,10 @@ def main() -> None:
                       at_least=saturated("serial")),
             limit_row(f"submits/s, {args.clients} client processes", rate("tls", "concurrent"),
                       rate("plaintext", "concurrent"), "/s", True, at_least=saturated("concurrent")),
-            limit_row("idle run, submit -> process started, p50", st["tls"]["p50"], st["plaintext"]["p50"], "ms", False),
-            limit_row("idle run, submit -> process started, p99", st["tls"]["p99"], st["plaintext"]["p99"], "ms", False),
+            limit_row("idle run, submit -> process started, p50", st["tls"]["p50"], st["plaintext"]["p50"], "ms",
+                      False),
+            limit_row("idle run, submit -> process started, p99", st["tls"]["p99"], st["plaintext"]["p99"], "ms",
+                      False),
         ]
         result["table"] = table
         result["limit"] = {"within": WITHIN, "rates": f"TLS >= {1 - WITHIN:g} x plaintext",

@@ -241,7 +241,8 @@ def figures_of(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 def describe(r: dict[str, Any]) -> str:
     return (f"{r['calls_per_s']:8.1f} calls/s  p50 {common.percentile(r['latencies'], 50) * 1000:.2f} ms  "
-            f"p99 {common.percentile(r['latencies'], 99) * 1000:.2f} ms  gen cpu {r['generator_share_of_its_cores']:.2f}")
+            f"p99 {common.percentile(r['latencies'], 99) * 1000:.2f} ms  "
+            f"gen cpu {r['generator_share_of_its_cores']:.2f}")
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -316,7 +317,8 @@ def main() -> None:
                                     warmup=args.warmup, cpus=gen_cpus, meter_pids=pids)
                     raw[f"{shape}/{case}"].append(r)
                     if case == "submit":
-                        depth.append({"repeat": rep, "clients": clients, "queued_at_end": count_runs(stub, config.token)})
+                        depth.append({"repeat": rep, "clients": clients,
+                                      "queued_at_end": count_runs(stub, config.token)})
                     log(f"  rep {rep + 1} {shape:10s} {case:18s} {describe(r)}")
                 channel.close()
                 cluster.stop()
