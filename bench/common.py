@@ -297,6 +297,56 @@ def metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def channel(config: Any, options: Sequence[tuple[str, Any]] = ()) -> Any:
+    """A blocking gRPC channel to a head as runyard/client.py opens one from a `ClientConfig`: TLS that trusts the
+    cluster CA, or plaintext when the config says the head allows it (`insecure_plaintext`, loopback only)."""
+    import grpc
+
+    if config.insecure:
+        return grpc.insecure_channel(config.address, options=list(options))
+    return grpc.secure_channel(config.address, grpc.ssl_channel_credentials(root_certificates=config.ca_pem),
+                               options=list(options))
+
+
+def aio_channel(config: Any, options: Sequence[tuple[str, Any]] = ()) -> Any:
+    """`channel()` for grpc.aio."""
+    import grpc
+
+    if config.insecure:
+        return grpc.aio.insecure_channel(config.address, options=list(options))
+    return grpc.aio.secure_channel(config.address, grpc.ssl_channel_credentials(root_certificates=config.ca_pem),
+                                   options=list(options))
+
+
+def transport(config: Any) -> str:
+    """"tls" or "plaintext": how a client with this config talks to the head."""
+    return "plaintext" if config.insecure else "tls"
+
+
+def peer_tls(directory: Path) -> dict[str, Path]:
+    """TLS material made with runyard.pki (ECDSA P-256, as the head's), written to `directory`, for a bare peer
+    server to serve TLS or mTLS the way the head does: a CA ("ca"), a server key and chain for 127.0.0.1 ("key",
+    "cert"), and a client key and certificate signed by the same CA ("client_key", "client_cert")."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from runyard import pki
+
+    ca = pki.create_ca("bench-peer")
+    server = pki.issue_server(ca, ["127.0.0.1", "localhost"])
+    client_key = pki.new_key()
+    client_cert = pki.sign_node(ca, x509.load_pem_x509_csr(pki.node_csr("bench-client", client_key)), "bench-client")
+    paths = {"ca": directory / "peer-ca.crt", "key": directory / "peer.key", "cert": directory / "peer.crt",
+             "client_key": directory / "client.key", "client_cert": directory / "client.crt"}
+    pki.write_private(paths["ca"], ca.cert_pem)
+    pki.write_private(paths["key"], server.key_pem)
+    pki.write_private(paths["cert"], server.cert_pem + ca.cert_pem)
+    pki.write_private(paths["client_key"], client_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pki.write_private(paths["client_cert"], client_cert)
+    return paths
+
+
 def make_snapshot(workdir: Path) -> Any:
     """A one-file snapshot zip built with runyard.snapshot.create_snapshot."""
     from runyard.snapshot import create_snapshot

@@ -2,14 +2,17 @@
 
 Goals (docs: /work/shared/design/performance.md): >= 800/s serial, >= 1,500/s with 4 clients, p99 <= 10 ms.
 
-A real head (no agents: every run stays Queued) is started with testbed.harness on loopback; one snapshot is
-uploaded once; then `Runyard.Submit` is called with the blocking gRPC stub, exactly as runyard/client.py does
-(bearer token metadata, a fresh idempotency key per call).
+A real head (no agents: every run stays Queued) is started with testbed.harness on loopback, serving TLS as it
+does by default; one snapshot is uploaded once; then `Runyard.Submit` is called with the blocking gRPC stub, exactly
+as runyard/client.py does (a channel from the harness's `client_config()`: TLS pinned to the cluster CA, bearer
+token metadata, a fresh idempotency key per call). Each client opens its channel and warms it up before the
+measured calls, so a connection's TLS handshake is not in the figure (S14 reports it on its own).
 
 Measured in the same run, with the same client loop:
 - peer "bare grpc.aio unary": a grpc.aio server on uvloop (like the head) in its own process, serving
-  `Runyard.HasSnapshot` from a servicer that answers at once: no interceptor, no I/O. Our submits/s divided by its
-  calls/s is what the head's work per call costs beyond gRPC itself.
+  `Runyard.HasSnapshot` from a servicer that answers at once: no interceptor, no I/O. It serves the head's
+  transport (TLS with an ECDSA P-256 certificate of its own, or plaintext when the head is), so our submits/s
+  divided by its calls/s is what the head's work per call costs beyond gRPC itself.
 - limit "sqlite3 FULL commit": plain sqlite3 single-transaction commits/s (WAL, synchronous=FULL) on the disk the
   head writes to: what one durable submit cannot beat without batching commits.
 - reference "head HasSnapshot": the same cheap call on the real head (auth interceptor, a thread hop and a
@@ -43,6 +46,7 @@ import common  # noqa: E402
 from common import (  # noqa: E402
     CpuMeter, PinPlan, emit, latency_ms, log, machine_info, metadata, pin_self, ratio, row, saturated, summarize,
 )
+from runyard.config import ClientConfig  # noqa: E402
 
 GOAL_SERIAL = 800.0
 GOAL_CONCURRENT = 1500.0
@@ -53,7 +57,10 @@ CALL_TIMEOUT_S = 10.0
 # --- the peer: a bare grpc.aio unary service --------------------------------------------------------------------
 
 def serve_echo(ready_file: str) -> None:
-    """Serve Runyard.HasSnapshot answering at once, on uvloop like the head; write the port to `ready_file`."""
+    """Serve Runyard.HasSnapshot answering at once, on uvloop like the head, on a plaintext port and a TLS port
+    (certificate from common.peer_tls, in the ready file's directory); write both ports to `ready_file` as JSON."""
+    import json
+
     import grpc
     import uvloop
 
@@ -65,20 +72,30 @@ def serve_echo(ready_file: str) -> None:
             return pb.HasSnapshotResponse(present=True)
 
     async def main() -> None:
+        tls = common.peer_tls(Path(ready_file).parent)
         server = grpc.aio.server()
         pb_grpc.add_RunyardServicer_to_server(Echo(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        ports = {
+            "plaintext": server.add_insecure_port("127.0.0.1:0"),
+            "tls": server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+                [(tls["key"].read_bytes(), tls["cert"].read_bytes())])),
+        }
         await server.start()
         tmp = ready_file + ".tmp"
-        Path(tmp).write_text(str(port))
+        Path(tmp).write_text(json.dumps({**ports, "ca_file": str(tls["ca"])}))
         os.replace(tmp, ready_file)
         await server.wait_for_termination()
 
     uvloop.run(main())
 
 
-def start_echo(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    ready = root / "echo.port"
+def start_echo(root: Path) -> tuple[subprocess.Popen[bytes], dict[str, ClientConfig]]:
+    """The echo server in its own process; how to reach it, by transport ("tls", "plaintext")."""
+    import json
+
+    directory = root / "echo"
+    directory.mkdir(parents=True, exist_ok=True)
+    ready = directory / "echo.json"
     proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(ready)], stdout=subprocess.DEVNULL,
                             stderr=open(root / "echo.log", "wb"))
     deadline = time.monotonic() + 30
@@ -86,12 +103,15 @@ def start_echo(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"echo server did not start: {(root / 'echo.log').read_text()[-2000:]}")
         time.sleep(0.02)
-    return proc, f"127.0.0.1:{ready.read_text().strip()}"
+    found = json.loads(ready.read_text())
+    ca_pem = Path(found["ca_file"]).read_bytes()
+    return proc, {"plaintext": ClientConfig(f"127.0.0.1:{found['plaintext']}", "", insecure=True),
+                  "tls": ClientConfig(f"127.0.0.1:{found['tls']}", "", ca_pem)}
 
 
 # --- the client loop (one process per client) -------------------------------------------------------------------
 
-def client(address: str, token: str, method: str, sha: str, calls: int, warmup: int, cpus: list[int] | None,
+def client(config: ClientConfig, method: str, sha: str, calls: int, warmup: int, cpus: list[int] | None,
            barrier: Any, out: Any) -> None:
     import grpc
 
@@ -100,9 +120,9 @@ def client(address: str, token: str, method: str, sha: str, calls: int, warmup: 
 
     if cpus:
         pin_self(cpus)
-    channel = grpc.insecure_channel(address)
+    channel = common.channel(config)
     stub = pb_grpc.RunyardStub(channel)
-    md = metadata(token)
+    md = metadata(config.token)
     if method == "submit":
         spec = pb.RunSpec(argv=["true"])
 
@@ -147,13 +167,14 @@ def _drain(out: Any) -> list[dict[str, Any]]:
     return found
 
 
-def run_clients(address: str, token: str, method: str, sha: str, *, clients: int, calls_each: int, warmup: int,
+def run_clients(config: ClientConfig, method: str, sha: str, *, clients: int, calls_each: int, warmup: int,
                 cpus: list[int] | None, meter_pids: dict[str, int]) -> dict[str, Any]:
-    """Run `clients` client processes at once; calls/s over the span from the first start to the last end."""
+    """Run `clients` client processes at once, each with its own channel from `config`; calls/s over the span from
+    the first start to the last end."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients + 1)
     out = ctx.Queue()
-    procs = [ctx.Process(target=client, args=(address, token, method, sha, calls_each, warmup, cpus, barrier, out))
+    procs = [ctx.Process(target=client, args=(config, method, sha, calls_each, warmup, cpus, barrier, out))
              for _ in range(clients)]
     for p in procs:
         p.start()
@@ -186,6 +207,44 @@ def run_clients(address: str, token: str, method: str, sha: str, *, clients: int
     }
 
 
+# --- a head, and what its repeats add up to ----------------------------------------------------------------------
+
+def start_head(root: Path, plan: PinPlan, *, plaintext: bool = False) -> Any:
+    """A fresh head with no agents (testbed.harness), pinned as `plan` says: TLS by default, or its client port in
+    plaintext (`insecure_plaintext`). `default` is named in head.toml: with no node joined yet, a run for it is
+    queued, not refused."""
+    from testbed.harness import Cluster
+
+    settings: dict[str, Any] = {"clusters": {"default": {}}}
+    if plaintext:
+        settings["insecure_plaintext"] = True
+    cluster = Cluster.start(root, agents=0, head_settings=settings)
+    plan.apply("head", cluster.head.proc.pid)  # type: ignore[union-attr]
+    return cluster
+
+
+def figures_of(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeats of one case (run_clients results) as medians, min and max; latency over all calls pooled."""
+    all_lat = [x for r in reps for x in r["latencies"]]
+    return {
+        "calls_per_s": summarize([r["calls_per_s"] for r in reps], 1),
+        "latency_ms": latency_ms(all_lat),
+        "latency_p99_ms_per_repeat": summarize([common.percentile(r["latencies"], 99) * 1000 for r in reps], 3),
+        "errors": sum(r["errors"] for r in reps),
+        "generator_share_of_its_cores": summarize([r["generator_share_of_its_cores"] for r in reps]),
+        "generator_saturated_any_repeat": any(r["generator_saturated"] for r in reps),
+        "server_share_of_one_core": summarize(
+            [next(v["share_of_one_core"] for k, v in r["server_cpu"].items() if k != "wall_s") for r in reps]),
+        "per_repeat_calls_per_s": [round(r["calls_per_s"], 1) for r in reps],
+    }
+
+
+def describe(r: dict[str, Any]) -> str:
+    return (f"{r['calls_per_s']:8.1f} calls/s  p50 {common.percentile(r['latencies'], 50) * 1000:.2f} ms  "
+            f"p99 {common.percentile(r['latencies'], 99) * 1000:.2f} ms  "
+            f"gen cpu {r['generator_share_of_its_cores']:.2f}")
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 
 def count_runs(stub: Any, token: str) -> int:
@@ -213,10 +272,7 @@ def main() -> None:
     if args.quick:
         args.serial_calls, args.calls_each, args.warmup = 100, 40, 10
 
-    import grpc
-
     from protos import runyard_pb2_grpc as pb_grpc
-    from testbed.harness import Cluster
 
     root = common.temp_root("runyard-bench-s1-")
     plan = PinPlan.make(not args.no_pin)
@@ -225,10 +281,11 @@ def main() -> None:
     log(f"S1: work dir {root}")
     echo_proc = None
     cluster = None
+    head_transport = ""
     try:
         plan.apply("bench_driver", os.getpid())
         gen_cpus = plan.generator_cpus if plan.enabled else None
-        echo_proc, echo_address = start_echo(root)
+        echo_proc, echo_configs = start_echo(root)
         plan.apply("echo_server", echo_proc.pid, plan.head_cpus)
         snap = common.make_snapshot(root)
         # The durable-write limit: plain sqlite3 commits (WAL, FULL, 2 rows) on the disk the head writes to.
@@ -242,47 +299,32 @@ def main() -> None:
             # Interleaved, so that drift of a shared machine hits ours and the peer alike. Every submit phase gets
             # a fresh head: with no agents the queue only grows, and its depth may change the figure (see queue_depth).
             for shape, clients, calls in shapes:
-                # `default` named in head.toml: with no node joined yet, a run for it is queued, not refused.
-                cluster = Cluster.start(root / f"r{rep}-{shape}", agents=0, head_settings={"clusters": {"default": {}}})
-                head_pid = cluster.head.proc.pid  # type: ignore[union-attr]
-                plan.apply("head", head_pid)
-                token = cluster.head.token
-                channel = grpc.insecure_channel(cluster.head.address)
+                cluster = start_head(root / f"r{rep}-{shape}", plan)
+                head_pid = cluster.head.proc.pid
+                config = cluster.head.client_config()
+                head_transport = common.transport(config)
+                channel = common.channel(config)
                 stub = pb_grpc.RunyardStub(channel)
-                common.upload_snapshot(stub, token, snap)
+                common.upload_snapshot(stub, config.token, snap)
+                echo_config = echo_configs[head_transport]  # the peer speaks the head's transport
                 runs = [
-                    ("submit", cluster.head.address, "submit", {"head": head_pid}),
-                    ("head_has_snapshot", cluster.head.address, "has_snapshot", {"head": head_pid}),
-                    ("bare_grpc_echo", echo_address, "has_snapshot", {"echo_server": echo_proc.pid}),
+                    ("submit", config, "submit", {"head": head_pid}),
+                    ("head_has_snapshot", config, "has_snapshot", {"head": head_pid}),
+                    ("bare_grpc_echo", echo_config, "has_snapshot", {"echo_server": echo_proc.pid}),
                 ]
-                for case, address, method, pids in runs:
-                    r = run_clients(address, token, method, snap.sha256, clients=clients, calls_each=calls,
+                for case, target, method, pids in runs:
+                    r = run_clients(target, method, snap.sha256, clients=clients, calls_each=calls,
                                     warmup=args.warmup, cpus=gen_cpus, meter_pids=pids)
                     raw[f"{shape}/{case}"].append(r)
                     if case == "submit":
-                        depth.append({"repeat": rep, "clients": clients, "queued_at_end": count_runs(stub, token)})
-                    log(f"  rep {rep + 1} {shape:10s} {case:18s} {r['calls_per_s']:8.1f} calls/s  "
-                        f"p50 {common.percentile(r['latencies'], 50) * 1000:.2f} ms  "
-                        f"p99 {common.percentile(r['latencies'], 99) * 1000:.2f} ms  "
-                        f"gen cpu {r['generator_share_of_its_cores']:.2f}")
+                        depth.append({"repeat": rep, "clients": clients,
+                                      "queued_at_end": count_runs(stub, config.token)})
+                    log(f"  rep {rep + 1} {shape:10s} {case:18s} {describe(r)}")
                 channel.close()
                 cluster.stop()
                 cluster = None
 
-        figures: dict[str, Any] = {}
-        for key, reps in raw.items():
-            all_lat = [x for r in reps for x in r["latencies"]]
-            figures[key] = {
-                "calls_per_s": summarize([r["calls_per_s"] for r in reps], 1),
-                "latency_ms": latency_ms(all_lat),
-                "latency_p99_ms_per_repeat": summarize([common.percentile(r["latencies"], 99) * 1000 for r in reps], 3),
-                "errors": sum(r["errors"] for r in reps),
-                "generator_share_of_its_cores": summarize([r["generator_share_of_its_cores"] for r in reps]),
-                "generator_saturated_any_repeat": any(r["generator_saturated"] for r in reps),
-                "server_share_of_one_core": summarize(
-                    [next(v["share_of_one_core"] for k, v in r["server_cpu"].items() if k != "wall_s") for r in reps]),
-                "per_repeat_calls_per_s": [round(r["calls_per_s"], 1) for r in reps],
-            }
+        figures = {key: figures_of(reps) for key, reps in raw.items()}
         result["figures"] = figures
         # Serial submits in blocks along the growing queue: shows whether a submit's cost grows with the queue.
         serial_reps = raw["serial/submit"]
@@ -330,9 +372,13 @@ def main() -> None:
         result["method"] = {
             "repeats": args.repeats, "warmup_calls_per_client": args.warmup, "serial_calls": args.serial_calls,
             "clients": args.clients, "calls_each": args.calls_each,
-            "clients_are": "processes (multiprocessing spawn), one blocking grpc channel each",
-            "head": "testbed.harness Cluster, agents=0, sqlite synchronous=FULL (default); a fresh head per submit phase",
-            "peer": "grpc.aio server on uvloop in its own process, HasSnapshot answered at once, no interceptor",
+            "clients_are": "processes (multiprocessing spawn), one blocking grpc channel each, opened and warmed "
+                           "up before the measured calls",
+            "transport": head_transport,
+            "head": "testbed.harness Cluster, agents=0, sqlite synchronous=FULL (default); a fresh head per submit "
+                    f"phase; its client port over {head_transport} (the harness's client_config())",
+            "peer": "grpc.aio server on uvloop in its own process, HasSnapshot answered at once, no interceptor, "
+                    f"over {head_transport} like the head",
             "rate": "calls / (last client end - first client start); latency over all calls of all repeats",
             "pinning": plan.record(),
         }

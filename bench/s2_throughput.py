@@ -2,8 +2,9 @@
 
 Goal (docs: /work/shared/design/performance.md): >= 120 runs/s (>= 3x HTC-tuned Slurm on the same machine).
 
-A real head and 2 agents (testbed.harness, loopback). One snapshot is uploaded once; then N runs of `true` are
-submitted as fast as 2 threads (one blocking channel each) can, without waiting for them, and
+A real head and 2 agents (testbed.harness, loopback; TLS as by default: the agents enroll and talk mTLS to the
+node port, the submitters use the harness's client_config()). One snapshot is uploaded once; then N runs of `true`
+are submitted as fast as 2 threads (one blocking channel each) can, without waiting for them, and
 `ListRuns(experiment, state=Completed, limit=10000)` is polled until all N are Completed or a deadline passes
 (then `complete` is false and the figure counts what completed). The figure is
 N / (head commit of the last `complete` event - send time of the first Submit).
@@ -69,13 +70,11 @@ def spawn_floor(n: int, concurrency: int, like_agent: bool) -> float:
 
 # --- ours ---------------------------------------------------------------------------------------------------------
 
-def submit_all(address: str, token: str, sha: str, experiment: str, n: int, threads: int) -> dict[str, Any]:
-    import grpc
-
+def submit_all(config: Any, sha: str, experiment: str, n: int, threads: int) -> dict[str, Any]:
     from protos import runyard_pb2 as pb
     from protos import runyard_pb2_grpc as pb_grpc
 
-    md = metadata(token)
+    md = metadata(config.token)
     ids: list[str] = []
     starts: list[float] = []
     ends: list[float] = []
@@ -83,7 +82,7 @@ def submit_all(address: str, token: str, sha: str, experiment: str, n: int, thre
     go = threading.Barrier(threads)
 
     def work(count: int) -> None:
-        channel = grpc.insecure_channel(address)
+        channel = common.channel(config)
         stub = pb_grpc.RunyardStub(channel)
         spec = pb.RunSpec(argv=["true"])
         mine = []
@@ -112,12 +111,12 @@ def submit_all(address: str, token: str, sha: str, experiment: str, n: int, thre
     return {"run_ids": ids, "first_submit": min(starts), "last_submit_done": max(ends)}
 
 
-def one_batch(stub: Any, pb: Any, md: Any, address: str, token: str, sha: str, n: int, threads: int,
+def one_batch(stub: Any, pb: Any, md: Any, config: Any, sha: str, n: int, threads: int,
               deadline_s: float, meter: CpuMeter) -> dict[str, Any]:
     experiment = f"bench-s2-{uuid.uuid4().hex[:8]}"
     meter.start()
     cpu0 = time.process_time()
-    sub = submit_all(address, token, sha, experiment, n, threads)
+    sub = submit_all(config, sha, experiment, n, threads)
     submitted = time.time()
     log(f"    {n} submitted in {submitted - sub['first_submit']:.2f} s")
     deadline = sub["first_submit"] + deadline_s
@@ -171,8 +170,6 @@ def main() -> None:
     if args.quick:
         args.runs, args.deadline_s = 200, 40.0
 
-    import grpc
-
     from protos import runyard_pb2 as pb
     from protos import runyard_pb2_grpc as pb_grpc
     from testbed.harness import Cluster
@@ -190,8 +187,9 @@ def main() -> None:
             if hasattr(os, "sched_getaffinity") else None
         plan.apply("head", head_pid)
         plan.apply("generator", os.getpid())
-        md = metadata(cluster.head.token)
-        channel = grpc.insecure_channel(cluster.head.address)
+        config = cluster.head.client_config()
+        md = metadata(config.token)
+        channel = common.channel(config)
         stub = pb_grpc.RunyardStub(channel)
         nodes = list(stub.ListNodes(pb.ListNodesRequest(), metadata=md, timeout=10).nodes)
         capacity = {n.name: n.capacity.cpus for n in nodes}
@@ -211,7 +209,7 @@ def main() -> None:
 
         # Warm-up: a few runs through the cluster (snapshot fetched and cached by each agent) and a small floor.
         log("  warm-up")
-        one_batch(stub, pb, md, cluster.head.address, cluster.head.token, snap.sha256, 4 * args.agents,
+        one_batch(stub, pb, md, config, snap.sha256, 4 * args.agents,
                   args.submitters, 30.0, CpuMeter({"head": head_pid}))
         spawn_floor(min(50, args.runs), concurrency, like_agent=False)
 
@@ -227,7 +225,7 @@ def main() -> None:
                 log(f"  budget of {args.budget_s:g} s reached: {rep} batches")
                 break
             meter = CpuMeter({"head": head_pid, **agent_pids}, children=True)
-            b = one_batch(stub, pb, md, cluster.head.address, cluster.head.token, snap.sha256, args.runs,
+            b = one_batch(stub, pb, md, config, snap.sha256, args.runs,
                           args.submitters, args.deadline_s, meter)
             batches.append(b)
             log(f"  batch {rep + 1}: {b['completed']}/{args.runs} completed, {b['runs_per_s']:.1f} runs/s "
@@ -264,6 +262,7 @@ def main() -> None:
         result["method"] = {
             "runs_per_batch": args.runs, "batches": len(batches), "batches_asked": args.repeats, "floor_repeats": args.floor_repeats,
             "submitters": f"{args.submitters} threads, one blocking grpc channel each, no waiting for runs",
+            "transport": f"client port {common.transport(config)}, agents mTLS on the node port",
             "end": f"ListRuns(experiment, state=Completed) polled every {POLL_S} s; span ends at the head's commit "
                    "of the last `complete` event",
             "agents_capacity_cpus": capacity,

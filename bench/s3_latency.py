@@ -2,7 +2,9 @@
 
 Goals (docs: /work/shared/design/performance.md): p50 <= 50 ms to start, <= 100 ms to Completed; p99 <= 300 ms.
 
-A real head and one agent (testbed.harness, loopback). One run at a time, each after the previous one ended. The run's
+A real head and one agent (testbed.harness, loopback; TLS as by default: the client uses the harness's
+client_config(), the agent enrolls and talks mTLS to the node port). One run at a time, each after the previous one
+ended, over one client channel opened before the first. The run's
 command is `/bin/sh -c 'date +%s.%N'`: its first stdout line is the wall-clock time the process was running,
 read back through `Runyard.StreamLogs` and compared with the client's clock just before it sent `Submit` (same
 machine, same clock). A Python command would add its own start-up time, so it is not used.
@@ -27,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,57 @@ def one_run(stub: Any, pb: Any, md: Any, sha: str) -> dict[str, float]:
     return sample
 
 
+@dataclass
+class Target:
+    """A head with one agent (testbed.harness) and one open client channel to it, the snapshot uploaded."""
+    cluster: Any
+    channel: Any
+    stub: Any
+    md: tuple[tuple[str, str], ...]
+    transport: str
+
+    @property
+    def head_pid(self) -> int:
+        return int(self.cluster.head.proc.pid)
+
+    @property
+    def agent_pid(self) -> int:
+        return int(self.cluster.agents[0].proc.pid)
+
+    def run(self, sha: str) -> dict[str, float]:
+        from protos import runyard_pb2 as pb
+        return one_run(self.stub, pb, self.md, sha)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.cluster.stop()
+
+
+def open_target(root: Path, snap: Any, *, plaintext: bool = False) -> Target:
+    """Start a head and one agent in `root`: TLS by default (the agent enrolls, then mTLS on the node port), or the
+    head's client port in plaintext (`insecure_plaintext`; the agent joins over plaintext, the node port stays
+    mTLS). Opens the client channel from the harness's client_config() and uploads `snap`."""
+    from protos import runyard_pb2_grpc as pb_grpc
+    from testbed.harness import Cluster
+
+    cluster = Cluster.start(root, agents=1, head_settings={"insecure_plaintext": True} if plaintext else None)
+    try:
+        config = cluster.head.client_config()
+        channel = common.channel(config)
+        stub = pb_grpc.RunyardStub(channel)
+        common.upload_snapshot(stub, config.token, snap)
+    except BaseException:
+        cluster.stop()
+        raise
+    return Target(cluster, channel, stub, metadata(config.token), common.transport(config))
+
+
+def pooled_ms(samples: list[list[dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Latency percentiles (ms) of every measured step, over the runs of all repeats pooled."""
+    pooled = [s for rep in samples for s in rep]
+    return {key: latency_ms([s[key] for s in pooled if key in s]) for key in pooled[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per repeat")
@@ -122,28 +176,17 @@ def main() -> None:
     if args.quick:
         args.runs, args.warmup, args.peer_runs, args.repeats = 10, 2, 10, 3
 
-    import grpc
-
-    from protos import runyard_pb2 as pb
-    from protos import runyard_pb2_grpc as pb_grpc
-    from testbed.harness import Cluster
-
     root = common.temp_root("runyard-bench-s3-")
     plan = PinPlan.make(not args.no_pin)
     result: dict[str, Any] = {"scenario": "S3", "what": "idle single run: submit -> process started, -> Completed",
                               "machine": machine_info(root)}
     log(f"S3: cluster in {root}")
-    cluster = Cluster.start(root, agents=1)
+    snap = common.make_snapshot(root)
+    target = open_target(root / "cluster", snap)
     try:
-        head_pid = cluster.head.proc.pid  # type: ignore[union-attr]
-        agent_pid = cluster.agents[0].proc.pid  # type: ignore[union-attr]
+        head_pid, agent_pid = target.head_pid, target.agent_pid
         agent_cpus = sorted(os.sched_getaffinity(agent_pid)) if hasattr(os, "sched_getaffinity") else None
         plan.apply("head", head_pid)
-        md = metadata(cluster.head.token)
-        channel = grpc.insecure_channel(cluster.head.address)
-        stub = pb_grpc.RunyardStub(channel)
-        snap = common.make_snapshot(root)
-        common.upload_snapshot(stub, cluster.head.token, snap)
 
         def limit(n: int) -> dict[str, dict[str, list[float]]]:
             # The limit runs with the CPUs the agent has, then the client goes back to its own core.
@@ -157,7 +200,7 @@ def main() -> None:
 
         plan.apply("client", os.getpid())
         for _ in range(args.warmup):
-            one_run(stub, pb, md, snap.sha256)
+            target.run(snap.sha256)
         samples: list[list[dict[str, float]]] = []
         peers: list[dict[str, dict[str, list[float]]]] = []
         cpus = []
@@ -165,17 +208,16 @@ def main() -> None:
             peers.append(limit(args.peer_runs))  # the limit, then ours, in every repeat
             meter = CpuMeter({"head": head_pid, "agent": agent_pid}, children=True).start()
             cpu0 = time.process_time()
-            mine = [one_run(stub, pb, md, snap.sha256) for _ in range(args.runs)]
+            mine = [target.run(snap.sha256) for _ in range(args.runs)]
             cpus.append({**meter.stop(), "client_cpu_s": round(time.process_time() - cpu0, 3)})
             samples.append(mine)
             log(f"  rep {rep + 1}: started p50 {common.percentile([s['started'] for s in mine], 50) * 1000:6.1f} ms, "
                 f"completed p50 {common.percentile([s['completed'] for s in mine], 50) * 1000:6.1f} ms, "
                 f"max {max(s['completed'] for s in mine) * 1000:6.1f} ms; spawn exit p50 "
                 f"{common.percentile(peers[-1]['plain']['exited'], 50) * 1000:5.2f} ms")
-        channel.close()
 
         pooled = [s for rep in samples for s in rep]
-        ours = {key: latency_ms([s[key] for s in pooled if key in s]) for key in pooled[0]}
+        ours = pooled_ms(samples)
         peer = {kind: {what: latency_ms([x for p in peers for x in p[kind][what]]) for what in ("started", "exited")}
                 for kind in ("plain", "agent_recipe")}
 
@@ -214,6 +256,7 @@ def main() -> None:
             "runs_per_repeat": args.runs, "repeats": args.repeats, "warmup_runs": args.warmup,
             "limit_runs_per_repeat": args.peer_runs,
             "command": ARGV, "one run at a time": True,
+            "transport": f"client port {target.transport}, the agent mTLS on the node port",
             "started": "the command's own `date +%s.%N` - client time before Submit",
             "completed": "head commit time of the run's `complete` event - client time before Submit",
             "limit": "asyncio.create_subprocess_exec (default loop) of the same command, stdout/stderr piped; "
@@ -226,7 +269,7 @@ def main() -> None:
         log(f"S3: started p50 {st['p50']} ms p99 {st['p99']} ms; completed p50 {done['p50']} ms p99 {done['p99']} ms; "
             f"spawn exit p50 {p_ex['p50']} ms")
     finally:
-        cluster.stop()
+        target.close()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     emit(result)
