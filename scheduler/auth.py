@@ -60,6 +60,7 @@ JOIN = "join"
 class Rule:
     needs: Role | str       # a user's Role, NODE_ROLE, or JOIN
     mutates: bool = False   # written to the audit trail
+    audited_by_call: bool = False   # its success is audited in the call's own transaction (Submit: no 2nd commit)
 
 
 _RUNYARD = "/runyard.v1.Runyard/"
@@ -69,7 +70,8 @@ RULES: dict[str, Rule] = {
         "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI")},
     _RUNYARD + "HasSnapshot": Rule(Role.USER),
     **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in (
-        "UploadSnapshot", "Submit", "Cancel", "CreateEnvironment", "BuildEnvironment")},
+        "UploadSnapshot", "Cancel", "CreateEnvironment", "BuildEnvironment")},
+    _RUNYARD + "Submit": Rule(Role.USER, mutates=True, audited_by_call=True),
     **{_RUNYARD + m: Rule(Role.ADMIN) for m in ("ListWorkspaces", "ListTokens", "ListAudit")},
     **{_RUNYARD + m: Rule(Role.ADMIN, mutates=True) for m in (
         "SetNodeSchedule", "CreateWorkspace", "CreateToken", "RevokeToken", "CreateJoinToken", "RemoveNode",
@@ -99,6 +101,14 @@ def status_code(err: HeadError) -> grpc.StatusCode:
 def caller() -> Principal:
     """The authenticated caller of the current call."""
     return _caller.get()
+
+
+def audit_entry(method: str, context: grpc.aio.ServicerContext, now: float) -> AuditRecord:
+    """The audit row of the current call's success, for a call that writes it in its own transaction; the
+    target is filled in by that transaction."""
+    me = caller()
+    return AuditRecord(at=now, user=me.user, workspace=me.workspace, method=method, target="", peer=context.peer(),
+                       code="OK")
 
 
 @lru_cache(maxsize=1024)
@@ -298,7 +308,9 @@ class Boundary(grpc.aio.ServerInterceptor):
                 code = status_code(err).name if isinstance(err, HeadError) else type(err).__name__
                 await self._record(method, rule, principal, context, request if not streaming_in else None, None, code)
                 await _abort(context, err)
-            await self._record(method, rule, principal, context, request if not streaming_in else None, response, "OK")
+            if rule is not None and not rule.audited_by_call:
+                await self._record(method, rule, principal, context, request if not streaming_in else None, response,
+                                   "OK")
             return response
         return unary
 

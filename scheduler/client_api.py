@@ -23,7 +23,7 @@ from runyard.errors import SnapshotInvalid
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
 from scheduler.admin_api import AdminMethods
-from scheduler.auth import Credentials, caller
+from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
 from scheduler.convert import event_to_pb, from_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
@@ -212,7 +212,8 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
                 idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
                 priority=priority, submitter=caller().user,
-            )
+            ),
+            audit=audit_entry("Submit", context, self._store.clock()),
         )
         if not existed:
             log.info("run submitted", extra={"run_id": run_id, "workspace": workspace, "experiment": experiment})

@@ -285,6 +285,9 @@ def test_mutating_calls_are_audited_with_who_what_and_from_where(world: World) -
         [e for e in cluster.json("audit") if e["method"] == "CreateWorkspace" and e["code"] == "ALREADY_EXISTS"]
     ) > len(refused))
     assert all(e["method"] not in ("ListRuns", "GetRun", "WhoAmI") for e in cluster.json("audit", "--limit", "1000"))
+    submitted = [e for e in cluster.json("audit", "--limit", "1000") if e["method"] == "Submit"]
+    assert {e["target"] for e in submitted} >= {world.live_run, world.done_run}, "a submit's row names its run"
+    assert all(e["code"] == "OK" and e["user"] == "admin" for e in submitted if e["target"] == world.live_run)
 
 
 def test_the_client_config_and_the_ca_it_pins_are_private(tmp_path: Path, world: World) -> None:

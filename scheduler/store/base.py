@@ -22,7 +22,7 @@ from scheduler.errors import DiskFull
 from scheduler.group_commit import GroupCommit, Work
 from scheduler.core.lifecycle import DesiredState, InvalidTransition, PendingKind, RunState
 from scheduler.core.nodes import NodeState, Schedule
-from scheduler.model import Capacity, NodeRecord, RunRecord, RunSpec
+from scheduler.model import AuditRecord, Capacity, NodeRecord, RunRecord, RunSpec
 
 _RUN_COLUMNS = (
     "id, workspace, experiment, parent_id, display_name, state, desired_state, reason, exit_code, pending_reason, "
@@ -51,6 +51,13 @@ def _node(row: Sequence[Any]) -> NodeRecord:
         state=NodeState(row[5]), last_seen=row[6], schedule=Schedule(row[7]), failures_in_row=row[8],
         approved=bool(row[9]),
     )
+
+
+def _insert_audit(w: sqlite3.Connection, entry: AuditRecord | None, target: str) -> None:
+    """Append `entry` to the audit trail with `target`, inside the caller's transaction."""
+    if entry is not None:
+        w.execute("INSERT INTO audit (at, user, workspace, method, target, peer, code) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (entry.at, entry.user, entry.workspace, entry.method, target, entry.peer, entry.code))
 
 
 class NotCurrentAttempt(InvalidTransition):

@@ -15,7 +15,7 @@ from scheduler.core.nodes import NodeState, NodeTrigger, next_node_state
 from scheduler.errors import AlreadyExists, NotFound, Unauthenticated, shown
 from scheduler.group_commit import Effects
 from scheduler.model import AuditRecord, Capacity, NodeKey, NodeRecord, Role, TokenRecord
-from scheduler.store.base import _NODE_COLUMNS, StoreBase, _node
+from scheduler.store.base import _NODE_COLUMNS, StoreBase, _insert_audit, _node
 from scheduler.store.nodes import _node_event, _NodeCache
 
 _TOKEN_COLUMNS = "id, name, workspace, role, created_at, expires_at, revoked_at, created_by, sha256"
@@ -187,8 +187,7 @@ class CredentialStore(StoreBase):
 
     async def audit(self, entry: AuditRecord) -> None:
         def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.execute("INSERT INTO audit (at, user, workspace, method, target, peer, code) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (entry.at, entry.user, entry.workspace, entry.method, entry.target, entry.peer, entry.code))
+            _insert_audit(w, entry, entry.target)
         await self._write(work)
 
     async def list_audit(self, *, since: float = 0.0, user: str = "", limit: int = 100) -> list[AuditRecord]:

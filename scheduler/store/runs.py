@@ -24,8 +24,8 @@ from scheduler.core.lifecycle import (
 )
 from scheduler.core.nodes import NodeState, ScheduleTrigger, next_node_state
 from scheduler.core.plan import Move, Plan
-from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, NewRun, RunEventRecord, RunRecord, RunSpec
-from scheduler.store.base import _RUN_COLUMNS, Conflict, NotCurrentAttempt, StoreBase, _run
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, AuditRecord, NewRun, RunEventRecord, RunRecord, RunSpec
+from scheduler.store.base import _RUN_COLUMNS, Conflict, NotCurrentAttempt, StoreBase, _insert_audit, _run
 from scheduler.store.nodes import _move_schedule, _node_event, _NodeCache
 
 _QUEUED_COLUMNS = (
@@ -132,8 +132,9 @@ class RunStore(StoreBase):
             if len(log_) > 2 * len(self._queue) + 1000:     # nobody is reading it: stop, and say so
                 self._queue_log = None
 
-    async def create_run(self, new: NewRun) -> tuple[str, bool]:
-        """Insert a Queued run with its first event; returns (run id, existed) honouring the idempotency key."""
+    async def create_run(self, new: NewRun, audit: AuditRecord | None = None) -> tuple[str, bool]:
+        """Insert a Queued run with its first event; returns (run id, existed) honouring the idempotency key.
+        `audit`, the submit's row of the audit trail, is written in the same transaction, its target the run."""
         spec_json, tags, properties = _spec_json(new.spec), json.dumps(new.tags), json.dumps(new.properties)
         display_name = new.display_name or default_name(new.spec)
 
@@ -142,6 +143,7 @@ class RunStore(StoreBase):
                 row = w.execute("SELECT id FROM runs WHERE workspace = ? AND idempotency_key = ?",
                                 (new.workspace, new.idempotency_key)).fetchone()
                 if row is not None:
+                    _insert_audit(w, audit, row[0])
                     return row[0], True
             now = self.clock()
             run_id = new_run_id(now)
@@ -163,6 +165,7 @@ class RunStore(StoreBase):
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event) VALUES (?, ?, '', ?, ?)",
                 (run_id, now, RunState.QUEUED, Trigger.SUBMIT),
             )
+            _insert_audit(w, audit, run_id)
             effects.append(self._enqueued(_queued_from_spec(run_id, new.workspace, new.priority, now, new.spec)))
             return run_id, False
 
