@@ -71,6 +71,7 @@ MAX_URL_CHARS = 2048
 MAX_IMAGE_CHARS = 512
 MAX_INCLUDE_DEPTH = 8       # `-r` files within `-r` files
 MAX_INCLUDE_BYTES = 1024 * 1024     # every `-r` file of one spec together
+MAX_SPEC_BYTES = 128 * 1024         # the whole spec, as stored with each run
 _PYTHON = re.compile(r"^\d+\.\d+$")
 _NO_SPACE = re.compile(r"^\S+$")
 
@@ -95,6 +96,9 @@ def check(spec: EnvSpec) -> str:
                 return f"{what} is over {most} characters or holds a line break: {item[:40]!r}…"
     if spec.image and (len(spec.image) > MAX_IMAGE_CHARS or not _NO_SPACE.match(spec.image)):
         return f"image must be one name of at most {MAX_IMAGE_CHARS} characters without spaces"
+    size = len(json.dumps(asdict(spec)).encode())
+    if size > MAX_SPEC_BYTES:
+        return f"the environment is {size:,} bytes, over the limit of {MAX_SPEC_BYTES:,}; pin fewer packages"
     return ""
 
 

@@ -239,6 +239,7 @@ def test_the_identity_changes_with_the_platform() -> None:
     (EnvSpec(pip=("a\nb",)), "holds a line break"),
     (EnvSpec(image="python 3"), "image must be one name"),
     (EnvSpec(extra_index_urls=("u" * 3000,)), "a URL is over 2048 characters"),
+    (EnvSpec(pip=tuple(f"{i:04}" + "x" * 1000 for i in range(200))), "over the limit of 131,072"),
 ])
 def test_check_names_what_is_over_the_caps(spec: EnvSpec, message: str) -> None:
     assert message in check(spec)
