@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 
+from runyard.envspec import EnvSpec
 from scheduler.core.lifecycle import Reason
 from scheduler.core.nodes import NodeFacts, NodeState, Schedule, takes_new_runs
 from scheduler.model import Capacity, NodeRecord, RunRecord
@@ -35,12 +36,20 @@ class StopAttempt:
     reason: Reason
 
 
+@dataclass(frozen=True, slots=True)
+class BuildEnv:
+    """Build this environment now, for no run: it warms the node's cache (`runyard env build`)."""
+
+    env: EnvSpec
+    env_hash: str
+
+
 class Close:
     """Put in an outbox to end that session's writer."""
 
 
 CLOSE = Close()
-Outbound = Ack | Assign | StopAttempt | Close
+Outbound = Ack | Assign | StopAttempt | BuildEnv | Close
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +61,7 @@ class Session:
     labels: dict[str, str] = field(default_factory=dict)
     since: float = 0.0                          # when this stream said Hello
     peer: str = ""
+    env_hashes: frozenset[str] = frozenset()    # the environments it has built, as it last said (Hello, Heartbeat)
     outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
 
 
