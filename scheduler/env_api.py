@@ -3,8 +3,9 @@ what Submit does with a run's environment (resolve a reference, check the spec, 
 inherits these methods; `auth.RULES` says which role each needs.
 
 An environment's hash is its identity (`envspec.identity`) on the platform of the cluster it is for: the platform
-most of that cluster's nodes report, else most of all nodes', else the head's own. A node has an environment built
-when its last Hello or Heartbeat named that hash (`Session.env_hashes`).
+most of that cluster's nodes report, else (none reports one yet) the head's own. A registered environment is shown
+with its hash in cluster `default`. A node has an environment built when its last Hello or Heartbeat named the hash
+for its cluster (`Session.env_hashes`).
 Must not: place runs, or check roles itself (the boundary did).
 """
 
@@ -39,10 +40,9 @@ MAX_TAG_CHARS = 256
 
 def platform_of(nodes: Sequence[NodeRecord], cluster: str) -> str:
     """The platform environments of `cluster` are hashed for (see the module docstring)."""
-    for members in ([n for n in nodes if n.cluster == cluster], nodes):
-        counts = Counter(n.capacity.platform for n in members if n.capacity.platform)
-        if counts:
-            return max(sorted(counts), key=lambda platform: counts[platform])
+    counts = Counter(n.capacity.platform for n in nodes if n.cluster == cluster and n.capacity.platform)
+    if counts:
+        return max(sorted(counts), key=lambda platform: counts[platform])
     return envspec.node_platform()
 
 
@@ -125,7 +125,7 @@ class EnvironmentMethods:
                     raise FailedPrecondition(f"node {node.name} cannot build {found.name}:{found.version}: "
                                              f"{_lacks(node, needs)}")
         else:
-            targets = [n for n in nodes if self._ready(n) and _view(n).can_build(needs)]
+            targets = sorted((n for n in nodes if self._ready(n) and _view(n).can_build(needs)), key=lambda n: n.name)
             if not targets:
                 raise FailedPrecondition(f"no Ready node can build {found.name}:{found.version} now")
         for node in targets:
