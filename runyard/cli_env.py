@@ -36,7 +36,7 @@ def describe(spec: pb.EnvironmentSpec) -> str:
         parts.append(f"{len(spec.conda)} conda")
     if spec.image:
         parts.append(f"image {spec.image}")
-    return ", ".join(parts) or "empty"
+    return ", ".join(parts) or "channels or index options only"
 
 
 @click.group()
@@ -76,8 +76,9 @@ def list_(output: str) -> None:
         return
     render.print_table(
         ("NAME", "VERSION", "SPEC", "HASH", "CREATED", "BY", "DESCRIPTION"),
-        ((e.name, e.version, describe(e.spec), e.hash[:12], render.when(e.created_at), e.created_by, e.description)
-         for e in found),
+        # A list too long for one reply leaves the specs of its last environments out: `env show` has them.
+        ((e.name, e.version, describe(e.spec) if e.HasField("spec") else "see runyard env show", e.hash[:12],
+          render.when(e.created_at), e.created_by, e.description) for e in found),
     )
 
 

@@ -2,8 +2,9 @@
 
 On the Connect stream the agent's first message is Hello (capacity, with the environments it has built, and the
 attempts it supervises); the reactor reconciles those against the store, then each message is handled in order and
-acknowledged cumulatively once committed. A heartbeat that names built environments replaces the session's set. Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an
-attempt that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
+acknowledged cumulatively once committed. A heartbeat that names built environments replaces the session's set.
+Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an attempt
+that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
 Join enrolls a node (`enrollment.py`): a join token and a CSR buy a certificate bound to the node's name; the
 other methods are called on the node port with that certificate. A Join for a node name whose agent is connected
 and Ready is refused (ALREADY_EXISTS, naming the holder), as is one with another key than the name's.

@@ -37,7 +37,7 @@ from scheduler.followers import Followers
 from scheduler.core.lifecycle import InvalidTransition, Pending, PendingKind, Trigger
 from scheduler.autoscale import Demand
 from scheduler.fairshare import Queued, Usage, decayed_usage, queue_order
-from scheduler.placement import NodeView, Placement, Request, Running, minor_versions, place
+from scheduler.placement import NodeView, Placement, Request, Running, place
 from scheduler.sessions import Assign, Sessions
 from scheduler.store import LiveRow, QueuedRow, Store
 
@@ -285,8 +285,8 @@ class Dispatcher:
                     schedulable=self._sessions.takes_new_runs(s.node_id, now, self._window_s),
                     labels=s.labels,
                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in s.capacity.gpus),
-                    pythons=minor_versions(s.capacity.interpreters),
-                    builders=frozenset(s.capacity.builders),
+                    pythons=s.pythons,
+                    builders=s.builders,
                     env_hashes=s.env_hashes,
                 )
             )

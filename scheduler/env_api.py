@@ -33,6 +33,7 @@ from scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
+LIST_PAGE_BYTES = 4 * 1024 * 1024   # past this, ListEnvironments leaves the specs out (a spec is never empty)
 MAX_DESCRIPTION_CHARS = 4096
 MAX_TAGS = 64
 MAX_TAG_CHARS = 256
@@ -44,6 +45,19 @@ def platform_of(nodes: Sequence[NodeRecord], cluster: str) -> str:
     if counts:
         return max(sorted(counts), key=lambda platform: counts[platform])
     return envspec.node_platform()
+
+
+class _Hashes:
+    """An environment's hash for each cluster, each computed once: many nodes share a few clusters."""
+
+    def __init__(self, spec: envspec.EnvSpec, nodes: Sequence[NodeRecord]) -> None:
+        self._spec, self._nodes = spec, nodes
+        self._by_cluster: dict[str, str] = {}
+
+    def of(self, cluster: str) -> str:
+        if cluster not in self._by_cluster:
+            self._by_cluster[cluster] = envspec.identity(self._spec, platform_of(self._nodes, cluster))
+        return self._by_cluster[cluster]
 
 
 def _ref(text: str) -> EnvRef:
@@ -92,20 +106,25 @@ class EnvironmentMethods:
     async def ListEnvironments(self, request: pb.ListEnvironmentsRequest,
                                context: grpc.aio.ServicerContext) -> pb.ListEnvironmentsResponse:
         platform = platform_of(await self._store.list_nodes(), "default")
-        return pb.ListEnvironmentsResponse(environments=[
-            environment_to_pb(e, env_hash=envspec.identity(e.spec, platform))
-            for e in await self._store.list_environments(caller().workspace)])
+        response, size = pb.ListEnvironmentsResponse(), 0
+        for env in await self._store.list_environments(caller().workspace):
+            shown = environment_to_pb(env, env_hash=envspec.identity(env.spec, platform))
+            size += shown.ByteSize()
+            if size > LIST_PAGE_BYTES:
+                shown.ClearField("spec")    # `runyard env show` has it; one workspace's specs never break a list
+            response.environments.append(shown)
+        return response
 
     async def GetEnvironment(self, request: pb.EnvironmentRef, context: grpc.aio.ServicerContext) -> pb.Environment:
         found = await self._registered(request.ref)
         nodes = await self._store.list_nodes()
+        hashes = _Hashes(found.spec, nodes)
         built_on = []
         for node in nodes:
             session = self._sessions.get(node.id)
-            if session is not None and envspec.identity(found.spec, platform_of(nodes, node.cluster)) in session.env_hashes:
+            if session is not None and hashes.of(node.cluster) in session.env_hashes:
                 built_on.append(node.name)
-        return environment_to_pb(found, env_hash=envspec.identity(found.spec, platform_of(nodes, "default")),
-                                 built_on=sorted(built_on))
+        return environment_to_pb(found, env_hash=hashes.of("default"), built_on=sorted(built_on))
 
     async def BuildEnvironment(self, request: pb.BuildEnvironmentRequest,
                                context: grpc.aio.ServicerContext) -> pb.BuildEnvironmentResponse:
@@ -128,9 +147,9 @@ class EnvironmentMethods:
             targets = sorted((n for n in nodes if self._ready(n) and _view(n).can_build(needs)), key=lambda n: n.name)
             if not targets:
                 raise FailedPrecondition(f"no Ready node can build {found.name}:{found.version} now")
+        hashes = _Hashes(found.spec, nodes)
         for node in targets:
-            env_hash = envspec.identity(found.spec, platform_of(nodes, node.cluster))
-            self._sessions.send(node.id, BuildEnv(found.spec, env_hash))
+            self._sessions.send(node.id, BuildEnv(found.spec, hashes.of(node.cluster)))
         log.info("environment build asked", extra={"environment": f"{found.name}:{found.version}",
                                                    "nodes": [n.name for n in targets]})
         return pb.BuildEnvironmentResponse(nodes=[n.name for n in targets])

@@ -17,6 +17,7 @@ from runyard.envspec import EnvSpec
 from scheduler.core.lifecycle import Reason
 from scheduler.core.nodes import NodeFacts, NodeState, Schedule, takes_new_runs
 from scheduler.model import Capacity, NodeRecord, RunRecord
+from scheduler.placement import minor_versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,12 @@ class Session:
     peer: str = ""
     env_hashes: frozenset[str] = frozenset()    # the environments it has built, as it last said (Hello, Heartbeat)
     outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    pythons: frozenset[str] = field(init=False)     # what it can build environments with, from its capacity,
+    builders: frozenset[str] = field(init=False)    # as placement reads them (once, not on every pass)
+
+    def __post_init__(self) -> None:
+        self.pythons = minor_versions(self.capacity.interpreters)
+        self.builders = frozenset(self.capacity.builders)
 
 
 class Sessions:

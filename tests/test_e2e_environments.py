@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from protos import runyard_pb2 as pb
+from runyard.client import Client
 from runyard.envspec import EnvSpec, identity, node_platform
 from runyard.envwire import env_to_pb
 from testbed.harness import Cluster, wait_until
@@ -284,3 +285,20 @@ def test_a_registered_environment_reaches_the_node_at_the_version_recorded(setup
     assert (shown["env_name"], shown["env_version"], shown["spec"]["env"]["python"]) == ("exact", "4", "3.11")
     node.exited(assignment)
     setup.cluster.wait_state(run_id, "Completed")
+
+
+def test_a_workspace_s_long_list_of_environments_still_fits_one_reply(setup: Setup) -> None:
+    admin = setup.cluster.client()
+    admin.create_workspace("big-envs")
+    token = admin.create_token(pb.CreateTokenRequest(workspace="big-envs", role=pb.ROLE_USER, name="big")).secret
+    with Client(setup.cluster.head.client_config(token), timeout_s=30) as big:
+        for version in range(1, 51):      # 50 specs of 100 KB: more than one reply's 4 MiB
+            pip = [f"pkg{version}-{i:03}-{'x' * 990}==1.0" for i in range(100)]
+            big.create_environment(pb.Environment(name="huge", version=str(version), spec=pb.EnvironmentSpec(pip=pip)))
+        listed = big.list_environments()
+        shown = big.get_environment("huge:50")
+
+    assert [e.version for e in listed] == [str(v) for v in range(1, 51)]
+    assert listed[0].HasField("spec") and not listed[-1].HasField("spec")
+    assert len(shown.spec.pip) == 100
+    assert all(e.name != "huge" for e in setup.cluster.client().list_environments())   # another workspace's
