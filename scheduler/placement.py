@@ -118,13 +118,13 @@ class NodeView:
             and req.gpus <= len(self.gpus_free)
             and (not req.labels or self.has_labels(req))
             and (not req.gpu_filtered or req.gpus <= len(self.usable_gpus(req)))
-            and self.can_build(req)
+            and (not (req.python or req.conda or req.image) or self.can_build(req))
         )
 
     def could_ever_fit(self, req: Request) -> bool:
         if not (req.cpus <= self.cpus_total + 1e-9 and req.memory_bytes <= self.memory_total):
             return False
-        if not self.can_build(req):
+        if (req.python or req.conda or req.image) and not self.can_build(req):
             return False
         if req.gpu_filtered:
             every_gpu = tuple(index for index, _, _ in self.gpu_specs)
@@ -206,9 +206,10 @@ class _Pool:
         built, then most free CPUs."""
         built = [self.nodes[n] for n in self._built.get(req.env_hash, ())] if req.env_hash else []
         for free_gpus in sorted(k for k in self._heaps if k >= req.gpus):
-            ready = [n for n in built if len(n.gpus_free) == free_gpus and n.fits(req)]
-            if ready:
-                return min(ready, key=lambda n: (-n.cpus_free, n.name))
+            if built:
+                ready = [n for n in built if len(n.gpus_free) == free_gpus and n.fits(req)]
+                if ready:
+                    return min(ready, key=lambda n: (-n.cpus_free, n.name))
             heap = self._heaps[free_gpus]
             while heap and not self._current(heap[0], free_gpus):
                 heapq.heappop(heap)
@@ -382,7 +383,8 @@ def _waiting_for(req: Request, up: Sequence[NodeView]) -> str:
             f"waiting for {req.nodes} nodes with {_describe(req)} each in cluster {req.cluster}; "
             f"{sum(1 for n in up if n.fits(req))} fit now"
         )
-    eligible = [n for n in up if n.has_labels(req) and n.can_build(req)]
+    builds = bool(req.python or req.conda or req.image)
+    eligible = [n for n in up if n.has_labels(req) and (not builds or n.can_build(req))]
     if req.gpus and not any(len(n.usable_gpus(req)) >= req.gpus for n in eligible):
         best = max(eligible, key=lambda n: len(n.usable_gpus(req)))
         return (
