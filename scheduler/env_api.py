@@ -173,7 +173,7 @@ class EnvironmentMethods:
             spec = dataclasses.replace(spec, env=found.spec)
             name, version = found.name, found.version
         if spec.env.empty:
-            return dataclasses.replace(spec, env_hash=""), "", ""
+            return spec, "", ""     # `spec_from_pb` never takes a hash from the client
         problem = envspec.check(spec.env)
         if problem:
             raise InvalidArgument(f"the run's environment: {problem}")

@@ -162,7 +162,11 @@ def test_an_inline_environment_shows_as_inline_and_a_run_without_one_as_the_node
     shown = setup.cluster.run(plain)
     assert "env" not in shown["spec"] and shown["spec"]["env_hash"] == ""
     assert re.search(r"^environment +- *$", setup.cluster.cli("show", plain, check=True).stdout, re.MULTILINE)
-    for run_id in (inline, plain):
+    # The hash is the head's to set: one a client sends is not taken.
+    forged = setup.cluster.client().submit(pb.SubmitRequest(
+        snapshot_sha256=shown["snapshot_sha256"], spec=pb.RunSpec(argv=["true"], env_hash="f" * 64))).run_id
+    assert setup.cluster.run(forged)["spec"]["env_hash"] == ""
+    for run_id in (inline, plain, forged):
         setup.cluster.wait_state(run_id, "Completed")
 
 
