@@ -19,6 +19,7 @@ import click
 
 from protos import runyard_pb2 as pb
 from runyard import cli_admin as admin
+from runyard import cli_env
 from runyard import priorities, render, vocabulary
 from runyard.client import Client
 from runyard.config import ClientConfig, load_client_config
@@ -82,7 +83,10 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @click.option("--memory", help="e.g. 8G")
 @click.option("--gpus", type=int)
 @click.option("--nodes", type=int)
-@click.option("--env", multiple=True, metavar="K=V")
+@click.option("--env", multiple=True, metavar="K=V|NAME[:VERSION]",
+              help="a variable KEY=VALUE (repeat it), or the registered environment to run in: NAME:VERSION, "
+                   "NAME@latest or NAME")
+@click.option("--conda-file", type=click.Path(path_type=Path), help="run in the environment of this conda file")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a job file key, e.g. inputs.lr=0.1")
 @click.option("--priority", metavar="low|medium|high", help="queue priority; admins may give an integer")
 @click.option("--timeout", type=float, help="seconds")
@@ -91,14 +95,15 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @click.pass_context
 def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, experiment: str | None,
            display_name: str | None, compute: str | None, cpus: float | None, memory: str | None, gpus: int | None,
-           nodes: int | None, env: tuple[str, ...], sets: tuple[str, ...], priority: str | None,
-           timeout: float | None, detach: bool, quiet: bool) -> None:
+           nodes: int | None, env: tuple[str, ...], conda_file: Path | None, sets: tuple[str, ...],
+           priority: str | None, timeout: float | None, detach: bool, quiet: bool) -> None:
     """Snapshot DIRECTORY and run a command on the cluster: runyard submit [DIR] [-f job.yml] -- COMMAND..."""
     from runyard.submit import submit_run
 
     request = build_request(CliOptions(
         directory=directory, job_file=job_file, experiment=experiment, display_name=display_name, compute=compute,
-        cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, env=env, sets=sets, priority=priority, timeout_s=timeout,
+        cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, env=env, conda_file=conda_file, sets=sets,
+        priority=priority, timeout_s=timeout,
         command=tuple(ctx.obj or ()),
     ))
     with connect() as client:
@@ -157,6 +162,7 @@ def show(run_id: str, output: str) -> None:
     fields += [
         ("priority", priorities.name(run.priority)), ("attempt", run.attempt), ("node", run.node), ("command", " ".join(run.spec.argv)),
         ("resources", render.resources(run.spec)), ("compute", run.spec.compute),
+        ("environment", render.environment(run)),
         ("timeout", f"{run.spec.timeout_s:g}s" if run.spec.timeout_s else "none"),
         ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
         ("created", render.when(run.created_at)), ("duration", render.duration(run)),
@@ -177,12 +183,15 @@ def show(run_id: str, output: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="keep streaming until the run ends")
 @click.option("--tail", default=0, type=click.IntRange(0), help="only the last N lines")
 @click.option("--rank", type=int, help="only this process rank")
-def logs(run_id: str, follow: bool, tail: int, rank: int | None) -> None:
-    """Print a run's output (stdout to stdout, stderr to stderr)."""
+@click.option("--stream", type=click.Choice(sorted(render.STREAMS)),
+              help="only this stream: build is the output of building the run's environment")
+def logs(run_id: str, follow: bool, tail: int, rank: int | None, stream: str | None) -> None:
+    """Print a run's output (stdout to stdout, stderr, runyard's and the build's lines to stderr)."""
     with connect() as client:
         several = client.get_run(run_id).attempt > 1  # then every line says which attempt wrote it
         try:
-            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank):
+            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank,
+                                    stream=render.STREAMS[stream] if stream else pb.STREAM_UNSPECIFIED):
                 several = several or line.attempt > 1
                 render.write_log(line, prefix_attempt=several)
         except KeyboardInterrupt:
@@ -353,7 +362,7 @@ def queue(compute: str, output: str) -> None:
     render.print_events(reply.events)
 
 
-for command in (admin.login, admin.workspace, admin.token, admin.audit):
+for command in (admin.login, admin.workspace, admin.token, admin.audit, cli_env.env):
     cli.add_command(command)
 for command in (admin.node_token, admin.node_remove, admin.node_approve):
     node.add_command(command)

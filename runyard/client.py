@@ -125,16 +125,19 @@ class Client:
         return list(self._stub.Cancel(pb.CancelRequest(run_ids=run_ids), **self._kw()).runs)
 
     @_translated
-    def logs(self, run_id: str, *, follow: bool = False, tail: int = 0, rank: int | None = None) -> Iterator[pb.LogLine]:
-        request = pb.LogsRequest(run_id=run_id, follow=follow, tail=tail, has_rank=rank is not None, rank=rank or 0)
-        stream = self._stub.StreamLogs(request, **self._kw(timeout=not follow))
+    def logs(self, run_id: str, *, follow: bool = False, tail: int = 0, rank: int | None = None,
+             stream: pb.Stream = pb.STREAM_UNSPECIFIED) -> Iterator[pb.LogLine]:
+        """The run's log lines; with `stream`, only that stream's (e.g. `pb.BUILD`)."""
+        request = pb.LogsRequest(run_id=run_id, follow=follow, tail=tail, has_rank=rank is not None, rank=rank or 0,
+                                 stream=stream)
+        replies = self._stub.StreamLogs(request, **self._kw(timeout=not follow))
         try:
-            for response in stream:
+            for response in replies:
                 yield from response.lines
         except grpc.RpcError as err:
             raise translate(err, self.address) from None
         finally:
-            stream.cancel()
+            replies.cancel()
 
     @_translated
     def metrics(self, run_id: str, key: str = "") -> pb.MetricsResponse:
@@ -161,6 +164,25 @@ class Client:
                 f.write(chunk.data)
                 written += len(chunk.data)
         return written
+
+    # --- environments ----------------------------------------------------------------------------------------
+
+    @_translated
+    def create_environment(self, environment: pb.Environment) -> pb.Environment:
+        return self._stub.CreateEnvironment(environment, **self._kw())
+
+    @_translated
+    def list_environments(self) -> list[pb.Environment]:
+        return list(self._stub.ListEnvironments(pb.ListEnvironmentsRequest(), **self._kw()).environments)
+
+    @_translated
+    def get_environment(self, ref: str) -> pb.Environment:
+        return self._stub.GetEnvironment(pb.EnvironmentRef(ref=ref), **self._kw())
+
+    @_translated
+    def build_environment(self, ref: str, nodes: list[str]) -> list[str]:
+        """Ask nodes to build the environment now; returns the nodes that were asked."""
+        return list(self._stub.BuildEnvironment(pb.BuildEnvironmentRequest(ref=ref, nodes=nodes), **self._kw()).nodes)
 
     # --- identity and administration -------------------------------------------------------------------------
 

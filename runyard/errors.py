@@ -2,7 +2,8 @@
 
     RunyardError                    root; `str(err)` is the one line a user sees
     ├── UsageError                  a mistake of the user's: bad flag, bad job file, unreadable directory
-    │   ├── JobFileError            job file invalid; carries the YAML path of the fault
+    │   ├── JobFileError            a job, environment, conda or requirements file invalid; carries the YAML
+    │   │                           path of the fault (or the line, in the source)
     │   ├── SnapshotTooLarge        the directory is over the snapshot size limit
     │   └── SnapshotTooDeep         a file of the directory lies deeper than the snapshot depth limit
     ├── SnapshotInvalid             an archive that must not be extracted; carries the offending entry or WHOLE
@@ -35,7 +36,8 @@ class UsageError(RunyardError):
 
 
 class JobFileError(UsageError):
-    """The job file is invalid."""
+    """A file that says what to run is invalid: a job file, an environment file, a conda file or a requirements
+    file. `source` names the file (and `file:line` for a line of a requirements file), `path` the YAML path."""
 
     def __init__(self, source: str, path: str, message: str) -> None:
         self.source = source

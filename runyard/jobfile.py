@@ -5,11 +5,18 @@ CLI sends. Every fault becomes one `UsageError` (a `JobFileError` carrying the Y
 whose text is the one line the user sees. Keys of Azure's schema that Runyard does not support yet are refused by
 name, never ignored.
 
+`environment:` is Azure's: a mapping with `conda_file` (relative to the job file's directory) and optionally
+`image`, or a registered environment `azureml:NAME:VERSION` / `azureml:NAME@latest` (`runyard:` works too); or
+Runyard's short form `{pip: [lines], requirements: FILE}` (FILE in the code directory). A conda file's `-r` lines
+are relative to the code directory. `envspec` normalizes what they say; `--env NAME[:VERSION|@latest]` and
+`--conda-file FILE` replace the job file's environment.
+
 This module only reads the job file: it must not talk to the head, snapshot the directory or print.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +29,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
 
-from runyard import priorities
+from runyard import envspec, priorities
+from runyard.envspec import EnvSpec
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
 
@@ -33,13 +41,14 @@ MAX_TIMEOUT_S = 30 * 24 * 3600
 # Keys of Azure ML's job schemas (command, sweep, pipeline, component) that Runyard refuses by name, per mapping.
 _NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
     (): frozenset({
-        "environment", "distribution", "outputs", "identity", "services", "properties", "is_deterministic",
+        "distribution", "outputs", "identity", "services", "properties", "is_deterministic",
         "component", "jobs", "settings", "sampling_algorithm", "search_space", "objective", "trial",
         "early_termination",
     }),
     ("resources",): frozenset({"instance_type", "shm_size", "docker_args", "locations"}),
     ("limits",): frozenset({"max_total_trials", "max_concurrent_trials", "trial_timeout"}),
     ("queue_settings",): frozenset({"job_tier"}),
+    ("environment",): frozenset({"build", "inference_config", "os_type"}),
 }
 _LITERAL_INPUT_TYPES = frozenset({"string", "integer", "number", "boolean"})
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
@@ -102,12 +111,28 @@ def _code(value: object) -> object:
     return value
 
 
+_REFERENCE = "$reference"     # where a string `environment:` goes in the Environment section
+
+
+def _reference_form(value: object) -> object:
+    """A registered environment's reference (a string) as the Environment section's `$reference`."""
+    if isinstance(value, str):
+        if not value.startswith(envspec.PREFIXES):
+            raise ValueError("a registered environment is azureml:NAME:VERSION or azureml:NAME@latest; an inline one "
+                             "is a mapping such as {conda_file: env.yml}")
+        envspec.parse_ref(value)
+        return {_REFERENCE: value}
+    if isinstance(value, Mapping) and _REFERENCE in value:
+        raise ValueError(f"{_REFERENCE} is not a key of an environment")
+    return value
+
+
 Text = Annotated[str, BeforeValidator(scalar_text)]
 InputValue = Annotated[str | int | float | bool, BeforeValidator(_input_value)]
 Size = Annotated[int, BeforeValidator(_size)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     """A mapping of the job file: unknown keys refused, no type coercion, an empty (null) value means absent."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
@@ -120,7 +145,7 @@ class _Section(BaseModel):
         return data
 
 
-class Properties(_Section):
+class Properties(Section):
     cpus: float | None = Field(None, gt=0, le=4096)
     memory: Size | None = None
     gpus: int | None = Field(None, ge=0, le=64)
@@ -129,24 +154,42 @@ class Properties(_Section):
     node_labels: dict[str, Text] = {}
 
 
-class Resources(_Section):
+class Resources(Section):
     instance_count: int | None = Field(None, ge=1, le=1024)
     properties: Properties = Properties()
 
 
-class Limits(_Section):
+class Limits(Section):
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
 
 
-class QueueSettings(_Section):
+class QueueSettings(Section):
     priority: Annotated[Priority, Field(strict=False)] | None = None
 
 
-class Retry(_Section):
+class Retry(Section):
     max_retries: int | None = Field(None, ge=0, le=100)
 
 
-class JobFile(_Section):
+class Environment(Section):
+    """`environment:`: a registered environment's reference, Azure's inline form, or Runyard's short form."""
+
+    reference: str | None = Field(None, alias=_REFERENCE)
+    conda_file: str | None = Field(None, min_length=1)
+    image: str | None = Field(None, min_length=1)
+    pip: list[str] | None = None
+    requirements: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Environment:
+        if self.conda_file is not None and (self.pip is not None or self.requirements is not None):
+            raise ValueError("give conda_file, or pip and requirements, not both")
+        if self.reference is None and not (self.conda_file or self.image or self.pip is not None or self.requirements):
+            raise ValueError("must name a conda_file (and an image), or pip and requirements")
+        return self
+
+
+class JobFile(Section):
     """A validated job file. `inputs` comes before `command` so the command's references can be checked."""
 
     schema_url: Any = Field(None, alias="$schema")
@@ -159,6 +202,7 @@ class JobFile(_Section):
     code: Annotated[str | None, BeforeValidator(_code), Field(min_length=1)] = None
     inputs: dict[str, InputValue] = {}
     command: str | None = None
+    environment: Annotated[Environment | None, BeforeValidator(_reference_form)] = None
     environment_variables: dict[str, Text] = {}
     compute: Annotated[str | None, BeforeValidator(_compute)] = None
     resources: Resources = Resources()
@@ -218,12 +262,14 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def _read_mapping(path: Path, source: str) -> dict[Any, Any]:
+def read_mapping(path: Path, source: str, what: str = "job file",
+                 example: str = "`command: python train.py`") -> dict[Any, Any]:
+    """The YAML mapping in `path` (safe, dates as text, no key twice); a fault is one line naming `source`."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise UsageError(f"cannot read job file {source}: {why}") from None
+        raise UsageError(f"cannot read {what} {source}: {why}") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as err:
@@ -232,9 +278,15 @@ def _read_mapping(path: Path, source: str) -> dict[Any, Any]:
     except yaml.YAMLError as err:
         raise JobFileError(source, "", f"invalid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        what = "empty" if data is None else f"{_kind(data)}, not a mapping"
-        raise JobFileError(source, "", f"is {what}; a job file is a mapping such as `command: python train.py`")
+        found = "empty" if data is None else f"{_kind(data)}, not a mapping"
+        raise JobFileError(source, "", f"is {found}; a {what} is a mapping such as {example}")
     return data
+
+
+def conda_spec(path: Path, *, code_dir: Path, image: str = "") -> EnvSpec:
+    """The environment of the conda file at `path` (and `image`), its `-r` lines relative to `code_dir`."""
+    data = read_mapping(path, str(path), "conda file", "`dependencies: [python=3.11, {pip: [numpy]}]`")
+    return envspec.from_conda(data, source=str(path), code_dir=code_dir, image=image)
 
 
 def _parse_scalar(text: str) -> object:
@@ -293,12 +345,12 @@ _MESSAGES = {
     "string_too_short": "must not be empty", "too_short": "must not be empty",
     "int_type": "must be a whole number", "float_type": "must be a number", "finite_number": "must be a finite number",
     "bool_type": "must be true or false", "dict_type": "must be a mapping", "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping", "list_type": "must be a list",
 }
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def _explain(error: ValidationError) -> tuple[str, str]:
+def explain(error: ValidationError) -> tuple[str, str]:
     """The first fault of a validation as (YAML path with dots, one plain line)."""
     first = error.errors(include_url=False)[0]
     loc, kind, ctx = list(first["loc"]), first["type"], first.get("ctx", {})
@@ -322,14 +374,14 @@ def _explain(error: ValidationError) -> tuple[str, str]:
 def load_job_file(path: Path, sets: Sequence[str] = ()) -> JobFile:
     """Read, override (`--set key=value`, applied to the YAML before validation) and validate a job file."""
     source = str(path)
-    raw = _read_mapping(path, source)
+    raw = read_mapping(path, source)
     for item in sets:
         _apply_set(raw, item)
     _refuse_not_yet(raw, source)
     try:
         return JobFile.model_validate(raw)
     except ValidationError as err:
-        where, message = _explain(err)
+        where, message = explain(err)
         raise JobFileError(source, where, message) from None
 
 
@@ -354,6 +406,8 @@ class RunRequest:
     gpu_memory_bytes: int = 0
     node_labels: dict[str, str] = field(default_factory=dict)
     max_retries: int | None = None
+    env: EnvSpec = EnvSpec()            # the software it runs in, normalized
+    env_ref: str = ""                   # or a registered environment, NAME:VERSION or NAME@latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +423,8 @@ class CliOptions:
     memory: str | None = None
     gpus: int | None = None
     nodes: int | None = None
-    env: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()           # KEY=VALUE variables, and at most one environment NAME[:VERSION|@latest]
+    conda_file: Path | None = None
     sets: tuple[str, ...] = ()
     priority: str | None = None
     timeout_s: float | None = None
@@ -385,13 +440,30 @@ _FLAGS = {
 
 
 def _env_items(items: Sequence[str]) -> dict[str, str]:
+    """The variables among `--env` items (KEY=VALUE); the others name an environment (`_env_refs`)."""
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep:
+            continue
+        if not key:
             raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
     return env
+
+
+def _env_ref(items: Sequence[str]) -> str:
+    """The registered environment an `--env` item without `=` names ('' when none does), as NAME:VERSION or
+    NAME@latest."""
+    refs = [item for item in items if "=" not in item]
+    if len(refs) > 1:
+        raise UsageError(f"--env names {len(refs)} environments ({', '.join(refs)}); a run has one")
+    if not refs:
+        return ""
+    try:
+        return str(envspec.parse_ref(refs[0]))
+    except ValueError as err:
+        raise UsageError(f"--env {refs[0]!r}: {err}; a variable is KEY=VALUE") from None
 
 
 def _is_integer(text: str | None) -> bool:
@@ -411,7 +483,7 @@ def _validate_flags(options: CliOptions) -> JobFile:
     try:
         return JobFile.model_validate(raw)
     except ValidationError as err:
-        where, message = _explain(err)
+        where, message = explain(err)
         raise UsageError(f"{_FLAGS.get(where, where)}: {message}") from None
 
 
@@ -441,6 +513,35 @@ def _argv(options: CliOptions, job: JobFile) -> tuple[str, ...]:
     raise UsageError("no command: give one after -- or set command: in the job file")
 
 
+def _environment(options: CliOptions, job: JobFile, code_dir: Path) -> tuple[EnvSpec, str]:
+    """(spec, reference) of the run's environment: the flags' if they name one, else the job file's."""
+    ref = _env_ref(options.env)
+    if ref and options.conda_file is not None:
+        raise UsageError("give --env NAME or --conda-file FILE, not both")
+    if ref:
+        return EnvSpec(), ref
+    if options.conda_file is not None:
+        return conda_spec(options.conda_file, code_dir=code_dir), ""
+    env = job.environment
+    if env is None:
+        return EnvSpec(), ""
+    if env.reference is not None:
+        return EnvSpec(), str(envspec.parse_ref(env.reference))
+    assert options.job_file is not None
+    source, image = str(options.job_file), env.image or ""
+    if env.conda_file is not None:
+        path = Path(os.path.normpath(options.job_file.parent / env.conda_file))
+        return conda_spec(path, code_dir=code_dir, image=image), ""
+    lines = [(f"environment.pip[{index}]", line) for index, line in enumerate(env.pip or ())]
+    if env.requirements:
+        lines.append(("environment.requirements", f"-r {env.requirements}"))
+    spec = dataclasses.replace(envspec.pip_lines(lines, source=source, code_dir=code_dir), image=image)
+    problem = envspec.check(spec)
+    if problem:
+        raise JobFileError(source, "environment", problem)
+    return spec, ""
+
+
 def _first(*values: _T | None, default: _T) -> _T:
     return next((value for value in values if value is not None), default)
 
@@ -452,6 +553,7 @@ def build_request(options: CliOptions) -> RunRequest:
     flags = _validate_flags(options)
     job = load_job_file(options.job_file, options.sets) if options.job_file is not None else JobFile()
     code_dir = _code_dir(options, job)
+    env, env_ref = _environment(options, job, code_dir)
     asked, given = flags.resources.properties, job.resources.properties
     return RunRequest(
         code_dir=code_dir,
@@ -471,4 +573,6 @@ def build_request(options: CliOptions) -> RunRequest:
         gpu_memory_bytes=_first(given.gpu_memory, default=0),
         node_labels=dict(given.node_labels),
         max_retries=job.retry.max_retries,
+        env=env,
+        env_ref=env_ref,
     )

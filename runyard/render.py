@@ -97,12 +97,26 @@ def resources(spec: pb.RunSpec) -> str:
     return f"{res.instance_count} nodes × {text}" if res.instance_count > 1 else text
 
 
+def environment(run: pb.Run) -> str:
+    """The environment a run asked for: `NAME:VERSION (hash)`, `inline (hash)`, or `-` (the node's own)."""
+    if not run.spec.env_hash:
+        return "-"
+    name = f"{run.env_name}:{run.env_version}" if run.env_name else "inline"
+    return f"{name} ({run.spec.env_hash[:12]})"
+
+
+STREAMS: dict[str, pb.Stream] = {"stdout": pb.STDOUT, "stderr": pb.STDERR, "system": pb.SYSTEM, "build": pb.BUILD}
+
+
 def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
-    """Write one record as the run wrote it: stdout to stdout, stderr and runyard's own lines to stderr."""
+    """Write one record as the run wrote it: stdout to stdout; stderr, runyard's own lines and the environment's
+    build to stderr, the last two marked."""
     record = line.record
     data = record.data
     if record.stream == pb.SYSTEM or record.gap:
         data = b"[runyard] " + data
+    elif record.stream == pb.BUILD:
+        data = b"[build] " + data
     if prefix_attempt:
         data = f"[attempt {line.attempt}] ".encode() + data
     out = sys.stdout.buffer if record.stream == pb.STDOUT else sys.stderr.buffer

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from protos import runyard_pb2 as pb
 from runyard import render, vocabulary
 from runyard.client import Client
+from runyard.envwire import env_to_pb
 from runyard.errors import RunyardError
 from runyard.jobfile import RunRequest
 from runyard.snapshot import create_snapshot, git_properties
@@ -52,6 +53,8 @@ def _spec(request: RunRequest) -> pb.RunSpec:
         timeout_s=request.timeout_s,
         compute=request.compute,
         max_retries=request.max_retries,
+        env=None if request.env.empty else env_to_pb(request.env),
+        env_ref=request.env_ref,
     )
 
 

@@ -1,9 +1,10 @@
 """The NodeAgent gRPC service: agents join, hold one Connect stream each, fetch snapshots, upload outputs.
 
-On the Connect stream the agent's first message is Hello (capacity and the attempts it supervises); the reactor
-reconciles those against the store, then each message is handled in order and acknowledged cumulatively once
-committed. Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an
-attempt that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
+On the Connect stream the agent's first message is Hello (capacity, with the environments it has built, and the
+attempts it supervises); the reactor reconciles those against the store, then each message is handled in order and
+acknowledged cumulatively once committed. A heartbeat that names built environments replaces the session's set.
+Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an attempt
+that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
 Join enrolls a node (`enrollment.py`): a join token and a CSR buy a certificate bound to the node's name; the
 other methods are called on the node port with that certificate. A Join for a node name whose agent is connected
 and Ready is refused (ALREADY_EXISTS, naming the holder), as is one with another key than the name's.
@@ -26,7 +27,7 @@ from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import caller
-from scheduler.convert import capacity_from_pb, outbound_to_pb, report_from_pb
+from scheduler.convert import capacity_from_pb, env_hashes_from_pb, outbound_to_pb, report_from_pb
 from scheduler.core.nodes import NodeState
 from scheduler.enrollment import Enrollment
 from scheduler.core.react import Hello, NodeHeard, StreamClosed
@@ -90,7 +91,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         now = self._store.clock()
         capacity = capacity_from_pb(first.hello.capacity)
         self._enrollment.check_capacity(node.name, capacity)
-        session = Session(node_id, node.name, node.cluster, capacity, labels=node.labels, since=now, peer=context.peer())
+        session = Session(node_id, node.name, node.cluster, capacity, labels=node.labels, since=now, peer=context.peer(),
+                          env_hashes=env_hashes_from_pb(first.hello.capacity.env_hashes))
         if self._sessions.facts(node_id) is None:
             self._sessions.remember(node)
         try:
@@ -161,7 +163,10 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                     session.outbox.put_nowait(StopAttempt(batch.run_id, batch.attempt, Reason.STALE))
                 else:
                     await (self._apply_logs(run, message.logs) if kind == "logs" else self._apply_metrics(run, message.metrics))
-            elif kind != "heartbeat":   # heartbeats are answered, so that an agent with quiet runs still hears the head
+            elif kind == "heartbeat":   # answered, so that an agent with quiet runs still hears the head
+                if message.heartbeat.env_hashes:    # its built environments changed: all of them, as they are now
+                    session.env_hashes = env_hashes_from_pb(message.heartbeat.env_hashes)
+            else:
                 raise InvalidArgument(f"unexpected {kind} on Connect")
             session.outbox.put_nowait(Ack(message.msg_seq))
 

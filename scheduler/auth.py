@@ -67,7 +67,8 @@ _RUNYARD = "/runyard.v1.Runyard/"
 _NODE_AGENT = "/runyard.v1.NodeAgent/"
 RULES: dict[str, Rule] = {
     **{_RUNYARD + m: Rule(Role.VIEWER) for m in (
-        "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI")},
+        "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI",
+        "ListEnvironments", "GetEnvironment")},
     _RUNYARD + "HasSnapshot": Rule(Role.USER),
     **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in (
         "UploadSnapshot", "Cancel", "CreateEnvironment", "BuildEnvironment")},
@@ -199,10 +200,12 @@ def _peer_cert(context: grpc.aio.ServicerContext) -> bytes | None:
 def _target(request: Any, response: Any) -> str:
     """What a mutating call acted on, for the audit trail: the first id-like field of its reply or request."""
     for message in (response, request):
-        for field in ("run_id", "run_ids", "sha256", "id", "name", "node", "workspace"):
+        for field in ("run_id", "run_ids", "sha256", "id", "name", "node", "workspace", "ref"):
             value: Any = getattr(message, field, None)
             if isinstance(value, str) and value:
-                return value[:200]
+                version: Any = getattr(message, "version", "")     # an environment: NAME:VERSION
+                return (f"{value}:{version}" if field == "name" and isinstance(version, str) and version
+                        else value)[:200]
             if value is not None and not isinstance(value, str) and len(value):
                 return ",".join(list(value)[:20])[:200]
         token: Any = getattr(message, "token", None)

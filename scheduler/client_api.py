@@ -23,6 +23,7 @@ from runyard.errors import SnapshotInvalid
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
 from scheduler.admin_api import AdminMethods
+from scheduler.env_api import EnvironmentMethods
 from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
@@ -36,7 +37,7 @@ from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
 from scheduler.core.nodes import InvalidNodeTransition, NodeState, ScheduleTrigger
 from scheduler.core.react import Cancel
 from scheduler.model import NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
-from scheduler.placement import NodeView, Request, never_fits
+from scheduler.placement import NodeView, Request, minor_versions, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
 from scheduler.enrollment import Enrollment
@@ -69,7 +70,8 @@ FOLLOW_POLL_S = 1.0
 
 def request_of(spec: RunSpec, run_id: str = "", workspace: str = "") -> Request:
     return Request(run_id, spec.compute, spec.cpus, spec.memory_bytes, spec.gpus, spec.instance_count, workspace,
-                   spec.gpu_model, spec.gpu_memory_bytes, tuple(sorted(spec.node_labels.items())), spec.timeout_s)
+                   spec.gpu_model, spec.gpu_memory_bytes, tuple(sorted(spec.node_labels.items())), spec.timeout_s,
+                   spec.env_hash, spec.env.python, bool(spec.env.conda), bool(spec.env.image))
 
 
 def check_map(what: str, entries: Mapping[str, str]) -> None:
@@ -120,7 +122,7 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument(f"compute cluster name {spec.compute!r} is not valid")
 
 
-class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
+class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
     def __init__(
         self, *, config: HeadConfig, store: Store, artifacts: ArtifactStore, sessions: Sessions,
         dispatcher: Dispatcher, followers: Followers, timers: Timers, reactor: Reactor,
@@ -205,13 +207,14 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
             raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
         if request.parent_run_id:
             await self._run(request.parent_run_id)
+        spec, env_name, env_version = await self.run_environment(spec, request.spec.env_ref)
         await self._refuse_if_it_never_fits(spec)
         run_id, existed = await self._store.create_run(
             NewRun(
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
                 idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
-                priority=priority, submitter=caller().user,
+                priority=priority, submitter=caller().user, env_name=env_name, env_version=env_version,
             ),
             audit=audit_entry("Submit", context, self._store.clock()),
         )
@@ -241,7 +244,9 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
     async def _refuse_if_it_never_fits(self, spec: RunSpec) -> None:
         """Refuse a run for a cluster that does not exist (no node of it ever joined, whatever its state now, and no
         `[clusters.NAME]` in head.toml), or that no node of its cluster could ever hold, counting the nodes the
-        autoscaler may add; with no node of a configured cluster known yet, let it queue."""
+        autoscaler may add; with no node of a configured cluster known yet, let it queue. What an environment needs
+        (a python, a conda builder, a container runtime) is judged by the nodes known: the nodes the autoscaler may
+        add are taken to have what those have, and anything when none is known."""
         known = await self._store.list_nodes()
         configured = set(self._policies) | set(self._config.clusters)
         if spec.compute not in configured and not any(n.cluster == spec.compute for n in known):
@@ -254,15 +259,19 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
             NodeView(id=n.id, name=n.name, cluster=n.cluster, cpus_free=n.capacity.cpus, memory_free=n.capacity.memory_bytes,
                      gpus_free=tuple(g.index for g in n.capacity.gpus), cpus_total=n.capacity.cpus,
                      memory_total=n.capacity.memory_bytes, gpus_total=len(n.capacity.gpus), labels=n.labels,
-                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in n.capacity.gpus))
+                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in n.capacity.gpus),
+                     pythons=minor_versions(n.capacity.interpreters), builders=frozenset(n.capacity.builders))
             for n in known if n.cluster == spec.compute and n.state is not NodeState.DOWN
         ]
+        pythons = frozenset().union(*(n.pythons or () for n in nodes)) if nodes else None
+        builders = frozenset().union(*(n.builders or () for n in nodes)) if nodes else None
         policy = self._policies.get(spec.compute)
         if policy is not None and policy.node_cpus and policy.max_nodes > len(nodes):
             nodes += [
                 NodeView(id=f"autoscaled-{i}", name=f"a node the autoscaler may add to {spec.compute}", cluster=spec.compute,
                          cpus_free=policy.node_cpus, memory_free=policy.node_memory_bytes, gpus_free=tuple(range(policy.node_gpus)),
-                         cpus_total=policy.node_cpus, memory_total=policy.node_memory_bytes, gpus_total=policy.node_gpus)
+                         cpus_total=policy.node_cpus, memory_total=policy.node_memory_bytes, gpus_total=policy.node_gpus,
+                         pythons=pythons, builders=builders)
                 for i in range(policy.max_nodes - len(nodes))
             ]
         never = never_fits(request_of(spec), nodes)
@@ -319,16 +328,20 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
     async def StreamLogs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
         run = await self._run(request.run_id)
         rank = request.rank if request.has_rank else None
+        if request.stream not in pb.Stream.values():
+            raise InvalidArgument(f"unknown log stream {request.stream}")
+        stream = int(request.stream) or None
         with self._followers.follow(run.id) as changed:
             sources, ranks = await self._log_sources(run, rank)
-            after = await self._store.tail_start(sources, request.tail, rank) if request.tail > 0 and sources else 0
+            after = (await self._store.tail_start(sources, request.tail, rank, stream)
+                     if request.tail > 0 and sources else 0)
             ended = False
             while True:
                 changed.clear()
                 if gangs.is_gang_parent(run):   # children appear once the gang is placed, anew for each attempt
                     sources, ranks = await self._log_sources(run, rank)
                 rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE,
-                                                   rank=None if ranks else rank) if sources else []
+                                                   rank=None if ranks else rank, stream=stream) if sources else []
                 if rows:
                     after = rows[-1].id
                     yield pb.LogsResponse(lines=[log_to_pb(r, rank=ranks.get(r.run_id)) for r in rows])
@@ -377,7 +390,11 @@ class RunyardService(AdminMethods, pb_grpc.RunyardServicer):
         if node is None:
             raise NotFound(f"no node {shown(name)}; `runyard nodes` lists them")
         mine = (await self._runs_by_node()).get(node.id, [])
-        return self._node_to_pb(node, mine, events=await self._store.node_events(node.id))
+        found = self._node_to_pb(node, mine, events=await self._store.node_events(node.id))
+        session = self._sessions.get(node.id)
+        if session is not None:     # one node's built environments; ListNodes leaves them out, they can be many
+            found.capacity.env_hashes.extend(sorted(session.env_hashes))
+        return found
 
     async def _runs_by_node(self) -> dict[str, list[RunRecord]]:
         by_node: dict[str, list[RunRecord]] = {}

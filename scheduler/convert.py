@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, TypeVar, overload
 
 from protos import runyard_pb2 as pb
+from runyard.envspec import EnvSpec
+from runyard.envwire import env_from_pb, env_to_pb
 from scheduler.core.lifecycle import DesiredState, PendingKind, Reason, RunState
 from scheduler.core.nodes import NodeState, Schedule
 from scheduler.core.react import Phase, Report
 from scheduler.model import (
-    AuditRecord, Capacity, ClusterEvent, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord, RunSpec, TokenRecord,
+    AuditRecord, Capacity, ClusterEvent, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
+    RunSpec, TokenRecord,
 )
-from scheduler.sessions import Ack, Assign, Outbound, StopAttempt
+from scheduler.sessions import Ack, Assign, BuildEnv, Outbound, StopAttempt
 
 E = TypeVar("E", bound=StrEnum)
+# Caps on what a node says of itself beyond its resources: more than this is dropped, never stored.
+MAX_PLATFORM_CHARS = 64
+MAX_INTERPRETERS = 32
+MAX_BUILDERS = 16
+MAX_NAME_CHARS = 32                 # an interpreter's version, a builder's name
+MAX_ENV_HASHES = 10_000
 # Each StrEnum of the vocabulary, its protobuf enum and the prefix of its value names (RunState.QUEUED is
 # RUN_STATE_QUEUED); tests/test_vocabulary.py proves the two sides name the same members.
 VOCABULARY: dict[type[StrEnum], tuple[Any, str]] = {
@@ -87,10 +97,13 @@ def outbound_to_pb(message: Outbound) -> pb.HeadMessage:
                 gpu_indices=run.gpu_indices))
         case StopAttempt(run_id=run_id, attempt=attempt, reason=reason):
             return pb.HeadMessage(cancel=pb.CancelRun(run_id=run_id, attempt=attempt, reason=to_pb(reason)))
+        case BuildEnv(env=env, env_hash=env_hash):
+            return pb.HeadMessage(build_env=pb.BuildEnvironment(env=env_to_pb(env), env_hash=env_hash))
     raise TypeError(f"no wire form for {message!r}")
 
 
 def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
+    """A run spec as a client sent it; its environment's hash is the head's to set, never the client's."""
     res = msg.resources
     return RunSpec(
         argv=tuple(msg.argv),
@@ -105,6 +118,7 @@ def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
         gpu_memory_bytes=res.gpu_memory_bytes,
         node_labels=dict(res.node_labels),
         max_retries=msg.max_retries if msg.HasField("max_retries") else -1,
+        env=env_from_pb(msg.env) if msg.HasField("env") else EnvSpec(),
     )
 
 
@@ -119,16 +133,32 @@ def spec_to_pb(spec: RunSpec) -> pb.RunSpec:
         timeout_s=spec.timeout_s,
         compute=spec.compute,
         max_retries=None if spec.max_retries < 0 else spec.max_retries,
+        env=None if spec.env.empty else env_to_pb(spec.env),
+        env_hash=spec.env_hash,
     )
 
 
 def capacity_from_pb(msg: pb.Capacity) -> Capacity:
+    """A node's capacity as it says it; its platform, interpreters and builders within their caps (the rest is
+    dropped). Its built environments are `env_hashes_from_pb`'s."""
     return Capacity(
         cpus=msg.cpus,
         memory_bytes=msg.memory_bytes,
         disk_bytes=msg.disk_bytes,
         gpus=tuple(Gpu(g.index, g.uuid, g.model, g.memory_bytes) for g in msg.gpus),
+        platform=msg.platform[:MAX_PLATFORM_CHARS],
+        interpreters=_names(msg.interpreters, MAX_INTERPRETERS),
+        builders=_names(msg.builders, MAX_BUILDERS),
     )
+
+
+def _names(values: Iterable[str], most: int) -> tuple[str, ...]:
+    return tuple(sorted({v for v in values if v and len(v) <= MAX_NAME_CHARS}))[:most]
+
+
+def env_hashes_from_pb(values: Iterable[str]) -> frozenset[str]:
+    """The environments a node says it has built: sha256 hex digests, at most MAX_ENV_HASHES of them."""
+    return frozenset(v for v in list(values)[:MAX_ENV_HASHES] if len(v) == 64 and not v.strip("0123456789abcdef"))
 
 
 def capacity_to_pb(cap: Capacity) -> pb.Capacity:
@@ -137,6 +167,7 @@ def capacity_to_pb(cap: Capacity) -> pb.Capacity:
         memory_bytes=cap.memory_bytes,
         disk_bytes=cap.disk_bytes,
         gpus=[pb.GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in cap.gpus],
+        platform=cap.platform, interpreters=cap.interpreters, builders=cap.builders,
     )
 
 
@@ -173,6 +204,8 @@ def run_to_pb(
         ended_at=run.ended_at or 0.0,
         desired_state=to_pb(run.desired_state),
         priority=run.priority,
+        env_name=run.env_name,
+        env_version=run.env_version,
     )
     for event in events or ():
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event, detail=event.detail)
@@ -217,6 +250,12 @@ def node_to_pb(node: NodeRecord, *, state: NodeState, allocated: tuple[float, in
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event,
                        detail=event.detail)
     return msg
+
+
+def environment_to_pb(env: EnvironmentRecord, *, env_hash: str, built_on: Iterable[str] = ()) -> pb.Environment:
+    return pb.Environment(name=env.name, version=env.version, description=env.description, tags=env.tags,
+                          spec=env_to_pb(env.spec), hash=env_hash, created_at=env.created_at, built_on=built_on,
+                          created_by=env.created_by)
 
 
 def token_to_pb(token: TokenRecord) -> pb.Token:

@@ -62,7 +62,8 @@ def _derive(row: QueuedRow) -> _Derived:
         row,
         Queued(row.id, row.workspace, row.compute, row.priority, row.created_at),
         Request(row.id, row.compute, row.cpus, row.memory_bytes, row.gpus, row.instance_count, row.workspace,
-                row.gpu_model, row.gpu_memory_bytes, row.node_labels, row.timeout_s),
+                row.gpu_model, row.gpu_memory_bytes, row.node_labels, row.timeout_s, row.env_hash, row.python,
+                row.conda, row.image),
     )
 
 
@@ -161,6 +162,16 @@ class _Queue:
                 if seen == wanted[cluster]:
                     clusters_left -= 1
         return prefix
+
+
+def _environment_note(request: Request, members: Sequence[Placement], names: Sequence[str]) -> str:
+    """What the placement event says of the run's environment: built already on the node(s) chosen, or not."""
+    if not request.env_hash:
+        return ""
+    built = [name for p, name in zip(members, names) if p.env_built]
+    if len(members) == 1:
+        return " (environment already built there)" if built else " (environment to be built there)"
+    return f" (environment already built on {', '.join(built)})" if built else " (environment to be built on each)"
 
 
 class Dispatcher:
@@ -274,6 +285,9 @@ class Dispatcher:
                     schedulable=self._sessions.takes_new_runs(s.node_id, now, self._window_s),
                     labels=s.labels,
                     gpu_specs=tuple((g.index, g.model, g.memory_bytes) for g in s.capacity.gpus),
+                    pythons=s.pythons,
+                    builders=s.builders,
+                    env_hashes=s.env_hashes,
                 )
             )
         return views
@@ -325,7 +339,8 @@ class Dispatcher:
             return 0
         # Together, so that they share one group commit; each sends its assignment once its own commit returned.
         done = await asyncio.gather(
-            *(self._commit(run_id, sorted(members, key=lambda p: p.rank)) for run_id, members in gangs.items()),
+            *(self._commit(run_id, sorted(members, key=lambda p: p.rank), by_id[run_id].request)
+              for run_id, members in gangs.items()),
             self._store.set_pending_reasons(reasons), return_exceptions=True,
         )
         placed = 0
@@ -335,19 +350,20 @@ class Dispatcher:
             placed += result or 0
         return placed
 
-    async def _commit(self, run_id: str, members: list[Placement]) -> int:
+    async def _commit(self, run_id: str, members: list[Placement], request: Request) -> int:
         """Commit one run's placement, then send its assignment(s); 0 if it was canceled meanwhile."""
         names = [self._sessions.name(p.node_id) for p in members]
+        detail = f"placed on {', '.join(names)}" + _environment_note(request, members, names)
         try:
             if len(members) == 1:
                 p = members[0]
                 runs = [await self._store.transition(
                     run_id, Trigger.ASSIGN, node_id=p.node_id, gpu_indices=p.gpu_indices, pending_reason="",
-                    detail=f"placed on {names[0]}",
+                    detail=detail,
                 )]
             else:
                 parent, runs = await self._store.assign_gang(
-                    run_id, [(p.node_id, p.gpu_indices) for p in members], detail=f"placed on {', '.join(names)}")
+                    run_id, [(p.node_id, p.gpu_indices) for p in members], detail=detail)
                 self._followers.notify(parent.id)
         except InvalidTransition:
             return 0

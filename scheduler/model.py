@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from runyard import envspec
+from runyard.envspec import EnvSpec
 from scheduler.core.lifecycle import DesiredState, PendingKind, RunState
 from scheduler.core.nodes import NodeState, Schedule
 
@@ -29,6 +31,8 @@ class RunSpec:
     gpu_memory_bytes: int = 0           # only GPUs with at least this much memory
     node_labels: dict[str, str] = field(default_factory=dict)   # only nodes carrying all of these
     max_retries: int = -1               # attempts after a lost one; -1: the head's default
+    env: EnvSpec = EnvSpec()            # the software it runs in, normalized; empty: the node's own
+    env_hash: str = ""                  # the identity of `env` on its cluster's platform ('' without one)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -37,6 +41,8 @@ class RunSpec:
     def from_json(cls, text: str) -> RunSpec:
         data = json.loads(text)
         data["argv"] = tuple(data["argv"])
+        if "env" in data:
+            data["env"] = envspec.from_dict(data["env"])
         return cls(**data)
 
 
@@ -55,6 +61,8 @@ class NewRun:
     parent_id: str
     priority: int = 200
     submitter: str = ""                 # the name of the token that submitted it
+    env_name: str = ""                  # the registered environment it runs in, if any, at its exact version
+    env_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,8 @@ class RunRecord:
     agent_error_node: str = ""          # the node on which an earlier attempt failed on the agent's side
     pending_kind: PendingKind | None = None     # while Queued: the kind of its pending reason
     submitter: str = ""
+    env_name: str = ""                  # the registered environment it runs in (NewRun)
+    env_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,9 @@ class Capacity:
     memory_bytes: int
     disk_bytes: int
     gpus: tuple[Gpu, ...] = ()
+    platform: str = ""                  # e.g. linux-x86_64; '' from an agent that does not say
+    interpreters: tuple[str, ...] = ()  # python versions it has, e.g. 3.11.7
+    builders: tuple[str, ...] = ()      # what it builds environments with: uv, micromamba, conda, podman, ...
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -119,6 +132,8 @@ class Capacity:
         if not data:
             return cls(0.0, 0, 0)
         data["gpus"] = tuple(Gpu(**g) for g in data.get("gpus", ()))
+        for name in ("interpreters", "builders"):
+            data[name] = tuple(data.get(name, ()))
         return cls(**data)
 
 
@@ -134,6 +149,20 @@ class NodeRecord:
     schedule: Schedule = Schedule.ACTIVE
     failures_in_row: int = 0
     approved: bool = True               # False: enrolled, waiting for `runyard node approve`
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentRecord:
+    """A registered environment at one version; a version never changes once created."""
+
+    workspace: str
+    name: str
+    version: str
+    description: str
+    tags: dict[str, str]
+    spec: EnvSpec
+    created_at: float
+    created_by: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,10 @@ Policy, per compute cluster:
 - A run over its workspace's GPU quota in the cluster waits with that reason and blocks nobody.
 - GPU runs go to the node where they fit most tightly (fewest usable free GPUs left over), so whole nodes stay
   free for large runs; CPU-only runs prefer nodes without free GPUs, then the node with the most free CPUs.
+- A run with an environment goes only to nodes that can build it (the python it asks for, a conda builder for
+  conda packages, a container runtime for an image). Among nodes where it fits equally tightly (the same free
+  GPUs left over) one that has its environment built already comes first, before the spread by free CPUs: a
+  build costs minutes, the spread only balances. `Placement.env_built` says which it was.
 - A multi-node run (gang) gets all its nodes in the same pass or none.
 Concrete GPU indices are chosen here; nothing is over-committed.
 """
@@ -20,11 +24,24 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from runyard.units import format_size
 from scheduler.core.lifecycle import Pending, PendingKind
+
+CONDA_BUILDERS = frozenset({"micromamba", "conda"})
+CONTAINER_RUNTIMES = frozenset({"podman", "docker", "apptainer"})
+
+
+def minor_versions(interpreters: Iterable[str]) -> frozenset[str]:
+    """MAJOR.MINOR of each interpreter version a node reports (`3.11.7` -> `3.11`)."""
+    found = set()
+    for version in interpreters:
+        parts = version.split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            found.add(f"{int(parts[0])}.{int(parts[1])}")
+    return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +57,10 @@ class Request:
     gpu_memory_bytes: int = 0           # only GPUs with at least this much memory
     labels: tuple[tuple[str, str], ...] = ()   # only nodes carrying all of these
     timeout_s: float = 0.0              # 0: no time limit (cannot backfill)
+    env_hash: str = ""                  # its environment: nodes that have it built come first
+    python: str = ""                    # what building it needs of a node: this python (MAJOR.MINOR),
+    conda: bool = False                 # a conda builder,
+    image: bool = False                 # a container runtime
 
     @property
     def gpu_filtered(self) -> bool:
@@ -60,6 +81,20 @@ class NodeView:
     schedulable: bool = True            # False: disconnected, draining, cordoned, quarantined
     labels: Mapping[str, str] = field(default_factory=dict)
     gpu_specs: tuple[tuple[int, str, int], ...] = ()    # (index, model, memory bytes) of every GPU
+    pythons: frozenset[str] | None = None               # MAJOR.MINOR it has; None: not known (a node to be added)
+    builders: frozenset[str] | None = None              # its environment builders; None: not known
+    env_hashes: frozenset[str] = frozenset()            # the environments it has built
+
+    def can_build(self, req: Request) -> bool:
+        """Whether the node has what building the request's environment needs (a node not known yet has)."""
+        return (
+            (not req.python or self.pythons is None or req.python in self.pythons)
+            and (not req.conda or self.builders is None or bool(self.builders & CONDA_BUILDERS))
+            and (not req.image or self.builders is None or bool(self.builders & CONTAINER_RUNTIMES))
+        )
+
+    def has_built(self, req: Request) -> bool:
+        return bool(req.env_hash) and req.env_hash in self.env_hashes
 
     def usable_gpus(self, req: Request, among: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """The GPUs of `among` (default: the free ones) that match the request's model and memory filters."""
@@ -83,10 +118,13 @@ class NodeView:
             and req.gpus <= len(self.gpus_free)
             and (not req.labels or self.has_labels(req))
             and (not req.gpu_filtered or req.gpus <= len(self.usable_gpus(req)))
+            and (not (req.python or req.conda or req.image) or self.can_build(req))
         )
 
     def could_ever_fit(self, req: Request) -> bool:
         if not (req.cpus <= self.cpus_total + 1e-9 and req.memory_bytes <= self.memory_total):
+            return False
+        if (req.python or req.conda or req.image) and not self.can_build(req):
             return False
         if req.gpu_filtered:
             every_gpu = tuple(index for index, _, _ in self.gpu_specs)
@@ -129,6 +167,7 @@ class Placement:
     node_id: str
     gpu_indices: tuple[int, ...]
     rank: int = 0                       # node rank within a gang
+    env_built: bool = False             # the node has the run's environment built already
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +188,11 @@ class _Pool:
     def __init__(self, nodes: Sequence[NodeView]) -> None:
         self.nodes = {n.id: n for n in nodes}
         self._heaps: dict[int, list[tuple[float, str, str]]] = {}
+        self._built: dict[str, list[str]] = {}     # environment hash -> the nodes that have it built
         for node in nodes:
             self._push(node)
+            for env_hash in node.env_hashes:
+                self._built.setdefault(env_hash, []).append(node.id)
 
     def _push(self, node: NodeView) -> None:
         heapq.heappush(self._heaps.setdefault(len(node.gpus_free), []), (-node.cpus_free, node.name, node.id))
@@ -160,8 +202,14 @@ class _Pool:
         return len(node.gpus_free) == free_gpus and node.cpus_free == -entry[0]
 
     def best(self, req: Request) -> NodeView | None:
-        """The node where `req` fits most tightly: fewest free GPUs left over, then most free CPUs."""
+        """The node where `req` fits most tightly: fewest free GPUs left over, then one that has its environment
+        built, then most free CPUs."""
+        built = [self.nodes[n] for n in self._built.get(req.env_hash, ())] if req.env_hash else []
         for free_gpus in sorted(k for k in self._heaps if k >= req.gpus):
+            if built:
+                ready = [n for n in built if len(n.gpus_free) == free_gpus and n.fits(req)]
+                if ready:
+                    return min(ready, key=lambda n: (-n.cpus_free, n.name))
             heap = self._heaps[free_gpus]
             while heap and not self._current(heap[0], free_gpus):
                 heapq.heappop(heap)
@@ -183,7 +231,7 @@ class _Pool:
             return [best] if best else []
         fitting = sorted(
             (n for n in self.nodes.values() if n.fits(req)),
-            key=lambda n: (len(n.usable_gpus(req)), -n.cpus_free, n.name),
+            key=lambda n: (len(n.usable_gpus(req)), not n.has_built(req), -n.cpus_free, n.name),
         )
         return fitting[: req.nodes] if len(fitting) >= req.nodes else []
 
@@ -268,7 +316,7 @@ def place(
         assert pool is not None
         for rank, node in enumerate(chosen):
             gpus = pool.take(node, req)
-            placements.append(Placement(req.run_id, node.id, gpus, rank))
+            placements.append(Placement(req.run_id, node.id, gpus, rank, env_built=node.has_built(req)))
             ends_at = now + req.timeout_s if req.timeout_s else math.inf
             releases.setdefault(req.cluster, []).append((ends_at, node.id, req.cpus, req.memory_bytes, gpus))
         gpus_used[(req.workspace, req.cluster)] = used + req.gpus * req.nodes
@@ -276,11 +324,12 @@ def place(
 
 
 # What a request asks of one node: requests of the same shape fit or do not fit alike.
-_Shape = tuple[float, int, int, int, str, int, tuple[tuple[str, str], ...]]
+_Shape = tuple[float, int, int, int, str, int, tuple[tuple[str, str], ...], str, bool, bool]
 
 
 def _shape(req: Request) -> _Shape:
-    return (req.cpus, req.memory_bytes, req.gpus, req.nodes, req.gpu_model, req.gpu_memory_bytes, req.labels)
+    return (req.cpus, req.memory_bytes, req.gpus, req.nodes, req.gpu_model, req.gpu_memory_bytes, req.labels,
+            req.python, req.conda, req.image)
 
 
 def _cannot_backfill(req: Request, ahead: _Blocked | None, now: float) -> str:
@@ -334,7 +383,8 @@ def _waiting_for(req: Request, up: Sequence[NodeView]) -> str:
             f"waiting for {req.nodes} nodes with {_describe(req)} each in cluster {req.cluster}; "
             f"{sum(1 for n in up if n.fits(req))} fit now"
         )
-    eligible = [n for n in up if n.has_labels(req)]
+    builds = bool(req.python or req.conda or req.image)
+    eligible = [n for n in up if n.has_labels(req) and (not builds or n.can_build(req))]
     if req.gpus and not any(len(n.usable_gpus(req)) >= req.gpus for n in eligible):
         best = max(eligible, key=lambda n: len(n.usable_gpus(req)))
         return (
@@ -357,6 +407,10 @@ def never_fits(req: Request, nodes: Sequence[NodeView]) -> str:
         able += node.could_ever_fit(req)
         if able >= req.nodes:
             return ""
+    missing = _cannot_build(req, nodes)
+    if missing:
+        return missing
+    nodes = [n for n in nodes if n.can_build(req)]
     if able:
         return f"cluster {req.cluster} has only {able} node(s) that can hold {_describe(req)}; the run asks for {req.nodes}"
     if req.labels and not any(n.has_labels(req) for n in nodes):
@@ -368,6 +422,27 @@ def never_fits(req: Request, nodes: Sequence[NodeView]) -> str:
         f"{largest.cpus_total:g} CPUs, {format_size(largest.memory_total)}, {largest.gpus_total} GPUs"
         + (f" ({_models(largest)})" if req.gpu_filtered and largest.gpu_specs else "")
     )
+
+
+def _cannot_build(req: Request, nodes: Sequence[NodeView]) -> str:
+    """Why no node of `nodes` can build the request's environment, naming what is missing; '' if one can."""
+    if any(n.can_build(req) for n in nodes):
+        return ""
+    needs: list[tuple[str, bool, str]] = []     # (what, some node has it, what the nodes have instead)
+    if req.python:
+        found = sorted(set().union(*(n.pythons or () for n in nodes)), key=lambda v: tuple(map(int, v.split("."))))
+        needs.append((f"python {req.python}", any(req.python in (n.pythons or ()) for n in nodes),
+                      f"they have {', '.join(found)}" if found else "none reports a python"))
+    if req.conda:
+        needs.append(("a conda builder (micromamba or conda) for its conda packages",
+                      any(n.builders and n.builders & CONDA_BUILDERS for n in nodes), ""))
+    if req.image:
+        needs.append(("a container runtime (podman, docker or apptainer) for its image",
+                      any(n.builders and n.builders & CONTAINER_RUNTIMES for n in nodes), ""))
+    lacking = [f"{what} ({instead})" if instead else what for what, had, instead in needs if not had]
+    if lacking:
+        return f"no node in cluster {req.cluster} has {'; nor '.join(lacking)}"
+    return f"no node in cluster {req.cluster} has all of {', '.join(what for what, _, _ in needs)}"
 
 
 def _gpu_kind(req: Request) -> str:

@@ -13,9 +13,11 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 
+from runyard.envspec import EnvSpec
 from scheduler.core.lifecycle import Reason
 from scheduler.core.nodes import NodeFacts, NodeState, Schedule, takes_new_runs
 from scheduler.model import Capacity, NodeRecord, RunRecord
+from scheduler.placement import minor_versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +37,20 @@ class StopAttempt:
     reason: Reason
 
 
+@dataclass(frozen=True, slots=True)
+class BuildEnv:
+    """Build this environment now, for no run: it warms the node's cache (`runyard env build`)."""
+
+    env: EnvSpec
+    env_hash: str
+
+
 class Close:
     """Put in an outbox to end that session's writer."""
 
 
 CLOSE = Close()
-Outbound = Ack | Assign | StopAttempt | Close
+Outbound = Ack | Assign | StopAttempt | BuildEnv | Close
 
 
 @dataclass(slots=True, eq=False)
@@ -52,7 +62,14 @@ class Session:
     labels: dict[str, str] = field(default_factory=dict)
     since: float = 0.0                          # when this stream said Hello
     peer: str = ""
+    env_hashes: frozenset[str] = frozenset()    # the environments it has built, as it last said (Hello, Heartbeat)
     outbox: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    pythons: frozenset[str] = field(init=False)     # what it can build environments with, from its capacity,
+    builders: frozenset[str] = field(init=False)    # as placement reads them (once, not on every pass)
+
+    def __post_init__(self) -> None:
+        self.pythons = minor_versions(self.capacity.interpreters)
+        self.builders = frozenset(self.capacity.builders)
 
 
 class Sessions:

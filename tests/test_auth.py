@@ -83,6 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             if caller == "revoked token":
                 admin.revoke_token(made.token.id)
         throwaway = admin.create_token(pb.CreateTokenRequest(role=pb.ROLE_VIEWER)).token.id
+        admin.create_environment(pb.Environment(name=ENVIRONMENT, version="1", spec=pb.EnvironmentSpec(pip=["numpy"])))
         tokens["join token"] = cluster.head.join_token(uses=100)
         certs = {"other node": _enroll(cluster, tokens["join token"], "other-node")}
         spare = "spare"
@@ -103,11 +104,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 # --- the expectations -------------------------------------------------------------------------------------------
 
+ENVIRONMENT = "authz-env"       # registered in the default workspace
+
 # The role a method needs: viewer < user < admin; "join" a join token; "node" a node certificate.
 NEEDS = {
     "GetRun": "viewer", "ListRuns": "viewer", "ListQueue": "viewer", "StreamLogs": "viewer", "GetMetrics": "viewer",
     "ListNodes": "viewer", "GetNode": "viewer", "Download": "viewer", "WhoAmI": "viewer",
+    "ListEnvironments": "viewer", "GetEnvironment": "viewer",
     "HasSnapshot": "user", "UploadSnapshot": "user", "Submit": "user", "Cancel": "user",
+    "CreateEnvironment": "user", "BuildEnvironment": "user",
     "SetNodeSchedule": "admin", "CreateWorkspace": "admin", "ListWorkspaces": "admin", "CreateToken": "admin",
     "ListTokens": "admin", "RevokeToken": "admin", "CreateJoinToken": "admin", "RemoveNode": "admin",
     "ApproveNode": "admin", "ListAudit": "admin",
@@ -135,6 +140,11 @@ def _requests(w: World) -> dict[str, Callable[[], Any]]:
         "SetNodeSchedule": lambda: pb.NodeScheduleRequest(node="node-1", action=pb.NodeScheduleRequest.UNCORDON),
         "Download": lambda: pb.DownloadRequest(run_id=w.done_run, what=pb.DownloadRequest.SNAPSHOT),
         "WhoAmI": lambda: pb.WhoAmIRequest(),
+        "CreateEnvironment": lambda: pb.Environment(name=f"env-{n()}", version="1",
+                                                    spec=pb.EnvironmentSpec(pip=["numpy"])),
+        "ListEnvironments": lambda: pb.ListEnvironmentsRequest(),
+        "GetEnvironment": lambda: pb.EnvironmentRef(ref=f"{ENVIRONMENT}:1"),
+        "BuildEnvironment": lambda: pb.BuildEnvironmentRequest(ref=f"{ENVIRONMENT}@latest"),
         "CreateWorkspace": lambda: pb.WorkspaceRef(name=f"ws-{n()}"),
         "ListWorkspaces": lambda: pb.ListWorkspacesRequest(),
         "CreateToken": lambda: pb.CreateTokenRequest(workspace="other", role=pb.ROLE_VIEWER, name=f"made-{n()}"),
@@ -159,9 +169,11 @@ ALLOWED = {
     "Download": OK, "WhoAmI": OK, "CreateWorkspace": OK, "ListWorkspaces": OK, "CreateToken": OK, "ListTokens": OK,
     "RevokeToken": OK, "CreateJoinToken": OK, "RemoveNode": OK, "ApproveNode": EXISTS, "ListAudit": OK, "Join": OK,
     "Connect": INVALID, "FetchSnapshot": OK, "UploadOutputs": INVALID,
+    "CreateEnvironment": OK, "ListEnvironments": OK, "GetEnvironment": OK, "BuildEnvironment": OK,
 }
 ANOTHER_WORKSPACE = {"Submit": PRECONDITION, "GetRun": NOT_FOUND, "Cancel": NOT_FOUND, "StreamLogs": NOT_FOUND,
-                     "GetMetrics": NOT_FOUND, "Download": NOT_FOUND}
+                     "GetMetrics": NOT_FOUND, "Download": NOT_FOUND, "GetEnvironment": NOT_FOUND,
+                     "BuildEnvironment": NOT_FOUND}
 ANOTHER_NODE = {"FetchSnapshot": NOT_FOUND, "UploadOutputs": NOT_FOUND}
 
 

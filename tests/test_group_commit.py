@@ -29,6 +29,7 @@ from scheduler.group_commit import GroupCommit
 from scheduler.core.lifecycle import InvalidTransition, RunState, Trigger
 from scheduler.core.nodes import NodeFacts, NodeState, NodeTrigger, Schedule, ScheduleTrigger
 from scheduler.core.plan import NodeMove, Plan
+from runyard.envspec import EnvSpec
 from scheduler.model import Capacity, NewRun, RunSpec
 from scheduler.sessions import Session, Sessions
 from scheduler.store import Store, _spec_json, _translated
@@ -268,7 +269,8 @@ async def test_node_writes_are_seen_by_the_next_list_of_nodes(store: Store) -> N
 def test_the_stored_spec_is_the_spec_as_its_own_json() -> None:
     spec = RunSpec(argv=("python", "train.py"), environment={"A": "1"}, cpus=2.5, memory_bytes=3, gpus=1,
                    instance_count=2, timeout_s=9.0, compute="gpu", gpu_model="A100", gpu_memory_bytes=7,
-                   node_labels={"zone": "a"}, max_retries=2)
+                   node_labels={"zone": "a"}, max_retries=2,
+                   env=EnvSpec(python="3.11", pip=("numpy>=2",), conda=("libgomp",)), env_hash="ab" * 32)
     assert _spec_json(spec) == spec.to_json()
     assert RunSpec.from_json(_spec_json(spec)) == spec
 

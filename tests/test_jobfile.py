@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runyard.envfile import NewEnvironment, load_environment_file
+from runyard.envspec import EnvSpec
 from runyard.errors import JobFileError, UsageError
 from runyard.jobfile import CliOptions, RunRequest, build_request, load_job_file
 
@@ -75,7 +77,8 @@ def test_full_example_builds_the_expected_request(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "path"),
     [
-        ("environment: {pip: [numpy]}", "environment"),
+        ("environment: {build: {path: ./docker}}", "environment.build"),
+        ("environment: {image: x, os_type: windows}", "environment.os_type"),
         ("distribution: {type: pytorch}", "distribution"),
         ("outputs: {model: {type: uri_folder}}", "outputs"),
         ("identity: {type: managed}", "identity"),
@@ -339,7 +342,9 @@ def test_priority_flag_takes_names_and_integers(flag: str, value: int) -> None:
         (CliOptions(timeout_s=-1.0), "--timeout: must be > 0"),
         (CliOptions(experiment=""), "--experiment: must not be empty"),
         (CliOptions(compute="azureml:"), "--compute: must not be empty"),
-        (CliOptions(env=("NOVALUE",)), "--env 'NOVALUE': expected KEY=VALUE"),
+        (CliOptions(env=("no value",)), "--env 'no value': 'no value' is not an environment reference"),
+        (CliOptions(env=("torch:1", "jax@latest")), "--env names 2 environments (torch:1, jax@latest); a run has one"),
+        (CliOptions(env=("torch:1",), conda_file=Path("env.yml")), "give --env NAME or --conda-file FILE, not both"),
         (CliOptions(env=("=x",)), "--env '=x': expected KEY=VALUE"),
         (CliOptions(sets=("resources.properties.gpus=1",)), "--set needs a job file"),
     ],
@@ -424,3 +429,189 @@ def test_gpu_model_and_memory_reach_the_request(tmp_path: Path) -> None:
     request = build_request(CliOptions(job_file=job))
 
     assert (request.gpus, request.gpu_model, request.gpu_memory_bytes) == (2, "A100", 80 * GiB)
+
+
+# --- environment: -----------------------------------------------------------------------------------------------
+
+CONDA = """\
+name: train
+channels: [conda-forge]
+dependencies:
+  - python=3.11
+  - pip
+  - libgomp
+  - pip:
+    - -r requirements.txt
+    - torch==2.3.0  # pinned
+"""
+
+
+def project(tmp_path: Path) -> tuple[Path, Path]:
+    """jobs/job.yml with its conda file beside it, and the code in src/ with its requirements file."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "requirements.txt").write_text("numpy>=2\n# dev\npandas\n")
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "env.yml").write_text(CONDA)
+    return tmp_path / "jobs", tmp_path / "src"
+
+
+def test_an_inline_conda_file_is_read_beside_the_job_file_and_its_r_lines_in_the_code_directory(tmp_path: Path) -> None:
+    jobs, _ = project(tmp_path)
+    job = write_job(jobs, "command: python train.py\ncode: ../src\n"
+                          "environment: {conda_file: env.yml, image: docker.io/library/python:3.11-slim}\n")
+
+    request = build_request(CliOptions(job_file=job))
+
+    assert request.env == EnvSpec(python="3.11", pip=("numpy>=2", "pandas", "torch==2.3.0"), conda=("libgomp",),
+                                  channels=("conda-forge",), image="docker.io/library/python:3.11-slim")
+    assert request.env_ref == ""
+
+
+@pytest.mark.parametrize(("text", "ref"), [
+    ("azureml:pytorch:3", "pytorch:3"), ("azureml:pytorch@latest", "pytorch@latest"),
+    ("runyard:pytorch:1.10", "pytorch:1.10"), ("runyard:pytorch@latest", "pytorch@latest"),
+])
+def test_a_registered_environment_is_named_by_reference(tmp_path: Path, text: str, ref: str) -> None:
+    job = write_job(tmp_path, f"command: x\nenvironment: {text}\n")
+
+    request = build_request(CliOptions(job_file=job))
+
+    assert (request.env, request.env_ref) == (EnvSpec(), ref)
+
+
+def test_the_short_form_takes_pip_lines_and_a_requirements_file_in_the_code_directory(tmp_path: Path) -> None:
+    _, code = project(tmp_path)
+    job = write_job(tmp_path, "command: x\ncode: ./src\n"
+                              "environment: {pip: [\"numpy>=2\", scipy], requirements: requirements.txt}\n")
+
+    assert build_request(CliOptions(job_file=job)).env == EnvSpec(pip=("numpy>=2", "pandas", "scipy"))
+
+
+def test_an_image_alone_is_an_environment(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "command: x\nenvironment: {image: python:3.11}\n")
+
+    assert build_request(CliOptions(job_file=job)).env == EnvSpec(image="python:3.11")
+
+
+def test_no_environment_is_the_node_s_own(tmp_path: Path) -> None:
+    request = build_request(CliOptions(job_file=write_job(tmp_path, "command: x\n")))
+
+    assert (request.env, request.env_ref) == (EnvSpec(), "")
+
+
+def test_environment_flags_replace_the_job_file_s(tmp_path: Path) -> None:
+    jobs, code = project(tmp_path)
+    job = write_job(jobs, "command: x\ncode: ../src\nenvironment: azureml:pytorch:3\n")
+
+    by_name = build_request(CliOptions(job_file=job, env=("A=1", "jax:2")))
+    by_file = build_request(CliOptions(job_file=job, conda_file=jobs / "env.yml"))
+
+    assert (by_name.env_ref, by_name.env, by_name.environment) == ("jax:2", EnvSpec(), {"A": "1"})
+    assert (by_file.env_ref, by_file.env.pip) == ("", ("numpy>=2", "pandas", "torch==2.3.0"))
+
+
+def test_a_bare_env_flag_names_the_latest_version() -> None:
+    assert build_request(CliOptions(env=("pytorch",), command=("true",))).env_ref == "pytorch@latest"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        ("environment: pytorch:3", "environment", "a registered environment is azureml:NAME:VERSION"),
+        ("environment: 'azureml:bad name'", "environment", "is not an environment reference"),
+        ("environment: 3", "environment", "must be a mapping"),
+        ("environment: {}", "environment", "must name a conda_file (and an image), or pip and requirements"),
+        ("environment: {conda_file: env.yml, pip: [numpy]}", "environment", "give conda_file, or pip and"),
+        ("environment: {conda: env.yml}", "environment.conda", "unknown key"),
+        ("environment: {pip: numpy}", "environment.pip", "must be a list"),
+        ("environment: {pip: [numpy, 3]}", "environment.pip[1]", "must be a string"),
+        ("environment: {pip: ['-e .']}", "environment.pip[0]", "pip option -e is not supported"),
+        ("environment: {image: 'two words'}", "environment", "image must be one name"),
+    ],
+)
+def test_environment_faults_name_the_yaml_path(tmp_path: Path, text: str, path: str, message: str) -> None:
+    job = write_job(tmp_path, f"command: x\n{text}\n")
+
+    with pytest.raises(JobFileError) as caught:
+        build_request(CliOptions(job_file=job))
+
+    assert_one_plain_line(str(caught.value))
+    assert (caught.value.path, caught.value.source) == (path, str(job))
+    assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("conda", "message"),
+    [
+        ("dependencies: [python>=3.10]\n", "env.yml: dependencies[0]: pin python to one version such as python=3.11"),
+        ("dependencies: [{pip: [-r missing.txt]}]\n", "env.yml: dependencies[0].pip[0]: cannot read -r missing.txt"),
+        ("dependencies: [\n", "env.yml: invalid YAML at line 2"),
+        ("", "env.yml: is empty; a conda file is a mapping"),
+    ],
+)
+def test_conda_file_faults_name_the_conda_file(tmp_path: Path, conda: str, message: str) -> None:
+    (tmp_path / "env.yml").write_text(conda)
+    job = write_job(tmp_path, "command: x\nenvironment: {conda_file: env.yml}\n")
+
+    with pytest.raises(JobFileError) as caught:
+        build_request(CliOptions(job_file=job))
+
+    assert_one_plain_line(str(caught.value))
+    assert message in str(caught.value)
+
+
+def test_a_missing_conda_file_is_one_line(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "command: x\nenvironment: {conda_file: nope.yml}\n")
+
+    with pytest.raises(UsageError, match="cannot read conda file .*nope.yml: No such file or directory"):
+        build_request(CliOptions(job_file=job))
+
+
+# --- environment files (`runyard env create -f`) -------------------------------------------------------------
+
+def test_an_azure_environment_file_loads_with_its_conda_file(tmp_path: Path) -> None:
+    project(tmp_path)
+    (tmp_path / "jobs" / "requirements.txt").write_text("scipy\n")
+    path = write_job(tmp_path / "jobs", """\
+        $schema: https://azuremlschemas.azureedge.net/latest/environment.schema.json
+        name: pytorch-train
+        version: 3
+        description: torch and friends
+        tags: {team: vision, gpu: true}
+        conda_file: env.yml
+    """, name="environment.yml")
+
+    found = load_environment_file(path)
+
+    assert found == NewEnvironment("pytorch-train", "3", "torch and friends", {"team": "vision", "gpu": "true"},
+                                   EnvSpec(python="3.11", pip=("scipy", "torch==2.3.0"), conda=("libgomp",),
+                                           channels=("conda-forge",)))
+
+
+def test_an_environment_file_without_a_version_leaves_it_to_the_head(tmp_path: Path) -> None:
+    path = write_job(tmp_path, "name: base\nimage: python:3.11\n", name="environment.yml")
+
+    assert load_environment_file(path) == NewEnvironment("base", "", "", {}, EnvSpec(image="python:3.11"))
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        ("image: x\n", "name", "is required"),
+        ("name: 'a b'\nimage: x\n", "name", "must be 1 to 255 letters"),
+        ("name: a\nversion: 'x y'\nimage: x\n", "version", "must be 1 to 64 letters"),
+        ("name: a\n", "", "names neither a conda_file nor an image"),
+        ("name: a\nimage: x\nbuild: {path: .}\n", "build", "not supported yet by Runyard"),
+        ("name: a\nimage: x\ninference_config: {}\n", "inference_config", "not supported yet by Runyard"),
+        ("name: a\nimage: x\ncolour: red\n", "colour", "unknown key"),
+    ],
+)
+def test_environment_file_faults_name_the_yaml_path(tmp_path: Path, text: str, path: str, message: str) -> None:
+    source = write_job(tmp_path, text, name="environment.yml")
+
+    with pytest.raises(JobFileError) as caught:
+        load_environment_file(source)
+
+    assert_one_plain_line(str(caught.value))
+    assert caught.value.path == path
+    assert message in caught.value.message

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from scheduler.core.lifecycle import PendingKind
-from scheduler.placement import NodeView, Plan, Request, Running, place
+from scheduler.core.lifecycle import Pending, PendingKind
+from scheduler.placement import NodeView, Plan, Request, Running, minor_versions, never_fits, place
 
 GiB = 1024**3
 
@@ -31,6 +31,9 @@ def node(
     labels: dict[str, str] | None = None,
     gpu_model: str = "A100",
     gpu_memory: int = 80 * GiB,
+    pythons: Sequence[str] | None = None,
+    builders: Sequence[str] | None = None,
+    built: Sequence[str] = (),
 ) -> NodeView:
     return NodeView(
         id=f"id-{name}",
@@ -45,18 +48,21 @@ def node(
         schedulable=schedulable,
         labels=labels or {},
         gpu_specs=tuple((i, gpu_model, gpu_memory) for i in range(gpus)),
+        pythons=None if pythons is None else frozenset(pythons),
+        builders=None if builders is None else frozenset(builders),
+        env_hashes=frozenset(built),
     )
 
 
 def run(
     run_id: str, *, cluster: str = "c", cpus: float = 1, memory: int = GiB, gpus: int = 0, nodes: int = 1,
     workspace: str = "ws", gpu_model: str = "", gpu_memory: int = 0, labels: dict[str, str] | None = None,
-    timeout: float = 0.0,
+    timeout: float = 0.0, env: str = "", python: str = "", conda: bool = False, image: bool = False,
 ) -> Request:
     return Request(
         run_id=run_id, cluster=cluster, cpus=cpus, memory_bytes=memory, gpus=gpus, nodes=nodes, workspace=workspace,
         gpu_model=gpu_model, gpu_memory_bytes=gpu_memory, labels=tuple(sorted((labels or {}).items())),
-        timeout_s=timeout,
+        timeout_s=timeout, env_hash=env, python=python, conda=conda, image=image,
     )
 
 
@@ -493,3 +499,143 @@ def test_reservation_is_later_when_the_blocked_run_needs_several_releases() -> N
     nodes = [node("n", cpus=64, gpus=8, gpus_free=(6, 7))]
     plan = checked_place([run("big", gpus=8), run("small", gpus=2, timeout=150)], nodes, running=running)
     assert where(plan) == {"small": "n"}, "reserved start is 200 (both releases), so 150 s cannot delay it"
+
+
+# --- environments -----------------------------------------------------------------------------------------------
+
+E1, E2 = "e1" * 32, "e2" * 32
+
+# (nodes, queue, where each run goes, which placements found their environment built)
+ENV_CASES: dict[str, tuple[list[NodeView], list[Request], dict[str, str], set[str]]] = {
+    "among equal nodes the one with the environment built": (
+        [node("a"), node("b", built=[E1]), node("c")],
+        [run("r1", env=E1)],
+        {"r1": "b"}, {"r1"},
+    ),
+    "built beats the spread by free CPUs": (
+        [node("roomy", cpus=32), node("built", cpus=8, cpus_free=2, built=[E1])],
+        [run("r1", cpus=2, env=E1)],
+        {"r1": "built"}, {"r1"},
+    ),
+    "built does not beat GPU best fit: a whole node stays free": (
+        [node("whole", gpus=8, built=[E1]), node("two", gpus=2)],
+        [run("r1", gpus=2, env=E1)],
+        {"r1": "two"}, set(),
+    ),
+    "built wins among nodes with the same free GPUs left over": (
+        [node("a", gpus=4, cpus=32), node("b", gpus=4, cpus=8, built=[E1])],
+        [run("r1", gpus=1, env=E1)],
+        {"r1": "b"}, {"r1"},
+    ),
+    "a CPU run still prefers a node without free GPUs to a built GPU node": (
+        [node("gpu", gpus=4, built=[E1]), node("cpu")],
+        [run("r1", env=E1)],
+        {"r1": "cpu"}, set(),
+    ),
+    "a built node that is full is passed over": (
+        [node("built", cpus=8, cpus_free=1, built=[E1]), node("free")],
+        [run("r1", cpus=2, env=E1)],
+        {"r1": "free"}, set(),
+    ),
+    "another environment built counts for nothing": (
+        [node("a", cpus=16), node("b", built=[E2])],
+        [run("r1", env=E1)],
+        {"r1": "a"}, set(),
+    ),
+    "the built node fills, then the next run goes elsewhere": (
+        [node("built", cpus=4, built=[E1]), node("other", cpus=16)],
+        [run("r1", cpus=4, env=E1), run("r2", cpus=4, env=E1)],
+        {"r1": "built", "r2": "other"}, {"r1"},
+    ),
+    "a run without an environment spreads as before": (
+        [node("a", cpus=4, built=[E1]), node("b", cpus=16)],
+        [run("r1")],
+        {"r1": "b"}, set(),
+    ),
+    "a gang takes the built nodes first": (
+        [node("a", cpus=16), node("b", built=[E1]), node("c", cpus=16), node("d", built=[E1])],
+        [run("g", nodes=2, env=E1)],
+        {"g": "b,d"}, {"g"},
+    ),
+    "only nodes with the python asked for": (
+        [node("py310", cpus=32, pythons=["3.10"]), node("py311", pythons=["3.10", "3.11"])],
+        [run("r1", python="3.11")],
+        {"r1": "py311"}, set(),
+    ),
+    "only nodes with a conda builder for conda packages": (
+        [node("uv", cpus=32, builders=["uv"]), node("mamba", builders=["uv", "micromamba"])],
+        [run("r1", conda=True)],
+        {"r1": "mamba"}, set(),
+    ),
+    "only nodes with a container runtime for an image": (
+        [node("plain", cpus=32, builders=["uv", "conda"]), node("podman", builders=["podman"])],
+        [run("r1", image=True)],
+        {"r1": "podman"}, set(),
+    ),
+    "a node that does not say what it has takes anything": (
+        [node("unknown")],
+        [run("r1", python="3.12", conda=True, image=True)],
+        {"r1": "unknown"}, set(),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENV_CASES), ids=list(ENV_CASES))
+def test_placement_prefers_nodes_with_the_environment_built(case: str) -> None:
+    nodes, queue, expected, built = ENV_CASES[case]
+
+    plan = checked_place(queue, nodes)
+
+    placed: dict[str, list[str]] = defaultdict(list)
+    for p in plan.placements:
+        placed[p.run_id].append(p.node_id.removeprefix("id-"))
+    assert {run_id: ",".join(sorted(names)) for run_id, names in placed.items()} == expected
+    assert {p.run_id for p in plan.placements if p.env_built} == built
+    assert plan.pending == {}
+
+
+@pytest.mark.parametrize(("nodes", "request_", "reason"), [
+    ([node("a", pythons=["3.10", "3.11"]), node("b", pythons=[])], run("r1", python="3.12"),
+     "no node in cluster c has python 3.12 (they have 3.10, 3.11)"),
+    ([node("a", pythons=[])], run("r1", python="3.12"), "no node in cluster c has python 3.12 (none reports a python)"),
+    ([node("a", builders=["uv"])], run("r1", conda=True),
+     "no node in cluster c has a conda builder (micromamba or conda) for its conda packages"),
+    ([node("a", builders=["uv"])], run("r1", image=True),
+     "no node in cluster c has a container runtime (podman, docker or apptainer) for its image"),
+    ([node("a", pythons=["3.11"], builders=["uv"])], run("r1", python="3.12", image=True),
+     "no node in cluster c has python 3.12 (they have 3.11); nor a container runtime (podman, docker or apptainer) "
+     "for its image"),
+    ([node("a", pythons=["3.12"], builders=[]), node("b", pythons=["3.11"], builders=["conda"])],
+     run("r1", python="3.12", conda=True),
+     "no node in cluster c has all of python 3.12, a conda builder (micromamba or conda) for its conda packages"),
+])
+def test_a_run_no_node_can_build_says_what_is_missing(nodes: list[NodeView], request_: Request, reason: str) -> None:
+    plan = checked_place([request_], nodes)
+
+    assert plan.pending["r1"] == Pending(PendingKind.UNFIT, reason)
+    assert never_fits(request_, nodes) == reason
+
+
+def test_a_node_that_can_build_but_is_too_small_gets_the_usual_reason() -> None:
+    nodes = [node("big", cpus=64, pythons=["3.10"]), node("small", cpus=2, pythons=["3.11"])]
+
+    reason = never_fits(run("r1", cpus=8, python="3.11"), nodes)
+
+    assert reason.startswith("no node in cluster c can hold 8 CPUs") and "largest: small" in reason
+
+
+def test_nodes_that_cannot_build_are_left_out_of_waiting_reasons() -> None:
+    nodes = [node("wrong", cpus=64, pythons=["3.10"]), node("right", cpus=8, cpus_free=1, pythons=["3.11"])]
+
+    plan = checked_place([run("r1", cpus=4, python="3.11")], nodes)
+
+    assert plan.pending["r1"].kind is PendingKind.CAPACITY
+    assert plan.pending["r1"].text.endswith("on right")
+
+
+@pytest.mark.parametrize(("interpreters", "minor"), [
+    (["3.11.7", "3.10.12"], {"3.11", "3.10"}), (["3.12"], {"3.12"}), (["3.11.0rc1"], {"3.11"}),
+    (["3", "python3", ""], set()),
+])
+def test_interpreters_count_by_major_minor(interpreters: list[str], minor: set[str]) -> None:
+    assert minor_versions(interpreters) == minor

@@ -69,8 +69,12 @@ class Reason(StrEnum):
 STOP_REASONS = frozenset({Reason.CANCELED_BY_USER, Reason.PARENT_CANCELED, Reason.SIBLING_FAILED})
 # The attempt was lost with its node or agent, not failed by the run: requeued within the retry budget.
 LOST = frozenset({Reason.NODE_LOST, Reason.CUT_OFF, Reason.AGENT_STOPPED})
-# Failures that say more about the node than about the run: enough of them in a row quarantine the node.
-NODE_SIDE = frozenset({Reason.ENV_BUILD_FAILED, Reason.AGENT_ERROR})
+# Failures that say more about the node than about the run: enough of them in a row quarantine the node. A build
+# that failed on the environment's spec (`env_build_failed`: a requirement that does not exist, a version conflict)
+# says nothing about the node, either way: it neither counts towards quarantine nor clears the count (a node that
+# fails building for its own reasons reports `agent_error`).
+NODE_SIDE = frozenset({Reason.AGENT_ERROR})
+NEITHER_SIDE = frozenset({Reason.ENV_BUILD_FAILED})
 
 
 class PendingKind(StrEnum):

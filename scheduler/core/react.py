@@ -31,9 +31,8 @@ from typing import Any
 
 from scheduler.core import gangs
 from scheduler.core.lifecycle import (
-    ACTIVE, LOST, NODE_SIDE, STOP_REASONS, TABLE, TERMINAL, DesiredState, PendingKind, Reason, RunState, Trigger,
-    next_state,
-    outcome,
+    ACTIVE, LOST, NEITHER_SIDE, NODE_SIDE, STOP_REASONS, TABLE, TERMINAL, DesiredState, PendingKind, Reason, RunState,
+    Trigger, next_state, outcome,
 )
 from scheduler.core.nodes import STATE_TABLE, NodeFacts, NodeState, NodeTrigger, Schedule, next_node_state
 from scheduler.core.plan import Expect, Fence, Move, NodeCount, NodeMove, Plan, StopRun
@@ -238,7 +237,7 @@ def _on_exited(world: World, run: RunRecord, ev: Report) -> Plan:
     moves.append(Move(run.id, result.trigger, state, run.attempt, detail=ev.detail, reason=result.reason,
                       exit_code=ev.exit_code, at=ev.at or world.now, outputs_sha256=ev.outputs_sha256))
     plan = Plan(moves=tuple(moves))
-    if result.trigger is not Trigger.CANCEL:
+    if result.trigger is not Trigger.CANCEL and result.reason not in NEITHER_SIDE:
         plan = plan + _count(world, ev.node_id, node_side=result.reason in NODE_SIDE)
     return _then_gang(world, plan)
 

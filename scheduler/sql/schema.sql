@@ -56,7 +56,7 @@ CREATE TABLE runs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     ended_at        REAL
-, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '', pending_kind TEXT NOT NULL DEFAULT 'scheduler', submitter TEXT NOT NULL DEFAULT '');
+, priority INTEGER NOT NULL DEFAULT 200, agent_error_node TEXT NOT NULL DEFAULT '', pending_kind TEXT NOT NULL DEFAULT 'scheduler', submitter TEXT NOT NULL DEFAULT '', env_name TEXT NOT NULL DEFAULT '', env_version TEXT NOT NULL DEFAULT '');
 CREATE UNIQUE INDEX runs_idempotency ON runs (workspace, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
@@ -158,3 +158,16 @@ CREATE TABLE audit (
     code      TEXT NOT NULL
 );
 CREATE INDEX audit_at ON audit (at);
+
+-- Registered environments, per workspace; a version never changes once created.
+CREATE TABLE environments (
+    workspace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    tags        TEXT NOT NULL DEFAULT '{}',
+    spec        TEXT NOT NULL,            -- JSON of the normalized spec
+    created_at  REAL NOT NULL,
+    created_by  TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (workspace, name, version)
+) WITHOUT ROWID;

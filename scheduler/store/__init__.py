@@ -8,6 +8,7 @@
     nodes.py        nodes, node events, schedules, cluster events, the cached node list
     records.py      logs, metrics, params
     credentials.py  workspaces, users' tokens, join tokens, node keys, snapshot grants, the audit trail
+    environments.py registered environments, each version immutable
 
 Callers import from here only (`from scheduler.store import Store, Conflict, ...`); names with a leading
 underscore in the part modules are shared among the parts, not with the rest of the head.
@@ -28,12 +29,13 @@ from scheduler.core.lifecycle import InvalidTransition
 from scheduler.group_commit import GroupCommit
 from scheduler.store.base import Conflict, NotCurrentAttempt, _translated
 from scheduler.store.credentials import CredentialStore
+from scheduler.store.environments import EnvironmentStore
 from scheduler.store.nodes import NodeStore, _NodeCache
 from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
 from scheduler.store.runs import LiveRow, QueuedRow, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 
 
-class Store(RunStore, NodeStore, RecordStore, CredentialStore):
+class Store(RunStore, NodeStore, RecordStore, CredentialStore, EnvironmentStore):
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
     def __init__(

@@ -27,7 +27,7 @@ from scheduler.model import AuditRecord, Capacity, NodeRecord, RunRecord, RunSpe
 _RUN_COLUMNS = (
     "id, workspace, experiment, parent_id, display_name, state, desired_state, reason, exit_code, pending_reason, "
     "attempt, node_id, gpu_indices, spec, snapshot_sha256, outputs_sha256, tags, properties, created_at, "
-    "started_at, ended_at, priority, agent_error_node, pending_kind, submitter"
+    "started_at, ended_at, priority, agent_error_node, pending_kind, submitter, env_name, env_version"
 )
 _NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row, approved"
 T = TypeVar("T")
@@ -41,7 +41,8 @@ def _run(row: Sequence[Any]) -> RunRecord:
         spec=RunSpec.from_json(row[13]), snapshot_sha256=row[14], outputs_sha256=row[15],
         tags=json.loads(row[16]), properties=json.loads(row[17]), created_at=row[18], started_at=row[19],
         ended_at=row[20], priority=row[21], agent_error_node=row[22],
-        pending_kind=PendingKind(row[23]) if row[23] else None, submitter=row[24],
+        pending_kind=PendingKind(row[23]) if row[23] else None, submitter=row[24], env_name=row[25],
+        env_version=row[26],
     )
 
 

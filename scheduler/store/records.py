@@ -23,6 +23,16 @@ LOG_CONTINUED = 1
 LOG_GAP = 2
 
 
+def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
+    """The conditions that keep one rank's or one stream's records, their values appended to `args`."""
+    sql = ""
+    for column, value in (("rank", rank), ("stream", stream)):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            args.append(value)
+    return sql
+
+
 class RecordStore(StoreBase):
     """Appends and reads of logs, metrics and params; part of `Store`."""
 
@@ -40,28 +50,27 @@ class RecordStore(StoreBase):
         return await self._write(work)
 
     async def read_logs(
-        self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None
+        self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None,
+        stream: int | None = None,
     ) -> list[LogRow]:
-        """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored."""
+        """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored;
+        with `rank` or `stream` (the wire's number), only those."""
         ids = [run_id] if isinstance(run_id, str) else list(run_id)
         sql = (f"SELECT id, attempt, rank, stream, seq, ts, flags, data, run_id FROM logs "
                f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id > ?")
         args: list[Any] = [*ids, after_id]
-        if rank is not None:
-            sql += " AND rank = ?"
-            args.append(rank)
+        sql += _only(args, rank, stream)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
         return [LogRow(*r) for r in await self._all(sql, args)]
 
-    async def tail_start(self, run_id: str | Sequence[str], lines: int, rank: int | None = None) -> int:
-        """The log row id after which the last `lines` records of the run(s) start."""
+    async def tail_start(self, run_id: str | Sequence[str], lines: int, rank: int | None = None,
+                         stream: int | None = None) -> int:
+        """The log row id after which the last `lines` records of the run(s) (of `rank`, `stream`) start."""
         ids = [run_id] if isinstance(run_id, str) else list(run_id)
         sql = f"SELECT id FROM logs WHERE run_id IN ({', '.join('?' * len(ids))})"
         args: list[Any] = [*ids]
-        if rank is not None:
-            sql += " AND rank = ?"
-            args.append(rank)
+        sql += _only(args, rank, stream)
         sql += " ORDER BY id DESC LIMIT 1 OFFSET ?"
         args.append(lines)
         row = await self._one(sql, args)

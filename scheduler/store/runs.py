@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from runyard import envspec
 from runyard.ids import new_run_id
 from scheduler.errors import NotFound, shown
 from scheduler.group_commit import Effects
@@ -32,7 +33,8 @@ _QUEUED_COLUMNS = (
     "id, workspace, priority, created_at, json_extract(spec, '$.compute'), json_extract(spec, '$.cpus'), "
     "json_extract(spec, '$.memory_bytes'), json_extract(spec, '$.gpus'), json_extract(spec, '$.instance_count'), "
     "json_extract(spec, '$.gpu_model'), json_extract(spec, '$.gpu_memory_bytes'), "
-    "json_extract(spec, '$.node_labels'), json_extract(spec, '$.timeout_s')"
+    "json_extract(spec, '$.node_labels'), json_extract(spec, '$.timeout_s'), json_extract(spec, '$.env_hash'), "
+    "json_extract(spec, '$.env.python'), json_array_length(spec, '$.env.conda'), json_extract(spec, '$.env.image')"
 )
 _SETTABLE = frozenset(
     {"reason", "exit_code", "pending_reason", "node_id", "gpu_indices", "outputs_sha256", "started_at", "ended_at"}
@@ -58,6 +60,10 @@ class QueuedRow(NamedTuple):
     gpu_memory_bytes: int
     node_labels: tuple[tuple[str, str], ...]
     timeout_s: float
+    env_hash: str = ""
+    python: str = ""            # what its environment needs of a node: this python,
+    conda: bool = False         # a conda builder,
+    image: bool = False         # a container runtime
 
 
 class LiveRow(NamedTuple):
@@ -74,22 +80,27 @@ class LiveRow(NamedTuple):
 
 def _queued_from_sql(r: Sequence[Any]) -> QueuedRow:
     return QueuedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8] or 1, r[9] or "", r[10] or 0,
-                     tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0)
+                     tuple(sorted(json.loads(r[11]).items())) if r[11] else (), r[12] or 0.0, r[13] or "", r[14] or "",
+                     bool(r[15]), bool(r[16]))
 
 
 def _queued_from_spec(run_id: str, workspace: str, priority: int, created_at: float, spec: RunSpec) -> QueuedRow:
     """The same row as `_queued_from_sql` reads back, from a spec in hand."""
     return QueuedRow(run_id, workspace, priority, created_at, spec.compute, spec.cpus, spec.memory_bytes, spec.gpus,
                      spec.instance_count or 1, spec.gpu_model or "", spec.gpu_memory_bytes or 0,
-                     tuple(sorted(spec.node_labels.items())), spec.timeout_s or 0.0)
+                     tuple(sorted(spec.node_labels.items())), spec.timeout_s or 0.0, spec.env_hash, spec.env.python,
+                     bool(spec.env.conda), bool(spec.env.image))
 
 
 _SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(RunSpec))
 
 
 def _spec_json(spec: RunSpec) -> str:
-    """The text of `spec.to_json()`, without `dataclasses.asdict`'s deep copy: a spec's fields are plain values."""
-    return json.dumps({name: getattr(spec, name) for name in _SPEC_FIELDS}, separators=(",", ":"))
+    """The text of `spec.to_json()`, without `dataclasses.asdict`'s deep copy: a spec's fields are plain values,
+    but for its environment."""
+    values = {name: getattr(spec, name) for name in _SPEC_FIELDS}
+    values["env"] = envspec.to_dict(spec.env)
+    return json.dumps(values, separators=(",", ":"))
 
 
 def default_name(spec: RunSpec) -> str:
@@ -153,12 +164,12 @@ class RunStore(StoreBase):
             )
             w.execute(
                 "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
-                "tags, properties, idempotency_key, created_at, pending_reason, priority, submitter) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "tags, properties, idempotency_key, created_at, pending_reason, priority, submitter, env_name, "
+                "env_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, new.workspace, new.experiment, new.parent_id or None, display_name, RunState.QUEUED,
                     spec_json, new.snapshot_sha256, tags, properties, new.idempotency_key or None, now,
-                    "waiting for the scheduler", new.priority, new.submitter,
+                    "waiting for the scheduler", new.priority, new.submitter, new.env_name, new.env_version,
                 ),
             )
             w.execute(
@@ -417,12 +428,13 @@ class RunStore(StoreBase):
                 spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
                 w.execute(
                     "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
-                    "tags, properties, created_at, priority, attempt, node_id, gpu_indices, submitter) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                    "tags, properties, created_at, priority, attempt, node_id, gpu_indices, submitter, env_name, "
+                    "env_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
                     (child_id, parent.workspace, parent.experiment, parent_id, f"{parent.display_name} [rank {rank}]",
-                     RunState.PREPARING, spec.to_json(), parent.snapshot_sha256, json.dumps(parent.tags),
+                     RunState.PREPARING, _spec_json(spec), parent.snapshot_sha256, json.dumps(parent.tags),
                      json.dumps({RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent.attempt + 1)}),
-                     now, parent.priority, node_id, json.dumps(list(gpus)), parent.submitter),
+                     now, parent.priority, node_id, json.dumps(list(gpus)), parent.submitter, parent.env_name,
+                     parent.env_version),
                 )
                 w.executemany(
                     "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
