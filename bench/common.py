@@ -331,6 +331,7 @@ def peer_tls(directory: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives import serialization
 
     from runyard import pki
+    from runyard.private import write_private
 
     ca = pki.create_ca("bench-peer")
     server = pki.issue_server(ca, ["127.0.0.1", "localhost"])
@@ -338,12 +339,12 @@ def peer_tls(directory: Path) -> dict[str, Path]:
     client_cert = pki.sign_node(ca, x509.load_pem_x509_csr(pki.node_csr("bench-client", client_key)), "bench-client")
     paths = {"ca": directory / "peer-ca.crt", "key": directory / "peer.key", "cert": directory / "peer.crt",
              "client_key": directory / "client.key", "client_cert": directory / "client.crt"}
-    pki.write_private(paths["ca"], ca.cert_pem)
-    pki.write_private(paths["key"], server.key_pem)
-    pki.write_private(paths["cert"], server.cert_pem + ca.cert_pem)
-    pki.write_private(paths["client_key"], client_key.private_bytes(
+    write_private(paths["ca"], ca.cert_pem)
+    write_private(paths["key"], server.key_pem)
+    write_private(paths["cert"], server.cert_pem + ca.cert_pem)
+    write_private(paths["client_key"], client_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    pki.write_private(paths["client_cert"], client_cert)
+    write_private(paths["client_cert"], client_cert)
     return paths
 
 
