@@ -1,8 +1,10 @@
 """The parts of runs' environments on a node, one by one: the container command lines, interpreter discovery,
-builder detection. Real files and processes; no network."""
+builder detection, the build plan and whose fault a failure is, the cache's lock, publishing, leftovers and the
+eviction rule. Real files and processes; no network."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -14,8 +16,15 @@ from agent.builders import Builders, find_builders
 from agent.containers import (
     ContainerRun, Mount, Runtime, apptainer_ref, container_env, pull_argv, remove_argv, run_argv,
 )
+from agent.envbuild import (
+    DETAIL_CHARS, LOW_DISK_BYTES, BuildPlan, EnvKind, IndexSettings, Refusal, failure_detail, index_options,
+    is_node_fault, plan_build,
+)
+from agent.envcache import MARKER, CachedEnv, EnvCache, choose_evictions
 from agent.interpreters import Interpreter, candidates, find_interpreters, matches, pick, version_of, versions
+from runyard.envspec import EnvSpec
 
+HASH_A, HASH_B = "a" * 64, "b" * 64
 
 # --- container command lines ----------------------------------------------------------------------------------
 
@@ -193,3 +202,206 @@ def test_configured_builders_win_and_none_turns_images_off(tmp_path: Path) -> No
 def test_uv_is_found_next_to_the_agent_and_a_missing_one_is_not_offered(tmp_path: Path) -> None:
     assert find_builders(which=which_of({})).uv  # type: ignore[arg-type]
     assert find_builders(uv_bin=str(tmp_path / "uv"), which=which_of({})).names() == []  # type: ignore[arg-type]
+
+
+# --- the build plan ------------------------------------------------------------------------------------------
+
+UV = "/opt/agent/bin/uv"
+OFFLINE = IndexSettings("none", (), ("/srv/wheelhouse",))
+DEST = "/envs/.builds/h-1"
+
+
+def plan(spec: EnvSpec, builders: Builders = Builders(uv=UV), index: IndexSettings = OFFLINE) -> BuildPlan | Refusal:
+    return plan_build(spec, dest=DEST, builders=builders, interpreters=[OWN, SYS11, SYS12], index=index,
+                      uv_cache="/envs/.uv-cache", conda_root="/envs/.conda")
+
+
+def test_a_venv_from_the_nodes_interpreter_then_the_requirements_from_a_file() -> None:
+    found = plan(EnvSpec(python="3.11", pip=("numpy==2.0", "tinyalpha")))
+    assert isinstance(found, BuildPlan) and found.kind is EnvKind.VENV
+    assert (found.python, found.interpreter) == ("3.11.7", "/agent/python3.11")
+    venv, install = found.steps
+    assert venv.argv == (UV, "venv", "--no-config", "--no-python-downloads", "--python-preference", "only-system",
+                         "--cache-dir", "/envs/.uv-cache", "--python", "/agent/python3.11", DEST)
+    assert install.argv == (UV, "pip", "install", "--no-config", "--no-python-downloads", "--cache-dir",
+                            "/envs/.uv-cache", "--python", f"{DEST}/bin/python", "--compile-bytecode", "--no-index",
+                            "--find-links", "/srv/wheelhouse", "-r", f"{DEST}/runyard-requirements.txt")
+    assert install.files == ((f"{DEST}/runyard-requirements.txt", "numpy==2.0\ntinyalpha\n"),)
+
+
+def test_python_alone_is_only_a_venv() -> None:
+    found = plan(EnvSpec(python="3.12"))
+    assert isinstance(found, BuildPlan) and [s.what for s in found.steps] == ["create the venv (python 3.12.1)"]
+
+
+@pytest.mark.parametrize(("spec", "index", "options"), [
+    (EnvSpec(), IndexSettings(), []),
+    (EnvSpec(index_url="https://spec/simple", extra_index_urls=("https://x/simple",),
+             find_links=("https://links/",)), IndexSettings(),
+     ["--index-url", "https://spec/simple", "--extra-index-url", "https://x/simple", "--find-links", "https://links/"]),
+    (EnvSpec(index_url="https://spec/simple", extra_index_urls=("https://x/simple",)),
+     IndexSettings("https://mirror/simple", ("https://node-extra/simple",), ("/srv/wheels",)),
+     ["--index-url", "https://mirror/simple", "--extra-index-url", "https://node-extra/simple",
+      "--extra-index-url", "https://x/simple", "--find-links", "/srv/wheels"]),
+    (EnvSpec(index_url="https://spec/simple", extra_index_urls=("https://x/simple",), find_links=("https://l/",)),
+     IndexSettings("none", ("https://ignored/simple",), ("/srv/wheels",)),
+     ["--no-index", "--find-links", "/srv/wheels", "--find-links", "https://l/"]),
+])
+def test_the_nodes_index_settings_replace_or_add_to_the_specs(spec: EnvSpec, index: IndexSettings,
+                                                               options: list[str]) -> None:
+    assert index_options(spec, index) == options
+
+
+def test_conda_packages_are_created_by_micromamba_then_pip_lines_by_uv() -> None:
+    found = plan(EnvSpec(python="3.10", pip=("tinyalpha",), conda=("cudatoolkit=11.8",), channels=("nvidia",)),
+                 Builders(uv=UV, conda="/usr/bin/micromamba"))
+    assert isinstance(found, BuildPlan) and found.kind is EnvKind.CONDA
+    create, install = found.steps
+    assert create.fresh_dir and create.argv == (
+        "/usr/bin/micromamba", "create", "--yes", "--prefix", DEST, "--override-channels", "-c", "nvidia",
+        "--root-prefix", "/envs/.conda", "python=3.10", "cudatoolkit=11.8")
+    assert install.argv[:3] == (UV, "pip", "install") and f"{DEST}/bin/python" in install.argv
+
+
+def test_an_image_is_pulled_by_the_nodes_runtime() -> None:
+    found = plan(EnvSpec(image="alpine:3"), Builders(uv=UV, runtime=Runtime.APPTAINER, runtime_bin="/bin/apptainer"))
+    assert isinstance(found, BuildPlan) and found.kind is EnvKind.IMAGE
+    assert [s.argv for s in found.steps] == [("/bin/apptainer", "pull", f"{DEST}/image.sif", "docker://alpine:3")]
+
+
+@pytest.mark.parametrize(("spec", "builders", "says", "node_fault"), [
+    (EnvSpec(pip=("-r /etc/shadow",)), Builders(uv=UV), "pip line 1 '-r /etc/shadow': options are not allowed", False),
+    (EnvSpec(pip=("ok", "--index-url=http://x")), Builders(uv=UV), "pip line 2", False),
+    (EnvSpec(pip=("/root/secret",)), Builders(uv=UV), "local paths and file: URLs are not allowed", False),
+    (EnvSpec(pip=("./here",)), Builders(uv=UV), "local paths", False),
+    (EnvSpec(pip=("pkg @ file:///etc",)), Builders(uv=UV), "local paths", False),
+    (EnvSpec(pip=("x",), find_links=("/srv/wheels",)), Builders(uv=UV), "find_links '/srv/wheels'", False),
+    (EnvSpec(index_url="file:///etc"), Builders(uv=UV), "index_url 'file:///etc'", False),
+    (EnvSpec(python="3.9"), Builders(uv=UV), "no python 3.9 on this node (it has 3.12.1, 3.11.7, 3.11.2)", False),
+    (EnvSpec(conda=("cudnn",)), Builders(uv=UV), "this node has no conda builder (micromamba or conda)", False),
+    (EnvSpec(image="alpine"), Builders(uv=UV), "this node has no container runtime", False),
+    (EnvSpec(image="alpine", pip=("x",)), Builders(uv=UV), "cannot also list pip or conda packages", False),
+    (EnvSpec(python="3.11"), Builders(), "uv is missing on this node", True),
+])
+def test_specs_the_node_refuses_before_running_anything(spec: EnvSpec, builders: Builders, says: str,
+                                                       node_fault: bool) -> None:
+    found = plan(spec, builders)
+    assert isinstance(found, Refusal) and says in found.detail and found.node_fault is node_fault
+
+
+@pytest.mark.parametrize(("exit_code", "output", "free", "node"), [
+    (1, ["error: No solution found when resolving dependencies"], 10**12, False),
+    (2, ["error: Failed to parse: `numpy==>1`"], 10**12, False),
+    (1, ["error: Failed to install: x.whl", "  Caused by: No space left on device (os error 28)"], 10**12, True),
+    (1, ["OSError: [Errno 122] Disk quota exceeded"], 10**12, True),
+    (1, ["error: Read-only file system (os error 30)"], 10**12, True),
+    (137, ["Resolved 200 packages"], 10**12, True),       # killed: the OOM killer
+    (1, ["error: something"], LOW_DISK_BYTES - 1, True),   # hardly any space left on the node
+])
+def test_whose_fault_a_failed_step_is(exit_code: int, output: list[str], free: int, node: bool) -> None:
+    assert is_node_fault(exit_code, output, free_bytes=free) is node
+    assert os.strerror(errno.ENOSPC) == "No space left on device"
+
+
+def test_the_failure_detail_is_the_last_lines_of_the_builder() -> None:
+    lines = [f"line {i}" for i in range(40)] + ["", "error: the end"]
+    detail = failure_detail("install 2 pip requirements", 1, lines)
+    assert detail.startswith("environment build failed: install 2 pip requirements exited 1:\nline 29\n")
+    assert detail.endswith("line 39\nerror: the end")
+    long = failure_detail("x", 1, ["y" * 5000])
+    assert len(long) < DETAIL_CHARS + 100 and long.endswith("y" * 10)
+
+
+# --- the cache on disk ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> EnvCache:
+    found = EnvCache(tmp_path / "envs")
+    found.open()
+    return found
+
+
+def built(cache: EnvCache, env_hash: str, content: str = "x") -> Path:
+    path = cache.new_build_dir(env_hash)
+    (path / "bin").mkdir()
+    (path / "bin" / "tool").write_text(content)
+    (path / "bin" / "tool").chmod(0o700)
+    return path
+
+
+def test_an_environment_is_used_only_once_published_and_then_readable_by_all_writable_by_none(
+        cache: EnvCache) -> None:
+    path = built(cache, HASH_A)
+    assert cache.lookup(HASH_A) is None and cache.published() == {}
+    size = cache.publish(HASH_A, path, {"kind": "venv"})
+    assert cache.lookup(HASH_A) == path and cache.published() == {HASH_A: path} and size > 0
+    assert os.readlink(cache.root / HASH_A) == f".builds/{path.name}"
+    assert (path / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    assert path.stat().st_mode & 0o777 == 0o755 and (path / MARKER).stat().st_mode & 0o777 == 0o644
+    assert [e.hash for e in cache.entries()] == [HASH_A] and not list(cache.root.glob(".*.link"))
+
+
+def test_publishing_again_replaces_the_link_whole(cache: EnvCache) -> None:
+    first = built(cache, HASH_A)
+    cache.publish(HASH_A, first, {})
+    second = built(cache, HASH_A)
+    cache.publish(HASH_A, second, {})
+    assert cache.lookup(HASH_A) == second
+    assert cache.remove_leftovers() == 1 and not first.exists() and second.exists()
+
+
+def test_the_build_lock_is_exclusive_and_released_on_close(cache: EnvCache) -> None:
+    held = cache.try_lock(HASH_A)
+    assert held is not None
+    assert cache.try_lock(HASH_A) is None, "a second open file of this very process is refused too"
+    other = cache.try_lock(HASH_B)
+    assert other is not None
+    cache.unlock(held)
+    again = cache.try_lock(HASH_A)
+    assert again is not None
+    for fd in (again, other):
+        cache.unlock(fd)
+
+
+def test_leftovers_are_every_unpublished_build_but_one_being_built(cache: EnvCache) -> None:
+    published = built(cache, HASH_A)
+    cache.publish(HASH_A, published, {})
+    half_built = built(cache, HASH_A)                   # an agent killed in the middle of a rebuild
+    failed = built(cache, HASH_B)                       # a build that failed and could not be removed
+    (cache.root / ("c" * 64)).symlink_to(".builds/gone")        # a link to nothing
+    (cache.root / f".{HASH_B}-1234.link").symlink_to(f".builds/{failed.name}")   # a link never renamed into place
+    in_progress = built(cache, "d" * 64)
+    lock = cache.try_lock("d" * 64)                     # another process is building this one
+    try:
+        assert cache.remove_leftovers() == 4
+    finally:
+        assert lock is not None
+        cache.unlock(lock)
+    assert sorted(p.name for p in cache.builds.iterdir()) == sorted([published.name, in_progress.name])
+    assert cache.published() == {HASH_A: published}
+    assert sorted(p.name for p in cache.root.iterdir() if not p.name.startswith(".")) == [HASH_A]
+
+
+def test_unpublishing_removes_the_link_first(cache: EnvCache) -> None:
+    path = built(cache, HASH_A)
+    cache.publish(HASH_A, path, {})
+    assert cache.unpublish(HASH_A) == path and cache.lookup(HASH_A) is None and path.exists()
+    assert cache.unpublish(HASH_A) is None
+
+
+def env(name: str, size: int, used: float) -> CachedEnv:
+    return CachedEnv(name, Path(name), size, used)
+
+
+@pytest.mark.parametrize(("entries", "max_bytes", "keep", "evicted"), [
+    ([env("a", 10, 1), env("b", 10, 2)], 20, set(), []),                   # within the limit
+    ([env("a", 10, 1), env("b", 10, 2)], 0, set(), []),                    # 0: no limit
+    ([env("a", 10, 3), env("b", 10, 1), env("c", 10, 2)], 15, set(), ["b", "c"]),    # least recently used first
+    ([env("a", 10, 3), env("b", 10, 1), env("c", 10, 2)], 25, set(), ["b"]),         # only as many as needed
+    ([env("a", 10, 3), env("b", 10, 1), env("c", 10, 2)], 15, {"b"}, ["c", "a"]),    # never one in use
+    ([env("a", 10, 1), env("b", 10, 2)], 5, {"a", "b"}, []),                # everything in use: over the limit
+    ([env("b", 10, 1), env("a", 10, 1)], 10, set(), ["a"]),                 # a tie goes by name, the same each time
+])
+def test_eviction_order(entries: list[CachedEnv], max_bytes: int, keep: set[str], evicted: list[str]) -> None:
+    assert choose_evictions(entries, max_bytes=max_bytes, keep=keep) == evicted
