@@ -3,8 +3,9 @@
 Candidates are this agent's own interpreter, then `python3` and `python3.N` in /usr/bin, /usr/local/bin and on the
 agent's PATH. Each executable (ELF) file among them is asked its version (isolated, without site,
 `VERSION_TIMEOUT_S` at most); one entry per resolved file. A script standing in front of an interpreter (pyenv's
-shims) is not asked: it is slow to start and names whatever its configuration picks at the time. Only interpreters every run can execute are kept: a run's environment is a venv whose `python` is a
-link to its base interpreter, so an interpreter below a directory closed to runs (a root-only pyenv) is no use.
+shims) is not asked: it is slow to start and names whatever its configuration picks at the time. Only
+interpreters every run can execute are kept: a run's environment is a venv whose `python` is a link to its base
+interpreter, so an interpreter below a directory closed to runs (a root-only pyenv) is no use.
 `pick()` chooses among them for an environment's `python = "3.11"`: the highest patch release that matches.
 Blocking: call `find_interpreters` through `asyncio.to_thread`. Must not: download or install an interpreter.
 """

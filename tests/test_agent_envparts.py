@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ TAIL = ["nvcr.io/nvidia/pytorch:24.05-py3", "python", "train.py", "--lr", "3e-4"
 def with_runtime(runtime: Runtime, binary: str, **changes: object) -> ContainerRun:
     values = {f: getattr(RUN, f) for f in RUN.__dataclass_fields__}
     values.update(runtime=runtime, binary=binary, **changes)
-    return ContainerRun(**values)  # type: ignore[arg-type]
+    return ContainerRun(**values)
 
 
 def test_docker_runs_the_command_as_the_runs_uid_with_its_gpus_quoted_as_one_field() -> None:
@@ -171,19 +172,19 @@ def test_versions_are_reported_once_each_highest_first() -> None:
 # --- builders --------------------------------------------------------------------------------------------------
 
 
-def which_of(found: dict[str, str]) -> object:
+def which_of(found: dict[str, str]) -> Callable[[str], str | None]:
     return lambda name: found.get(name)
 
 
 def test_a_docker_client_without_a_daemon_is_not_offered_but_a_podman_that_answers_is(tmp_path: Path) -> None:
     on_path = {"docker": "/usr/local/bin/docker", "podman": "/usr/bin/podman", "micromamba": "/opt/mm/micromamba"}
     answering = {"/usr/bin/podman"}
-    found = find_builders(uv_bin=sys.executable, which=which_of(on_path),  # type: ignore[arg-type]
+    found = find_builders(uv_bin=sys.executable, which=which_of(on_path),
                           probe=lambda runtime, binary: binary in answering)
     assert found == Builders(uv=sys.executable, conda="/opt/mm/micromamba", runtime=Runtime.PODMAN,
                              runtime_bin="/usr/bin/podman")
     assert found.names() == ["uv", "micromamba", "podman"]
-    only_docker = find_builders(uv_bin=sys.executable, which=which_of({"docker": "/usr/local/bin/docker"}),  # type: ignore[arg-type]
+    only_docker = find_builders(uv_bin=sys.executable, which=which_of({"docker": "/usr/local/bin/docker"}),
                                 probe=lambda runtime, binary: False)
     assert only_docker.runtime is None and only_docker.names() == ["uv"]
 
@@ -192,16 +193,16 @@ def test_configured_builders_win_and_none_turns_images_off(tmp_path: Path) -> No
     conda = fake_python(tmp_path / "conda", "x")
     apptainer = fake_python(tmp_path / "apptainer", "x")
     found = find_builders(uv_bin=sys.executable, conda_builder=str(conda), container_runtime=str(apptainer),
-                          which=which_of({"podman": "/usr/bin/podman"}), probe=lambda r, b: True)  # type: ignore[arg-type]
+                          which=which_of({"podman": "/usr/bin/podman"}), probe=lambda r, b: True)
     assert (found.conda_kind, found.runtime, found.runtime_bin) == ("conda", Runtime.APPTAINER, str(apptainer))
     off = find_builders(uv_bin=sys.executable, container_runtime="none",
-                        which=which_of({"podman": "/usr/bin/podman"}), probe=lambda r, b: True)  # type: ignore[arg-type]
+                        which=which_of({"podman": "/usr/bin/podman"}), probe=lambda r, b: True)
     assert off.runtime is None
 
 
 def test_uv_is_found_next_to_the_agent_and_a_missing_one_is_not_offered(tmp_path: Path) -> None:
-    assert find_builders(which=which_of({})).uv  # type: ignore[arg-type]
-    assert find_builders(uv_bin=str(tmp_path / "uv"), which=which_of({})).names() == []  # type: ignore[arg-type]
+    assert find_builders(which=which_of({})).uv
+    assert find_builders(uv_bin=str(tmp_path / "uv"), which=which_of({})).names() == []
 
 
 # --- the build plan ------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ PACKAGES: dict[tuple[str, str], dict[str, str]] = {
     ("tinyalpha", "1.0"): {
         "requires": "",
         "scripts": 'tinyalpha-hello = "tinyalpha:hello"',
-        "code": 'VALUE = "alpha 1.0"\n\n\ndef hello() -> None:\n    import sys\n    print("hello from tinyalpha in", sys.prefix)\n',
+        "code": ('VALUE = "alpha 1.0"\n\n\ndef hello() -> None:\n'
+                 '    import sys\n    print("hello from tinyalpha in", sys.prefix)\n'),
     },
     ("tinybeta", "1.0"): {"requires": "", "scripts": "", "code": 'VALUE = "beta 1.0"\n'},
     ("tinybeta", "2.0"): {"requires": "", "scripts": "", "code": 'VALUE = "beta 2.0"\n'},
