@@ -12,8 +12,10 @@ What the spec asks for decides the kind:
 Index options: the agent's `pip_index_url` replaces the spec's index ("none": no index at all, only find-links);
 its `pip_extra_index_urls` and `pip_find_links` come first, the spec's own after them. The requirement lines go
 into a requirements file, never onto the command line. The build runs as the agent, so a spec must not make it
-read the node's files: a line that is an option (`-r`, `-e`, `--index-url`...), a local path or a file: URL is
-refused, and so is an index or find-links location of the spec's that is not http(s).
+read the node's files or pass it options: a requirement line that is an option (`-r`, `-e`, `--index-url`...),
+spans lines, or names a local path or a file: URL is refused, and so is an index or find-links location of the
+spec's that is not http(s), a conda package or channel that is an option or a path, and an image that is an
+option or a local archive.
 
 Whose fault: a build whose builder ran and refused the spec (a package not found, no solution, a bad line) is the
 spec's: the run fails with `env_build_failed` and the node is not blamed. A builder that is missing or cannot
@@ -46,7 +48,8 @@ DETAIL_CHARS = 1500
 # Errors of the node, not of the spec, as the OS words them: "(os error 28)" from uv, strerror from Python.
 NODE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM)
 _NODE_TEXTS = tuple(f"(os error {n})" for n in NODE_ERRNOS) + tuple(os.strerror(n) for n in NODE_ERRNOS)
-_LOCAL = re.compile(r"^(\.|/|~)|file:", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_LOCAL_IMAGE = ("docker-archive:", "oci-archive:", "oci:", "file:", "/", ".", "~")
 
 
 class EnvKind(StrEnum):
@@ -133,10 +136,10 @@ def check_spec(spec: EnvSpec) -> Refusal | None:
         return Refusal("an image environment cannot also list pip or conda packages; install them in the image")
     for number, line in enumerate(spec.pip, 1):
         text = line.strip()
-        if text.startswith("-"):
+        if text.startswith("-") or "\n" in text or "\r" in text:
             return Refusal(f"pip line {number} {text!r}: options are not allowed in an environment's requirements; "
                            "use its index_url, extra_index_urls or find_links")
-        if _LOCAL.search(text):
+        if _local(text):
             return Refusal(f"pip line {number} {text!r}: local paths and file: URLs are not allowed; "
                            "publish the package to an index or a wheelhouse the agent is configured with")
     for what, urls in (("index_url", (spec.index_url,) if spec.index_url else ()),
@@ -144,7 +147,21 @@ def check_spec(spec: EnvSpec) -> Refusal | None:
         for url in urls:
             if urlsplit(url).scheme not in ("http", "https"):
                 return Refusal(f"{what} {url!r}: an environment's index locations must be http(s) URLs")
+    for what, names in (("conda package", spec.conda), ("conda channel", spec.channels)):
+        for name in names:
+            if name.strip().startswith("-") or _local(name.strip()) or not name.strip():
+                return Refusal(f"{what} {name!r}: options, local paths and file: URLs are not allowed")
+    if spec.image and (spec.image.startswith("-") or spec.image.lower().startswith(_LOCAL_IMAGE)):
+        return Refusal(f"image {spec.image!r}: options and local archives are not allowed; name an image in a registry")
     return None
+
+
+def _local(text: str) -> bool:
+    """True when `text` names something on the node's disk: a path, or a file: URL."""
+    if text.startswith((".", "/", "~")) or "file:" in text.lower():
+        return True
+    outside_urls = _URL.sub("", text)
+    return "/" in outside_urls or "\\" in outside_urls
 
 
 def _install_step(spec: EnvSpec, *, dest: str, uv: str, index: IndexSettings, uv_cache: str) -> tuple[Step, ...]:

@@ -230,6 +230,15 @@ def test_a_venv_from_the_nodes_interpreter_then_the_requirements_from_a_file() -
     assert install.files == ((f"{DEST}/runyard-requirements.txt", "numpy==2.0\ntinyalpha\n"),)
 
 
+@pytest.mark.parametrize("line", [
+    "numpy==2.0", "torch>=2.3; platform_machine == 'x86_64'", "pkg[extra]~=1.2", "tinyalpha --hash=sha256:abc",
+    "pkg @ https://example.org/pkg-1.0-py3-none-any.whl", "pkg @ git+https://github.com/org/pkg@v1.0",
+])
+def test_requirement_lines_that_name_packages_pass(line: str) -> None:
+    found = plan(EnvSpec(python="3.11", pip=(line,)))
+    assert isinstance(found, BuildPlan), found
+
+
 def test_python_alone_is_only_a_venv() -> None:
     found = plan(EnvSpec(python="3.12"))
     assert isinstance(found, BuildPlan) and [s.what for s in found.steps] == ["create the venv (python 3.12.1)"]
@@ -276,6 +285,16 @@ def test_an_image_is_pulled_by_the_nodes_runtime() -> None:
     (EnvSpec(pip=("/root/secret",)), Builders(uv=UV), "local paths and file: URLs are not allowed", False),
     (EnvSpec(pip=("./here",)), Builders(uv=UV), "local paths", False),
     (EnvSpec(pip=("pkg @ file:///etc",)), Builders(uv=UV), "local paths", False),
+    (EnvSpec(pip=("pkg @ /root/project",)), Builders(uv=UV), "local paths", False),
+    (EnvSpec(pip=("some/dir",)), Builders(uv=UV), "local paths", False),
+    (EnvSpec(pip=("tinyalpha\n-r /etc/shadow",)), Builders(uv=UV), "options are not allowed", False),
+    (EnvSpec(conda=("--prefix=/",)), Builders(uv=UV, conda="/bin/micromamba"), "conda package '--prefix=/'", False),
+    (EnvSpec(conda=("x",), channels=("file:///srv/chan",)), Builders(uv=UV, conda="/bin/micromamba"),
+     "conda channel 'file:///srv/chan'", False),
+    (EnvSpec(image="--privileged"), Builders(uv=UV, runtime=Runtime.DOCKER, runtime_bin="docker"),
+     "options and local archives are not allowed", False),
+    (EnvSpec(image="docker-archive:/root/x.tar"), Builders(uv=UV, runtime=Runtime.APPTAINER, runtime_bin="a"),
+     "local archives", False),
     (EnvSpec(pip=("x",), find_links=("/srv/wheels",)), Builders(uv=UV), "find_links '/srv/wheels'", False),
     (EnvSpec(index_url="file:///etc"), Builders(uv=UV), "index_url 'file:///etc'", False),
     (EnvSpec(python="3.9"), Builders(uv=UV), "no python 3.9 on this node (it has 3.12.1, 3.11.7, 3.11.2)", False),
