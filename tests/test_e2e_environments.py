@@ -4,11 +4,13 @@ offline from the tests' own wheelhouse (`pip_index_url = "none"`, `pip_find_link
 An environment is built once per node and shared: one build however many runs ask at once, a new build when the
 spec changes, nothing half-built ever used (an agent killed mid-build included), eviction never takes one a live
 run uses. Its build's output is the run's BUILD stream; a spec the builder refuses fails the run with
-env_build_failed and the builder's last lines.
+env_build_failed and the builder's last lines. No container runtime is installed here: the image test drives a
+stand-in podman that records what the agent asks of it (the exact command lines are tests/test_agent_envparts.py).
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -274,3 +276,62 @@ async def test_the_head_can_have_a_node_build_an_environment_for_no_run(
         terminate(agent)
     assert head.updates() == []
 
+
+
+FAKE_PODMAN = """#!/bin/sh
+# A stand-in for podman: says what it was asked, "pulls" by saying so, and "runs" the command after the image
+# (as the agent: this checks the agent's side of the runtime, not the runtime's isolation).
+echo "$*" >> {log}
+case "$1" in
+    --version) echo "podman version 5.0.0 (a stand-in)" ;;
+    pull) echo "Trying to pull $2..."; echo "Writing manifest to image destination" ;;
+    rm) ;;
+    run)
+        shift
+        while [ $# -gt 0 ]; do
+            case "$1" in
+                --rm|--init) shift ;;
+                --*) shift 2 ;;
+                *) break ;;
+            esac
+        done
+        shift
+        exec "$@" ;;
+esac
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_an_image_run_is_pulled_then_run_through_the_nodes_runtime(
+        head: FakeHead, agent_dir: Path, wheelhouse: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "podman-calls"
+    podman = tmp_path / "bin" / "podman"
+    podman.parent.mkdir()
+    podman.write_text(FAKE_PODMAN.format(log=calls))
+    podman.chmod(0o755)
+    image = pb.EnvironmentSpec(image="registry.example/team/train:1")
+    data, sha = zip_of({"hello.py": "import os\nprint('in the image as', os.getuid(), os.getcwd())\n"})
+    head.assign("boxed", ["python3", "hello.py"], data, sha, env=image,
+                env_hash=identity(EnvSpec(image=image.image), node_platform()))
+    agent = start_agent(head, agent_dir, wheelhouse, container_runtime=str(podman))
+    try:
+        done = await exited(head, "boxed")
+        await eventually("the container to be removed", lambda: "rm --force runyard-boxed-1" in calls.read_text())
+    finally:
+        terminate(agent)
+    assert done.exit_code == 0, head.log_lines("boxed", pb.STDERR)
+    hello = head.hello()
+    assert hello is not None and "podman" in hello.capacity.builders
+    assert "Trying to pull registry.example/team/train:1..." in head.log_lines("boxed", pb.BUILD)
+    asked = calls.read_text().splitlines()
+    assert asked[0] == "--version" and asked[1] == "pull registry.example/team/train:1"
+    (run,) = [line for line in asked if line.startswith("run ")]
+    code = str(run_root(agent_dir).attempt("boxed", 1).code)
+    top = str(run_root(agent_dir).attempt("boxed", 1).top)
+    assert run.startswith("run --rm --init --name runyard-boxed-1 --pull never --user ")
+    assert f"--workdir {code} --volume {top}:{top} --volume " in run and ":ro --env " in run
+    passed = re.findall(r"--env (\S+)", run)
+    assert {"HOME", "RUNYARD_RUN_ID", "CUDA_VISIBLE_DEVICES"} <= set(passed) and "PATH" not in passed
+    assert run.endswith(" registry.example/team/train:1 python3 hello.py")
+    (line,) = head.log_lines("boxed", pb.STDOUT)
+    assert line.startswith("in the image as ") and line.endswith(code)
