@@ -1,9 +1,11 @@
 """`runyard-agent`: the node agent. Picks the implementations, wires the parts, runs them in one TaskGroup.
 
 Start-up: load config, decide who runs execute as (`runusers.py`) and where their directories go
-(`rundirs.py`), kill attempts a previous agent process left behind and remove their directories, set up run
-containment (cgroups or tethers), read capacity, then keep a link to the head and supervise what it assigns.
-SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, and exit. The clock of every timer is
+(`rundirs.py`), kill attempts a previous agent process left behind and remove their directories, find the
+interpreters and builders for runs' environments and remove the builds a previous agent left unfinished
+(`environments.py`), set up run containment (cgroups or tethers), read capacity, then keep a link to the head and
+supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, stop the
+builds under way, and exit. The clock of every timer is
 chosen here (`serve(clock=...)`). A refused join token, a node name held by another live agent, a config error or
 an unsafe run directory ends the agent with one line on stderr and exit status 2.
 """
@@ -15,8 +17,10 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from agent.builders import Builders, find_builders
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
 from runyard.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
@@ -24,13 +28,21 @@ from agent.cgroups import CgroupContainment
 from agent.containment import Containment, Mode, kill_leftover_groups
 from agent.tethers import TetherContainment
 from agent.cutoff import watch_cut_off
+from agent.envbuild import IndexSettings
+from agent.envcache import EnvCache
+from agent.environments import Environments
+from agent.interpreters import Interpreter, candidates, find_interpreters, versions
 from agent.errors import AgentError, ContainmentUnavailable
 from agent.link import HeadLink
 from agent.outbox import Outbox
+from agent.reach import may_execute
 from agent.rundirs import RunRoot, close_run_root, open_run_root, remove_leftovers
-from agent.runusers import RunUsers
+from agent.runusers import RunUser, RunUsers
 from agent.supervisor import Supervisor
+from agent.wire import env_spec_from_pb
+from protos import runyard_pb2 as pb
 from runyard import logsetup
+from runyard.envspec import node_platform
 from runyard.errors import RunyardError
 
 log = logging.getLogger("agent")
@@ -69,11 +81,37 @@ async def serve(config: AgentConfig, *, clock: Clock | None = None) -> None:
     removed = await asyncio.to_thread(remove_leftovers, root)
     if removed:
         log.info("removed run directories left by a previous agent process", extra={"count": removed})
+    tools = await asyncio.to_thread(find_tools, config, root, users.sample())
     try:
-        await _serve(config, clock, containment, users, root)
+        await _serve(config, clock, containment, users, root, tools)
     finally:
         await containment.close()
         await asyncio.to_thread(close_run_root, root)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tools:
+    """What runs' environments are built with on this node, and where."""
+
+    cache: EnvCache
+    builders: Builders
+    interpreters: list[Interpreter]
+
+
+def find_tools(config: AgentConfig, root: RunRoot, user: RunUser) -> _Tools:
+    """Open the environment cache (removing builds left unfinished), find the interpreters runs can use and the
+    builders; blocking."""
+    cache = EnvCache(root.envs)
+    cache.open()
+    removed = cache.remove_leftovers()
+    if removed:
+        log.info("removed environment builds left unfinished by a previous agent process", extra={"count": removed})
+    interpreters = find_interpreters(candidates(), usable=lambda path: may_execute(path, user))
+    builders = find_builders(uv_bin=config.uv_bin, conda_builder=config.conda_builder,
+                             container_runtime=config.container_runtime)
+    log.info("environment builders", extra={"builders": builders.names(), "pythons": versions(interpreters),
+                                            "envs": str(cache.root)})
+    return _Tools(cache, builders, interpreters)
 
 
 def _warn_if_open(join_token_file: str, users: RunUsers) -> None:
@@ -90,9 +128,10 @@ def _warn_if_open(join_token_file: str, users: RunUsers) -> None:
 
 
 async def _serve(config: AgentConfig, clock: Clock, containment: Containment, users: RunUsers,
-                 root: RunRoot) -> None:
+                 root: RunRoot, tools: _Tools) -> None:
     capacity = await asyncio.to_thread(
-        read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes
+        read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes,
+        platform=node_platform(), interpreters=versions(tools.interpreters), builders=tools.builders.names(),
     )
     outbox = Outbox(config.outbox_max_messages)
     stop = asyncio.Event()
@@ -102,10 +141,23 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
     link: HeadLink | None = None
     try:
         async with asyncio.TaskGroup() as tasks:
+            environments = Environments(
+                cache=tools.cache, builders=tools.builders, interpreters=tools.interpreters,
+                index=IndexSettings(config.pip_index_url, tuple(config.pip_extra_index_urls),
+                                    tuple(config.pip_find_links)),
+                containment=containment, tasks=tasks, platform=node_platform(), max_bytes=config.env_cache_max_bytes,
+                timeout_s=config.env_build_timeout_s)
             supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
-                                    clock=clock, containment=containment, users=users, root=root)
+                                    clock=clock, containment=containment, users=users, root=root,
+                                    environments=environments)
+
+            def build(request: pb.BuildEnvironment) -> None:
+                environments.warm(env_spec_from_pb(request.env), request.env_hash)
+
             link = head = HeadLink(config=config, outbox=outbox, capacity=capacity, clock=clock,
-                                   live_attempts=supervisor.live, on_assign=supervisor.start, on_stop=supervisor.stop)
+                                   live_attempts=supervisor.live, on_assign=supervisor.start, on_stop=supervisor.stop,
+                                   env_hashes=environments.hashes, on_build=build)
+            environments.on_change = head.environments_changed
             log.info("agent starting", extra={"node": config.name, "head": config.head_address, "cpus": capacity.cpus,
                                               "gpus": len(capacity.gpus), "containment": containment.mode})
             link_task = tasks.create_task(head.run(), name="head-link")
@@ -117,6 +169,7 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
             await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             log.info("agent stopping")
             await supervisor.stop_all()
+            await environments.close()
             await _drain(outbox, head, timeout_s=3.0)
             for task in (link_task, stopped, watch, helpers):
                 task.cancel()

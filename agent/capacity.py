@@ -1,4 +1,6 @@
-"""What this node offers: CPUs, memory and disk from psutil, GPUs from a `GpuProbe`.
+"""What this node offers: CPUs, memory and disk from psutil, GPUs from a `GpuProbe`, and what it can build
+environments with (its platform, the Python versions runs can use, its builders: `interpreters.py`,
+`builders.py`). The environments it has built are added at each Hello (`link.py`).
 
 Probes: `NvmlProbe` asks the NVIDIA driver (none when NVML is missing), `FakeGpuProbe` reports configured fake
 GPUs (tests, demos on machines without GPUs). `app.py` picks one. All calls block: use `asyncio.to_thread`.
@@ -7,6 +9,7 @@ GPUs (tests, demos on machines without GPUs). `app.py` picks one. All calls bloc
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,7 +74,8 @@ class FakeGpuProbe:
         return [Gpu(i, f"GPU-fake-{self.node_name}-{i}", self.model, self.memory_bytes) for i in range(self.count)]
 
 
-def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_bytes: int = 0) -> pb.Capacity:
+def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_bytes: int = 0, platform: str = "",
+                  interpreters: Sequence[str] = (), builders: Sequence[str] = ()) -> pb.Capacity:
     """This node's capacity; `cpus`/`memory_bytes` > 0 override what psutil sees."""
     gpus = probe.gpus()
     return pb.Capacity(
@@ -79,4 +83,5 @@ def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_
         memory_bytes=memory_bytes or psutil.virtual_memory().total,
         disk_bytes=psutil.disk_usage(str(data_dir)).total,
         gpus=[pb.GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in gpus],
+        platform=platform, interpreters=list(interpreters), builders=list(builders),
     )

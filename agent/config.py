@@ -52,6 +52,16 @@ class AgentConfig:
     run_root: str = ""                      # default: <data_dir>/runs, or a private dir in /tmp (`rundirs.py`);
                                             # one agent per run_root: at start it removes what it finds there
     run_environment: dict = field(default_factory=dict)  # variables every run gets (HF_HOME, NCCL_*, ...)
+    # Runs' environments (`environments.py`): built once per node in <run root>/envs and shared by every run.
+    env_cache_max_bytes: int = 200 * 1024**3   # beyond it the least recently used go (never one in use); 0: no limit
+    env_build_timeout_s: float = 3600.0
+    uv_bin: str = ""                        # default: the uv installed with the agent
+    conda_builder: str = ""                 # micromamba or conda, for conda packages; default: either on PATH
+    container_runtime: str = ""             # podman, docker, apptainer (or a path to one); "none": no images;
+                                            # default: the first of them on PATH that answers
+    pip_index_url: str = ""                 # replaces every environment's index; "none": no index (offline)
+    pip_extra_index_urls: list[str] = field(default_factory=list)   # added to every environment's
+    pip_find_links: list[str] = field(default_factory=list)         # e.g. a wheelhouse directory
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@
     ├── UnsafeDirectory             a directory the agent must keep its own is a link, someone else's, open
     ├── CannotStart                 a run's command could not be started (not found, not executable)
     ├── NoRunUser                   no user to run an attempt as (range exhausted, root refused, no setpriv)
+    ├── EnvironmentUnavailable      a run's environment could not be had (its spec refused, or the node failed)
     └── InvalidTransition           the run model got an event its current state does not accept (a bug)
 
 The first four end the agent with exit status 2 and one line on stderr (`app.main`); the rest stay inside one
@@ -47,6 +48,16 @@ class NoRunUser(AgentError):
 
 class CannotStart(AgentError):
     """The command of a run could not be started; the message says why, for the run's log."""
+
+
+class EnvironmentUnavailable(AgentError):
+    """A run's environment could not be built; `detail` says why, with the builder's last lines. `node_fault`:
+    the node failed under the build (its disk, a missing builder or interpreter), not the spec."""
+
+    def __init__(self, detail: str, *, node_fault: bool = False) -> None:
+        self.detail = detail
+        self.node_fault = node_fault
+        super().__init__(detail)
 
 
 class InvalidTransition(AgentError):

@@ -4,9 +4,11 @@ Enrollment (`_join`) sends a CSR for the node's key with the join token to the h
 checked against the cluster CA); the certificate it gets back is this node's credential from then on, on the
 head's node port (mTLS). Every call after enrollment goes there.
 
-`run()` keeps a stream open: it sends Hello (capacity and the attempts this agent knows), resends every
-unacknowledged outbox message, then new ones as they come and a heartbeat when idle; it applies what the head
-sends (acks, assignments, cancels). gRPC errors are translated here and nowhere else:
+`run()` keeps a stream open: it sends Hello (capacity, with the environments the node has built, and the attempts
+this agent knows), resends every unacknowledged outbox message, then new ones as they come and a heartbeat when
+idle, or at once with the node's environments when they changed (`environments_changed()`); it applies what the
+head sends (acks, assignments, cancels, environments to build for no run). gRPC errors are translated here and
+nowhere else:
 
 - UNAUTHENTICATED on Connect: the certificate was revoked (the node removed); enroll again with the join token.
 - PERMISSION_DENIED on Connect: the node waits for an admin's approval; one warning, then the longer back-off.
@@ -72,11 +74,21 @@ async def _first_of(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
+def _no_environments() -> list[str]:
+    return []
+
+
+def _build_nothing(request: pb.BuildEnvironment) -> None:
+    log.warning("the head asked for an environment this agent cannot build", extra={"env_hash": request.env_hash})
+
+
 class HeadLink:
     def __init__(
         self, *, config: AgentConfig, outbox: Outbox, capacity: pb.Capacity, clock: Clock,
         live_attempts: Callable[[], set[tuple[str, int]]],
         on_assign: Callable[[pb.Assignment], None], on_stop: Callable[[str, int, Reason], None],
+        env_hashes: Callable[[], list[str]] = _no_environments,
+        on_build: Callable[[pb.BuildEnvironment], None] = _build_nothing,
     ) -> None:
         self._config = config
         self._outbox = outbox
@@ -85,6 +97,9 @@ class HeadLink:
         self._live_attempts = live_attempts
         self._on_assign = on_assign
         self._on_stop = on_stop
+        self._env_hashes = env_hashes
+        self._on_build = on_build
+        self._told_env_hashes: list[str] | None = None   # what this stream's head was last told; None: nothing yet
         self._identity = NodeIdentity(config)
         self._head_full = False                    # inside an episode of RESOURCE_EXHAUSTED on Connect
         self._awaiting_approval = False
@@ -97,6 +112,10 @@ class HeadLink:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+    def environments_changed(self) -> None:
+        """The node's built environments changed: tell the head at once (a heartbeat with their hashes)."""
+        self._outbox.changed.set()
 
     def _trusted_ca(self) -> bytes:
         if self._ca is None:
@@ -247,6 +266,8 @@ class HeadLink:
                 log.info("head has space again; delivery resumed", extra={"unacknowledged": len(self._outbox)})
         elif kind == "assign":
             self._on_assign(message.assign)
+        elif kind == "build_env":
+            self._on_build(message.build_env)
         elif kind == "cancel":
             cancel = message.cancel
             reason = self._stop_reason(cancel.reason)
@@ -265,7 +286,11 @@ class HeadLink:
         # grpc swallows an exception raised here (it cancels the call and logs at debug level): log it ourselves.
         try:
             running = sorted(self._live_attempts() | self._outbox.attempts())
-            hello = pb.Hello(capacity=self._capacity, running=[pb.RunHandle(run_id=r, attempt=a) for r, a in running])
+            capacity = pb.Capacity()
+            capacity.CopyFrom(self._capacity)
+            self._told_env_hashes = self._env_hashes()
+            capacity.env_hashes.extend(self._told_env_hashes)
+            hello = pb.Hello(capacity=capacity, running=[pb.RunHandle(run_id=r, attempt=a) for r, a in running])
             yield pb.AgentMessage(msg_seq=self._outbox.acked, hello=hello)  # its ack must not cover resent reports
             # Nothing more until the head has taken Hello. A head that refuses the stream (out of space) does it
             # before; writing meanwhile would lose its status to grpc's INTERNAL "Internal error from Core" (a
@@ -278,6 +303,12 @@ class HeadLink:
                     yield message
                     sent = message.msg_seq
                 if self._outbox.after(sent):
+                    continue
+                hashes = self._env_hashes()
+                if hashes != self._told_env_hashes:
+                    self._told_env_hashes = hashes
+                    yield pb.AgentMessage(msg_seq=self._outbox.next_seq(),
+                                          heartbeat=pb.Heartbeat(env_hashes=hashes))
                     continue
                 if not await wait_event(self._clock, self._outbox.changed, self._config.heartbeat_interval_s):
                     yield pb.AgentMessage(msg_seq=self._outbox.next_seq(), heartbeat=pb.Heartbeat())

@@ -1,9 +1,11 @@
 """What a run's process sees: its environment, the in-run SDK on its PYTHONPATH, its `python`, its command.
 
 The environment is built from an allowlist, never inherited: a fixed PATH (with a python the run's user can
-execute in front), LANG, LC_ALL and TZ when the agent has them, HOME, TMPDIR, USER and LOGNAME of the run's own,
-the agent's `run_environment`, the job's `environment_variables`, the assignment's extra variables, then the
-run's `RUNYARD_*` variables, which nothing overrides.
+execute in front, and the `bin` of the run's own environment before it when it declared one, so that `python`
+and `torchrun` are that environment's, with VIRTUAL_ENV or CONDA_PREFIX naming it), LANG, LC_ALL and TZ when
+the agent has them, HOME, TMPDIR, USER and LOGNAME of the run's own, the agent's `run_environment`, the job's
+`environment_variables`, the assignment's extra variables, then the run's `RUNYARD_*` variables, which nothing
+overrides.
 Must not: pass anything else of the agent's environment to a run (its `RUNYARD_*` secrets above all), or
 start processes (`containment` does).
 """
@@ -79,17 +81,23 @@ def python_dir(configured: str, user: RunUser, shim_dir: Path) -> str:
 
 
 def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk_dir: Path, python_bin: str,
-                    extra: Mapping[str, str] = _NOTHING, agent_env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The whole environment of one run; nothing of `agent_env` but the `PASSED_ON` variables."""
+                    extra: Mapping[str, str] = _NOTHING, agent_env: Mapping[str, str] = os.environ,
+                    env_dir: str = "", env_variable: str = "VIRTUAL_ENV") -> dict[str, str]:
+    """The whole environment of one run; nothing of `agent_env` but the `PASSED_ON` variables. `env_dir`: the
+    run's built environment (a venv, or a conda prefix with `env_variable` CONDA_PREFIX)."""
     env = {name: agent_env[name] for name in PASSED_ON if name in agent_env}
     env.update(HOME=str(dirs.home), TMPDIR=str(dirs.tmp), USER=user.name, LOGNAME=user.name)
     env.update(extra)
     env.update(asg.spec.environment)
     env.update(asg.extra_env)
     path = env.get("PATH") or DEFAULT_PATH
+    first = [os.path.join(env_dir, "bin")] if env_dir else []
+    first += [python_bin] if python_bin else []
     pythonpath = [str(sdk_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    if env_dir:
+        env[env_variable] = env_dir
     env.update(
-        PATH=f"{python_bin}{os.pathsep}{path}" if python_bin else path,
+        PATH=os.pathsep.join([*first, path]),
         PYTHONPATH=os.pathsep.join(pythonpath),
         PYTHONUNBUFFERED="1",
         RUNYARD_RUN_ID=asg.run_id,

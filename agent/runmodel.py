@@ -3,8 +3,13 @@
     state        event               next                    actions
     assignment   Accept              fetching                Report(preparing), FetchSnapshot
     fetching     Fetched             extracting              ExtractSnapshot
-    extracting   Extracted           starting | reported     StartProcess | Report(exited) if a stop came meanwhile
+    extracting   Extracted           starting | building     StartProcess | BuildEnvironment when the run has an
+                                     | reported              environment | Report(exited) if a stop came meanwhile
     extracting   SnapshotRejected    reported                Report(exited, snapshot_invalid)
+    building     EnvironmentReady    starting                StartProcess
+    building     EnvironmentFailed   reported                Report(exited, env_build_failed, or agent_error when
+                                                             the node is at fault)
+    building     StopRequested       reported                AbortBuild, Report(exited, reason)
     starting     Started             running                 Report(running, pid), WatchProcess, ArmTimeLimit
                                                              (+ the stop below if a stop came meanwhile)
     starting     StartFailed         uploading               SystemLine, Report(finalizing), UploadOutputs (exit 127)
@@ -17,11 +22,12 @@
     assignment, fetching  StopRequested   reported           (AbortFetch), Report(exited, reason)
     uploading    StopRequested       reported | uploading    AbortUpload, Report(exited) for the reasons in
                                                              `ABORTS_UPLOAD`; a user's cancel lets the upload end
-    any but reported      Failed     reported                (KillTree), Report(exited, agent_error, detail)
+    any but reported      Failed     reported                (an abort, KillTree), Report(exited, agent_error, detail)
 
 A stop in extracting or starting is remembered and acted on at the next step (extraction runs in a thread and a
-spawn cannot be interrupted). Late stops and timers (after the process ended) are accepted and do nothing; any
-other event a state does not list raises `InvalidTransition`.
+spawn cannot be interrupted). A stop while building ends the attempt at once: only its wait is aborted, the build
+itself goes on for the other runs that need it and for the node's cache. Late stops and timers (after the process
+ended) are accepted and do nothing; any other event a state does not list raises `InvalidTransition`.
 
 The agent's reasons for ending an attempt are the one `Reason` enum here; the head maps them to run outcomes.
 Must not: do I/O, import asyncio, os or grpc, or read the clock. `supervisor.py` is the shell that performs the
@@ -41,6 +47,7 @@ class RunState(StrEnum):
     ASSIGNMENT = "assignment"   # accepted from the head, nothing done yet
     FETCHING = "fetching"       # getting the snapshot (cache or head)
     EXTRACTING = "extracting"   # unpacking it into the run directory
+    BUILDING = "building"       # getting the run's environment (built once per node, shared by every run)
     STARTING = "starting"       # spawning the command
     RUNNING = "running"         # the command's main process is alive
     EXITED = "exited"           # it ended: killing what it left, reading the rest of its output
@@ -58,6 +65,7 @@ class Reason(StrEnum):
     STALE = "stale"                     # the head says this is not the run's current attempt on this node
     TIMEOUT = "timeout"                 # the run's time limit passed
     SNAPSHOT_INVALID = "snapshot_invalid"
+    ENV_BUILD_FAILED = "env_build_failed"   # the run's environment could not be built from its spec
     AGENT_ERROR = "agent_error"         # this agent failed at something; `detail` says what
     CUT_OFF = "cut_off"                 # no word from the head for `stop_runs_after_s`
     AGENT_STOPPED = "agent_stopped"     # the agent was asked to exit
@@ -97,6 +105,22 @@ class SnapshotRejected:
     """The snapshot must not be extracted; `detail` names the entry."""
 
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentReady:
+    """The run's environment is built and published at `path`, and held for this attempt."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentFailed:
+    """The run's environment could not be had. `node_fault`: the node failed under the build (its disk, a missing
+    builder or interpreter), not the spec; `detail` ends with the last lines of the builder's error."""
+
+    detail: str
+    node_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +173,8 @@ class Failed:
     detail: str
 
 
-Event = (Accept | Fetched | Extracted | SnapshotRejected | Started | StartFailed | ProcessExited | OutputDrained
-         | Uploaded | StopRequested | TimeLimitReached | GraceOver | Failed)
+Event = (Accept | Fetched | Extracted | SnapshotRejected | EnvironmentReady | EnvironmentFailed | Started | StartFailed
+         | ProcessExited | OutputDrained | Uploaded | StopRequested | TimeLimitReached | GraceOver | Failed)
 
 
 # --- actions: what the shell must do -------------------------------------------------------------------------
@@ -179,6 +203,17 @@ class AbortFetch:
 @dataclass(frozen=True, slots=True)
 class ExtractSnapshot:
     """Unpack the snapshot safely; then feed Extracted, SnapshotRejected or Failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildEnvironment:
+    """Get the run's environment (build it, join a build in progress, or take it from the cache) and hold it for
+    this attempt; then feed EnvironmentReady, EnvironmentFailed or Failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbortBuild:
+    """Stop waiting for the environment; the build itself goes on. No event follows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +272,9 @@ class AbortUpload:
     """Stop the upload in flight; no event follows."""
 
 
-Action = (Report | FetchSnapshot | AbortFetch | ExtractSnapshot | StartProcess | WatchProcess | ArmTimeLimit
-          | SystemLine | Terminate | ArmGrace | KillTree | DrainOutput | UploadOutputs | AbortUpload)
+Action = (Report | FetchSnapshot | AbortFetch | ExtractSnapshot | BuildEnvironment | AbortBuild | StartProcess
+          | WatchProcess | ArmTimeLimit | SystemLine | Terminate | ArmGrace | KillTree | DrainOutput | UploadOutputs
+          | AbortUpload)
 
 S = RunState
 _LATE = (StopRequested, TimeLimitReached, GraceOver)  # may arrive after they stopped mattering
@@ -249,9 +285,12 @@ TABLE: dict[tuple[RunState, type], frozenset[RunState]] = {
     (S.ASSIGNMENT, StopRequested): frozenset({S.REPORTED}),
     (S.FETCHING, Fetched): frozenset({S.EXTRACTING}),
     (S.FETCHING, StopRequested): frozenset({S.REPORTED}),
-    (S.EXTRACTING, Extracted): frozenset({S.STARTING, S.REPORTED}),
+    (S.EXTRACTING, Extracted): frozenset({S.STARTING, S.BUILDING, S.REPORTED}),
     (S.EXTRACTING, SnapshotRejected): frozenset({S.REPORTED}),
     (S.EXTRACTING, StopRequested): frozenset({S.EXTRACTING}),
+    (S.BUILDING, EnvironmentReady): frozenset({S.STARTING}),
+    (S.BUILDING, EnvironmentFailed): frozenset({S.REPORTED}),
+    (S.BUILDING, StopRequested): frozenset({S.REPORTED}),
     (S.STARTING, Started): frozenset({S.RUNNING}),
     (S.STARTING, StartFailed): frozenset({S.UPLOADING}),
     (S.STARTING, StopRequested): frozenset({S.STARTING}),
@@ -274,10 +313,11 @@ PROCESS_MAY_LIVE = frozenset({S.STARTING, S.RUNNING, S.EXITED})
 class RunModel:
     """One attempt. `handle(event)` moves the state and returns the actions, in the order to perform them."""
 
-    def __init__(self, *, timeout_s: float = 0.0, grace_s: float = 10.0) -> None:
+    def __init__(self, *, timeout_s: float = 0.0, grace_s: float = 10.0, has_environment: bool = False) -> None:
         self.state = RunState.ASSIGNMENT
         self.timeout_s = timeout_s
         self.grace_s = grace_s
+        self.has_environment = has_environment    # the run declares its software: build it before the start
         self.stop_reason: Reason | None = None
         self.stop_detail = ""
         self.exit_code: int | None = None
@@ -355,7 +395,30 @@ def _fetched(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
 def _extracted(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
     if m.stop_reason is not None:
         return m._stopped_early("while preparing")
+    if m.has_environment:
+        return S.BUILDING, (BuildEnvironment(),)
     return S.STARTING, (StartProcess(),)
+
+
+def _environment_ready(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
+    return S.STARTING, (StartProcess(),)
+
+
+def _environment_failed(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
+    assert isinstance(event, EnvironmentFailed)
+    if event.node_fault:    # the node's fault, not the spec's: like any other failure of the agent's own
+        report = Report(Phase.EXITED, exit_code=-1, reason=Reason.AGENT_ERROR,
+                        detail=f"agent error: environment build failed on this node: {event.detail}")
+    else:
+        report = Report(Phase.EXITED, exit_code=-1, reason=Reason.ENV_BUILD_FAILED, detail=event.detail)
+    return S.REPORTED, (report,)
+
+
+def _stop_while_building(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
+    assert isinstance(event, StopRequested)
+    m._remember_stop(event)
+    target, actions = m._stopped_early("while preparing")
+    return target, (AbortBuild(), *actions)
 
 
 def _rejected(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
@@ -433,6 +496,8 @@ def _failed(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
     abort: tuple[Action, ...] = ()
     if m.state is S.FETCHING:
         abort = (AbortFetch(),)
+    elif m.state is S.BUILDING:
+        abort = (AbortBuild(),)
     elif m.state is S.UPLOADING:
         abort = (AbortUpload(),)
     exit_code = -1 if m.exit_code is None else m.exit_code
@@ -448,6 +513,9 @@ _HANDLERS: dict[tuple[RunState, type], Handler] = {
     (S.EXTRACTING, Extracted): _extracted,
     (S.EXTRACTING, SnapshotRejected): _rejected,
     (S.EXTRACTING, StopRequested): _remember,
+    (S.BUILDING, EnvironmentReady): _environment_ready,
+    (S.BUILDING, EnvironmentFailed): _environment_failed,
+    (S.BUILDING, StopRequested): _stop_while_building,
     (S.STARTING, Started): _started,
     (S.STARTING, StartFailed): _start_failed,
     (S.STARTING, StopRequested): _remember,

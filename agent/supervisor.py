@@ -1,9 +1,12 @@
 """Running assigned attempts: the I/O shell around `runmodel.RunModel`.
 
 One task per attempt, in the agent's TaskGroup. It feeds the attempt's model events and performs the actions
-the model returns: the snapshot through the `SnapshotCache`, safe extraction, the process through the
-`Containment`, its output into the outbox, timers on the `Clock`, outputs through `HeadFiles`. Long actions run
-as jobs in a TaskGroup of the attempt; a job ends by queueing its event, and a job that fails queues `Failed`.
+the model returns: the snapshot through the `SnapshotCache`, safe extraction, the run's environment through
+`Environments` (its build output into the attempt's BUILD stream, what happens to it as SYSTEM lines; the lease
+on it held until the attempt's directory is gone), the process through the `Containment` (in a container when
+the environment is an image), its output into the outbox, timers on the `Clock`, outputs through `HeadFiles`.
+Long actions run as jobs in a TaskGroup of the attempt; a job ends by queueing its event, and a job that fails
+queues `Failed`.
 Stops from the head or the cut-off watch are queued events too, so the model sees one event at a time.
 
 Every failure inside one attempt (a job, an action, the model itself, the cleanup) is caught here: the attempt
@@ -20,7 +23,9 @@ tree other than with `removal.remove_tree`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -29,8 +34,13 @@ from typing import Any
 
 from runyard.clock import Clock
 from agent.config import AgentConfig
+from agent.containers import (
+    CLIENT_AS_AGENT, SIF_NAME, ContainerRun, Mount, Runtime, container_env, container_name, remove_argv, run_argv,
+)
 from agent.containment import Containment, RunProcess, record_group
-from agent.errors import CannotStart, NoRunUser
+from agent.envbuild import EnvKind
+from agent.environments import Environments, Lease, Watcher
+from agent.errors import CannotStart, EnvironmentUnavailable, NoRunUser
 from agent.outbox import Outbox
 from agent.output import read_records
 from agent.outputs_archive import MAX_DEPTH, zip_outputs
@@ -40,12 +50,12 @@ from agent.rundirs import AttemptDirs, RunRoot, hand_over, make_attempt_dir
 from agent.runenv import check_command, install_sdk, python_dir, run_environment
 from agent.runusers import RunUser, RunUsers
 from agent.runmodel import (
-    AbortFetch, AbortUpload, Accept, Action, ArmGrace, ArmTimeLimit, DrainOutput, Event, Extracted, ExtractSnapshot,
-    Failed, Fetched, FetchSnapshot, GraceOver, KillTree, OutputDrained, Phase, ProcessExited, Reason, Report,
-    RunModel, SnapshotRejected, StartFailed, Started, StartProcess, StopRequested, SystemLine, Terminate,
-    TimeLimitReached, Uploaded, UploadOutputs, WatchProcess,
+    AbortBuild, AbortFetch, AbortUpload, Accept, Action, ArmGrace, ArmTimeLimit, BuildEnvironment, DrainOutput,
+    EnvironmentFailed, EnvironmentReady, Event, Extracted, ExtractSnapshot, Failed, Fetched, FetchSnapshot, GraceOver,
+    KillTree, OutputDrained, Phase, ProcessExited, Reason, Report, RunModel, SnapshotRejected, StartFailed, Started,
+    StartProcess, StopRequested, SystemLine, Terminate, TimeLimitReached, Uploaded, UploadOutputs, WatchProcess,
 )
-from agent.wire import reason_to_pb
+from agent.wire import env_spec_from_pb, reason_to_pb
 from agent.shipping import LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
 from protos import runyard_pb2 as pb
@@ -57,6 +67,7 @@ log = logging.getLogger(__name__)
 _PHASES = {Phase.PREPARING: pb.RunUpdate.PREPARING, Phase.RUNNING: pb.RunUpdate.RUNNING,
            Phase.FINALIZING: pb.RunUpdate.FINALIZING, Phase.EXITED: pb.RunUpdate.EXITED}
 _DRAIN_TIMEOUT_S = 30.0   # output pipes still open this long after the run's tree was killed: stop reading
+_CONTAINER_REMOVAL_TIMEOUT_S = 60.0
 _DETAIL_CHARS = 500
 
 __all__ = ["HeadFiles", "Supervisor"]
@@ -83,6 +94,8 @@ class _Attempt:
     process: RunProcess | None = None
     output: _Output | None = None
     user: RunUser | None = None
+    lease: Lease | None = None                  # the run's environment, held until its directory is gone
+    container_removal: list[str] | None = None  # makes sure the run's container is gone (podman, docker)
     stop_logged: bool = False
 
     @property
@@ -105,7 +118,8 @@ def _describe(err: BaseException) -> str:
 
 class Supervisor:
     def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup,
-                 clock: Clock, containment: Containment, users: RunUsers, root: RunRoot) -> None:
+                 clock: Clock, containment: Containment, users: RunUsers, root: RunRoot,
+                 environments: Environments | None = None) -> None:
         self._config = config
         self._outbox = outbox
         self._files = files
@@ -115,6 +129,7 @@ class Supervisor:
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._users = users
         self._root = root
+        self._environments = environments
         self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
         self._sdk_dir = install_sdk(root.sdk)
         self._python_bin = python_dir(config.python_bin_dir, users.sample(), root.bin)
@@ -126,7 +141,9 @@ class Supervisor:
         key = (assignment.run_id, assignment.attempt)
         if key in self._attempts:
             return  # assignment resent after a reconnect
-        model = RunModel(timeout_s=assignment.spec.timeout_s, grace_s=self._config.stop_grace_s)
+        has_environment = not env_spec_from_pb(assignment.spec.env).empty
+        model = RunModel(timeout_s=assignment.spec.timeout_s, grace_s=self._config.stop_grace_s,
+                         has_environment=has_environment)
         attempt = _Attempt(assignment, model, self._root.attempt(assignment.run_id, assignment.attempt))
         self._attempts[key] = attempt
         attempt.task = self._tasks.create_task(self._supervise(attempt),
@@ -204,6 +221,10 @@ class Supervisor:
                 self._cancel(a, "fetch")
             case ExtractSnapshot():
                 self._job(a, "extract", self._extract(a))
+            case BuildEnvironment():
+                self._job(a, "build", self._build(a))
+            case AbortBuild():
+                self._cancel(a, "build")
             case StartProcess():
                 self._job(a, "start", self._start(a))
             case WatchProcess():
@@ -269,17 +290,47 @@ class Supervisor:
             return SnapshotRejected(str(err))
         return Extracted()
 
+    async def _build(self, a: _Attempt) -> Event:
+        """Get the run's environment: its build's output goes to the attempt's BUILD stream as it comes."""
+        if self._environments is None:
+            return EnvironmentFailed("this agent builds no environments", node_fault=True)
+        asg = a.assignment
+        shipper = LogShipper(asg, self._outbox, flush_s=self._config.log_flush_s)
+        self._job(a, "ship-build", shipper.run())
+        seq = itertools.count()
+
+        def output(record: pb.LogRecord) -> None:
+            shipper.add(pb.LogRecord(stream=pb.BUILD, seq=next(seq), ts=record.ts, data=record.data,
+                                     continued=record.continued))
+
+        watcher = Watcher(output=output, note=lambda text: self._system_line(a, text))
+        try:
+            a.lease = await self._environments.acquire(env_spec_from_pb(asg.spec.env), asg.spec.env_hash,
+                                                       watcher=watcher)
+        except EnvironmentUnavailable as err:
+            return EnvironmentFailed(err.detail, node_fault=err.node_fault)
+        finally:
+            shipper.close()
+            shipper.flush()
+        return EnvironmentReady(str(a.lease.path))
+
     async def _start(self, a: _Attempt) -> Event:
-        asg, user = a.assignment, a.user
+        asg, user, lease = a.assignment, a.user, a.lease
         assert user is not None
         await asyncio.to_thread(hand_over, a.dirs, user)
+        env_dir = str(lease.path) if lease is not None and lease.kind is not EnvKind.IMAGE else ""
         env = run_environment(asg, dirs=a.dirs, user=user, sdk_dir=self._sdk_dir, python_bin=self._python_bin,
-                              extra=self._config.run_environment)
+                              extra=self._config.run_environment, env_dir=env_dir,
+                              env_variable="CONDA_PREFIX" if lease is not None and lease.kind is EnvKind.CONDA
+                              else "VIRTUAL_ENV")
         argv = list(asg.spec.argv)
         try:
-            check_command(argv, cwd=a.code_dir, env=env, user=user)
-            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", user.command(argv),
-                                                    cwd=a.code_dir, env=env)
+            if lease is not None and lease.kind is EnvKind.IMAGE:
+                command, env = self._in_container(a, lease, argv, env, user)
+            else:
+                check_command(argv, cwd=a.code_dir, env=env, user=user)
+                command = user.command(argv)
+            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", command, cwd=a.code_dir, env=env)
         except CannotStart as err:
             return StartFailed(str(err))
         except OSError as err:
@@ -288,6 +339,25 @@ class Supervisor:
         record_group(a.dirs.pgid, process.group)
         a.output = self._ship_output(a, process, a.dirs.records)
         return Started(process.pid)
+
+    def _in_container(self, a: _Attempt, lease: Lease, argv: list[str], env: dict[str, str],
+                      user: RunUser) -> tuple[list[str], dict[str, str]]:
+        """The command and its environment that run `argv` in the run's image (`containers.py`)."""
+        assert self._environments is not None
+        builders = self._environments.builders
+        if builders.runtime is None:
+            raise CannotStart("cannot start the run: its image needs a container runtime and this node has none")
+        asg, runtime = a.assignment, builders.runtime
+        image = str(lease.path / SIF_NAME) if runtime is Runtime.APPTAINER else asg.spec.env.image
+        uid, gid = (user.uid, user.gid) if user.switches else (os.getuid(), os.getgid())
+        name = container_name(asg.run_id, asg.attempt)
+        run = ContainerRun(runtime=runtime, binary=builders.runtime_bin, image=image, name=name, argv=tuple(argv),
+                           workdir=str(a.code_dir), mounts=(Mount(str(a.dirs.top)), Mount(str(self._sdk_dir), True)),
+                           env_names=tuple(sorted(env)), uid=uid, gid=gid, gpus=tuple(asg.gpu_indices))
+        a.container_removal = remove_argv(runtime, builders.runtime_bin, name)
+        command = run_argv(run)
+        return (command if runtime in CLIENT_AS_AGENT else user.command(command)), container_env(
+            runtime, env, asg.gpu_indices)
 
     def _ship_output(self, a: _Attempt, process: RunProcess, records_file: Path) -> _Output:
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
@@ -365,11 +435,13 @@ class Supervisor:
     async def _release(self, a: _Attempt) -> None:
         """Make sure nothing of the attempt is left running and remove its directory; never raises.
 
-        Its uid is given back only when both worked: a uid whose processes or files may remain stays taken.
+        Its uid and its environment are given back only when both worked: a uid whose processes or files may
+        remain stays taken, and an environment such processes may use is never evicted.
         """
         process = a.process
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release the process tree", lambda: process.release() if process is not None else asyncio.sleep(0)),
+            ("remove the container", lambda: _remove_container(a.container_removal)),
             ("forget the process group", lambda: asyncio.to_thread(a.dirs.pgid.unlink, missing_ok=True)),
             ("remove the attempt's directory", lambda: asyncio.to_thread(remove_tree, a.dirs.top)),
         ]
@@ -381,6 +453,23 @@ class Supervisor:
                 clean = False
                 log.exception("run cleanup failed", extra={**a.fields, "step": what})
         if clean:
+            if a.lease is not None:
+                a.lease.release()           # nothing of the run is left that could use its environment
             self._users.give_back(a.key)
         elif a.user is not None and a.user.switches:
             log.error("uid stays taken until the agent restarts", extra={**a.fields, "uid": a.user.uid})
+
+
+async def _remove_container(argv: list[str] | None) -> None:
+    """Make sure a run's container is gone: its processes live under the runtime, not in the run's tree."""
+    if not argv:
+        return
+    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(_CONTAINER_REMOVAL_TIMEOUT_S):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise

@@ -1,5 +1,6 @@
-"""The agent's enums as the wire has them: `Reason.CUT_OFF` is `REASON_CUT_OFF`. The one place the agent
-converts them; tests/test_vocabulary.py proves every agent reason has its wire value.
+"""The agent's enums and values as the wire has them: `Reason.CUT_OFF` is `REASON_CUT_OFF`, a run's
+`EnvironmentSpec` is an `EnvSpec`. The one place the agent converts them; tests/test_vocabulary.py proves every
+agent reason has its wire value.
 Must not: hold logic."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from typing import cast
 
 from agent.runmodel import Reason
 from protos import runyard_pb2 as pb
+from runyard.envspec import EnvSpec
 
 _PREFIX = "REASON_"
 
@@ -26,3 +28,10 @@ def reason_from_pb(value: int) -> Reason | None:
         return Reason[pb.Reason.Name(value).removeprefix(_PREFIX)]
     except (KeyError, ValueError):
         return None
+
+
+def env_spec_from_pb(env: pb.EnvironmentSpec) -> EnvSpec:
+    """A run's environment as the head normalized it; `EnvSpec().empty` when the run declares none."""
+    return EnvSpec(python=env.python, pip=tuple(env.pip), index_url=env.index_url,
+                   extra_index_urls=tuple(env.extra_index_urls), find_links=tuple(env.find_links),
+                   conda=tuple(env.conda), channels=tuple(env.channels), image=env.image)

@@ -1,6 +1,6 @@
 """Loading a daemon's frozen config dataclass from TOML plus `RUNYARD_*` environment variables.
 
-Each daemon has one frozen dataclass of plain fields (str, int, float, bool, dict). A field `data_dir` of the
+Each daemon has one frozen dataclass of plain fields (str, int, float, bool, dict, list of str). A field `data_dir` of the
 head is set by `data_dir = "..."` in its TOML file or by `RUNYARD_HEAD_DATA_DIR`; the environment wins.
 Unknown keys are an error, so a typo never silently falls back to a default.
 """
@@ -64,6 +64,8 @@ def _from_env(var: str, raw: str, hint: Any) -> Any:
             return dict(item.split("=", 1) for item in raw.split(",") if item)
         except ValueError:
             raise UsageError(f"{var} must look like key=value,key=value") from None
+    if typing.get_origin(hint) is list:
+        return [item for item in raw.split(",") if item]
     return raw
 
 
@@ -72,8 +74,10 @@ def _coerce(name: str, value: Any, hint: Any, path: Path | None) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     origin = typing.get_origin(hint) or hint
-    if origin in (str, int, float, bool, dict) and not isinstance(value, origin):
+    if origin in (str, int, float, bool, dict, list) and not isinstance(value, origin):
         raise UsageError(f"{where}: {name} must be {origin.__name__}, not {type(value).__name__}")
+    if origin is list and not all(isinstance(item, str) for item in value):
+        raise UsageError(f"{where}: {name} must be a list of strings")
     if isinstance(value, int) and not isinstance(value, bool) and value < 0:
         raise UsageError(f"{where}: {name} must not be negative")
     return value

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from testbed.harness import Cluster
+from tests.wheelhouse import build_wheelhouse
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +37,10 @@ def shared() -> Iterator[Path]:
     path.chmod(0o1777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of tiny wheels (tests/wheelhouse.py), built once per test process, for agents that install
+    offline from it (`pip_index_url = "none"`, `pip_find_links = [wheelhouse]`)."""
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))

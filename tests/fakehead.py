@@ -90,11 +90,39 @@ class FakeHead(pb_grpc.NodeAgentServicer):
         else:
             self._pending.append(message)
 
-    def assign(self, run_id: str, argv: list[str], snapshot: bytes, sha256: str, *, attempt: int = 1) -> None:
+    def assign(self, run_id: str, argv: list[str], snapshot: bytes, sha256: str, *, attempt: int = 1,
+               env: pb.EnvironmentSpec | None = None, env_hash: str = "") -> None:
         self.snapshots[run_id] = snapshot
         self.send(pb.HeadMessage(assign=pb.Assignment(
             run_id=run_id, attempt=attempt, workspace="default", experiment="test", snapshot_sha256=sha256,
-            spec=pb.RunSpec(argv=argv))))
+            spec=pb.RunSpec(argv=argv, env=env, env_hash=env_hash))))
+
+    def hello(self) -> pb.Hello | None:
+        """The last Hello the agent sent."""
+        found = [m.hello for m in self.messages if m.WhichOneof("body") == "hello"]
+        return found[-1] if found else None
+
+    def env_hashes(self) -> list[str] | None:
+        """The environments the agent last said it has (Hello, then heartbeats that carry them); None before."""
+        said = None
+        for m in self.messages:
+            if m.WhichOneof("body") == "hello":
+                said = list(m.hello.capacity.env_hashes)
+            elif m.WhichOneof("body") == "heartbeat" and m.heartbeat.env_hashes:
+                said = list(m.heartbeat.env_hashes)
+        return said
+
+    def log_lines(self, run_id: str, stream: int) -> list[str]:
+        """The lines of one stream of a run, in order of sequence number (records joined where continued)."""
+        records = sorted({r.seq: r for m in self.messages if m.WhichOneof("body") == "logs" and m.logs.run_id == run_id
+                          for r in m.logs.records if r.stream == stream}.values(), key=lambda r: r.seq)
+        lines, pending = [], b""
+        for record in records:
+            pending += record.data
+            if not record.continued:
+                lines.append(pending.decode("utf-8", "replace"))
+                pending = b""
+        return lines
 
     def updates(self, phase: int | None = None) -> list[pb.RunUpdate]:
         return [m.run_update for m in self.messages

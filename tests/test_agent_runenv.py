@@ -50,6 +50,18 @@ def test_the_environment_is_an_allowlist_and_the_run_variables_win(tmp_path: Pat
     assert "AWS_SECRET_ACCESS_KEY" not in env and "RUNYARD_AGENT_JOIN_TOKEN" not in env
 
 
+@pytest.mark.parametrize(("variable", "unset"), [("VIRTUAL_ENV", "CONDA_PREFIX"), ("CONDA_PREFIX", "VIRTUAL_ENV")])
+def test_the_runs_environment_comes_first_on_its_path(tmp_path: Path, other: RunUser, variable: str,
+                                                      unset: str) -> None:
+    asg = pb.Assignment(run_id="r", attempt=1, spec=pb.RunSpec(environment={"PATH": "/custom/bin"}))
+    env = run_environment(asg, dirs=AttemptDirs(tmp_path / "r-1"), user=other, sdk_dir=tmp_path / "sdk",
+                          python_bin="/opt/py/bin", env_dir="/envs/.builds/h-1", env_variable=variable,
+                          agent_env={})
+    assert env["PATH"] == "/envs/.builds/h-1/bin:/opt/py/bin:/custom/bin"
+    assert env[variable] == "/envs/.builds/h-1" and unset not in env
+    assert env["PYTHONPATH"] == str(tmp_path / "sdk"), "the SDK without being installed in the environment"
+
+
 @as_root
 def test_python_is_a_link_to_one_the_run_can_execute_when_the_agents_is_out_of_reach(
         tmp_path: Path, open_parent: Path, other: RunUser) -> None:

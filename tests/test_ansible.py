@@ -549,6 +549,14 @@ def test_agent_toml_with_labels_and_extra_keys(jinja: Any, tmp_path: Path) -> No
     assert (config.head_address, config.node_address()) == ("10.0.0.10:7500", "10.0.0.10:7501")
 
 
+def test_agent_toml_with_the_keys_of_an_offline_clusters_environments(jinja: Any, tmp_path: Path) -> None:
+    extra = {"pip_index_url": "none", "pip_find_links": ["/srv/wheelhouse", 'https://mirror/"links"/'],
+             "pip_extra_index_urls": [], "env_cache_max_bytes": 500 * 1024**3, "container_runtime": "apptainer"}
+    variables = host_vars(jinja, "cpu1", runyard_agent_config=extra)
+    config = load_rendered(AgentConfig, render(jinja, "runyard_agent/templates/agent.toml.j2", variables), tmp_path)
+    assert {k: getattr(config, k) for k in extra} == extra
+
+
 def test_agent_toml_with_a_ca_fingerprint_instead_of_the_head(jinja: Any, tmp_path: Path) -> None:
     """Agents whose head is not in the inventory: they check the CA the head presents against the fingerprint."""
     fingerprint = "sha256:" + "ab" * 32

@@ -7,10 +7,11 @@ import itertools
 import pytest
 
 from agent.runmodel import (
-    ABORTS_UPLOAD, TABLE, AbortFetch, AbortUpload, Accept, ArmGrace, ArmTimeLimit, DrainOutput, Extracted,
-    ExtractSnapshot, Failed, Fetched, FetchSnapshot, GraceOver, InvalidTransition, KillTree, OutputDrained, Phase,
-    ProcessExited, Reason, Report, RunModel, RunState, SnapshotRejected, StartFailed, Started, StartProcess,
-    StopRequested, SystemLine, Terminate, TimeLimitReached, Uploaded, UploadOutputs, WatchProcess,
+    ABORTS_UPLOAD, TABLE, AbortBuild, AbortFetch, AbortUpload, Accept, ArmGrace, ArmTimeLimit, BuildEnvironment,
+    DrainOutput, EnvironmentFailed, EnvironmentReady, Extracted, ExtractSnapshot, Failed, Fetched, FetchSnapshot,
+    GraceOver, InvalidTransition, KillTree, OutputDrained, Phase, ProcessExited, Reason, Report, RunModel, RunState,
+    SnapshotRejected, StartFailed, Started, StartProcess, StopRequested, SystemLine, Terminate, TimeLimitReached,
+    Uploaded, UploadOutputs, WatchProcess,
 )
 from agent.wire import reason_from_pb
 from protos import runyard_pb2 as pb
@@ -21,20 +22,24 @@ GRACE_S = 3.0
 # One sample of every event.
 EVENTS = {
     "accept": Accept(), "fetched": Fetched(), "extracted": Extracted(), "rejected": SnapshotRejected("bad entry"),
+    "env_ready": EnvironmentReady("/envs/abc"), "env_failed": EnvironmentFailed("No solution found"),
+    "env_node_fault": EnvironmentFailed("No space left on device", node_fault=True),
     "started": Started(4242), "start_failed": StartFailed("cannot start 'nope'"), "exited": ProcessExited(3),
     "drained": OutputDrained(), "uploaded": Uploaded("abc"), "cancel": StopRequested(Reason.CANCELED_BY_USER),
     "time_limit": TimeLimitReached(), "grace_over": GraceOver(), "failed": Failed("boom"),
 }
-# How to bring a fresh model to each state (with a time limit, so that Started arms it).
+# How to bring a fresh model of a run with an environment to each state (with a time limit, so that Started arms
+# it). A run without one skips building: `test_a_run_without_an_environment_starts_once_extracted`.
 PATHS = {
     S.ASSIGNMENT: [],
     S.FETCHING: ["accept"],
     S.EXTRACTING: ["accept", "fetched"],
-    S.STARTING: ["accept", "fetched", "extracted"],
-    S.RUNNING: ["accept", "fetched", "extracted", "started"],
-    S.EXITED: ["accept", "fetched", "extracted", "started", "exited"],
-    S.UPLOADING: ["accept", "fetched", "extracted", "started", "exited", "drained"],
-    S.REPORTED: ["accept", "fetched", "extracted", "started", "exited", "drained", "uploaded"],
+    S.BUILDING: ["accept", "fetched", "extracted"],
+    S.STARTING: ["accept", "fetched", "extracted", "env_ready"],
+    S.RUNNING: ["accept", "fetched", "extracted", "env_ready", "started"],
+    S.EXITED: ["accept", "fetched", "extracted", "env_ready", "started", "exited"],
+    S.UPLOADING: ["accept", "fetched", "extracted", "env_ready", "started", "exited", "drained"],
+    S.REPORTED: ["accept", "fetched", "extracted", "env_ready", "started", "exited", "drained", "uploaded"],
 }
 
 AGENT_ERROR = Report(Phase.EXITED, exit_code=-1, reason=Reason.AGENT_ERROR, detail="agent error: boom")
@@ -50,11 +55,21 @@ EXPECTED = {
     (S.FETCHING, "cancel"): (S.REPORTED, [AbortFetch(), Report(Phase.EXITED, exit_code=-1, reason=Reason.CANCELED_BY_USER,
                                                                detail="stopped while preparing")]),
     (S.FETCHING, "failed"): (S.REPORTED, [AbortFetch(), AGENT_ERROR]),
-    (S.EXTRACTING, "extracted"): (S.STARTING, [StartProcess()]),
+    (S.EXTRACTING, "extracted"): (S.BUILDING, [BuildEnvironment()]),
     (S.EXTRACTING, "rejected"): (S.REPORTED, [Report(Phase.EXITED, exit_code=-1, reason=Reason.SNAPSHOT_INVALID,
                                                      detail="bad entry")]),
     (S.EXTRACTING, "cancel"): (S.EXTRACTING, []),
     (S.EXTRACTING, "failed"): (S.REPORTED, [AGENT_ERROR]),
+    (S.BUILDING, "env_ready"): (S.STARTING, [StartProcess()]),
+    (S.BUILDING, "env_failed"): (S.REPORTED, [Report(Phase.EXITED, exit_code=-1, reason=Reason.ENV_BUILD_FAILED,
+                                                     detail="No solution found")]),
+    (S.BUILDING, "env_node_fault"): (S.REPORTED, [Report(
+        Phase.EXITED, exit_code=-1, reason=Reason.AGENT_ERROR,
+        detail="agent error: environment build failed on this node: No space left on device")]),
+    (S.BUILDING, "cancel"): (S.REPORTED, [AbortBuild(), Report(Phase.EXITED, exit_code=-1,
+                                                               reason=Reason.CANCELED_BY_USER,
+                                                               detail="stopped while preparing")]),
+    (S.BUILDING, "failed"): (S.REPORTED, [AbortBuild(), AGENT_ERROR]),
     (S.STARTING, "started"): (S.RUNNING, [Report(Phase.RUNNING, pid=4242), WatchProcess(), ArmTimeLimit(60.0)]),
     (S.STARTING, "start_failed"): (S.UPLOADING, [SystemLine("cannot start 'nope'"), Report(Phase.FINALIZING),
                                                  UploadOutputs()]),
@@ -85,7 +100,7 @@ EXPECTED = {
 
 
 def model_in(state: RunState) -> RunModel:
-    model = RunModel(timeout_s=60.0, grace_s=GRACE_S)
+    model = RunModel(timeout_s=60.0, grace_s=GRACE_S, has_environment=True)
     for name in PATHS[state]:
         model.handle(EVENTS[name])
     assert model.state is state
@@ -106,10 +121,30 @@ def test_every_event_in_every_state(state: RunState, event: str) -> None:
 
 
 def test_the_table_lists_exactly_the_expected_pairs() -> None:
-    named = {type(e): n for n, e in EVENTS.items()}
-    assert {(s, named[t]) for s, t in TABLE} == set(EXPECTED)
+    named: dict[type, list[str]] = {}
+    for name, event in EVENTS.items():
+        named.setdefault(type(event), []).append(name)
+    assert {(s, n) for s, t in TABLE for n in named[t]} == set(EXPECTED)
     for (state, kind), targets in TABLE.items():
-        assert EXPECTED[(state, named[kind])][0] in targets
+        for name in named[kind]:
+            assert EXPECTED[(state, name)][0] in targets
+
+
+def test_a_run_without_an_environment_starts_once_extracted() -> None:
+    model = RunModel(timeout_s=60.0, grace_s=GRACE_S)
+    for name in PATHS[S.EXTRACTING]:
+        model.handle(EVENTS[name])
+    assert list(model.handle(Extracted())) == [StartProcess()]
+    assert model.state is S.STARTING
+    with pytest.raises(InvalidTransition):
+        model.handle(EnvironmentReady("/envs/abc"))
+
+
+def test_a_stop_while_extracting_a_run_with_an_environment_never_builds_it() -> None:
+    model = model_in(S.EXTRACTING)
+    model.handle(StopRequested(Reason.CANCELED_BY_USER))
+    assert list(model.handle(Extracted())) == [
+        Report(Phase.EXITED, exit_code=-1, reason=Reason.CANCELED_BY_USER, detail="stopped while preparing")]
 
 
 def test_a_stop_while_extracting_ends_the_attempt_once_extracted() -> None:
@@ -158,7 +193,7 @@ def test_a_command_that_cannot_start_exits_127() -> None:
 
 
 def test_no_time_limit_arms_no_timer() -> None:
-    model = RunModel(timeout_s=0, grace_s=1)
+    model = RunModel(timeout_s=0, grace_s=1, has_environment=True)
     for name in PATHS[S.STARTING]:
         model.handle(EVENTS[name])
     assert not any(isinstance(a, ArmTimeLimit) for a in model.handle(Started(1)))
