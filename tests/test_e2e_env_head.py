@@ -3,8 +3,7 @@ versions that never change, `@latest` resolved at submit and recorded exactly), 
 what no node of the cluster has, the assignment carrying the spec and its hash, the placement that prefers a node
 with the environment built, `env build` reaching the nodes, and `logs --stream`.
 
-One real agent in cluster `default` (it reports no interpreters or builders: this branch's agent does not build
-environments), and two scripted nodes in cluster `envs` that report python 3.10 and 3.11, uv and micromamba on
+One real agent in cluster `default` (it reports the pythons it found, here 3.11, and uv), and two scripted nodes in cluster `envs` that report python 3.10 and 3.11, uv and micromamba on
 platform `linux-testarch`; `built-1` has ENV and WARM built already, `fresh-1` has nothing built and more CPUs.
 Each test leaves the nodes as it found them but for WARM, which only the `env build` test builds on fresh-1.
 """
@@ -179,7 +178,7 @@ def test_submit_refuses_what_no_node_of_the_cluster_can_build_naming_it(setup: S
     image = write(code / "image.yml", "command: python hello.py\nenvironment: {image: python:3.11}\n")
 
     one_line_refusal(cli("submit", str(code), "--conda-file", str(py312), "--", "true"),
-                     "runyard: no node in cluster default has python 3.12 (none reports a python)")
+                     "runyard: no node in cluster default has python 3.12 (they have 3.11)")
     one_line_refusal(cli("submit", str(code), "--conda-file", str(conda), "--", "true"),
                      "no node in cluster default has a conda builder (micromamba or conda) for its conda packages")
     one_line_refusal(cli("submit", "-f", str(image), "-d"),
@@ -243,9 +242,9 @@ def test_env_build_reaches_the_nodes_and_show_names_those_that_have_it_built(set
     wait_until("show to name fresh-1 too",
                lambda: cluster.json("env", "show", "warm")["built_on"] == ["built-1", "fresh-1"])
 
-    # Every Ready node that can build it: not node-1, which reports no python.
+    # Every Ready node that can build it: the real agent node-1 has a python 3.11 too.
     assert cluster.cli("env", "build", "warm", check=True).stdout.strip() == \
-        "build of warm asked of 2 node(s): built-1, fresh-1"
+        "build of warm asked of 3 node(s): built-1, fresh-1, node-1"
     cluster.client().create_environment(pb.Environment(name="new-python", spec=pb.EnvironmentSpec(python="3.13")))
     one_line_refusal(cluster.cli("env", "build", "new-python", "--nodes", "fresh-1"),
                      "node fresh-1 cannot build new-python:1: it has no python 3.13 (it has 3.10, 3.11)")
