@@ -1,4 +1,5 @@
-"""`make demo`: start a local cluster, submit the quickstart run, stream its logs, show its metrics, stop.
+"""`make demo`: start a local cluster, submit the quickstart run, stream its logs, show its metrics, then a run
+whose conda file is built into an environment (its package from PyPI), stop.
 
 Uses its own data directory and client config (.runyard-demo/), so it leaves a user's own cluster alone.
 """
@@ -59,6 +60,13 @@ def main() -> int:
         runyard("metrics", run_id)
         step(f"runyard show {run_id}")
         runyard("show", run_id)
+        step("runyard submit -f examples/environment/job.yml   (its conda file built once on the node, then shared)")
+        started = time.monotonic()
+        with_env = runyard("submit", "-f", str(ROOT / "examples" / "environment" / "job.yml"))
+        if with_env.returncode != 0:
+            print(f"the run with an environment failed with exit code {with_env.returncode}", file=sys.stderr)
+            return 1
+        print(f"(built and ran in {time.monotonic() - started:.1f}s)", flush=True)
         return 0
     finally:
         step("stopping the cluster")
