@@ -76,8 +76,11 @@ def spawn_limit(runs: int, warmup: int, like_agent: bool) -> dict[str, list[floa
 
 # --- ours ---------------------------------------------------------------------------------------------------------
 
-def one_run(stub: Any, pb: Any, md: Any, sha: str) -> dict[str, float]:
-    request = pb.SubmitRequest(experiment="bench-s3", snapshot_sha256=sha, spec=pb.RunSpec(argv=ARGV))
+def one_run(stub: Any, pb: Any, md: Any, sha: str, *, env: Any = None,
+            experiment: str = "bench-s3") -> dict[str, float]:
+    """One run of ARGV, in the environment `env` (a pb.EnvironmentSpec) when given, timed as the docstring says."""
+    spec = pb.RunSpec(argv=ARGV) if env is None else pb.RunSpec(argv=ARGV, env=env)
+    request = pb.SubmitRequest(experiment=experiment, snapshot_sha256=sha, spec=spec)
     import uuid
     request.idempotency_key = uuid.uuid4().hex
     t0 = time.time()

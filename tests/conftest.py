@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from testbed.harness import Cluster
-from tests.wheelhouse import build_wheelhouse
+from testbed.wheelhouse import build_wheelhouse
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,6 @@ def shared() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory of tiny wheels (tests/wheelhouse.py), built once per test process, for agents that install
+    """A directory of tiny wheels (testbed/wheelhouse.py), built once per test process, for agents that install
     offline from it (`pip_index_url = "none"`, `pip_find_links = [wheelhouse]`)."""
     return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))

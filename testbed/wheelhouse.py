@@ -1,4 +1,4 @@
-"""A wheelhouse of tiny packages the tests build themselves, offline, for agents configured with
+"""A wheelhouse of tiny packages the tests and the benchmarks build themselves, offline, for agents configured with
 `pip_index_url = "none"` and `pip_find_links = [wheelhouse]`: real uv installs real wheels with no network.
 
     tinyalpha 1.0   module `tinyalpha` (VALUE = "alpha 1.0") and a console script `tinyalpha-hello`
