@@ -165,7 +165,7 @@ class Resources(_message.Message):
     def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., instance_count: _Optional[int] = ..., gpu_model: _Optional[str] = ..., gpu_memory_bytes: _Optional[int] = ..., node_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute", "max_retries", "env", "env_ref", "env_hash")
+    __slots__ = ("argv", "environment", "resources", "timeout_s", "compute", "max_retries", "env", "env_ref", "env_hash", "distribution")
     class EnvironmentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class RunSpec(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     ENV_REF_FIELD_NUMBER: _ClassVar[int]
     ENV_HASH_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     environment: _containers.ScalarMap[str, str]
     resources: Resources
@@ -191,7 +192,16 @@ class RunSpec(_message.Message):
     env: EnvironmentSpec
     env_ref: str
     env_hash: str
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ..., env: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., env_ref: _Optional[str] = ..., env_hash: _Optional[str] = ...) -> None: ...
+    distribution: Distribution
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ..., env: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., env_ref: _Optional[str] = ..., env_hash: _Optional[str] = ..., distribution: _Optional[_Union[Distribution, _Mapping]] = ...) -> None: ...
+
+class Distribution(_message.Message):
+    __slots__ = ("type", "process_count_per_instance")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_COUNT_PER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    process_count_per_instance: int
+    def __init__(self, type: _Optional[str] = ..., process_count_per_instance: _Optional[int] = ...) -> None: ...
 
 class EnvironmentSpec(_message.Message):
     __slots__ = ("python", "pip", "index_url", "extra_index_urls", "find_links", "conda", "channels", "image")
@@ -285,7 +295,7 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Capacity(_message.Message):
-    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus", "platform", "interpreters", "builders", "env_hashes")
+    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus", "platform", "interpreters", "builders", "env_hashes", "advertise_address", "rendezvous_port_min", "rendezvous_port_max")
     CPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +304,9 @@ class Capacity(_message.Message):
     INTERPRETERS_FIELD_NUMBER: _ClassVar[int]
     BUILDERS_FIELD_NUMBER: _ClassVar[int]
     ENV_HASHES_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_PORT_MIN_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_PORT_MAX_FIELD_NUMBER: _ClassVar[int]
     cpus: float
     memory_bytes: int
     disk_bytes: int
@@ -302,7 +315,10 @@ class Capacity(_message.Message):
     interpreters: _containers.RepeatedScalarFieldContainer[str]
     builders: _containers.RepeatedScalarFieldContainer[str]
     env_hashes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., platform: _Optional[str] = ..., interpreters: _Optional[_Iterable[str]] = ..., builders: _Optional[_Iterable[str]] = ..., env_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+    advertise_address: str
+    rendezvous_port_min: int
+    rendezvous_port_max: int
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., platform: _Optional[str] = ..., interpreters: _Optional[_Iterable[str]] = ..., builders: _Optional[_Iterable[str]] = ..., env_hashes: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ..., rendezvous_port_min: _Optional[int] = ..., rendezvous_port_max: _Optional[int] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("stream", "seq", "ts", "data", "continued", "gap", "rank")
@@ -596,20 +612,22 @@ class CancelResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("run_id", "stream", "follow", "tail", "has_rank", "rank")
+    __slots__ = ("run_id", "stream", "follow", "tail", "has_rank", "rank", "all_ranks")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    ALL_RANKS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stream: Stream
     follow: bool
     tail: int
     has_rank: bool
     rank: int
-    def __init__(self, run_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
+    all_ranks: bool
+    def __init__(self, run_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("attempt", "record")

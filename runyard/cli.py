@@ -83,6 +83,9 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @click.option("--memory", help="e.g. 8G")
 @click.option("--gpus", type=int)
 @click.option("--nodes", type=int)
+@click.option("--procs-per-node", type=int, help="processes per node of a distributed run")
+@click.option("--distribution", metavar="pytorch", help="how the processes form one job (default with "
+              "--procs-per-node: pytorch)")
 @click.option("--env", multiple=True, metavar="K=V|NAME[:VERSION]",
               help="a variable KEY=VALUE (repeat it), or the registered environment to run in: NAME:VERSION, "
                    "NAME@latest or NAME")
@@ -95,14 +98,15 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @click.pass_context
 def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, experiment: str | None,
            display_name: str | None, compute: str | None, cpus: float | None, memory: str | None, gpus: int | None,
-           nodes: int | None, env: tuple[str, ...], conda_file: Path | None, sets: tuple[str, ...],
+           nodes: int | None, procs_per_node: int | None, distribution: str | None, env: tuple[str, ...], conda_file: Path | None, sets: tuple[str, ...],
            priority: str | None, timeout: float | None, detach: bool, quiet: bool) -> None:
     """Snapshot DIRECTORY and run a command on the cluster: runyard submit [DIR] [-f job.yml] -- COMMAND..."""
     from runyard.submit import submit_run
 
     request = build_request(CliOptions(
         directory=directory, job_file=job_file, experiment=experiment, display_name=display_name, compute=compute,
-        cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, env=env, conda_file=conda_file, sets=sets,
+        cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, procs_per_node=procs_per_node,
+        distribution=distribution, env=env, conda_file=conda_file, sets=sets,
         priority=priority, timeout_s=timeout,
         command=tuple(ctx.obj or ()),
     ))

@@ -41,7 +41,7 @@ MAX_TIMEOUT_S = 30 * 24 * 3600
 # Keys of Azure ML's job schemas (command, sweep, pipeline, component) that Runyard refuses by name, per mapping.
 _NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
     (): frozenset({
-        "distribution", "outputs", "identity", "services", "properties", "is_deterministic",
+        "outputs", "identity", "services", "properties", "is_deterministic",
         "component", "jobs", "settings", "sampling_algorithm", "search_space", "objective", "trial",
         "early_termination",
     }),
@@ -50,6 +50,7 @@ _NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
     ("queue_settings",): frozenset({"job_tier"}),
     ("environment",): frozenset({"build", "inference_config", "os_type"}),
 }
+_DISTRIBUTIONS_NOT_YET = frozenset({"mpi", "tensorflow", "ray"})
 _LITERAL_INPUT_TYPES = frozenset({"string", "integer", "number", "boolean"})
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
 _T = TypeVar("_T")
@@ -159,6 +160,13 @@ class Resources(Section):
     properties: Properties = Properties()
 
 
+class Distribution(Section):
+    """`distribution:`: how a run's processes on each node form one job; only PyTorch's for now."""
+
+    type: Literal["pytorch"]
+    process_count_per_instance: int | None = Field(None, ge=1, le=256)
+
+
 class Limits(Section):
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
 
@@ -206,6 +214,7 @@ class JobFile(Section):
     environment_variables: dict[str, Text] = {}
     compute: Annotated[str | None, BeforeValidator(_compute)] = None
     resources: Resources = Resources()
+    distribution: Distribution | None = None
     limits: Limits = Limits()
     queue_settings: QueueSettings = QueueSettings()
     retry: Retry = Retry()
@@ -319,6 +328,11 @@ def _refuse_not_yet(raw: Mapping[Any, Any], source: str) -> None:
     kind = raw.get("type")
     if isinstance(kind, str) and kind != "command":
         raise JobFileError(source, "type", f"{kind} jobs are not supported yet by Runyard; only type: command")
+    distribution = raw.get("distribution")
+    spread = distribution.get("type") if isinstance(distribution, Mapping) else None
+    if isinstance(spread, str) and spread in _DISTRIBUTIONS_NOT_YET:
+        raise JobFileError(source, "distribution.type",
+                           f"{spread} distribution is not supported yet by Runyard; only type: pytorch")
     for prefix, keys in _NOT_YET.items():
         section: object = raw
         for part in prefix:
@@ -408,6 +422,8 @@ class RunRequest:
     max_retries: int | None = None
     env: EnvSpec = EnvSpec()            # the software it runs in, normalized
     env_ref: str = ""                   # or a registered environment, NAME:VERSION or NAME@latest
+    distribution: str = ""              # "pytorch", or '' for none
+    procs_per_node: int = 1             # processes per node of a distributed run
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +439,8 @@ class CliOptions:
     memory: str | None = None
     gpus: int | None = None
     nodes: int | None = None
+    procs_per_node: int | None = None
+    distribution: str | None = None
     env: tuple[str, ...] = ()           # KEY=VALUE variables, and at most one environment NAME[:VERSION|@latest]
     conda_file: Path | None = None
     sets: tuple[str, ...] = ()
@@ -435,6 +453,7 @@ _FLAGS = {
     "experiment_name": "--experiment", "display_name": "--name", "compute": "--compute",
     "resources.properties.cpus": "--cpus", "resources.properties.memory": "--memory",
     "resources.properties.gpus": "--gpus", "resources.instance_count": "--nodes",
+    "distribution.type": "--distribution", "distribution.process_count_per_instance": "--procs-per-node",
     "queue_settings.priority": "--priority", "limits.timeout": "--timeout",
 }
 
@@ -478,6 +497,8 @@ def _validate_flags(options: CliOptions) -> JobFile:
         "resources": {"instance_count": options.nodes, "properties": {
             "cpus": options.cpus, "memory": options.memory, "gpus": options.gpus}},
         "limits": {"timeout": options.timeout_s},
+        "distribution": None if options.distribution is None and options.procs_per_node is None else {
+            "type": options.distribution or "pytorch", "process_count_per_instance": options.procs_per_node},
         "queue_settings": {"priority": None if _is_integer(options.priority) else options.priority},
     }
     try:
@@ -575,4 +596,15 @@ def build_request(options: CliOptions) -> RunRequest:
         max_retries=job.retry.max_retries,
         env=env,
         env_ref=env_ref,
+        **_distribution(flags.distribution, job.distribution),
     )
+
+
+def _distribution(flags: Distribution | None, job: Distribution | None) -> dict[str, Any]:
+    """The run's distribution: the flags' if given, else the job file's; none when neither says."""
+    chosen = flags or job
+    if chosen is None:
+        return {}
+    count = _first(flags.process_count_per_instance if flags else None,
+                   job.process_count_per_instance if job else None, default=1)
+    return {"distribution": chosen.type, "procs_per_node": count}

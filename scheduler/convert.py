@@ -13,7 +13,7 @@ from scheduler.core.lifecycle import DesiredState, PendingKind, Reason, RunState
 from scheduler.core.nodes import NodeState, Schedule
 from scheduler.core.react import Phase, Report
 from scheduler.model import (
-    AuditRecord, Capacity, ClusterEvent, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
+    AuditRecord, Capacity, ClusterEvent, Distribution, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
     RunSpec, TokenRecord,
 )
 from scheduler.sessions import Ack, Assign, BuildEnv, Outbound, StopAttempt
@@ -119,6 +119,8 @@ def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
         node_labels=dict(res.node_labels),
         max_retries=msg.max_retries if msg.HasField("max_retries") else -1,
         env=env_from_pb(msg.env) if msg.HasField("env") else EnvSpec(),
+        distribution=Distribution(msg.distribution.type),
+        procs_per_node=max(1, msg.distribution.process_count_per_instance),
     )
 
 
@@ -135,6 +137,8 @@ def spec_to_pb(spec: RunSpec) -> pb.RunSpec:
         max_retries=None if spec.max_retries < 0 else spec.max_retries,
         env=None if spec.env.empty else env_to_pb(spec.env),
         env_hash=spec.env_hash,
+        distribution=None if spec.distribution is Distribution.NONE else pb.Distribution(
+            type=spec.distribution, process_count_per_instance=spec.procs_per_node),
     )
 
 
@@ -149,6 +153,9 @@ def capacity_from_pb(msg: pb.Capacity) -> Capacity:
         platform=msg.platform[:MAX_PLATFORM_CHARS],
         interpreters=_names(msg.interpreters, MAX_INTERPRETERS),
         builders=_names(msg.builders, MAX_BUILDERS),
+        advertise_address=msg.advertise_address[:MAX_NAME_CHARS],
+        rendezvous_port_min=msg.rendezvous_port_min or 29500,
+        rendezvous_port_max=msg.rendezvous_port_max or 29999,
     )
 
 
@@ -168,6 +175,8 @@ def capacity_to_pb(cap: Capacity) -> pb.Capacity:
         disk_bytes=cap.disk_bytes,
         gpus=[pb.GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in cap.gpus],
         platform=cap.platform, interpreters=cap.interpreters, builders=cap.builders,
+        advertise_address=cap.advertise_address, rendezvous_port_min=cap.rendezvous_port_min,
+        rendezvous_port_max=cap.rendezvous_port_max,
     )
 
 

@@ -17,6 +17,13 @@ RANK_PROPERTY = "runyard.node_rank"
 ATTEMPT_PROPERTY = "runyard.parent_attempt"
 
 
+class Distribution(StrEnum):
+    """How a run's processes form one distributed job (a job file's `distribution.type`)."""
+
+    NONE = ""
+    PYTORCH = "pytorch"
+
+
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     argv: tuple[str, ...]
@@ -33,6 +40,8 @@ class RunSpec:
     max_retries: int = -1               # attempts after a lost one; -1: the head's default
     env: EnvSpec = EnvSpec()            # the software it runs in, normalized; empty: the node's own
     env_hash: str = ""                  # the identity of `env` on its cluster's platform ('' without one)
+    distribution: Distribution = Distribution.NONE
+    procs_per_node: int = 1             # processes per node of a distributed run
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -43,6 +52,8 @@ class RunSpec:
         data["argv"] = tuple(data["argv"])
         if "env" in data:
             data["env"] = envspec.from_dict(data["env"])
+        if "distribution" in data:
+            data["distribution"] = Distribution(data["distribution"])
         return cls(**data)
 
 
@@ -122,6 +133,9 @@ class Capacity:
     platform: str = ""                  # e.g. linux-x86_64; '' from an agent that does not say
     interpreters: tuple[str, ...] = ()  # python versions it has, e.g. 3.11.7
     builders: tuple[str, ...] = ()      # what it builds environments with: uv, micromamba, conda, podman, ...
+    advertise_address: str = ""         # where other nodes reach it; '': the address it connected to the head from
+    rendezvous_port_min: int = 29500    # the ports a gang's MASTER_PORT may take on it
+    rendezvous_port_max: int = 29999
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

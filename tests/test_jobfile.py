@@ -79,7 +79,6 @@ def test_full_example_builds_the_expected_request(tmp_path: Path) -> None:
     [
         ("environment: {build: {path: ./docker}}", "environment.build"),
         ("environment: {image: x, os_type: windows}", "environment.os_type"),
-        ("distribution: {type: pytorch}", "distribution"),
         ("outputs: {model: {type: uri_folder}}", "outputs"),
         ("identity: {type: managed}", "identity"),
         ("services: {jupyter: {type: jupyter_lab}}", "services"),
@@ -149,6 +148,13 @@ def test_unsupported_azure_keys_are_refused_by_name(tmp_path: Path, text: str, p
         ("experiment_name: ''", "experiment_name", "must not be empty"),
         ("code: azureml:src:1", "code", "only a local directory"),
         ("type: sweep", "type", "sweep jobs are not supported yet by Runyard"),
+        ("distribution: {type: mpi}", "distribution.type", "mpi distribution is not supported yet by Runyard"),
+        ("distribution: {type: tensorflow, worker_count: 2}", "distribution.type",
+         "tensorflow distribution is not supported yet"),
+        ("distribution: {type: pytorch, process_count_per_instance: 0}", "distribution.process_count_per_instance",
+         "must be >= 1"),
+        ("distribution: {type: pytorch, workers: 2}", "distribution.workers", "unknown key"),
+        ("distribution: {process_count_per_instance: 2}", "distribution.type", ""),
     ],
 )
 def test_invalid_values_name_the_yaml_path(tmp_path: Path, text: str, path: str, message: str) -> None:
@@ -338,6 +344,8 @@ def test_priority_flag_takes_names_and_integers(flag: str, value: int) -> None:
         (CliOptions(memory="lots"), "--memory: 'lots' is not a size"),
         (CliOptions(memory="100P"), "--memory: must be at most 64T"),
         (CliOptions(nodes=0), "--nodes: must be >= 1"),
+        (CliOptions(procs_per_node=0), "--procs-per-node: must be >= 1"),
+        (CliOptions(distribution="mpi", procs_per_node=2), "--distribution: "),
         (CliOptions(priority="urgent"), "--priority: must be one of low, medium or high"),
         (CliOptions(timeout_s=-1.0), "--timeout: must be > 0"),
         (CliOptions(experiment=""), "--experiment: must not be empty"),
@@ -615,3 +623,31 @@ def test_environment_file_faults_name_the_yaml_path(tmp_path: Path, text: str, p
     assert_one_plain_line(str(caught.value))
     assert caught.value.path == path
     assert message in caught.value.message
+
+
+def test_pytorch_distribution_is_carried_into_the_request(tmp_path: Path) -> None:
+    job = write_job(tmp_path, """\
+        command: python train.py
+        resources: {instance_count: 2}
+        distribution: {type: pytorch, process_count_per_instance: 2}
+        """)
+
+    request = build_request(CliOptions(job_file=job))
+
+    assert (request.instance_count, request.distribution, request.procs_per_node) == (2, "pytorch", 2)
+
+
+def test_without_distribution_a_run_has_none(tmp_path: Path) -> None:
+    request = build_request(CliOptions(job_file=write_job(tmp_path, "command: python train.py\n")))
+
+    assert (request.distribution, request.procs_per_node) == ("", 1)
+
+
+def test_distribution_flags_override_the_job_file(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "command: python train.py\ndistribution: {type: pytorch, process_count_per_instance: 2}\n")
+
+    request = build_request(CliOptions(job_file=job, procs_per_node=4, nodes=3))
+    flags_only = build_request(CliOptions(procs_per_node=2, command=("python", "train.py")))
+
+    assert (request.instance_count, request.distribution, request.procs_per_node) == (3, "pytorch", 4)
+    assert (flags_only.distribution, flags_only.procs_per_node) == ("pytorch", 2)
