@@ -39,7 +39,7 @@ from scheduler.autoscale import Demand
 from scheduler.fairshare import Queued, Usage, decayed_usage, queue_order
 from scheduler.placement import NodeView, Placement, Request, Running, place
 from scheduler.sessions import Assign, Sessions
-from scheduler.store import LiveRow, QueuedRow, Store
+from scheduler.store import Conflict, LiveRow, QueuedRow, RendezvousRange, Store
 
 log = logging.getLogger(__name__)
 USAGE_REFRESH_S = 10.0
@@ -363,9 +363,13 @@ class Dispatcher:
                 )]
             else:
                 parent, runs = await self._store.assign_gang(
-                    run_id, [(p.node_id, p.gpu_indices) for p in members], detail=detail)
+                    run_id, [(p.node_id, p.gpu_indices) for p in members], detail=detail,
+                    rendezvous=self._rendezvous(members[0].node_id))
                 self._followers.notify(parent.id)
         except InvalidTransition:
+            return 0
+        except Conflict as err:     # every rendezvous port of its rank-0 node is held: it waits for a later pass
+            log.warning("gang not placed", extra={"run_id": run_id, "why": str(err)})
             return 0
         for run in runs:
             log.info("run assigned", extra={"run_id": run.id, "node": self._sessions.name(run.node_id),
@@ -373,6 +377,16 @@ class Dispatcher:
             self._sessions.send(run.node_id, Assign(run))
             self._followers.notify(run.id)
         return 1
+
+    def _rendezvous(self, node_id: str) -> RendezvousRange:
+        """Where a gang whose rank 0 is on `node_id` meets: its advertised address (else the address it connected
+        to the head from) and its rendezvous port range."""
+        session = self._sessions.get(node_id)
+        if session is None:
+            return RendezvousRange("127.0.0.1", 29500, 29999)
+        cap = session.capacity
+        return RendezvousRange(cap.advertise_address or peer_host(session.peer) or "127.0.0.1",
+                               cap.rendezvous_port_min, cap.rendezvous_port_max)
 
     def _reasons_to_write(self, pending: dict[str, Pending], derived: Mapping[str, _Derived]) -> dict[str, Pending]:
         """The pending reasons of a full pass that differ from those last written."""
@@ -385,3 +399,13 @@ class Dispatcher:
             }
         written, self._reasons = self._reasons, dict(pending)
         return {run_id: reason for run_id, reason in pending.items() if written.get(run_id) != reason}
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string: 'ipv4:10.0.0.5:4411' -> '10.0.0.5', 'ipv6:[::1]:4411' -> '::1'."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""

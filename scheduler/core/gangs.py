@@ -7,6 +7,10 @@
                                                   live siblings are stopped
     all ended after the user canceled          -> Canceled, reason canceled_by_user
 
+A gang's rank-0 node hosts the rendezvous: at placement the head gives the gang a MASTER_PORT from that node's
+rendezvous range that no other live run on the node holds (`free_port`), and puts it with MASTER_ADDR (the node's
+advertised address) in every child's environment (`child_environment`).
+
 A lost child is not requeued on its own (its siblings would wait for it forever): it fails with `node_lost`, its
 siblings are stopped, and the whole gang is requeued as the parent's attempt N+1 with new children, within the
 parent's retry budget (else the parent fails). Only the children of the parent's current attempt count.
@@ -18,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from scheduler.core.lifecycle import TERMINAL, DesiredState, Reason, RunState, Trigger
-from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord, RunSpec
 
 _STARTED = frozenset({RunState.RUNNING, RunState.FINALIZING, RunState.COMPLETED})
 
@@ -43,6 +47,30 @@ def step(parent: RunState, desired: DesiredState, children: Sequence[RunState]) 
     if all(c is RunState.COMPLETED for c in children):
         return Step(start + (Trigger.COMPLETE,))
     return Step(start)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendezvous:
+    """Where a gang's processes meet: the rank-0 node's address and a port on it."""
+
+    address: str
+    port: int
+
+
+def free_port(used: Iterable[int], low: int, high: int) -> int | None:
+    """The lowest port in [low, high] not in `used`; None when every one is taken."""
+    taken = set(used)
+    return next((port for port in range(low, high + 1) if port not in taken), None)
+
+
+def child_environment(spec: RunSpec, rank: int, nodes: int, rendezvous: Rendezvous | None) -> dict[str, str]:
+    """The variables the head adds to node `rank`'s child: NODE_RANK, NNODES, NPROC_PER_NODE, WORLD_SIZE (nodes
+    times processes per node), and MASTER_ADDR/MASTER_PORT when the gang has a rendezvous."""
+    env = {"NODE_RANK": str(rank), "NNODES": str(nodes), "NPROC_PER_NODE": str(spec.procs_per_node),
+           "WORLD_SIZE": str(nodes * spec.procs_per_node)}
+    if rendezvous is not None:
+        env.update(MASTER_ADDR=rendezvous.address, MASTER_PORT=str(rendezvous.port))
+    return env
 
 
 def is_gang_parent(run: RunRecord) -> bool:

@@ -24,6 +24,7 @@ from scheduler.core.lifecycle import (
     ACTIVE, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
 )
 from scheduler.core.nodes import NodeState, ScheduleTrigger, next_node_state
+from scheduler.core import gangs
 from scheduler.core.plan import Move, Plan
 from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, AuditRecord, NewRun, RunEventRecord, RunRecord, RunSpec
 from scheduler.store.base import _RUN_COLUMNS, Conflict, NotCurrentAttempt, StoreBase, _insert_audit, _run
@@ -44,6 +45,14 @@ _SETTABLE = frozenset(
 _LIVE_INDEXED = "state IN ('Queued', 'Preparing', 'Running', 'Finalizing')"
 _LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
 _ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
+
+
+class RendezvousRange(NamedTuple):
+    """The rank-0 node's advertised address and the ports a gang's MASTER_PORT may take there."""
+
+    address: str
+    port_min: int
+    port_max: int
 
 
 class QueuedRow(NamedTuple):
@@ -397,11 +406,14 @@ class RunStore(StoreBase):
             effects.append(self._dequeued(move.run_id))
 
     async def assign_gang(
-        self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str
+        self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str,
+        rendezvous: RendezvousRange | None = None,
     ) -> tuple[RunRecord, list[RunRecord]]:
         """Place a multi-node run in one transaction: the parent Queued -> Preparing (attempt N+1) and one child
-        run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with NODE_RANK and
-        WORLD_SIZE in its environment. Raises InvalidTransition if the parent is no longer queued."""
+        run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with `gangs.child_environment`
+        in its environment. With `rendezvous` (the rank-0 node's address and port range), the gang's MASTER_PORT is
+        the lowest port of the range no live run on the rank-0 node holds. Raises InvalidTransition if the parent is
+        no longer queued, Conflict if every port of the range is held."""
         now = self.clock()
 
         def work(w: sqlite3.Connection, effects: Effects) -> tuple[RunRecord, list[RunRecord]]:
@@ -421,10 +433,21 @@ class RunStore(StoreBase):
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (parent_id, now, parent.state, target, Trigger.ASSIGN, detail),
             )
+            meeting = None
+            if rendezvous is not None:
+                used = [int(port) for (port,) in w.execute(
+                    f"SELECT json_extract(spec, '$.environment.MASTER_PORT') FROM runs WHERE {_LIVE_INDEXED} "
+                    "AND node_id = ? AND json_extract(spec, '$.environment.MASTER_PORT') IS NOT NULL",
+                    (members[0][0],)) if str(port).isdigit()]
+                port = gangs.free_port(used, rendezvous.port_min, rendezvous.port_max)
+                if port is None:
+                    raise Conflict(f"no free rendezvous port on the rank-0 node of run {parent_id}")
+                meeting = gangs.Rendezvous(rendezvous.address, port)
             children = []
             for rank, (node_id, gpus) in enumerate(members):
                 child_id = new_run_id(now)
-                env = {**parent.spec.environment, "NODE_RANK": str(rank), "WORLD_SIZE": str(len(members))}
+                env = {**parent.spec.environment,
+                       **gangs.child_environment(parent.spec, rank, len(members), meeting)}
                 spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
                 w.execute(
                     "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "

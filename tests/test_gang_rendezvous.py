@@ -1,0 +1,93 @@
+"""Where a gang's processes meet: the head gives each gang a MASTER_PORT on its rank-0 node that no other live run
+there holds, and every child the variables a distributed launcher reads. On a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from scheduler.core import gangs
+from scheduler.core.lifecycle import Reason, Trigger
+from scheduler.dispatch import peer_host
+from scheduler.model import Distribution, NewRun, RunSpec
+from scheduler.store import Conflict, RendezvousRange, Store
+from tests.test_store import open_store
+
+DDP = RunSpec(argv=("python", "train.py"), instance_count=2, distribution=Distribution.PYTORCH, procs_per_node=2)
+RANGE = RendezvousRange("10.0.0.5", 29500, 29999)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(tmp_path / "head")
+    yield opened
+    await opened.close()
+
+
+async def submit(store: Store, spec: RunSpec = DDP) -> str:
+    run_id, _ = await store.create_run(NewRun(
+        workspace="default", experiment="e", display_name="", tags={}, properties={}, snapshot_sha256="0" * 64,
+        spec=spec, idempotency_key="", parent_id=""))
+    return run_id
+
+
+async def test_every_child_gets_the_rendezvous_and_its_rank(store: Store) -> None:
+    parent_id = await submit(store)
+
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+
+    assert [{k: c.spec.environment[k] for k in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NPROC_PER_NODE",
+                                                "WORLD_SIZE", "NODE_RANK")} for c in children] == [
+        {"MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29500", "NNODES": "2", "NPROC_PER_NODE": "2",
+         "WORLD_SIZE": "4", "NODE_RANK": str(rank)} for rank in (0, 1)]
+    assert [(c.spec.distribution, c.spec.procs_per_node) for c in children] == [(Distribution.PYTORCH, 2)] * 2
+
+
+async def test_two_live_gangs_on_the_same_nodes_get_different_ports(store: Store) -> None:
+    first, second = await submit(store), await submit(store)
+
+    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+
+    assert {c.spec.environment["MASTER_PORT"] for c in one} == {"29500"}
+    assert {c.spec.environment["MASTER_PORT"] for c in two} == {"29501"}
+
+
+async def test_a_port_is_free_again_once_its_gang_ended(store: Store) -> None:
+    first, second = await submit(store), await submit(store)
+    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    for child in one:
+        await store.transition(child.id, Trigger.FAIL, reason=Reason.SIBLING_FAILED)
+
+    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+
+    assert {c.spec.environment["MASTER_PORT"] for c in two} == {"29500"}
+
+
+async def test_a_gang_whose_node_has_no_free_port_is_refused(store: Store) -> None:
+    first, second = await submit(store), await submit(store)
+    narrow = RendezvousRange("10.0.0.5", 29500, 29500)
+    await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
+
+    with pytest.raises(Conflict, match="no free rendezvous port"):
+        await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
+
+
+@pytest.mark.parametrize(("used", "low", "high", "port"), [
+    ((), 29500, 29999, 29500), ((29500, 29502), 29500, 29999, 29501), ((7,), 7, 7, None), ((1,), 5, 6, 5)])
+def test_free_port_is_the_lowest_untaken(used: tuple[int, ...], low: int, high: int, port: int | None) -> None:
+    assert gangs.free_port(used, low, high) == port
+
+
+def test_a_gang_without_distribution_has_one_process_per_node() -> None:
+    env = gangs.child_environment(RunSpec(argv=("true",), instance_count=3), 2, 3, None)
+
+    assert env == {"NODE_RANK": "2", "NNODES": "3", "NPROC_PER_NODE": "1", "WORLD_SIZE": "3"}
+
+
+@pytest.mark.parametrize(("peer", "host"), [
+    ("ipv4:10.0.0.5:4411", "10.0.0.5"), ("ipv6:[::1]:4411", "::1"), ("unix:/tmp/s", "")])
+def test_peer_host(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
