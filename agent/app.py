@@ -132,6 +132,7 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
     capacity = await asyncio.to_thread(
         read_capacity, gpu_probe(config), config.data_path, cpus=config.cpus, memory_bytes=config.memory_bytes,
         platform=node_platform(), interpreters=versions(tools.interpreters), builders=tools.builders.names(),
+        advertise_address=config.advertise_address, rendezvous_ports=config.rendezvous_range,
     )
     outbox = Outbox(config.outbox_max_messages)
     stop = asyncio.Event()

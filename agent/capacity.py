@@ -75,7 +75,8 @@ class FakeGpuProbe:
 
 
 def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_bytes: int = 0, platform: str = "",
-                  interpreters: Sequence[str] = (), builders: Sequence[str] = ()) -> pb.Capacity:
+                  interpreters: Sequence[str] = (), builders: Sequence[str] = (), advertise_address: str = "",
+                  rendezvous_ports: tuple[int, int] = (29500, 29999)) -> pb.Capacity:
     """This node's capacity; `cpus`/`memory_bytes` > 0 override what psutil sees."""
     gpus = probe.gpus()
     return pb.Capacity(
@@ -84,4 +85,6 @@ def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_
         disk_bytes=psutil.disk_usage(str(data_dir)).total,
         gpus=[pb.GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_bytes=g.memory_bytes) for g in gpus],
         platform=platform, interpreters=list(interpreters), builders=list(builders),
+        advertise_address=advertise_address, rendezvous_port_min=rendezvous_ports[0],
+        rendezvous_port_max=rendezvous_ports[1],
     )

@@ -62,12 +62,21 @@ class AgentConfig:
     pip_index_url: str = ""                 # replaces every environment's index; "none": no index (offline)
     pip_extra_index_urls: list[str] = field(default_factory=list)   # added to every environment's
     pip_find_links: list[str] = field(default_factory=list)         # e.g. a wheelhouse directory
+    # Distributed runs: a gang whose rank 0 is here meets at advertise_address (default: the address this agent
+    # connects to the head from, as the head sees it) on a port of rendezvous_ports, "LO-HI" inclusive.
+    advertise_address: str = ""
+    rendezvous_ports: str = "29500-29999"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if self.run_containment not in set(Mode):
             raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
         parse_uid_range(self.run_uid_range)
+        parse_port_range(self.rendezvous_ports)
+
+    @property
+    def rendezvous_range(self) -> tuple[int, int]:
+        return parse_port_range(self.rendezvous_ports)
 
     @property
     def uid_range(self) -> tuple[int, int] | None:
@@ -113,6 +122,15 @@ def parse_uid_range(text: str) -> tuple[int, int] | None:
     if not 0 < lo <= hi <= MAX_UID:
         raise UsageError(f"config: run_uid_range {text!r} must have 0 < LO <= HI <= {MAX_UID}")
     return lo, hi
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`rendezvous_ports` as (LO, HI), inclusive; UsageError when it is malformed."""
+    low, dash, high = text.strip().partition("-")
+    if not (dash and low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) <= 65535):
+        raise UsageError(f'config: rendezvous_ports must look like "29500-29999" (LO-HI, inclusive, 1-65535), '
+                         f'not {text!r}')
+    return int(low), int(high)
 
 
 def load_agent_config(path: Path | None, **overrides: object) -> AgentConfig:

@@ -17,15 +17,17 @@ READ_BYTES = 64 * 1024
 
 
 async def read_records(
-    stream: asyncio.StreamReader, kind: pb.Stream, emit: Callable[[pb.LogRecord], None], *, record_bytes: int
+    stream: asyncio.StreamReader, kind: pb.Stream, emit: Callable[[pb.LogRecord], None], *, record_bytes: int,
+    rank: int = 0,
 ) -> int:
-    """Read `stream` to EOF, calling `emit` for each record in order; returns how many were emitted."""
+    """Read `stream` to EOF, calling `emit` for each record in order; returns how many were emitted. `rank`: the
+    global rank of the process that writes it (a distributed run's)."""
     seq = 0
     pending = b""
 
     def flush(data: bytes, continued: bool) -> None:
         nonlocal seq
-        emit(pb.LogRecord(stream=kind, seq=seq, ts=time.time(), data=data, continued=continued))
+        emit(pb.LogRecord(stream=kind, seq=seq, ts=time.time(), data=data, continued=continued, rank=rank))
         seq += 1
 
     while chunk := await stream.read(READ_BYTES):

@@ -22,16 +22,18 @@ class LogShipper:
         self._outbox = outbox
         self._flush_s = flush_s
         self._batch: list[pb.LogRecord] = []
-        self._dropped: dict[int, int] = {}
+        self._dropped: dict[tuple[int, int], int] = {}     # (rank, stream) -> records dropped
         self._closed = asyncio.Event()
 
     def add(self, record: pb.LogRecord) -> None:
+        key = (record.rank, record.stream)
         if self._outbox.full():
-            self._dropped[record.stream] = self._dropped.get(record.stream, 0) + 1
+            self._dropped[key] = self._dropped.get(key, 0) + 1
             return
-        if self._dropped.get(record.stream):
-            count = self._dropped.pop(record.stream)
+        if self._dropped.get(key):
+            count = self._dropped.pop(key)
             self._batch.append(pb.LogRecord(stream=record.stream, seq=record.seq - 1, ts=record.ts, gap=True,
+                                            rank=record.rank,
                                             data=f"{count} records dropped: the agent's buffer was full".encode()))
         self._batch.append(record)
 

@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from agent.config import AgentConfig
 from agent.containers import (
     CLIENT_AS_AGENT, SIF_NAME, ContainerRun, Mount, Runtime, container_env, container_name, remove_argv, run_argv,
 )
+from agent import ranks
 from agent.containment import Containment, RunProcess, record_group
 from agent.envbuild import EnvKind
 from agent.environments import Environments, Lease, Watcher
@@ -324,20 +326,36 @@ class Supervisor:
                               env_variable="CONDA_PREFIX" if lease is not None and lease.kind is EnvKind.CONDA
                               else "VIRTUAL_ENV")
         argv = list(asg.spec.argv)
+        started: list[tuple[int, RunProcess]] = []
         try:
-            if lease is not None and lease.kind is EnvKind.IMAGE:
-                command, env = self._in_container(a, lease, argv, env, user)
-            else:
+            if asg.spec.distribution.type:
+                if lease is not None and lease.kind is EnvKind.IMAGE:
+                    raise CannotStart("cannot start the run: a distributed run in an image is not supported yet")
                 check_command(argv, cwd=a.code_dir, env=env, user=user)
-                command = user.command(argv)
-            process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", command, cwd=a.code_dir, env=env)
-        except CannotStart as err:
-            return StartFailed(str(err))
-        except OSError as err:
+                for launch in ranks.launches(asg.spec, env, free_port=_free_port):
+                    started.append((launch.rank, await self._containment.spawn(
+                        f"{asg.run_id}-{asg.attempt}-r{launch.rank}", user.command(argv), cwd=a.code_dir,
+                        env=launch.env)))
+                process: RunProcess = ranks.Ranks(started, grace_s=self._config.stop_grace_s, sleep=self._clock.sleep)
+            else:
+                if lease is not None and lease.kind is EnvKind.IMAGE:
+                    command, env = self._in_container(a, lease, argv, env, user)
+                else:
+                    check_command(argv, cwd=a.code_dir, env=env, user=user)
+                    command = user.command(argv)
+                process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", command, cwd=a.code_dir,
+                                                        env=env)
+                started.append((0, process))
+        except (CannotStart, OSError) as err:
+            for _, begun in started:        # a distributed run's processes that did start must not live on
+                begun.kill()
+                await begun.release()
+            if isinstance(err, CannotStart):
+                return StartFailed(str(err))
             return StartFailed(f"cannot start {argv[0]!r}: {err.strerror or err}")
         a.process = process
         record_group(a.dirs.pgid, process.group)
-        a.output = self._ship_output(a, process, a.dirs.records)
+        a.output = self._ship_output(a, started, a.dirs.records)
         return Started(process.pid)
 
     def _in_container(self, a: _Attempt, lease: Lease, argv: list[str], env: dict[str, str],
@@ -359,18 +377,22 @@ class Supervisor:
         return (command if runtime in CLIENT_AS_AGENT else user.command(command)), container_env(
             runtime, env, asg.gpu_indices)
 
-    def _ship_output(self, a: _Attempt, process: RunProcess, records_file: Path) -> _Output:
+    def _ship_output(self, a: _Attempt, processes: list[tuple[int, RunProcess]], records_file: Path) -> _Output:
+        """Read each process's output into log records carrying its rank (one process: rank 0, as ever)."""
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
         metrics = MetricShipper(a.assignment, self._outbox, RecordTail(records_file))
         size = self._config.log_record_bytes
 
-        async def read(stream: asyncio.StreamReader, kind: pb.Stream) -> None:
-            await read_records(stream, kind, logs.add, record_bytes=size)
+        async def read(stream: asyncio.StreamReader, kind: pb.Stream, rank: int) -> None:
+            await read_records(stream, kind, logs.add, record_bytes=size, rank=rank)
 
+        ranked = bool(a.assignment.spec.distribution.type)
         return _Output(
             logs, metrics,
-            readers=[self._job(a, "stdout", read(process.stdout, pb.STDOUT)),
-                     self._job(a, "stderr", read(process.stderr, pb.STDERR))],
+            readers=[self._job(a, f"{name}-r{rank}" if ranked else name, read(stream, kind, rank))
+                     for rank, process in processes
+                     for name, stream, kind in (("stdout", process.stdout, pb.STDOUT),
+                                                ("stderr", process.stderr, pb.STDERR))],
             shippers=[self._job(a, "ship-logs", logs.run()),
                       self._job(a, "ship-metrics", metrics.run())],
         )
@@ -458,6 +480,13 @@ class Supervisor:
             self._users.give_back(a.key)
         elif a.user is not None and a.user.switches:
             log.error("uid stays taken until the agent restarts", extra={**a.fields, "uid": a.user.uid})
+
+
+def _free_port() -> int:
+    """A TCP port free on this node now: a one-node distributed run's MASTER_PORT (a gang's is the head's)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
 
 
 async def _remove_container(argv: list[str] | None) -> None:

@@ -1,0 +1,125 @@
+"""A distributed run's processes on this node: what each one is started with, and the attempt they make together.
+
+For a run whose spec says `distribution: {type: pytorch, process_count_per_instance: N}`, the agent starts N
+processes of the command, each with the variables `torch.distributed`'s env:// rendezvous reads:
+
+    RANK = NODE_RANK x N + local rank    LOCAL_RANK, LOCAL_WORLD_SIZE = N    WORLD_SIZE = NNODES x N
+    MASTER_ADDR, MASTER_PORT             from the head (a gang); else 127.0.0.1 and a port free on this node
+
+A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
+node instead, with the launcher's PET_* variables, and starts the N processes itself.
+
+The attempt's exit is the first non-zero exit among its processes (the others are then stopped: SIGTERM, and
+SIGKILL after the grace, as a cancel does), or 0 once every one exited 0.
+Must not: decide where the rendezvous is for a gang (the head does), or build the rest of the environment
+(`runenv`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.containment import RunProcess
+from protos import runyard_pb2 as pb
+
+PYTORCH = "pytorch"
+_LAUNCHER = re.compile(r"^\s*(torchrun|python3?\s+-m\s+torch\.distributed\.run)(\s|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One process to start: its global rank (its log lines carry it) and its whole environment."""
+
+    rank: int
+    env: dict[str, str]
+
+
+def is_launcher(argv: Sequence[str]) -> bool:
+    """True when the command starts a distributed launcher, as `argv` or as the shell command of a job file."""
+    text = argv[2] if len(argv) >= 3 and list(argv[:2]) == ["/bin/sh", "-c"] else shlex.join(argv)
+    return bool(_LAUNCHER.match(text))
+
+
+def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[], int]) -> list[Launch]:
+    """The processes to start for one node of the run, given its environment (with the head's NODE_RANK, NNODES,
+    MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT."""
+    if spec.distribution.type != PYTORCH:
+        return [Launch(int(env.get("NODE_RANK", "0") or 0), dict(env))]
+    per_node = max(1, spec.distribution.process_count_per_instance)
+    node_rank, nodes = int(env.get("NODE_RANK", "0") or 0), int(env.get("NNODES", "1") or 1)
+    shared = {**env, "NODE_RANK": str(node_rank), "NNODES": str(nodes), "NPROC_PER_NODE": str(per_node),
+              "WORLD_SIZE": str(nodes * per_node), "LOCAL_WORLD_SIZE": str(per_node),
+              "MASTER_ADDR": env.get("MASTER_ADDR") or "127.0.0.1",
+              "MASTER_PORT": env.get("MASTER_PORT") or str(free_port())}
+    if is_launcher(spec.argv):
+        shared.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(per_node), PET_NODE_RANK=str(node_rank),
+                      PET_MASTER_ADDR=shared["MASTER_ADDR"], PET_MASTER_PORT=shared["MASTER_PORT"])
+        return [Launch(node_rank * per_node, shared)]
+    return [Launch(node_rank * per_node + local,
+                   {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local)})
+            for local in range(per_node)]
+
+
+class Ranks:
+    """The processes of one attempt on this node, as one `RunProcess` (pid and group: the first one's).
+
+    `wait` implements the first-failure policy; `sleep` is the agent clock's, for the grace before SIGKILL.
+    """
+
+    def __init__(self, processes: Sequence[tuple[int, RunProcess]], *, grace_s: float,
+                 sleep: Callable[[float], Awaitable[None]]) -> None:
+        assert processes
+        self.processes = list(processes)
+        first = self.processes[0][1]
+        self.pid, self.group, self.stdout, self.stderr = first.pid, first.group, first.stdout, first.stderr
+        self._grace_s = grace_s
+        self._sleep = sleep
+        self._running = {id(p) for _, p in self.processes}
+
+    async def wait(self) -> int:
+        waits: dict[asyncio.Future[int], RunProcess] = {asyncio.ensure_future(p.wait()): p for _, p in self.processes}
+        killer: asyncio.Task[None] | None = None
+        failure = 0
+        try:
+            pending: set[asyncio.Future[int]] = set(waits)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    self._running.discard(id(waits[finished]))
+                    code = finished.result()
+                    if code != 0 and failure == 0:
+                        failure = code
+                        self.terminate()
+                        killer = asyncio.ensure_future(self._kill_after_grace())
+            return failure
+        finally:
+            futures: list[asyncio.Future[Any]] = [*waits, *([killer] if killer else [])]
+            for future in futures:
+                future.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*futures, return_exceptions=True)
+
+    async def _kill_after_grace(self) -> None:
+        await self._sleep(self._grace_s)
+        self.kill()
+
+    def _live(self) -> list[RunProcess]:
+        return [p for _, p in self.processes if id(p) in self._running]
+
+    def terminate(self) -> None:
+        for process in self._live():
+            process.terminate()
+
+    def kill(self) -> None:
+        for process in self._live():
+            process.kill()
+
+    async def release(self) -> None:
+        for _, process in self.processes:
+            await process.release()

@@ -1,0 +1,132 @@
+"""A distributed run's processes on one node: every variable each one is started with, their log lines' ranks, the
+uid they share, and the first-failure policy, with real processes and a manual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.ranks import is_launcher, launches
+from protos import runyard_pb2 as pb
+from tests.fakes import eventually
+from tests.test_agent_supervisor import Node, containment, node  # noqa: F401  (fixtures)
+
+HEAD_ENV = {"NODE_RANK": "1", "NNODES": "2", "NPROC_PER_NODE": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.5",
+            "MASTER_PORT": "29501", "OTHER": "kept"}
+NAMES = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "NODE_RANK", "NNODES", "NPROC_PER_NODE",
+         "MASTER_ADDR", "MASTER_PORT")
+
+
+def ddp(argv: list[str], procs: int) -> pb.RunSpec:
+    return pb.RunSpec(argv=argv, distribution=pb.Distribution(type="pytorch", process_count_per_instance=procs))
+
+
+def no_port() -> int:
+    raise AssertionError("the head gave a port")
+
+
+def test_each_process_of_a_gang_node_gets_its_ranks_and_the_head_s_rendezvous() -> None:
+    started = launches(ddp(["python", "train.py"], 2), HEAD_ENV, free_port=no_port)
+
+    assert [launch.rank for launch in started] == [2, 3]
+    common = {"OTHER": "kept", "WORLD_SIZE": "4", "NODE_RANK": "1", "NNODES": "2", "NPROC_PER_NODE": "2",
+              "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29501"}
+    assert [launch.env for launch in started] == [{**common, "RANK": "2", "LOCAL_RANK": "0"},
+                                                  {**common, "RANK": "3", "LOCAL_RANK": "1"}]
+
+
+def test_one_node_without_a_rendezvous_meets_on_loopback_at_a_free_port() -> None:
+    started = launches(ddp(["python", "train.py"], 3), {}, free_port=lambda: 40123)
+
+    assert [(s.env["RANK"], s.env["WORLD_SIZE"], s.env["MASTER_ADDR"], s.env["MASTER_PORT"]) for s in started] == [
+        (str(r), "3", "127.0.0.1", "40123") for r in range(3)]
+
+
+@pytest.mark.parametrize("argv", [["torchrun", "train.py"], ["/bin/sh", "-c", "torchrun --standalone t.py"],
+                                  ["/bin/sh", "-c", "python -m torch.distributed.run t.py"],
+                                  ["python3", "-m", "torch.distributed.run", "t.py"]])
+def test_a_launcher_is_started_once_with_its_own_variables(argv: list[str]) -> None:
+    (only,) = launches(ddp(argv, 2), HEAD_ENV, free_port=no_port)
+
+    assert only.rank == 2
+    assert {k: only.env[k] for k in only.env if k.startswith("PET_")} == {
+        "PET_NNODES": "2", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "10.0.0.5",
+        "PET_MASTER_PORT": "29501"}
+    assert "RANK" not in only.env and "LOCAL_RANK" not in only.env
+
+
+@pytest.mark.parametrize("argv", [["python", "train.py"], ["/bin/sh", "-c", "echo torchrun"], ["torchrunner"]])
+def test_other_commands_are_no_launchers(argv: list[str]) -> None:
+    assert not is_launcher(argv)
+
+
+def test_a_run_without_distribution_is_one_process_as_it_is() -> None:
+    (only,) = launches(pb.RunSpec(argv=["python", "t.py"]), {"A": "1"}, free_port=no_port)
+
+    assert (only.rank, only.env) == (0, {"A": "1"})
+
+
+def assign(node: Node, run_id: str, argv: list[str], procs: int) -> None:
+    node.supervisor.start(pb.Assignment(run_id=run_id, attempt=1, snapshot_sha256=node.sha, spec=ddp(argv, procs)))
+
+
+def lines_by_rank(node: Node, run_id: str) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for m in node.outbox.after(0):
+        if m.WhichOneof("body") == "logs" and m.logs.run_id == run_id:
+            for r in m.logs.records:
+                if r.stream == pb.STDOUT:
+                    found.setdefault(r.rank, []).append(r.data.decode())
+    return found
+
+
+@pytest.mark.timeout(30)
+async def test_every_process_runs_as_the_run_s_uid_and_its_lines_carry_its_rank(node: Node) -> None:
+    script = 'id -u; for n in ' + " ".join(NAMES) + '; do eval "echo $n=\\$$n"; done'
+    assign(node, "ddp", ["sh", "-c", script], 3)
+
+    exited = await eventually("the run to exit", lambda: node.exited("ddp"))
+
+    assert exited.exit_code == 0, node.system_lines("ddp")
+    lines = lines_by_rank(node, "ddp")
+    assert sorted(lines) == [0, 1, 2]
+    assert len({lines[r][0] for r in lines}) == 1          # one uid
+    for rank, (_, *variables) in lines.items():
+        env = dict(v.split("=", 1) for v in variables)
+        assert {k: env[k] for k in NAMES if k != "MASTER_PORT"} == {
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "3", "WORLD_SIZE": "3",
+            "NODE_RANK": "0", "NNODES": "1", "NPROC_PER_NODE": "3", "MASTER_ADDR": "127.0.0.1"}
+        assert env["MASTER_PORT"].isdigit()
+    assert len({dict(v.split("=", 1) for v in lines[r][1:])["MASTER_PORT"] for r in lines}) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_the_first_failure_is_the_attempt_s_exit_and_stops_the_others(node: Node) -> None:
+    assign(node, "one-fails", ["sh", "-c", 'if [ "$RANK" = 1 ]; then exit 3; fi; exec sleep 600'], 3)
+
+    exited = await eventually("the run to exit", lambda: node.exited("one-fails"))
+
+    assert exited.exit_code == 3
+
+
+@pytest.mark.timeout(30)
+async def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(node: Node) -> None:
+    assign(node, "stubborn", ["sh", "-c", 'if [ "$RANK" = 0 ]; then exit 5; fi; trap "" TERM; while :; do sleep 0.1; done'],
+           2)
+
+    def ended() -> pb.RunUpdate | None:
+        node.clock.advance(1.0)
+        return node.exited("stubborn")
+
+    exited = await eventually("the run to exit", ended)
+
+    assert exited.exit_code == 5
+
+
+@pytest.mark.timeout(30)
+async def test_all_processes_exiting_zero_is_zero(node: Node) -> None:
+    assign(node, "fine", ["sh", "-c", 'sleep 0.$RANK; echo done $RANK'], 2)
+
+    exited = await eventually("the run to exit", lambda: node.exited("fine"))
+
+    assert exited.exit_code == 0
+    assert lines_by_rank(node, "fine") == {0: ["done 0"], 1: ["done 1"]}
