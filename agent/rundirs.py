@@ -6,6 +6,7 @@
     <run root>/                   agent, 0711: others may pass through, not list
       sdk/runyard/*.py            agent, 0755 / 0644: the in-run SDK on every run's PYTHONPATH
       bin/python                  agent, 0755: a link to an interpreter runs can execute, when they need one
+      lib/python3.X/site-packages agent, 0755: with bin/pyvenv.cfg, lets that python see the agent's packages
       envs/<hash>                 agent, 0711 / 0755: runs' environments, built once per node (`envcache.py`)
       attempts/                   agent, 0711
         <run>-<attempt>/          agent, 0711: what the agent keeps for itself sits here, out of the run's reach

@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import site
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 from agent.errors import CannotStart
-from agent.reach import may_execute
+from agent.reach import closed_directory, may_execute
 from agent.rundirs import AttemptDirs
 from agent.runusers import RunUser
 from protos import runyard_pb2 as pb
@@ -74,10 +76,41 @@ def python_dir(configured: str, user: RunUser, shim_dir: Path) -> str:
         link = shim_dir / name
         link.unlink(missing_ok=True)
         link.symlink_to(interpreter)
+    _share_agent_packages(shim_dir, interpreter, user)
     (log.warning if configured else log.info)(
         "runs get python from a link", extra={"python_bin_dir": str(wanted), "python": str(interpreter),
                                               "link_dir": str(shim_dir), "why": "python_bin_dir is out of their reach"})
     return str(shim_dir)
+
+
+def _share_agent_packages(shim_dir: Path, interpreter: Path, user: RunUser) -> None:
+    """Make the linked `python` see the agent's installed packages, as runs see them when the agent's own python is
+    within their reach: `shim_dir` becomes a venv of `interpreter` (with its system packages) whose site-packages
+    names the agent's, when `interpreter` is the agent's python version and the runs can read those packages.
+    As in any venv, the prefix is the parent of the directory holding `python`: its `lib` is made there."""
+    prefix = shim_dir.parent
+    (shim_dir / "pyvenv.cfg").unlink(missing_ok=True)
+    if (prefix / "lib").is_dir():
+        shutil.rmtree(prefix / "lib")
+    wanted = f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        version = subprocess.run([str(interpreter), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("cannot ask the runs' python for its version", extra={"python": str(interpreter), "error": str(err)})
+        return
+    packages = [p for p in site.getsitepackages() if Path(p).is_dir() and closed_directory(Path(p), user) is None]
+    if version != wanted or not packages:
+        return
+    (shim_dir / "pyvenv.cfg").write_text(
+        f"home = {interpreter.parent}\ninclude-system-site-packages = true\nversion = {version}\n")
+    own = prefix / "lib" / f"python{version}" / "site-packages"
+    own.mkdir(parents=True)
+    for directory in (prefix / "lib", own.parent, own):
+        os.chmod(directory, 0o755)
+    (own / "agent.pth").write_text("".join(f"{p}\n" for p in packages))
+    os.chmod(own / "agent.pth", 0o644)
+    os.chmod(shim_dir / "pyvenv.cfg", 0o644)
 
 
 def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk_dir: Path, python_bin: str,
