@@ -186,18 +186,22 @@ def show(run_id: str, output: str) -> None:
 @click.argument("run_id")
 @click.option("-f", "--follow", is_flag=True, help="keep streaming until the run ends")
 @click.option("--tail", default=0, type=click.IntRange(0), help="only the last N lines")
-@click.option("--rank", type=int, help="only this process rank")
+@click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
+              "else a multi-node run's node rank")
+@click.option("--all-ranks", is_flag=True, help="a distributed run: every rank's lines, each marked [rank R]")
 @click.option("--stream", type=click.Choice(sorted(render.STREAMS)),
               help="only this stream: build is the output of building the run's environment")
-def logs(run_id: str, follow: bool, tail: int, rank: int | None, stream: str | None) -> None:
+def logs(run_id: str, follow: bool, tail: int, rank: int | None, all_ranks: bool, stream: str | None) -> None:
     """Print a run's output (stdout to stdout, stderr, runyard's and the build's lines to stderr)."""
+    if all_ranks and rank is not None:
+        raise UsageError("give --rank R or --all-ranks, not both")
     with connect() as client:
         several = client.get_run(run_id).attempt > 1  # then every line says which attempt wrote it
         try:
-            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank,
+            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank, all_ranks=all_ranks,
                                     stream=render.STREAMS[stream] if stream else pb.STREAM_UNSPECIFIED):
                 several = several or line.attempt > 1
-                render.write_log(line, prefix_attempt=several)
+                render.write_log(line, prefix_attempt=several, prefix_rank=all_ranks)
         except KeyboardInterrupt:
             sys.exit(130)
 

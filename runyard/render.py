@@ -108,7 +108,7 @@ def environment(run: pb.Run) -> str:
 STREAMS: dict[str, pb.Stream] = {"stdout": pb.STDOUT, "stderr": pb.STDERR, "system": pb.SYSTEM, "build": pb.BUILD}
 
 
-def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
+def write_log(line: pb.LogLine, *, prefix_attempt: bool = False, prefix_rank: bool = False) -> None:
     """Write one record as the run wrote it: stdout to stdout; stderr, runyard's own lines and the environment's
     build to stderr, the last two marked."""
     record = line.record
@@ -117,6 +117,8 @@ def write_log(line: pb.LogLine, *, prefix_attempt: bool = False) -> None:
         data = b"[runyard] " + data
     elif record.stream == pb.BUILD:
         data = b"[build] " + data
+    if prefix_rank:
+        data = f"[rank {record.rank}] ".encode() + data
     if prefix_attempt:
         data = f"[attempt {line.attempt}] ".encode() + data
     out = sys.stdout.buffer if record.stream == pb.STDOUT else sys.stderr.buffer

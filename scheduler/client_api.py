@@ -27,7 +27,7 @@ from scheduler.env_api import EnvironmentMethods
 from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
-from scheduler.convert import event_to_pb, from_pb, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
+from scheduler.convert import event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, shown
 from scheduler.followers import Followers, wait_changed
@@ -36,7 +36,7 @@ from scheduler.core.heartbeats import Timers
 from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
 from scheduler.core.nodes import InvalidNodeTransition, NodeState, ScheduleTrigger
 from scheduler.core.react import Cancel
-from scheduler.model import NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.model import Distribution, NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
 from scheduler.placement import NodeView, Request, minor_versions, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
@@ -108,6 +108,8 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument(f"gpus must be in [0, 64], not {spec.gpus}")
     if not (1 <= spec.instance_count <= 1024):
         raise InvalidArgument(f"instance_count must be in [1, 1024], not {spec.instance_count}")
+    if not (1 <= spec.procs_per_node <= 256):
+        raise InvalidArgument(f"process_count_per_instance must be in [1, 256], not {spec.procs_per_node}")
     if (spec.gpu_model or spec.gpu_memory_bytes) and not spec.gpus:
         raise InvalidArgument("gpu_model and gpu_memory need gpus of at least 1")
     if len(spec.gpu_model) > 128 or spec.gpu_memory_bytes < 0:
@@ -186,6 +188,9 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
 
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext) -> pb.SubmitResponse:
         workspace = caller().workspace
+        if not known_distribution(request.spec):
+            raise InvalidArgument(f"distribution type {request.spec.distribution.type!r} is not supported; "
+                                  "only pytorch")
         spec = spec_from_pb(request.spec)
         validate_spec(spec)
         experiment = request.experiment or "default"
@@ -327,7 +332,8 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
 
     async def StreamLogs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogsResponse]:
         run = await self._run(request.run_id)
-        rank = request.rank if request.has_rank else None
+        distributed = run.spec.distribution is not Distribution.NONE
+        rank = request.rank if request.has_rank else (0 if distributed and not request.all_ranks else None)
         if request.stream not in pb.Stream.values():
             raise InvalidArgument(f"unknown log stream {request.stream}")
         stream = int(request.stream) or None
@@ -354,9 +360,13 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                     await wait_changed(changed, FOLLOW_POLL_S)
 
     async def _log_sources(self, run: RunRecord, rank: int | None) -> tuple[list[str], dict[str, int]]:
-        """The runs whose logs `logs RUN` shows: the run itself, or a multi-node run's children (child id -> rank)."""
+        """The runs whose logs `logs RUN` shows: the run itself, or a multi-node run's children (child id -> rank).
+        A distributed run's records carry their process's global rank: its children are read without a rank of
+        their own (an empty mapping), so that `rank` picks records."""
         if not gangs.is_gang_parent(run):
             return [run.id], {}
+        if run.spec.distribution is not Distribution.NONE:
+            return [c.id for c in await self._store.children(run.id)], {}
         ranks = {c.id: gangs.node_rank(c) for c in await self._store.children(run.id)}
         if rank is not None:
             ranks = {child: r for child, r in ranks.items() if r == rank}

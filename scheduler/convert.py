@@ -103,7 +103,8 @@ def outbound_to_pb(message: Outbound) -> pb.HeadMessage:
 
 
 def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
-    """A run spec as a client sent it; its environment's hash is the head's to set, never the client's."""
+    """A run spec as a client sent it; its environment's hash is the head's to set, never the client's. A
+    distribution type the head does not know is `_check_spec`'s to refuse (`known_distribution`)."""
     res = msg.resources
     return RunSpec(
         argv=tuple(msg.argv),
@@ -119,9 +120,14 @@ def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
         node_labels=dict(res.node_labels),
         max_retries=msg.max_retries if msg.HasField("max_retries") else -1,
         env=env_from_pb(msg.env) if msg.HasField("env") else EnvSpec(),
-        distribution=Distribution(msg.distribution.type),
+        distribution=Distribution(msg.distribution.type) if msg.distribution.type in set(Distribution)
+        else Distribution.NONE,
         procs_per_node=max(1, msg.distribution.process_count_per_instance),
     )
+
+
+def known_distribution(msg: pb.RunSpec) -> bool:
+    return msg.distribution.type in set(Distribution)
 
 
 def spec_to_pb(spec: RunSpec) -> pb.RunSpec:
