@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +80,21 @@ def test_python_is_a_link_to_one_the_run_can_execute_when_the_agents_is_out_of_r
     reachable.mkdir()
     (reachable / "python").symlink_to(os.path.realpath(open_parent / "bin" / "python"))
     assert python_dir(str(reachable), other, open_parent / "bin") == str(reachable)
+
+
+@as_root
+def test_the_linked_python_sees_the_agents_packages(tmp_path: Path, open_parent: Path, other: RunUser) -> None:
+    hidden = tmp_path / "venv" / "bin"   # below pytest's 0700 directories
+    hidden.mkdir(parents=True)
+    found = python_dir(str(hidden), other, open_parent / "bin")
+    if os.path.realpath(Path(found) / "python") == os.path.realpath(sys.executable):
+        pytest.skip("the agent's own interpreter is within the run's reach: nothing is linked")
+
+    probe = subprocess.run(other.command([str(Path(found) / "python"), "-c", "import pydantic; print(pydantic.__file__)"]),
+                           capture_output=True, text=True, timeout=60, cwd=open_parent)
+
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.startswith(tuple(site.getsitepackages())), "pydantic as the agent has it"
 
 
 @as_root
