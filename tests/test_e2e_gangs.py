@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from protos import runyard_pb2 as pb
+from runyard.errors import InvalidArgument
 from testbed.harness import Cluster, wait_until
 
 
@@ -82,3 +86,11 @@ def test_canceling_the_parent_stops_every_child(cluster: Cluster, project: Path)
     cluster.cli("cancel", parent, check=True)
     assert (shown := cluster.wait_state(parent, "Canceled"))["reason"] == "canceled_by_user", shown
     assert [(c["state"], c["reason"]) for c in _children(cluster, parent)] == [("Canceled", "parent_canceled")] * 2
+
+
+def test_the_head_refuses_a_distribution_it_does_not_know(cluster: Cluster) -> None:
+    request = pb.SubmitRequest(snapshot_sha256="0" * 64, spec=pb.RunSpec(
+        argv=["true"], distribution=pb.Distribution(type="mpi", process_count_per_instance=2)))
+
+    with pytest.raises(InvalidArgument, match="distribution type 'mpi' is not supported; only pytorch"):
+        cluster.client().submit(request)
