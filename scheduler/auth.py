@@ -104,12 +104,13 @@ def caller() -> Principal:
     return _caller.get()
 
 
-def audit_entry(method: str, context: grpc.aio.ServicerContext, now: float) -> AuditRecord:
-    """The audit row of the current call's success, for a call that writes it in its own transaction; the
-    target is filled in by that transaction."""
-    me = caller()
-    return AuditRecord(at=now, user=me.user, workspace=me.workspace, method=method, target="", peer=context.peer(),
-                       code="OK")
+def audit_entry(method: str, context: grpc.aio.ServicerContext, now: float, *, principal: Principal | None = None,
+                target: str = "", code: str = "OK") -> AuditRecord:
+    """The audit row of a call by `principal` (default: the current caller). A call that writes its success in its
+    own transaction leaves `target` to that transaction."""
+    me = principal or caller()
+    return AuditRecord(at=now, user=me.user, workspace=me.workspace, method=method.rsplit("/", 1)[-1], target=target,
+                       peer=context.peer(), code=code)
 
 
 @lru_cache(maxsize=1024)
@@ -272,8 +273,7 @@ class Boundary(grpc.aio.ServerInterceptor):
                       request: Any, response: Any, code: str) -> None:
         if rule is None or not rule.mutates:
             return
-        entry = AuditRecord(at=self._now(), user=principal.user, workspace=principal.workspace,
-                            method=method.rsplit("/", 1)[-1], target=_target(request, response), peer=context.peer(),
+        entry = audit_entry(method, context, self._now(), principal=principal, target=_target(request, response),
                             code=code)
         try:
             await self._audit(entry)
