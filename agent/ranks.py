@@ -6,6 +6,17 @@ processes of the command, each with the variables `torch.distributed`'s env:// r
     RANK = NODE_RANK x N + local rank    LOCAL_RANK, LOCAL_WORLD_SIZE = N    WORLD_SIZE = NNODES x N
     MASTER_ADDR, MASTER_PORT             from the head (a gang); else 127.0.0.1 and a port free on this node
 
+For `distribution: {type: mpi, process_count_per_instance: N}` the agent starts the N processes the same way, each
+with the same variables plus Open MPI's and Azure ML's:
+
+    OMPI_COMM_WORLD_RANK = RANK    OMPI_COMM_WORLD_SIZE = WORLD_SIZE
+    OMPI_COMM_WORLD_LOCAL_RANK = LOCAL_RANK    OMPI_COMM_WORLD_LOCAL_SIZE = N
+    AZ_BATCH_MASTER_NODE = MASTER_ADDR:MASTER_PORT
+    RUNYARD_HOSTFILE       a hostfile in the run's directory: one `ADDRESS slots=N` line per node, in node rank
+                           order (the head's RUNYARD_NODE_ADDRESSES; else MASTER_ADDR, else 127.0.0.1)
+
+The agent does not start `mpirun` itself, nor ssh between nodes: every process is started by its node's agent.
+
 A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
 node instead, with the launcher's PET_* variables, and starts the N processes itself.
 
@@ -29,6 +40,8 @@ from agent.containment import RunProcess
 from protos import runyard_pb2 as pb
 
 PYTORCH = "pytorch"
+MPI = "mpi"
+HOSTFILE = "hostfile"
 _LAUNCHER = re.compile(r"^\s*(torchrun|python3?\s+-m\s+torch\.distributed\.run)(\s|$)")
 
 
@@ -46,10 +59,20 @@ def is_launcher(argv: Sequence[str]) -> bool:
     return bool(_LAUNCHER.match(text))
 
 
-def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[], int]) -> list[Launch]:
+def hostfile(spec: pb.RunSpec, env: Mapping[str, str]) -> str:
+    """An MPI run's hostfile: `ADDRESS slots=N`, one line per node in node rank order."""
+    per_node = max(1, spec.distribution.process_count_per_instance)
+    given = env.get("RUNYARD_NODE_ADDRESSES", "")
+    addresses = given.split(",") if given else [env.get("MASTER_ADDR") or "127.0.0.1"]
+    return "".join(f"{address} slots={per_node}\n" for address in addresses)
+
+
+def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[], int],
+             hostfile_path: str = "") -> list[Launch]:
     """The processes to start for one node of the run, given its environment (with the head's NODE_RANK, NNODES,
-    MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT."""
-    if spec.distribution.type != PYTORCH:
+    MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT;
+    `hostfile_path` is where the caller wrote `hostfile` for an MPI run."""
+    if spec.distribution.type not in (PYTORCH, MPI):
         return [Launch(int(env.get("NODE_RANK", "0") or 0), dict(env))]
     per_node = max(1, spec.distribution.process_count_per_instance)
     node_rank, nodes = int(env.get("NODE_RANK", "0") or 0), int(env.get("NNODES", "1") or 1)
@@ -57,6 +80,15 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
               "WORLD_SIZE": str(nodes * per_node), "LOCAL_WORLD_SIZE": str(per_node),
               "MASTER_ADDR": env.get("MASTER_ADDR") or "127.0.0.1",
               "MASTER_PORT": env.get("MASTER_PORT") or str(free_port())}
+    if spec.distribution.type == MPI:
+        shared.update(OMPI_COMM_WORLD_SIZE=shared["WORLD_SIZE"], OMPI_COMM_WORLD_LOCAL_SIZE=str(per_node),
+                      AZ_BATCH_MASTER_NODE=f"{shared['MASTER_ADDR']}:{shared['MASTER_PORT']}",
+                      RUNYARD_HOSTFILE=hostfile_path)
+        return [Launch(node_rank * per_node + local,
+                       {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local),
+                        "OMPI_COMM_WORLD_RANK": str(node_rank * per_node + local),
+                        "OMPI_COMM_WORLD_LOCAL_RANK": str(local)})
+                for local in range(per_node)]
     if is_launcher(spec.argv):
         shared.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(per_node), PET_NODE_RANK=str(node_rank),
                       PET_MASTER_ADDR=shared["MASTER_ADDR"], PET_MASTER_PORT=shared["MASTER_PORT"])

@@ -50,7 +50,7 @@ _NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
     ("queue_settings",): frozenset({"job_tier"}),
     ("environment",): frozenset({"build", "inference_config", "os_type"}),
 }
-_DISTRIBUTIONS_NOT_YET = frozenset({"mpi", "tensorflow", "ray"})
+_DISTRIBUTIONS_NOT_YET = frozenset({"tensorflow", "ray"})
 _LITERAL_INPUT_TYPES = frozenset({"string", "integer", "number", "boolean"})
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
 _T = TypeVar("_T")
@@ -161,9 +161,9 @@ class Resources(Section):
 
 
 class Distribution(Section):
-    """`distribution:`: how a run's processes on each node form one job; only PyTorch's for now."""
+    """`distribution:`: how a run's processes on each node form one job: PyTorch's or MPI's."""
 
-    type: Literal["pytorch"]
+    type: Literal["pytorch", "mpi"]
     process_count_per_instance: int | None = Field(None, ge=1, le=256)
 
 
@@ -332,7 +332,7 @@ def _refuse_not_yet(raw: Mapping[Any, Any], source: str) -> None:
     spread = distribution.get("type") if isinstance(distribution, Mapping) else None
     if isinstance(spread, str) and spread in _DISTRIBUTIONS_NOT_YET:
         raise JobFileError(source, "distribution.type",
-                           f"{spread} distribution is not supported yet by Runyard; only type: pytorch")
+                           f"{spread} distribution is not supported yet by Runyard; only type: pytorch or mpi")
     for prefix, keys in _NOT_YET.items():
         section: object = raw
         for part in prefix:

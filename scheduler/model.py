@@ -22,6 +22,7 @@ class Distribution(StrEnum):
 
     NONE = ""
     PYTORCH = "pytorch"
+    MPI = "mpi"
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,3 +91,17 @@ def test_a_gang_without_distribution_has_one_process_per_node() -> None:
     ("ipv4:10.0.0.5:4411", "10.0.0.5"), ("ipv6:[::1]:4411", "::1"), ("unix:/tmp/s", "")])
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+async def test_every_child_of_an_mpi_gang_gets_every_node_s_address_in_rank_order(store: Store) -> None:
+    parent_id = await submit(store, RunSpec(argv=("python", "t.py"), instance_count=2, distribution=Distribution.MPI,
+                                            procs_per_node=2))
+
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE,
+                                          addresses=["10.0.0.5", "10.0.0.6"])
+
+    assert [{k: c.spec.environment[k] for k in ("RUNYARD_NODE_ADDRESSES", "NODE_RANK", "NNODES", "NPROC_PER_NODE",
+                                                "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} for c in children] == [
+        {"RUNYARD_NODE_ADDRESSES": "10.0.0.5,10.0.0.6", "NODE_RANK": str(rank), "NNODES": "2", "NPROC_PER_NODE": "2",
+         "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29500"} for rank in (0, 1)]
+    assert [(c.spec.distribution, c.spec.procs_per_node) for c in children] == [(Distribution.MPI, 2)] * 2
