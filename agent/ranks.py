@@ -17,6 +17,15 @@ with the same variables plus Open MPI's and Azure ML's:
 
 The agent does not start `mpirun` itself, nor ssh between nodes: every process is started by its node's agent.
 
+For `distribution: {type: tensorflow, worker_count: W, parameter_server_count: P}` the run has W + P processes,
+N = ceil((W + P) / nodes) per node (the head sets N): process k (0 <= k < W + P) is node k // N's, a parameter server
+`ps` index k when k < P, else `worker` index k - P. Process k listens on its node's address (RUNYARD_NODE_ADDRESSES,
+else MASTER_ADDR, else 127.0.0.1) at port MASTER_PORT + k: the head reserves MASTER_PORT on the rank-0 node only,
+so the ports above it, on every node, are assumed free. Each process gets
+
+    TF_CONFIG = {"cluster": {"worker": [host:port, ...], "ps": [host:port, ...]}, "task": {"type": ..., "index": i}}
+                ("ps" only when P > 0), and RANK = k, LOCAL_RANK, WORLD_SIZE = W + P
+
 A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
 node instead, with the launcher's PET_* variables, and starts the N processes itself.
 
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,6 +51,7 @@ from protos import runyard_pb2 as pb
 
 PYTORCH = "pytorch"
 MPI = "mpi"
+TENSORFLOW = "tensorflow"
 HOSTFILE = "hostfile"
 _LAUNCHER = re.compile(r"^\s*(torchrun|python3?\s+-m\s+torch\.distributed\.run)(\s|$)")
 
@@ -72,6 +83,8 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
     """The processes to start for one node of the run, given its environment (with the head's NODE_RANK, NNODES,
     MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT;
     `hostfile_path` is where the caller wrote `hostfile` for an MPI run."""
+    if spec.distribution.type == TENSORFLOW:
+        return _tensorflow(spec, env, free_port)
     if spec.distribution.type not in (PYTORCH, MPI):
         return [Launch(int(env.get("NODE_RANK", "0") or 0), dict(env))]
     per_node = max(1, spec.distribution.process_count_per_instance)
@@ -96,6 +109,24 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
     return [Launch(node_rank * per_node + local,
                    {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local)})
             for local in range(per_node)]
+
+
+def _tensorflow(spec: pb.RunSpec, env: Mapping[str, str], free_port: Callable[[], int]) -> list[Launch]:
+    d = spec.distribution
+    workers, servers, per_node = d.worker_count, d.parameter_server_count, max(1, d.process_count_per_instance)
+    node_rank = int(env.get("NODE_RANK", "0") or 0)
+    given = env.get("RUNYARD_NODE_ADDRESSES", "")
+    addresses = given.split(",") if given else [env.get("MASTER_ADDR") or "127.0.0.1"]
+    port = int(env.get("MASTER_PORT") or free_port())
+    total = workers + servers
+    hosts = [f"{addresses[min(k // per_node, len(addresses) - 1)]}:{port + k}" for k in range(total)]
+    cluster = {"worker": hosts[servers:], **({"ps": hosts[:servers]} if servers else {})}
+    mine = range(node_rank * per_node, min((node_rank + 1) * per_node, total))
+    return [Launch(k, {**env, "MASTER_ADDR": addresses[0], "MASTER_PORT": str(port), "RANK": str(k),
+                       "LOCAL_RANK": str(k - mine.start), "WORLD_SIZE": str(total),
+                       "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+                           "type": "ps" if k < servers else "worker", "index": k if k < servers else k - servers}})})
+            for k in mine]
 
 
 class Ranks:

@@ -3,6 +3,8 @@ uid they share, and the first-failure policy, with real processes and a manual c
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agent.ranks import hostfile, is_launcher, launches
@@ -185,3 +187,42 @@ async def test_an_mpi_run_s_processes_read_the_hostfile_in_the_run_s_directory(n
         size, path = first.split(" ")
         assert size == f"{rank}/2" and path.endswith("/hostfile")
         assert rest == ["127.0.0.1 slots=2"]
+
+
+def tensorflow(workers: int, servers: int, per_node: int) -> pb.RunSpec:
+    return pb.RunSpec(argv=["python", "t.py"], distribution=pb.Distribution(
+        type="tensorflow", process_count_per_instance=per_node, worker_count=workers, parameter_server_count=servers))
+
+
+TF_CLUSTER = {"worker": ["10.0.0.5:29502", "10.0.0.6:29503", "10.0.0.6:29504"], "ps": ["10.0.0.5:29501"]}
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_each_tensorflow_process_gets_tf_config_with_the_whole_cluster_and_its_task(node_rank: int) -> None:
+    env = {**MPI_ENV, "NODE_RANK": str(node_rank)}
+    started = launches(tensorflow(3, 1, 2), env, free_port=no_port)
+
+    tasks = [("ps", 0), ("worker", 0)] if node_rank == 0 else [("worker", 1), ("worker", 2)]
+    assert [launch.rank for launch in started] == [2 * node_rank, 2 * node_rank + 1]
+    for local, (launch, (kind, index)) in enumerate(zip(started, tasks, strict=True)):
+        config = json.loads(launch.env.pop("TF_CONFIG"))
+        assert config == {"cluster": TF_CLUSTER, "task": {"type": kind, "index": index}}
+        assert launch.env == {**env, "RANK": str(2 * node_rank + local), "LOCAL_RANK": str(local),
+                              "WORLD_SIZE": "4"}
+
+
+def test_tensorflow_without_parameter_servers_has_workers_only_and_a_short_last_node() -> None:
+    env = {**MPI_ENV, "NODE_RANK": "1"}
+    (only,) = launches(tensorflow(3, 0, 2), env, free_port=no_port)
+
+    assert (only.rank, json.loads(only.env["TF_CONFIG"])) == (2, {
+        "cluster": {"worker": ["10.0.0.5:29501", "10.0.0.5:29502", "10.0.0.6:29503"]},
+        "task": {"type": "worker", "index": 2}})
+
+
+def test_one_tensorflow_node_without_the_head_uses_loopback_from_a_free_port() -> None:
+    started = launches(tensorflow(1, 1, 2), {}, free_port=lambda: 40000)
+
+    assert [json.loads(s.env["TF_CONFIG"]) for s in started] == [
+        {"cluster": {"worker": ["127.0.0.1:40001"], "ps": ["127.0.0.1:40000"]}, "task": {"type": t, "index": 0}}
+        for t in ("ps", "worker")]

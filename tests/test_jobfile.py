@@ -153,8 +153,13 @@ def test_unsupported_azure_keys_are_refused_by_name(tmp_path: Path, text: str, p
          "must be >= 1"),
         ("distribution: {type: mpi, process_count_per_instance: 257}", "distribution.process_count_per_instance",
          "must be <= 256"),
-        ("distribution: {type: tensorflow, worker_count: 2}", "distribution.type",
-         "tensorflow distribution is not supported yet"),
+        ("distribution: {type: tensorflow}", "distribution", "type: tensorflow needs worker_count"),
+        ("distribution: {type: tensorflow, worker_count: 0}", "distribution.worker_count", "must be >= 1"),
+        ("distribution: {type: tensorflow, worker_count: 2, parameter_server_count: -1}",
+         "distribution.parameter_server_count", "must be >= 0"),
+        ("distribution: {type: tensorflow, worker_count: 2, process_count_per_instance: 2}", "distribution",
+         "not process_count_per_instance"),
+        ("distribution: {type: mpi, worker_count: 2}", "distribution", "are for type: tensorflow, not mpi"),
         ("distribution: {type: pytorch, process_count_per_instance: 0}", "distribution.process_count_per_instance",
          "must be >= 1"),
         ("distribution: {type: pytorch, workers: 2}", "distribution.workers", "unknown key"),
@@ -653,6 +658,19 @@ def test_mpi_distribution_is_carried_into_the_request(tmp_path: Path) -> None:
 
     assert (request.instance_count, request.distribution, request.procs_per_node) == (2, "mpi", 3)
     assert (flags.distribution, flags.procs_per_node) == ("mpi", 2)
+
+
+def test_tensorflow_distribution_is_carried_into_the_request(tmp_path: Path) -> None:
+    job = write_job(tmp_path, """\
+        command: python train.py
+        resources: {instance_count: 2}
+        distribution: {type: tensorflow, worker_count: 3, parameter_server_count: 1}
+        """)
+
+    request = build_request(CliOptions(job_file=job))
+
+    assert (request.instance_count, request.distribution, request.workers, request.parameter_servers) == (
+        2, "tensorflow", 3, 1)
 
 
 def test_without_distribution_a_run_has_none(tmp_path: Path) -> None:
