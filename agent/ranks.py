@@ -6,6 +6,26 @@ processes of the command, each with the variables `torch.distributed`'s env:// r
     RANK = NODE_RANK x N + local rank    LOCAL_RANK, LOCAL_WORLD_SIZE = N    WORLD_SIZE = NNODES x N
     MASTER_ADDR, MASTER_PORT             from the head (a gang); else 127.0.0.1 and a port free on this node
 
+For `distribution: {type: mpi, process_count_per_instance: N}` the agent starts the N processes the same way, each
+with the same variables plus Open MPI's and Azure ML's:
+
+    OMPI_COMM_WORLD_RANK = RANK    OMPI_COMM_WORLD_SIZE = WORLD_SIZE
+    OMPI_COMM_WORLD_LOCAL_RANK = LOCAL_RANK    OMPI_COMM_WORLD_LOCAL_SIZE = N
+    AZ_BATCH_MASTER_NODE = MASTER_ADDR:MASTER_PORT
+    RUNYARD_HOSTFILE       a hostfile in the run's directory: one `ADDRESS slots=N` line per node, in node rank
+                           order (the head's RUNYARD_NODE_ADDRESSES; else MASTER_ADDR, else 127.0.0.1)
+
+The agent does not start `mpirun` itself, nor ssh between nodes: every process is started by its node's agent.
+
+For `distribution: {type: tensorflow, worker_count: W, parameter_server_count: P}` the run has W + P processes,
+N = ceil((W + P) / nodes) per node (the head sets N): process k (0 <= k < W + P) is node k // N's, a parameter server
+`ps` index k when k < P, else `worker` index k - P. Process k listens on its node's address (RUNYARD_NODE_ADDRESSES,
+else MASTER_ADDR, else 127.0.0.1) at port MASTER_PORT + k: the head reserves MASTER_PORT on the rank-0 node only,
+so the ports above it, on every node, are assumed free. Each process gets
+
+    TF_CONFIG = {"cluster": {"worker": [host:port, ...], "ps": [host:port, ...]}, "task": {"type": ..., "index": i}}
+                ("ps" only when P > 0), and RANK = k, LOCAL_RANK, WORLD_SIZE = W + P
+
 A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
 node instead, with the launcher's PET_* variables, and starts the N processes itself.
 
@@ -19,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +50,9 @@ from agent.containment import RunProcess
 from protos import runyard_pb2 as pb
 
 PYTORCH = "pytorch"
+MPI = "mpi"
+TENSORFLOW = "tensorflow"
+HOSTFILE = "hostfile"
 _LAUNCHER = re.compile(r"^\s*(torchrun|python3?\s+-m\s+torch\.distributed\.run)(\s|$)")
 
 
@@ -46,10 +70,22 @@ def is_launcher(argv: Sequence[str]) -> bool:
     return bool(_LAUNCHER.match(text))
 
 
-def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[], int]) -> list[Launch]:
+def hostfile(spec: pb.RunSpec, env: Mapping[str, str]) -> str:
+    """An MPI run's hostfile: `ADDRESS slots=N`, one line per node in node rank order."""
+    per_node = max(1, spec.distribution.process_count_per_instance)
+    given = env.get("RUNYARD_NODE_ADDRESSES", "")
+    addresses = given.split(",") if given else [env.get("MASTER_ADDR") or "127.0.0.1"]
+    return "".join(f"{address} slots={per_node}\n" for address in addresses)
+
+
+def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[], int],
+             hostfile_path: str = "") -> list[Launch]:
     """The processes to start for one node of the run, given its environment (with the head's NODE_RANK, NNODES,
-    MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT."""
-    if spec.distribution.type != PYTORCH:
+    MASTER_ADDR, MASTER_PORT for a gang). `free_port` is asked only when the head gave no MASTER_PORT;
+    `hostfile_path` is where the caller wrote `hostfile` for an MPI run."""
+    if spec.distribution.type == TENSORFLOW:
+        return _tensorflow(spec, env, free_port)
+    if spec.distribution.type not in (PYTORCH, MPI):
         return [Launch(int(env.get("NODE_RANK", "0") or 0), dict(env))]
     per_node = max(1, spec.distribution.process_count_per_instance)
     node_rank, nodes = int(env.get("NODE_RANK", "0") or 0), int(env.get("NNODES", "1") or 1)
@@ -57,6 +93,15 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
               "WORLD_SIZE": str(nodes * per_node), "LOCAL_WORLD_SIZE": str(per_node),
               "MASTER_ADDR": env.get("MASTER_ADDR") or "127.0.0.1",
               "MASTER_PORT": env.get("MASTER_PORT") or str(free_port())}
+    if spec.distribution.type == MPI:
+        shared.update(OMPI_COMM_WORLD_SIZE=shared["WORLD_SIZE"], OMPI_COMM_WORLD_LOCAL_SIZE=str(per_node),
+                      AZ_BATCH_MASTER_NODE=f"{shared['MASTER_ADDR']}:{shared['MASTER_PORT']}",
+                      RUNYARD_HOSTFILE=hostfile_path)
+        return [Launch(node_rank * per_node + local,
+                       {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local),
+                        "OMPI_COMM_WORLD_RANK": str(node_rank * per_node + local),
+                        "OMPI_COMM_WORLD_LOCAL_RANK": str(local)})
+                for local in range(per_node)]
     if is_launcher(spec.argv):
         shared.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(per_node), PET_NODE_RANK=str(node_rank),
                       PET_MASTER_ADDR=shared["MASTER_ADDR"], PET_MASTER_PORT=shared["MASTER_PORT"])
@@ -64,6 +109,24 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
     return [Launch(node_rank * per_node + local,
                    {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local)})
             for local in range(per_node)]
+
+
+def _tensorflow(spec: pb.RunSpec, env: Mapping[str, str], free_port: Callable[[], int]) -> list[Launch]:
+    d = spec.distribution
+    workers, servers, per_node = d.worker_count, d.parameter_server_count, max(1, d.process_count_per_instance)
+    node_rank = int(env.get("NODE_RANK", "0") or 0)
+    given = env.get("RUNYARD_NODE_ADDRESSES", "")
+    addresses = given.split(",") if given else [env.get("MASTER_ADDR") or "127.0.0.1"]
+    port = int(env.get("MASTER_PORT") or free_port())
+    total = workers + servers
+    hosts = [f"{addresses[min(k // per_node, len(addresses) - 1)]}:{port + k}" for k in range(total)]
+    cluster = {"worker": hosts[servers:], **({"ps": hosts[:servers]} if servers else {})}
+    mine = range(node_rank * per_node, min((node_rank + 1) * per_node, total))
+    return [Launch(k, {**env, "MASTER_ADDR": addresses[0], "MASTER_PORT": str(port), "RANK": str(k),
+                       "LOCAL_RANK": str(k - mine.start), "WORLD_SIZE": str(total),
+                       "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+                           "type": "ps" if k < servers else "worker", "index": k if k < servers else k - servers}})})
+            for k in mine]
 
 
 class Ranks:

@@ -332,7 +332,11 @@ class Supervisor:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
                     raise CannotStart("cannot start the run: a distributed run in an image is not supported yet")
                 check_command(argv, cwd=a.code_dir, env=env, user=user)
-                for launch in ranks.launches(asg.spec, env, free_port=_free_port):
+                hostfile = ""
+                if asg.spec.distribution.type == ranks.MPI:
+                    hostfile = str(a.dirs.top / ranks.HOSTFILE)
+                    await asyncio.to_thread(_write_hostfile, hostfile, ranks.hostfile(asg.spec, env))
+                for launch in ranks.launches(asg.spec, env, free_port=_free_port, hostfile_path=hostfile):
                     started.append((launch.rank, await self._containment.spawn(
                         f"{asg.run_id}-{asg.attempt}-r{launch.rank}", user.command(argv), cwd=a.code_dir,
                         env=launch.env)))
@@ -502,3 +506,10 @@ async def _remove_container(argv: list[str] | None) -> None:
         process.kill()
         await process.wait()
         raise
+
+
+def _write_hostfile(path: str, text: str) -> None:
+    """An MPI run's hostfile, readable by the run's user (it lists addresses only)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o644)

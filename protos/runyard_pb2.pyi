@@ -196,12 +196,16 @@ class RunSpec(_message.Message):
     def __init__(self, argv: _Optional[_Iterable[str]] = ..., environment: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., compute: _Optional[str] = ..., max_retries: _Optional[int] = ..., env: _Optional[_Union[EnvironmentSpec, _Mapping]] = ..., env_ref: _Optional[str] = ..., env_hash: _Optional[str] = ..., distribution: _Optional[_Union[Distribution, _Mapping]] = ...) -> None: ...
 
 class Distribution(_message.Message):
-    __slots__ = ("type", "process_count_per_instance")
+    __slots__ = ("type", "process_count_per_instance", "worker_count", "parameter_server_count")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROCESS_COUNT_PER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SERVER_COUNT_FIELD_NUMBER: _ClassVar[int]
     type: str
     process_count_per_instance: int
-    def __init__(self, type: _Optional[str] = ..., process_count_per_instance: _Optional[int] = ...) -> None: ...
+    worker_count: int
+    parameter_server_count: int
+    def __init__(self, type: _Optional[str] = ..., process_count_per_instance: _Optional[int] = ..., worker_count: _Optional[int] = ..., parameter_server_count: _Optional[int] = ...) -> None: ...
 
 class EnvironmentSpec(_message.Message):
     __slots__ = ("python", "pip", "index_url", "extra_index_urls", "find_links", "conda", "channels", "image")

@@ -84,7 +84,7 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @click.option("--gpus", type=int)
 @click.option("--nodes", type=int)
 @click.option("--procs-per-node", type=int, help="processes per node of a distributed run")
-@click.option("--distribution", metavar="pytorch", help="how the processes form one job (default with "
+@click.option("--distribution", metavar="pytorch|mpi", help="how the processes form one job (default with "
               "--procs-per-node: pytorch)")
 @click.option("--env", multiple=True, metavar="K=V|NAME[:VERSION]",
               help="a variable KEY=VALUE (repeat it), or the registered environment to run in: NAME:VERSION, "

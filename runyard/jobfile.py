@@ -50,7 +50,7 @@ _NOT_YET: dict[tuple[str, ...], frozenset[str]] = {
     ("queue_settings",): frozenset({"job_tier"}),
     ("environment",): frozenset({"build", "inference_config", "os_type"}),
 }
-_DISTRIBUTIONS_NOT_YET = frozenset({"mpi", "tensorflow", "ray"})
+_DISTRIBUTIONS_NOT_YET = frozenset({"ray"})
 _LITERAL_INPUT_TYPES = frozenset({"string", "integer", "number", "boolean"})
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}")
 _T = TypeVar("_T")
@@ -161,10 +161,25 @@ class Resources(Section):
 
 
 class Distribution(Section):
-    """`distribution:`: how a run's processes on each node form one job; only PyTorch's for now."""
+    """`distribution:`: how a run's processes form one job: PyTorch's or MPI's (processes per node), or
+    TensorFlow's (workers and parameter servers, spread over the nodes)."""
 
-    type: Literal["pytorch"]
+    type: Literal["pytorch", "mpi", "tensorflow"]
     process_count_per_instance: int | None = Field(None, ge=1, le=256)
+    worker_count: int | None = Field(None, ge=1, le=4096)
+    parameter_server_count: int | None = Field(None, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _counts_of_its_type(self) -> Distribution:
+        if self.type == "tensorflow":
+            if self.worker_count is None:
+                raise ValueError("type: tensorflow needs worker_count")
+            if self.process_count_per_instance is not None:
+                raise ValueError("type: tensorflow takes worker_count and parameter_server_count, "
+                                 "not process_count_per_instance")
+        elif self.worker_count is not None or self.parameter_server_count is not None:
+            raise ValueError(f"worker_count and parameter_server_count are for type: tensorflow, not {self.type}")
+        return self
 
 
 class Limits(Section):
@@ -332,7 +347,7 @@ def _refuse_not_yet(raw: Mapping[Any, Any], source: str) -> None:
     spread = distribution.get("type") if isinstance(distribution, Mapping) else None
     if isinstance(spread, str) and spread in _DISTRIBUTIONS_NOT_YET:
         raise JobFileError(source, "distribution.type",
-                           f"{spread} distribution is not supported yet by Runyard; only type: pytorch")
+                           f"{spread} distribution is not supported yet by Runyard; only type: pytorch, mpi or tensorflow")
     for prefix, keys in _NOT_YET.items():
         section: object = raw
         for part in prefix:
@@ -424,6 +439,8 @@ class RunRequest:
     env_ref: str = ""                   # or a registered environment, NAME:VERSION or NAME@latest
     distribution: str = ""              # "pytorch", or '' for none
     procs_per_node: int = 1             # processes per node of a distributed run
+    workers: int = 0                    # tensorflow: worker processes
+    parameter_servers: int = 0          # tensorflow: parameter server processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,4 +624,7 @@ def _distribution(flags: Distribution | None, job: Distribution | None) -> dict[
         return {}
     count = _first(flags.process_count_per_instance if flags else None,
                    job.process_count_per_instance if job else None, default=1)
+    if chosen.type == "tensorflow":
+        return {"distribution": chosen.type, "workers": chosen.worker_count or 1,
+                "parameter_servers": chosen.parameter_server_count or 0}
     return {"distribution": chosen.type, "procs_per_node": count}

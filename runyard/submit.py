@@ -55,7 +55,9 @@ def _spec(request: RunRequest) -> pb.RunSpec:
         max_retries=request.max_retries,
         env=None if request.env.empty else env_to_pb(request.env),
         env_ref=request.env_ref,
-        distribution=pb.Distribution(type=request.distribution, process_count_per_instance=request.procs_per_node)
+        distribution=pb.Distribution(type=request.distribution, process_count_per_instance=request.procs_per_node,
+                                     worker_count=request.workers,
+                                     parameter_server_count=request.parameter_servers)
         if request.distribution else None,
     )
 

@@ -110,6 +110,13 @@ def validate_spec(spec: RunSpec) -> None:
         raise InvalidArgument(f"instance_count must be in [1, 1024], not {spec.instance_count}")
     if not (1 <= spec.procs_per_node <= 256):
         raise InvalidArgument(f"process_count_per_instance must be in [1, 256], not {spec.procs_per_node}")
+    if spec.distribution is Distribution.TENSORFLOW:
+        if not (1 <= spec.workers <= 4096 and 0 <= spec.parameter_servers <= 4096):
+            raise InvalidArgument(f"a tensorflow run needs worker_count in [1, 4096] and parameter_server_count in "
+                                  f"[0, 4096], not {spec.workers} and {spec.parameter_servers}")
+        if (spec.instance_count - 1) * spec.procs_per_node >= spec.workers + spec.parameter_servers:
+            raise InvalidArgument(f"{spec.workers + spec.parameter_servers} tensorflow processes leave a node of "
+                                  f"{spec.instance_count} without any; use fewer nodes")
     if (spec.gpu_model or spec.gpu_memory_bytes) and not spec.gpus:
         raise InvalidArgument("gpu_model and gpu_memory need gpus of at least 1")
     if len(spec.gpu_model) > 128 or spec.gpu_memory_bytes < 0:
@@ -190,7 +197,7 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         workspace = caller().workspace
         if not known_distribution(request.spec):
             raise InvalidArgument(f"distribution type {request.spec.distribution.type!r} is not supported; "
-                                  "only pytorch")
+                                  "only pytorch, mpi or tensorflow")
         spec = spec_from_pb(request.spec)
         validate_spec(spec)
         experiment = request.experiment or "default"

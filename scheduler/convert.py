@@ -122,8 +122,18 @@ def spec_from_pb(msg: pb.RunSpec) -> RunSpec:
         env=env_from_pb(msg.env) if msg.HasField("env") else EnvSpec(),
         distribution=Distribution(msg.distribution.type) if msg.distribution.type in set(Distribution)
         else Distribution.NONE,
-        procs_per_node=max(1, msg.distribution.process_count_per_instance),
+        procs_per_node=tensorflow_procs_per_node(msg) if msg.distribution.type == Distribution.TENSORFLOW
+        else max(1, msg.distribution.process_count_per_instance),
+        workers=msg.distribution.worker_count,
+        parameter_servers=msg.distribution.parameter_server_count,
     )
+
+
+def tensorflow_procs_per_node(msg: pb.RunSpec) -> int:
+    """A TensorFlow run's processes per node, as Azure ML spreads them: ceil((workers + parameter servers) / nodes)."""
+    total, nodes = msg.distribution.worker_count + msg.distribution.parameter_server_count, \
+        msg.resources.instance_count or 1
+    return max(1, -(-total // nodes))
 
 
 def known_distribution(msg: pb.RunSpec) -> bool:
@@ -144,7 +154,8 @@ def spec_to_pb(spec: RunSpec) -> pb.RunSpec:
         env=None if spec.env.empty else env_to_pb(spec.env),
         env_hash=spec.env_hash,
         distribution=None if spec.distribution is Distribution.NONE else pb.Distribution(
-            type=spec.distribution, process_count_per_instance=spec.procs_per_node),
+            type=spec.distribution, process_count_per_instance=spec.procs_per_node, worker_count=spec.workers,
+            parameter_server_count=spec.parameter_servers),
     )
 
 

@@ -364,7 +364,8 @@ class Dispatcher:
             else:
                 parent, runs = await self._store.assign_gang(
                     run_id, [(p.node_id, p.gpu_indices) for p in members], detail=detail,
-                    rendezvous=self._rendezvous(members[0].node_id))
+                    rendezvous=self._rendezvous(members[0].node_id),
+                    addresses=[self._rendezvous(p.node_id).address for p in members])
                 self._followers.notify(parent.id)
         except InvalidTransition:
             return 0

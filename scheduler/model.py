@@ -22,6 +22,8 @@ class Distribution(StrEnum):
 
     NONE = ""
     PYTORCH = "pytorch"
+    MPI = "mpi"
+    TENSORFLOW = "tensorflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,9 @@ class RunSpec:
     env: EnvSpec = EnvSpec()            # the software it runs in, normalized; empty: the node's own
     env_hash: str = ""                  # the identity of `env` on its cluster's platform ('' without one)
     distribution: Distribution = Distribution.NONE
-    procs_per_node: int = 1             # processes per node of a distributed run
+    procs_per_node: int = 1             # processes per node of a distributed run (tensorflow: ceil(W+P / nodes))
+    workers: int = 0                    # tensorflow: worker processes (W)
+    parameter_servers: int = 0          # tensorflow: parameter server processes (P)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -3,9 +3,11 @@ uid they share, and the first-failure policy, with real processes and a manual c
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from agent.ranks import is_launcher, launches
+from agent.ranks import hostfile, is_launcher, launches
 from protos import runyard_pb2 as pb
 from tests.fakes import eventually
 from tests.test_agent_supervisor import Node, containment, node  # noqa: F401  (fixtures)
@@ -130,3 +132,97 @@ async def test_all_processes_exiting_zero_is_zero(node: Node) -> None:
 
     assert exited.exit_code == 0
     assert lines_by_rank(node, "fine") == {0: ["done 0"], 1: ["done 1"]}
+
+
+MPI_ENV = {**HEAD_ENV, "RUNYARD_NODE_ADDRESSES": "10.0.0.5,10.0.0.6"}
+
+
+def mpi(argv: list[str], procs: int) -> pb.RunSpec:
+    return pb.RunSpec(argv=argv, distribution=pb.Distribution(type="mpi", process_count_per_instance=procs))
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_each_process_of_an_mpi_node_gets_open_mpi_s_and_azure_s_variables(node_rank: int) -> None:
+    env = {**MPI_ENV, "NODE_RANK": str(node_rank)}
+    started = launches(mpi(["python", "train.py"], 2), env, free_port=no_port, hostfile_path="/runs/a/hostfile")
+
+    common = {"OTHER": "kept", "WORLD_SIZE": "4", "NODE_RANK": str(node_rank), "NNODES": "2", "NPROC_PER_NODE": "2",
+              "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29501",
+              "RUNYARD_NODE_ADDRESSES": "10.0.0.5,10.0.0.6", "OMPI_COMM_WORLD_SIZE": "4",
+              "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "AZ_BATCH_MASTER_NODE": "10.0.0.5:29501",
+              "RUNYARD_HOSTFILE": "/runs/a/hostfile"}
+    assert [launch.rank for launch in started] == [2 * node_rank, 2 * node_rank + 1]
+    assert [launch.env for launch in started] == [
+        {**common, "RANK": str(2 * node_rank + local), "LOCAL_RANK": str(local),
+         "OMPI_COMM_WORLD_RANK": str(2 * node_rank + local), "OMPI_COMM_WORLD_LOCAL_RANK": str(local)}
+        for local in (0, 1)]
+
+
+def test_an_mpi_command_named_torchrun_is_still_one_process_per_rank() -> None:
+    assert len(launches(mpi(["torchrun", "t.py"], 2), MPI_ENV, free_port=no_port)) == 2
+
+
+def test_the_hostfile_lists_every_node_in_rank_order_with_its_slots() -> None:
+    assert hostfile(mpi(["t"], 3), MPI_ENV) == "10.0.0.5 slots=3\n10.0.0.6 slots=3\n"
+
+
+def test_one_mpi_node_without_the_head_is_its_own_hostfile_on_loopback() -> None:
+    assert hostfile(mpi(["t"], 2), {}) == "127.0.0.1 slots=2\n"
+    (first, second) = launches(mpi(["t"], 2), {}, free_port=lambda: 40123, hostfile_path="h")
+    assert (first.env["AZ_BATCH_MASTER_NODE"], second.env["OMPI_COMM_WORLD_RANK"]) == ("127.0.0.1:40123", "1")
+
+
+@pytest.mark.timeout(30)
+async def test_an_mpi_run_s_processes_read_the_hostfile_in_the_run_s_directory(node: Node) -> None:
+    node.supervisor.start(pb.Assignment(run_id="mpi", attempt=1, snapshot_sha256=node.sha, spec=mpi(
+        ["sh", "-c", 'echo "$OMPI_COMM_WORLD_RANK/$OMPI_COMM_WORLD_SIZE $RUNYARD_HOSTFILE"; cat "$RUNYARD_HOSTFILE"'],
+        2)))
+
+    exited = await eventually("the run to exit", lambda: node.exited("mpi"))
+
+    assert exited.exit_code == 0, node.system_lines("mpi")
+    lines = lines_by_rank(node, "mpi")
+    assert sorted(lines) == [0, 1]
+    for rank, (first, *rest) in lines.items():
+        size, path = first.split(" ")
+        assert size == f"{rank}/2" and path.endswith("/hostfile")
+        assert rest == ["127.0.0.1 slots=2"]
+
+
+def tensorflow(workers: int, servers: int, per_node: int) -> pb.RunSpec:
+    return pb.RunSpec(argv=["python", "t.py"], distribution=pb.Distribution(
+        type="tensorflow", process_count_per_instance=per_node, worker_count=workers, parameter_server_count=servers))
+
+
+TF_CLUSTER = {"worker": ["10.0.0.5:29502", "10.0.0.6:29503", "10.0.0.6:29504"], "ps": ["10.0.0.5:29501"]}
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_each_tensorflow_process_gets_tf_config_with_the_whole_cluster_and_its_task(node_rank: int) -> None:
+    env = {**MPI_ENV, "NODE_RANK": str(node_rank)}
+    started = launches(tensorflow(3, 1, 2), env, free_port=no_port)
+
+    tasks = [("ps", 0), ("worker", 0)] if node_rank == 0 else [("worker", 1), ("worker", 2)]
+    assert [launch.rank for launch in started] == [2 * node_rank, 2 * node_rank + 1]
+    for local, (launch, (kind, index)) in enumerate(zip(started, tasks, strict=True)):
+        config = json.loads(launch.env.pop("TF_CONFIG"))
+        assert config == {"cluster": TF_CLUSTER, "task": {"type": kind, "index": index}}
+        assert launch.env == {**env, "RANK": str(2 * node_rank + local), "LOCAL_RANK": str(local),
+                              "WORLD_SIZE": "4"}
+
+
+def test_tensorflow_without_parameter_servers_has_workers_only_and_a_short_last_node() -> None:
+    env = {**MPI_ENV, "NODE_RANK": "1"}
+    (only,) = launches(tensorflow(3, 0, 2), env, free_port=no_port)
+
+    assert (only.rank, json.loads(only.env["TF_CONFIG"])) == (2, {
+        "cluster": {"worker": ["10.0.0.5:29501", "10.0.0.5:29502", "10.0.0.6:29503"]},
+        "task": {"type": "worker", "index": 2}})
+
+
+def test_one_tensorflow_node_without_the_head_uses_loopback_from_a_free_port() -> None:
+    started = launches(tensorflow(1, 1, 2), {}, free_port=lambda: 40000)
+
+    assert [json.loads(s.env["TF_CONFIG"]) for s in started] == [
+        {"cluster": {"worker": ["127.0.0.1:40001"], "ps": ["127.0.0.1:40000"]}, "task": {"type": t, "index": 0}}
+        for t in ("ps", "worker")]

@@ -90,7 +90,8 @@ def test_canceling_the_parent_stops_every_child(cluster: Cluster, project: Path)
 
 def test_the_head_refuses_a_distribution_it_does_not_know(cluster: Cluster) -> None:
     request = pb.SubmitRequest(snapshot_sha256="0" * 64, spec=pb.RunSpec(
-        argv=["true"], distribution=pb.Distribution(type="mpi", process_count_per_instance=2)))
+        argv=["true"], distribution=pb.Distribution(type="ray", process_count_per_instance=2)))
 
-    with pytest.raises(InvalidArgument, match="distribution type 'mpi' is not supported; only pytorch"):
+    with pytest.raises(InvalidArgument,
+                       match="distribution type 'ray' is not supported; only pytorch, mpi or tensorflow"):
         cluster.client().submit(request)

@@ -3,15 +3,20 @@ there holds, and every child the variables a distributed launcher reads. On a re
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from protos import runyard_pb2 as pb
+from scheduler.client_api import validate_spec
+from scheduler.convert import spec_from_pb, spec_to_pb
 from scheduler.core import gangs
 from scheduler.core.lifecycle import Reason, Trigger
 from scheduler.dispatch import peer_host
 from scheduler.model import Distribution, NewRun, RunSpec
+from scheduler.errors import InvalidArgument
 from scheduler.store import Conflict, RendezvousRange, Store
 from tests.test_store import open_store
 
@@ -91,3 +96,55 @@ def test_a_gang_without_distribution_has_one_process_per_node() -> None:
     ("ipv4:10.0.0.5:4411", "10.0.0.5"), ("ipv6:[::1]:4411", "::1"), ("unix:/tmp/s", "")])
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+async def test_every_child_of_an_mpi_gang_gets_every_node_s_address_in_rank_order(store: Store) -> None:
+    parent_id = await submit(store, RunSpec(argv=("python", "t.py"), instance_count=2, distribution=Distribution.MPI,
+                                            procs_per_node=2))
+
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE,
+                                          addresses=["10.0.0.5", "10.0.0.6"])
+
+    assert [{k: c.spec.environment[k] for k in ("RUNYARD_NODE_ADDRESSES", "NODE_RANK", "NNODES", "NPROC_PER_NODE",
+                                                "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} for c in children] == [
+        {"RUNYARD_NODE_ADDRESSES": "10.0.0.5,10.0.0.6", "NODE_RANK": str(rank), "NNODES": "2", "NPROC_PER_NODE": "2",
+         "WORLD_SIZE": "4", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29500"} for rank in (0, 1)]
+    assert [(c.spec.distribution, c.spec.procs_per_node) for c in children] == [(Distribution.MPI, 2)] * 2
+
+
+def tf_pb(workers: int, servers: int, nodes: int) -> pb.RunSpec:
+    return pb.RunSpec(argv=["python", "t.py"], resources=pb.Resources(instance_count=nodes),
+                      distribution=pb.Distribution(type="tensorflow", worker_count=workers,
+                                                   parameter_server_count=servers))
+
+
+@pytest.mark.parametrize(("workers", "servers", "nodes", "per_node"), [(3, 1, 2, 2), (4, 1, 2, 3), (1, 0, 1, 1)])
+def test_the_head_spreads_tensorflow_processes_ceil_of_their_count_per_node(
+        workers: int, servers: int, nodes: int, per_node: int) -> None:
+    spec = spec_from_pb(tf_pb(workers, servers, nodes))
+    validate_spec(spec)
+
+    assert (spec.distribution, spec.procs_per_node, spec.workers, spec.parameter_servers) == (
+        Distribution.TENSORFLOW, per_node, workers, servers)
+    assert spec_from_pb(spec_to_pb(spec)) == spec
+
+
+@pytest.mark.parametrize(("workers", "servers", "nodes", "message"), [
+    (0, 1, 1, "needs worker_count in [1, 4096]"), (1, -1, 1, "parameter_server_count"),
+    (3, 1, 3, "leave a node of 3 without any")])
+def test_the_head_refuses_tensorflow_counts_it_cannot_spread(workers: int, servers: int, nodes: int,
+                                                              message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        validate_spec(spec_from_pb(tf_pb(workers, servers, nodes)))
+
+
+async def test_every_child_of_a_tensorflow_gang_carries_the_counts_and_every_address(store: Store) -> None:
+    parent_id = await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
+
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE,
+                                          addresses=["10.0.0.5", "10.0.0.6"])
+
+    assert [spec_to_pb(c.spec).distribution for c in children] == [pb.Distribution(
+        type="tensorflow", process_count_per_instance=2, worker_count=3, parameter_server_count=1)] * 2
+    assert [(c.spec.environment["NODE_RANK"], c.spec.environment["RUNYARD_NODE_ADDRESSES"]) for c in children] == [
+        ("0", "10.0.0.5,10.0.0.6"), ("1", "10.0.0.5,10.0.0.6")]

@@ -148,9 +148,18 @@ def test_unsupported_azure_keys_are_refused_by_name(tmp_path: Path, text: str, p
         ("experiment_name: ''", "experiment_name", "must not be empty"),
         ("code: azureml:src:1", "code", "only a local directory"),
         ("type: sweep", "type", "sweep jobs are not supported yet by Runyard"),
-        ("distribution: {type: mpi}", "distribution.type", "mpi distribution is not supported yet by Runyard"),
-        ("distribution: {type: tensorflow, worker_count: 2}", "distribution.type",
-         "tensorflow distribution is not supported yet"),
+        ("distribution: {type: ray}", "distribution.type", "ray distribution is not supported yet by Runyard"),
+        ("distribution: {type: mpi, process_count_per_instance: 0}", "distribution.process_count_per_instance",
+         "must be >= 1"),
+        ("distribution: {type: mpi, process_count_per_instance: 257}", "distribution.process_count_per_instance",
+         "must be <= 256"),
+        ("distribution: {type: tensorflow}", "distribution", "type: tensorflow needs worker_count"),
+        ("distribution: {type: tensorflow, worker_count: 0}", "distribution.worker_count", "must be >= 1"),
+        ("distribution: {type: tensorflow, worker_count: 2, parameter_server_count: -1}",
+         "distribution.parameter_server_count", "must be >= 0"),
+        ("distribution: {type: tensorflow, worker_count: 2, process_count_per_instance: 2}", "distribution",
+         "not process_count_per_instance"),
+        ("distribution: {type: mpi, worker_count: 2}", "distribution", "are for type: tensorflow, not mpi"),
         ("distribution: {type: pytorch, process_count_per_instance: 0}", "distribution.process_count_per_instance",
          "must be >= 1"),
         ("distribution: {type: pytorch, workers: 2}", "distribution.workers", "unknown key"),
@@ -345,7 +354,7 @@ def test_priority_flag_takes_names_and_integers(flag: str, value: int) -> None:
         (CliOptions(memory="100P"), "--memory: must be at most 64T"),
         (CliOptions(nodes=0), "--nodes: must be >= 1"),
         (CliOptions(procs_per_node=0), "--procs-per-node: must be >= 1"),
-        (CliOptions(distribution="mpi", procs_per_node=2), "--distribution: "),
+        (CliOptions(distribution="horovod", procs_per_node=2), "--distribution: "),
         (CliOptions(priority="urgent"), "--priority: must be one of low, medium or high"),
         (CliOptions(timeout_s=-1.0), "--timeout: must be > 0"),
         (CliOptions(experiment=""), "--experiment: must not be empty"),
@@ -635,6 +644,33 @@ def test_pytorch_distribution_is_carried_into_the_request(tmp_path: Path) -> Non
     request = build_request(CliOptions(job_file=job))
 
     assert (request.instance_count, request.distribution, request.procs_per_node) == (2, "pytorch", 2)
+
+
+def test_mpi_distribution_is_carried_into_the_request(tmp_path: Path) -> None:
+    job = write_job(tmp_path, """\
+        command: python train.py
+        resources: {instance_count: 2}
+        distribution: {type: mpi, process_count_per_instance: 3}
+        """)
+
+    request = build_request(CliOptions(job_file=job))
+    flags = build_request(CliOptions(distribution="mpi", procs_per_node=2, command=("python", "train.py")))
+
+    assert (request.instance_count, request.distribution, request.procs_per_node) == (2, "mpi", 3)
+    assert (flags.distribution, flags.procs_per_node) == ("mpi", 2)
+
+
+def test_tensorflow_distribution_is_carried_into_the_request(tmp_path: Path) -> None:
+    job = write_job(tmp_path, """\
+        command: python train.py
+        resources: {instance_count: 2}
+        distribution: {type: tensorflow, worker_count: 3, parameter_server_count: 1}
+        """)
+
+    request = build_request(CliOptions(job_file=job))
+
+    assert (request.instance_count, request.distribution, request.workers, request.parameter_servers) == (
+        2, "tensorflow", 3, 1)
 
 
 def test_without_distribution_a_run_has_none(tmp_path: Path) -> None:

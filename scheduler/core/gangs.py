@@ -63,13 +63,17 @@ def free_port(used: Iterable[int], low: int, high: int) -> int | None:
     return next((port for port in range(low, high + 1) if port not in taken), None)
 
 
-def child_environment(spec: RunSpec, rank: int, nodes: int, rendezvous: Rendezvous | None) -> dict[str, str]:
+def child_environment(spec: RunSpec, rank: int, nodes: int, rendezvous: Rendezvous | None,
+                      addresses: Sequence[str] = ()) -> dict[str, str]:
     """The variables the head adds to node `rank`'s child: NODE_RANK, NNODES, NPROC_PER_NODE, WORLD_SIZE (nodes
-    times processes per node), and MASTER_ADDR/MASTER_PORT when the gang has a rendezvous."""
+    times processes per node), MASTER_ADDR/MASTER_PORT when the gang has a rendezvous, and RUNYARD_NODE_ADDRESSES
+    (every node's advertised address, comma-separated in rank order; an MPI run's hostfile) when given."""
     env = {"NODE_RANK": str(rank), "NNODES": str(nodes), "NPROC_PER_NODE": str(spec.procs_per_node),
            "WORLD_SIZE": str(nodes * spec.procs_per_node)}
     if rendezvous is not None:
         env.update(MASTER_ADDR=rendezvous.address, MASTER_PORT=str(rendezvous.port))
+    if addresses:
+        env["RUNYARD_NODE_ADDRESSES"] = ",".join(addresses)
     return env
 
 

@@ -407,13 +407,14 @@ class RunStore(StoreBase):
 
     async def assign_gang(
         self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str,
-        rendezvous: RendezvousRange | None = None,
+        rendezvous: RendezvousRange | None = None, addresses: Sequence[str] = (),
     ) -> tuple[RunRecord, list[RunRecord]]:
         """Place a multi-node run in one transaction: the parent Queued -> Preparing (attempt N+1) and one child
         run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with `gangs.child_environment`
         in its environment. With `rendezvous` (the rank-0 node's address and port range), the gang's MASTER_PORT is
         the lowest port of the range no live run on the rank-0 node holds. Raises InvalidTransition if the parent is
-        no longer queued, Conflict if every port of the range is held."""
+        no longer queued, Conflict if every port of the range is held. `addresses` (each member's advertised address,
+        rank order) go to every child as RUNYARD_NODE_ADDRESSES."""
         now = self.clock()
 
         def work(w: sqlite3.Connection, effects: Effects) -> tuple[RunRecord, list[RunRecord]]:
@@ -447,7 +448,7 @@ class RunStore(StoreBase):
             for rank, (node_id, gpus) in enumerate(members):
                 child_id = new_run_id(now)
                 env = {**parent.spec.environment,
-                       **gangs.child_environment(parent.spec, rank, len(members), meeting)}
+                       **gangs.child_environment(parent.spec, rank, len(members), meeting, addresses)}
                 spec = dataclasses.replace(parent.spec, instance_count=1, environment=env)
                 w.execute(
                     "INSERT INTO runs (id, workspace, experiment, parent_id, display_name, state, spec, snapshot_sha256, "
