@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -160,11 +161,15 @@ class Agent:
 
 def start_agent_process(name: str, data_dir: Path, log_file: Path, settings: dict[str, Any],
                         stderr: int | None = None) -> subprocess.Popen[bytes]:
-    """`runyard-agent` with test timers; its output goes to `log_file` (stderr to a pipe if `stderr` says so)."""
+    """`runyard-agent` with test timers; its output goes to `log_file` (stderr to a pipe if `stderr` says so).
+
+    Each agent gets rendezvous ports of its own (100 below the kernel's ephemeral range): clusters of parallel
+    tests share the machine, and the head of one cannot know the ports another's gangs listen on."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    base = random.randrange(20_000, 32_000, 100)
     config = {
         "name": name, "data_dir": str(data_dir), "heartbeat_interval_s": 1.0, "reconnect_max_s": 0.5,
-        "stop_grace_s": 3.0, **settings,
+        "stop_grace_s": 3.0, "rendezvous_ports": f"{base}-{base + 99}", **settings,
     }
     path = data_dir / "agent.toml"
     write_private(path, _toml(config))
