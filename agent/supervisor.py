@@ -399,7 +399,8 @@ class Supervisor:
 
     async def _watch(self, a: _Attempt) -> Event:
         assert a.process is not None
-        return ProcessExited(await a.process.wait())
+        code = await a.process.wait()
+        return ProcessExited(code, rank=await _failed_rank(a.process, code))
 
     async def _after(self, seconds: float, event: Event) -> Event:
         await self._clock.sleep(seconds)
@@ -502,3 +503,14 @@ async def _remove_container(argv: list[str] | None) -> None:
         process.kill()
         await process.wait()
         raise
+
+
+async def _failed_rank(process: RunProcess, code: int) -> int | None:
+    """The global rank whose exit code a distributed run's failure is (the lowest of several with that code): every
+    process has ended by then, so waiting for each again returns at once."""
+    if code == 0 or not isinstance(process, ranks.Ranks):
+        return None
+    for rank, each in sorted(process.processes, key=lambda found: found[0]):
+        if await each.wait() == code:
+            return rank
+    return None
