@@ -138,6 +138,7 @@ class StartFailed:
 @dataclass(frozen=True, slots=True)
 class ProcessExited:
     exit_code: int  # 128 + N when killed by signal N
+    rank: int | None = None  # of a distributed run: the global rank whose exit code this is
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +322,7 @@ class RunModel:
         self.stop_reason: Reason | None = None
         self.stop_detail = ""
         self.exit_code: int | None = None
+        self.exit_rank: int | None = None
         self.terminated = False
 
     @property
@@ -357,6 +359,8 @@ class RunModel:
 
     def _final_detail(self) -> str:
         detail = f"exit code {self.exit_code}"
+        if self.exit_rank is not None:
+            detail = f"rank {self.exit_rank} exited with code {self.exit_code}"
         if self.stop_reason is not None:
             detail += f" ({self.stop_reason})"
         if self.stop_detail:
@@ -465,7 +469,7 @@ def _grace_over(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]
 
 def _exited(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
     assert isinstance(event, ProcessExited)
-    m.exit_code = event.exit_code
+    m.exit_code, m.exit_rank = event.exit_code, event.rank
     return S.EXITED, (KillTree(), DrainOutput())
 
 

@@ -403,7 +403,8 @@ class Supervisor:
 
     async def _watch(self, a: _Attempt) -> Event:
         assert a.process is not None
-        return ProcessExited(await a.process.wait())
+        code = await a.process.wait()
+        return ProcessExited(code, rank=await _failed_rank(a.process, code))
 
     async def _after(self, seconds: float, event: Event) -> Event:
         await self._clock.sleep(seconds)
@@ -513,3 +514,14 @@ def _write_hostfile(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     os.chmod(path, 0o644)
+
+
+async def _failed_rank(process: RunProcess, code: int) -> int | None:
+    """The global rank whose exit code a distributed run's failure is (the lowest of several with that code): every
+    process has ended by then, so waiting for each again returns at once."""
+    if code == 0 or not isinstance(process, ranks.Ranks):
+        return None
+    for rank, each in sorted(process.processes, key=lambda found: found[0]):
+        if await each.wait() == code:
+            return rank
+    return None

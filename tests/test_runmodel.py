@@ -176,6 +176,14 @@ def test_only_the_first_stop_terminates_and_its_reason_is_reported() -> None:
                             detail="exit code 143 (cut_off): cut off from the head for 240.0s")
 
 
+def test_the_failing_rank_of_a_distributed_run_is_named() -> None:
+    model = model_in(S.RUNNING)
+    model.handle(ProcessExited(7, rank=3))
+    model.handle(OutputDrained())
+    (report,) = model.handle(Uploaded(""))
+    assert report == Report(Phase.EXITED, exit_code=7, detail="rank 3 exited with code 7")
+
+
 @pytest.mark.parametrize("reason", sorted(ABORTS_UPLOAD))
 def test_stops_that_abort_an_upload(reason: Reason) -> None:
     model = model_in(S.UPLOADING)
