@@ -27,6 +27,7 @@ for _ in range(5):
     loss = ((ddp(x) - y) ** 2).mean(); opt.zero_grad(); loss.backward(); opt.step()
 h = hashlib.sha256(repr([p.detach().flatten().tolist() for p in model.parameters()]).encode()).hexdigest()[:16]
 print(f"DIGEST rank={dist.get_rank()} world={dist.get_world_size()} {h}", flush=True)
+dist.barrier()
 dist.destroy_process_group()
 """
 DIGEST = re.compile(r"^(\[rank (\d)\] )?DIGEST rank=(\d) world=4 ([0-9a-f]{16})$")

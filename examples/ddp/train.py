@@ -33,4 +33,5 @@ for step in range(args.steps):
     if rank == 0:
         print(f"step {step + 1}/{args.steps}  loss={loss.item():.4f}  world={world}", flush=True)
         run.log("loss", loss.item())
+dist.barrier()  # no rank leaves while another still talks to the store rank 0 holds
 dist.destroy_process_group()
