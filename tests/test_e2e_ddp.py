@@ -92,6 +92,7 @@ def test_one_failing_rank_fails_the_run_and_stops_every_other_process(cluster: C
     shown = cluster.wait_state(run_id, "Completed", "Failed", "Canceled", timeout_s=120)
     assert shown["state"] == "Failed"
     assert shown["exit_code"] == 7
+    assert shown["events"][-1]["detail"].endswith("(node rank 1) ended Failed: rank 3 exited with code 7")
     children = {r["properties"]["runyard.node_rank"]: cluster.run(r["id"]) for r in cluster.json("runs")
                 if r["parent_run_id"] == run_id}
     failed = children["1"]  # ranks 2 and 3

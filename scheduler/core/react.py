@@ -268,7 +268,9 @@ def _then_gang(world: World, plan: Plan) -> Plan:
     """`plan`, and what the parents of the runs it changes do about it."""
     after = world.with_plan(plan)
     parents = {after.runs[r].parent_id for r in plan.touched if after.runs[r].parent_id}
-    return plan + fold(after, [partial(follow_gang, parent_id=p) for p in sorted(parents) if p in after.runs])
+    details = {m.run_id: m.detail for m in plan.moves if m.detail}
+    return plan + fold(after, [partial(follow_gang, parent_id=p, details=details)
+                               for p in sorted(parents) if p in after.runs])
 
 
 # --- losing attempts -----------------------------------------------------------------------------------------
@@ -326,8 +328,9 @@ def _lose_gang_member(world: World, parent: RunRecord, child: RunRecord, failed_
     return _then_gang(world, Plan(moves=(failed_by,)))
 
 
-def follow_gang(world: World, parent_id: str) -> Plan:
-    """What the parent of a multi-node run does after one of its children changed (`gangs.step`)."""
+def follow_gang(world: World, parent_id: str, details: Mapping[str, str] | None = None) -> Plan:
+    """What the parent of a multi-node run does after one of its children changed (`gangs.step`). `details` are
+    the children's latest move details (`rank 3 exited with code 7`): a failed parent names its culprit's."""
     parent = world.runs[parent_id]
     if not gangs.is_gang_parent(parent):
         return Plan()
@@ -340,7 +343,7 @@ def follow_gang(world: World, parent_id: str) -> Plan:
         if trigger is Trigger.FAIL and culprit is not None and culprit.reason == Reason.NODE_LOST:
             reason = Reason.NODE_LOST
         exit_code = culprit.exit_code if trigger is Trigger.FAIL and culprit is not None else None
-        detail = f"child {culprit.id} ended {culprit.state}" if trigger is Trigger.FAIL and culprit else ""
+        detail = _culprit(culprit, (details or {}).get(culprit.id, "")) if trigger is Trigger.FAIL and culprit else ""
         moves.append(Move(parent.id, trigger, state, parent.attempt, detail=detail, reason=reason,
                           exit_code=exit_code, at=world.now))
         state = next_state(parent.id, state, trigger)
@@ -350,6 +353,12 @@ def follow_gang(world: World, parent_id: str) -> Plan:
                       for c in children if c.state in ACTIVE and c.desired_state is DesiredState.RUN)
     # The decision rests on every child's state: a sibling that moved meanwhile makes it stale.
     return Plan(moves=tuple(moves), stops=stops, expects=tuple(Expect(c.id, c.state) for c in children))
+
+
+def _culprit(child: RunRecord, detail: str) -> str:
+    """`child R (node rank 1) ended Failed: rank 3 exited with code 7`: which child, node and process failed."""
+    said = f"child {child.id} (node rank {gangs.node_rank(child)}) ended {child.state}"
+    return f"{said}: {detail}" if detail else said
 
 
 # --- connections and silence ---------------------------------------------------------------------------------
