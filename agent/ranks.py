@@ -27,7 +27,8 @@ so the ports above it, on every node, are assumed free. Each process gets
                 ("ps" only when P > 0), and RANK = k, LOCAL_RANK, WORLD_SIZE = W + P
 
 A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
-node instead, with the launcher's PET_* variables, and starts the N processes itself.
+node instead, with the launcher's PET_* variables, and starts the N processes itself; PET_TEE=3 and a line prefix
+of `[rankR]:` make it pass on each worker's output marked with its global rank (`output.read_records`).
 
 The attempt's exit is the first non-zero exit among its processes (the others are then stopped: SIGTERM, and
 SIGKILL after the grace, as a cancel does), or 0 once every one exited 0.
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.containment import RunProcess
+from agent.output import RANK_PREFIX_TEMPLATE
 from protos import runyard_pb2 as pb
 
 PYTORCH = "pytorch"
@@ -104,7 +106,8 @@ def launches(spec: pb.RunSpec, env: Mapping[str, str], *, free_port: Callable[[]
                 for local in range(per_node)]
     if is_launcher(spec.argv):
         shared.update(PET_NNODES=str(nodes), PET_NPROC_PER_NODE=str(per_node), PET_NODE_RANK=str(node_rank),
-                      PET_MASTER_ADDR=shared["MASTER_ADDR"], PET_MASTER_PORT=shared["MASTER_PORT"])
+                      PET_MASTER_ADDR=shared["MASTER_ADDR"], PET_MASTER_PORT=shared["MASTER_PORT"],
+                      PET_TEE="3", TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=RANK_PREFIX_TEMPLATE)
         return [Launch(node_rank * per_node, shared)]
     return [Launch(node_rank * per_node + local,
                    {**shared, "RANK": str(node_rank * per_node + local), "LOCAL_RANK": str(local)})

@@ -13,6 +13,7 @@
           pgid, outputs.zip       agent, 0600
           code/                   the run's user, 0700: the snapshot, the working directory; code/outputs/
           records.jsonl           the run's user, 0600: the SDK appends, the agent tails
+          records.rank-R.jsonl    the run's user, 0600: the same, one per process R of a distributed run
           home/, tmp/             the run's user, 0700: HOME and TMPDIR
 
 A run can write only in what it owns, so it can neither replace the agent's files of its attempt nor put a link
@@ -30,6 +31,7 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,10 @@ class AttemptDirs:
     @property
     def records(self) -> Path:
         return self.top / "records.jsonl"
+
+    def rank_records(self, rank: int | str) -> Path:
+        """The records file of a distributed run's process of global rank `rank` (`{RANK}`: the SDK fills it in)."""
+        return self.top / f"records.rank-{rank}.jsonl"
 
     @property
     def home(self) -> Path:
@@ -179,16 +185,19 @@ def make_attempt_dir(dirs: AttemptDirs) -> None:
     os.chmod(dirs.top, PASS_THROUGH)
 
 
-def hand_over(dirs: AttemptDirs, user: RunUser) -> None:
-    """Give the run what is its own: the extracted code (with outputs/), records file, HOME and TMPDIR.
+def hand_over(dirs: AttemptDirs, user: RunUser, ranks: Sequence[int] = ()) -> None:
+    """Give the run what is its own: the extracted code (with outputs/), records file (one per rank in `ranks`,
+    the global ranks of a distributed run's processes on this node), HOME and TMPDIR.
 
     Called before the run starts, on directories only the agent has written, so nothing in them is a link.
     """
     dirs.outputs.mkdir(exist_ok=True)
     for directory in (dirs.home, dirs.tmp):
         os.mkdir(directory, PRIVATE_DIR)
-    os.close(os.open(dirs.records, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE))
-    for path in (dirs.home, dirs.tmp, dirs.records):
+    records = [dirs.records, *(dirs.rank_records(rank) for rank in ranks)]
+    for path in records:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE))
+    for path in (dirs.home, dirs.tmp, *records):
         _give(path, user)
     own_tree(dirs.code, user)
 

@@ -34,6 +34,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSED_ON = ("LANG", "LC_ALL", "TZ")
 _SDK_FILES = ("__init__.py", "sdk.py", "ids.py")
 _PYTHON_NAMES = ("python", "python3")
+_SCRIPT_MAX_BYTES = 64 << 10      # a console script is a few lines; anything larger is not one
 _NOTHING: Mapping[str, str] = MappingProxyType({})
 
 
@@ -111,6 +112,28 @@ def _share_agent_packages(shim_dir: Path, interpreter: Path, user: RunUser) -> N
     (own / "agent.pth").write_text("".join(f"{p}\n" for p in packages))
     os.chmod(own / "agent.pth", 0o644)
     os.chmod(shim_dir / "pyvenv.cfg", 0o644)
+    _share_agent_commands(shim_dir, Path(sys.executable).parent)
+
+
+def _share_agent_commands(shim_dir: Path, bin_dir: Path) -> None:
+    """The commands of the agent's packages (`torchrun`, `mlflow`), for runs that cannot reach `bin_dir`: each
+    script there whose `#!` names a python of `bin_dir` is copied to `shim_dir`, naming the linked python."""
+    for script in sorted(bin_dir.iterdir()):
+        target = shim_dir / script.name
+        if script.name.startswith(_PYTHON_NAMES) or not script.is_file():
+            continue
+        try:
+            with script.open("rb") as f:
+                text = f.read(_SCRIPT_MAX_BYTES + 1)
+        except OSError:
+            continue
+        first, _, rest = text.partition(b"\n")
+        interpreter = first[2:].strip().split(b" ")[0] if first.startswith(b"#!") else b""
+        if len(text) > _SCRIPT_MAX_BYTES or Path(os.fsdecode(interpreter)).parent != bin_dir:
+            continue
+        target.unlink(missing_ok=True)
+        target.write_bytes(b"#!" + os.fsencode(shim_dir / "python") + b"\n" + rest)
+        os.chmod(target, 0o755)
 
 
 def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk_dir: Path, python_bin: str,

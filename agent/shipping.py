@@ -54,12 +54,15 @@ class LogShipper:
 
 
 class MetricShipper:
-    """Tails the SDK's record file of one attempt into metric batches in the outbox."""
+    """Tails the SDK's record file of one process of an attempt (its global `rank`) into metric batches in the
+    outbox."""
 
-    def __init__(self, assignment: pb.Assignment, outbox: Outbox, tail: RecordTail, *, poll_s: float = 0.2) -> None:
+    def __init__(self, assignment: pb.Assignment, outbox: Outbox, tail: RecordTail, *, rank: int = 0,
+                 poll_s: float = 0.2) -> None:
         self._asg = assignment
         self._outbox = outbox
         self._tail = tail
+        self.rank = rank
         self._poll_s = poll_s
         self._closed = asyncio.Event()
 
@@ -71,7 +74,7 @@ class MetricShipper:
         batch = pb.MetricBatch(run_id=self._asg.run_id, attempt=self._asg.attempt)
         for r in records:
             batch.records.add(
-                seq=r.seq, params=r.params, tags=r.tags,
+                seq=r.seq, params=r.params, tags=r.tags, rank=self.rank,
                 points=[pb.MetricPoint(key=k, value=v, step=s, ts=r.ts) for k, v, s in r.metrics],
             )
         if records:

@@ -62,6 +62,7 @@ from agent.shipping import LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
+from runyard.sdk import RECORDS_FILE_ENV
 from runyard.snapshot import safe_extract
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ __all__ = ["HeadFiles", "Supervisor"]
 @dataclass(slots=True)
 class _Output:
     logs: LogShipper
-    metrics: MetricShipper
+    metrics: list[MetricShipper]           # one per records file: per process of a distributed run
     readers: list[asyncio.Task[None]]
     shippers: list[asyncio.Task[None]]
 
@@ -319,7 +320,6 @@ class Supervisor:
     async def _start(self, a: _Attempt) -> Event:
         asg, user, lease = a.assignment, a.user, a.lease
         assert user is not None
-        await asyncio.to_thread(hand_over, a.dirs, user)
         env_dir = str(lease.path) if lease is not None and lease.kind is not EnvKind.IMAGE else ""
         env = run_environment(asg, dirs=a.dirs, user=user, sdk_dir=self._sdk_dir, python_bin=self._python_bin,
                               extra=self._config.run_environment, env_dir=env_dir,
@@ -327,19 +327,25 @@ class Supervisor:
                               else "VIRTUAL_ENV")
         argv = list(asg.spec.argv)
         started: list[tuple[int, RunProcess]] = []
+        launches = ranks.launches(asg.spec, env, free_port=_free_port,
+                                  hostfile_path=str(a.dirs.top / ranks.HOSTFILE)) if asg.spec.distribution.type else []
+        process_ranks = _process_ranks(asg.spec, launches)
+        await asyncio.to_thread(hand_over, a.dirs, user, process_ranks)
+        records = [(rank, a.dirs.rank_records(rank)) for rank in process_ranks] or [(0, a.dirs.records)]
         try:
-            if asg.spec.distribution.type:
+            if launches:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
                     raise CannotStart("cannot start the run: a distributed run in an image is not supported yet")
                 check_command(argv, cwd=a.code_dir, env=env, user=user)
-                hostfile = ""
                 if asg.spec.distribution.type == ranks.MPI:
-                    hostfile = str(a.dirs.top / ranks.HOSTFILE)
-                    await asyncio.to_thread(_write_hostfile, hostfile, ranks.hostfile(asg.spec, env))
-                for launch in ranks.launches(asg.spec, env, free_port=_free_port, hostfile_path=hostfile):
+                    await asyncio.to_thread(_write_hostfile, str(a.dirs.top / ranks.HOSTFILE),
+                                            ranks.hostfile(asg.spec, env))
+                for launch in launches:
+                    # each process appends to its own records file; a launcher's workers fill in their RANK
+                    own = "{RANK}" if ranks.is_launcher(asg.spec.argv) else launch.rank
                     started.append((launch.rank, await self._containment.spawn(
                         f"{asg.run_id}-{asg.attempt}-r{launch.rank}", user.command(argv), cwd=a.code_dir,
-                        env=launch.env)))
+                        env={**launch.env, RECORDS_FILE_ENV: str(a.dirs.rank_records(own))})))
                 process: RunProcess = ranks.Ranks(started, grace_s=self._config.stop_grace_s, sleep=self._clock.sleep)
             else:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
@@ -359,7 +365,7 @@ class Supervisor:
             return StartFailed(f"cannot start {argv[0]!r}: {err.strerror or err}")
         a.process = process
         record_group(a.dirs.pgid, process.group)
-        a.output = self._ship_output(a, started, a.dirs.records)
+        a.output = self._ship_output(a, started, records)
         return Started(process.pid)
 
     def _in_container(self, a: _Attempt, lease: Lease, argv: list[str], env: dict[str, str],
@@ -381,14 +387,19 @@ class Supervisor:
         return (command if runtime in CLIENT_AS_AGENT else user.command(command)), container_env(
             runtime, env, asg.gpu_indices)
 
-    def _ship_output(self, a: _Attempt, processes: list[tuple[int, RunProcess]], records_file: Path) -> _Output:
-        """Read each process's output into log records carrying its rank (one process: rank 0, as ever)."""
+    def _ship_output(self, a: _Attempt, processes: list[tuple[int, RunProcess]],
+                     records: list[tuple[int, Path]]) -> _Output:
+        """Read each process's output into log records, and each records file into metrics, carrying its rank (one
+        process: rank 0, as ever)."""
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
-        metrics = MetricShipper(a.assignment, self._outbox, RecordTail(records_file))
+        metrics = [MetricShipper(a.assignment, self._outbox, RecordTail(path), rank=rank) for rank, path in records]
         size = self._config.log_record_bytes
 
+        # a launcher's output holds its workers' lines, each marked with its rank
+        tagged = [rank for rank, _ in records] if ranks.is_launcher(a.assignment.spec.argv) else []
+
         async def read(stream: asyncio.StreamReader, kind: pb.Stream, rank: int) -> None:
-            await read_records(stream, kind, logs.add, record_bytes=size, rank=rank)
+            await read_records(stream, kind, logs.add, record_bytes=size, rank=rank, tagged=tagged)
 
         ranked = bool(a.assignment.spec.distribution.type)
         return _Output(
@@ -398,7 +409,7 @@ class Supervisor:
                      for name, stream, kind in (("stdout", process.stdout, pb.STDOUT),
                                                 ("stderr", process.stderr, pb.STDERR))],
             shippers=[self._job(a, "ship-logs", logs.run()),
-                      self._job(a, "ship-metrics", metrics.run())],
+                      *(self._job(a, f"ship-metrics-r{shipper.rank}", shipper.run()) for shipper in metrics)],
         )
 
     async def _watch(self, a: _Attempt) -> Event:
@@ -420,7 +431,8 @@ class Supervisor:
                 reader.cancel()
             self._system_line(a, "output written after the run's end was not read: a process outside the run held it")
         out.logs.close()
-        out.metrics.close()
+        for shipper in out.metrics:
+            shipper.close()
         await asyncio.gather(*out.shippers)
         return OutputDrained()
 
@@ -485,6 +497,15 @@ class Supervisor:
             self._users.give_back(a.key)
         elif a.user is not None and a.user.switches:
             log.error("uid stays taken until the agent restarts", extra={**a.fields, "uid": a.user.uid})
+
+
+def _process_ranks(spec: pb.RunSpec, launches: list[ranks.Launch]) -> list[int]:
+    """The global ranks of a distributed run's processes on this node: those the agent starts, or those a
+    launcher (`torchrun`) it starts will start; none for a run of one process."""
+    if len(launches) == 1 and ranks.is_launcher(spec.argv):
+        first = launches[0].rank
+        return list(range(first, first + max(1, spec.distribution.process_count_per_instance)))
+    return [launch.rank for launch in launches]
 
 
 def _free_port() -> int:

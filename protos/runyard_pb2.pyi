@@ -343,19 +343,21 @@ class LogRecord(_message.Message):
     def __init__(self, stream: _Optional[_Union[Stream, str]] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., data: _Optional[bytes] = ..., continued: _Optional[bool] = ..., gap: _Optional[bool] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
-    __slots__ = ("key", "value", "step", "ts")
+    __slots__ = ("key", "value", "step", "ts", "rank")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: float
     step: int
     ts: float
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ...) -> None: ...
+    rank: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class MetricRecord(_message.Message):
-    __slots__ = ("seq", "points", "params", "tags")
+    __slots__ = ("seq", "points", "params", "tags", "rank")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -374,11 +376,13 @@ class MetricRecord(_message.Message):
     POINTS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     seq: int
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     params: _containers.ScalarMap[str, str]
     tags: _containers.ScalarMap[str, str]
-    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    rank: int
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("experiment", "display_name", "tags", "properties", "snapshot_sha256", "spec", "idempotency_key", "parent_run_id", "priority")
@@ -648,28 +652,36 @@ class LogsResponse(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
-    __slots__ = ("run_id", "key")
+    __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    HAS_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALL_RANKS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+    has_rank: bool
+    rank: int
+    all_ranks: bool
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ...) -> None: ...
 
 class MetricSummary(_message.Message):
-    __slots__ = ("key", "last", "min", "max", "count", "last_step")
+    __slots__ = ("key", "rank", "last", "min", "max", "count", "last_step")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     key: str
+    rank: int
     last: float
     min: float
     max: float
     count: int
     last_step: int
-    def __init__(self, key: _Optional[str] = ..., last: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., rank: _Optional[int] = ..., last: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class MetricsResponse(_message.Message):
     __slots__ = ("points", "summaries", "params")

@@ -209,27 +209,35 @@ def logs(run_id: str, follow: bool, tail: int, rank: int | None, all_ranks: bool
 @cli.command()
 @click.argument("run_id")
 @click.option("--key", default="", help="only this metric, as a series")
+@click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
+              "else a multi-node run's node rank")
+@click.option("--all-ranks", is_flag=True, help="a multi-node run: every rank's metrics, with a RANK column")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def metrics(run_id: str, key: str, output: str) -> None:
+def metrics(run_id: str, key: str, rank: int | None, all_ranks: bool, output: str) -> None:
     """Show a run's metrics: a summary per key, or the series of one key."""
+    if all_ranks and rank is not None:
+        raise UsageError("give --rank R or --all-ranks, not both")
     with connect() as client:
-        found = client.metrics(run_id, key)
+        found = client.metrics(run_id, key, rank=rank, all_ranks=all_ranks)
     if output == "json":
         render.print_json(render.as_dict(found))
         return
-    points = [(p.key, p.step, p.value, p.ts) for p in found.points]
+    ranked = (("rank",) if all_ranks else ())
+    points = [(p.key, *((p.rank,) if all_ranks else ()), p.step, p.value, p.ts) for p in found.points]
     if output == "csv":
-        render.print_csv(("key", "step", "value", "ts"), points)
+        render.print_csv(("key", *ranked, "step", "value", "ts"), points)
         return
     if key:
-        render.print_table(("STEP", "VALUE", "TIME"), ((s, f"{v:.6g}", render.when(t)) for _, s, v, t in points))
+        render.print_table((*(c.upper() for c in ranked), "STEP", "VALUE", "TIME"),
+                           ((*p[1:-2], f"{p[-2]:.6g}", render.when(p[-1])) for p in points))
         return
     if not found.summaries and not found.params:
         render.err_console.print(f"run {run_id} has no metrics yet")
         return
     render.print_table(
-        ("KEY", "LAST", "MIN", "MAX", "COUNT", "LAST STEP"),
-        ((s.key, f"{s.last:.6g}", f"{s.min:.6g}", f"{s.max:.6g}", s.count, s.last_step) for s in found.summaries),
+        ("KEY", *(c.upper() for c in ranked), "LAST", "MIN", "MAX", "COUNT", "LAST STEP"),
+        ((s.key, *((s.rank,) if all_ranks else ()), f"{s.last:.6g}", f"{s.min:.6g}", f"{s.max:.6g}", s.count,
+          s.last_step) for s in found.summaries),
     )
     if found.params:
         render.print_table(("PARAM", "VALUE"), sorted(found.params.items()))

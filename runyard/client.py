@@ -141,8 +141,12 @@ class Client:
             replies.cancel()
 
     @_translated
-    def metrics(self, run_id: str, key: str = "") -> pb.MetricsResponse:
-        return self._stub.GetMetrics(pb.MetricsRequest(run_id=run_id, key=key), **self._kw())
+    def metrics(self, run_id: str, key: str = "", *, rank: int | None = None,
+                all_ranks: bool = False) -> pb.MetricsResponse:
+        """The run's metrics; a multi-node run's are rank 0's unless `rank` or `all_ranks` says otherwise."""
+        request = pb.MetricsRequest(run_id=run_id, key=key, has_rank=rank is not None, rank=rank or 0,
+                                    all_ranks=all_ranks)
+        return self._stub.GetMetrics(request, **self._kw())
 
     @_translated
     def nodes(self) -> pb.ListNodesResponse:

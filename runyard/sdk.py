@@ -3,7 +3,9 @@
 Inside a run (`RUNYARD_RUN_ID` and `RUNYARD_RECORDS_FILE` both set) every call appends one record to an
 in-memory buffer and returns; a daemon thread writes the buffer to the records file every 0.2 s and `atexit`
 writes what is left. The node agent tails that file and ships each complete line to the head, using its line
-number as the sequence number. Outside Runyard the run is offline: each call prints one short line and the same
+number as the sequence number. Each process of a distributed run has a records file of its own: a file name
+with `{RANK}` in it (what the agent gives a `torchrun` launcher, whose workers share its environment) is the
+process's own once `{RANK}` is replaced by its RANK variable. Outside Runyard the run is offline: each call prints one short line and the same
 records go to `./runyard-offline/<id>.jsonl`.
 
 One line of the records file (written with `json.dumps(..., allow_nan=True, separators=(",", ":"))`):
@@ -319,7 +321,8 @@ class Run:
         run_id = environ.get(RUN_ID_ENV, "")
         records_file = environ.get(RECORDS_FILE_ENV, "")
         if run_id and records_file:
-            return cls(run_id, records=_RecordFile(Path(records_file), create_parent=False), offline=False)
+            own = records_file.replace("{RANK}", environ.get("RANK", "0"))
+            return cls(run_id, records=_RecordFile(Path(own), create_parent=False), offline=False)
         offline_id = _offline_id(time.time())
         path = cwd / OFFLINE_DIR_NAME / f"{offline_id}.jsonl"
         return cls(offline_id, records=_RecordFile(path, create_parent=True), offline=True,

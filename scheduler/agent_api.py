@@ -190,7 +190,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             self._followers.notify(run.parent_id)  # `logs -f` of a multi-node run follows its children
 
     async def _apply_metrics(self, run: RunRecord, batch: pb.MetricBatch) -> None:
-        points = [(rec.seq, p.key, p.step, p.value, p.ts) for rec in batch.records for p in rec.points]
+        points = [(rec.rank, rec.seq, p.key, p.step, p.value, p.ts) for rec in batch.records for p in rec.points]
         params = {k: v for rec in batch.records for k, v in rec.params.items()}
         tags = {k: v for rec in batch.records for k, v in rec.tags.items()}
         await self._store.append_metrics(batch.run_id, batch.attempt, points, params, tags)

@@ -36,7 +36,7 @@ from scheduler.core.heartbeats import Timers
 from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
 from scheduler.core.nodes import InvalidNodeTransition, NodeState, ScheduleTrigger
 from scheduler.core.react import Cancel
-from scheduler.model import Distribution, NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.model import Distribution, MetricRow, NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
 from scheduler.placement import NodeView, Request, minor_versions, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
@@ -345,14 +345,14 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
             raise InvalidArgument(f"unknown log stream {request.stream}")
         stream = int(request.stream) or None
         with self._followers.follow(run.id) as changed:
-            sources, ranks = await self._log_sources(run, rank)
+            sources, ranks = await self._sources(run, rank)
             after = (await self._store.tail_start(sources, request.tail, rank, stream)
                      if request.tail > 0 and sources else 0)
             ended = False
             while True:
                 changed.clear()
                 if gangs.is_gang_parent(run):   # children appear once the gang is placed, anew for each attempt
-                    sources, ranks = await self._log_sources(run, rank)
+                    sources, ranks = await self._sources(run, rank)
                 rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE,
                                                    rank=None if ranks else rank, stream=stream) if sources else []
                 if rows:
@@ -366,10 +366,10 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                 if not ended:
                     await wait_changed(changed, FOLLOW_POLL_S)
 
-    async def _log_sources(self, run: RunRecord, rank: int | None) -> tuple[list[str], dict[str, int]]:
-        """The runs whose logs `logs RUN` shows: the run itself, or a multi-node run's children (child id -> rank).
-        A distributed run's records carry their process's global rank: its children are read without a rank of
-        their own (an empty mapping), so that `rank` picks records."""
+    async def _sources(self, run: RunRecord, rank: int | None) -> tuple[list[str], dict[str, int]]:
+        """The runs whose logs or metrics `logs RUN` and `metrics RUN` show: the run itself, or a multi-node run's
+        children (child id -> rank). A distributed run's records carry their process's global rank: its children
+        are read without a rank of their own (an empty mapping), so that `rank` picks records."""
         if not gangs.is_gang_parent(run):
             return [run.id], {}
         if run.spec.distribution is not Distribution.NONE:
@@ -381,15 +381,23 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
 
     async def GetMetrics(self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext) -> pb.MetricsResponse:
         run = await self._run(request.run_id)
-        rows = await self._store.read_metrics(run.id, request.key)
-        response = pb.MetricsResponse(params=await self._store.params(run.id))
-        by_key: dict[str, list] = {}
-        for row in rows:
-            response.points.add(key=row.key, value=row.value, step=row.step, ts=row.ts)
-            by_key.setdefault(row.key, []).append(row)
-        for key, series in by_key.items():
+        # a multi-node run shows rank 0's by default, as `logs` does
+        rank = request.rank if request.has_rank else (0 if gangs.is_gang_parent(run) and not request.all_ranks
+                                                      else None)
+        sources, ranks = await self._sources(run, rank)
+        rows = await self._store.read_metrics(sources, request.key, None if ranks else rank) if sources else []
+        params: dict[str, str] = {}
+        for source in sources:
+            params.update(await self._store.params(source))
+        response = pb.MetricsResponse(params=params)
+        by_series: dict[tuple[str, int], list[MetricRow]] = {}
+        for row in sorted(rows, key=lambda r: (r.key, ranks.get(r.run_id, r.rank), r.step, r.ts)):
+            row_rank = ranks.get(row.run_id, row.rank)
+            response.points.add(key=row.key, value=row.value, step=row.step, ts=row.ts, rank=row_rank)
+            by_series.setdefault((row.key, row_rank), []).append(row)
+        for (key, row_rank), series in sorted(by_series.items()):
             finite = [r.value for r in series if not math.isnan(r.value)] or [math.nan]
-            response.summaries.add(key=key, last=series[-1].value, min=min(finite), max=max(finite),
+            response.summaries.add(key=key, rank=row_rank, last=series[-1].value, min=min(finite), max=max(finite),
                                    count=len(series), last_step=series[-1].step)
         return response
 

@@ -213,6 +213,8 @@ class MetricRow:
     value: float
     step: int
     ts: float
+    rank: int = 0
+    run_id: str = ""
 
 
 class Role(StrEnum):

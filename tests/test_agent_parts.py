@@ -16,7 +16,8 @@ from protos import runyard_pb2 as pb
 KiB = 1024
 
 
-async def records_of(data: bytes, *, record_bytes: int = 64 * KiB, feeds: int = 1) -> list[pb.LogRecord]:
+async def records_of(data: bytes, *, record_bytes: int = 64 * KiB, feeds: int = 1,
+                     rank: int = 0, tagged: tuple[int, ...] = ()) -> list[pb.LogRecord]:
     """Feed `data` (in `feeds` pieces) to a real StreamReader and collect what read_records emits."""
     reader = asyncio.StreamReader()
     step = max(1, -(-len(data) // feeds))
@@ -25,7 +26,8 @@ async def records_of(data: bytes, *, record_bytes: int = 64 * KiB, feeds: int = 
     reader.feed_eof()
     found: list[pb.LogRecord] = []
     async with asyncio.timeout(30):
-        count = await read_records(reader, pb.STDERR, found.append, record_bytes=record_bytes)
+        count = await read_records(reader, pb.STDERR, found.append, record_bytes=record_bytes, rank=rank,
+                                   tagged=tagged)
     assert count == len(found)
     return found
 
@@ -41,6 +43,18 @@ async def test_lines_become_records_in_order() -> None:
     assert not any(r.continued for r in records)
     assert {r.stream for r in records} == {pb.STDERR}
     assert all(r.ts > 0 for r in records)
+
+
+async def test_a_launchers_lines_go_to_the_ranks_they_name() -> None:
+    output = (b"launcher starting\n[rank2]:step 1\n[rank3]:" + b"x" * 10 + b"\n[rank2]:step 2\n"
+              b"[rank7]:not a worker of this node\n[rank3]:[rank2]:as printed\n")
+    records = await records_of(output, record_bytes=8, rank=2, tagged=(2, 3))
+    by_rank: dict[int, list[pb.LogRecord]] = {}
+    for r in records:
+        by_rank.setdefault(r.rank, []).append(r)
+    assert rejoin(by_rank[2]) == b"launcher starting\nstep 1\nstep 2\n[rank7]:not a worker of this node\n"
+    assert rejoin(by_rank[3]) == b"x" * 10 + b"\n[rank2]:as printed\n"  # a continued line keeps its rank
+    assert all([r.seq for r in rs] == list(range(len(rs))) for rs in by_rank.values()), "each rank's own sequence"
 
 
 async def test_final_line_without_newline_is_emitted() -> None:

@@ -52,7 +52,7 @@ def test_a_launcher_is_started_once_with_its_own_variables(argv: list[str]) -> N
     assert only.rank == 2
     assert {k: only.env[k] for k in only.env if k.startswith("PET_")} == {
         "PET_NNODES": "2", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "10.0.0.5",
-        "PET_MASTER_PORT": "29501"}
+        "PET_MASTER_PORT": "29501", "PET_TEE": "3"}
     assert "RANK" not in only.env and "LOCAL_RANK" not in only.env
 
 

@@ -98,6 +98,27 @@ def test_the_linked_python_sees_the_agents_packages(tmp_path: Path, open_parent:
 
 
 @as_root
+def test_the_agents_commands_come_with_the_linked_python(tmp_path: Path, open_parent: Path, other: RunUser) -> None:
+    hidden = tmp_path / "venv" / "bin"   # below pytest's 0700 directories
+    hidden.mkdir(parents=True)
+    found = python_dir(str(hidden), other, open_parent / "bin")
+    if os.path.realpath(Path(found) / "python") == os.path.realpath(sys.executable):
+        pytest.skip("the agent's own interpreter is within the run's reach: nothing is linked")
+    agent_bin = Path(sys.executable).parent
+    scripts = [p.name for p in agent_bin.iterdir() if p.is_file() and not p.name.startswith("python")
+               and p.read_bytes().startswith(f"#!{agent_bin}/python".encode())]
+    assert "pip" in scripts, "the agent's venv has console scripts"
+
+    # `pip --version` as the run's user: the copy names the linked python, which sees the agent's pip
+    probe = subprocess.run(other.command([str(Path(found) / "pip"), "--version"]), capture_output=True, text=True,
+                           timeout=60, cwd=open_parent)
+
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.startswith("pip "), probe.stdout
+    assert (Path(found) / "pip").read_bytes().startswith(f"#!{found}/python\n".encode())
+
+
+@as_root
 def test_a_command_is_judged_for_the_runs_user(open_parent: Path, other: RunUser) -> None:
     tool = open_parent / "tool"
     tool.write_text("#!/bin/sh\necho hi\n")

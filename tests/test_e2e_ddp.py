@@ -16,15 +16,19 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
 
 TRAIN = """\
 import hashlib, torch, torch.distributed as dist
+from runyard import Run
 dist.init_process_group("gloo")
+run = Run.get_context()
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
 ddp = torch.nn.parallel.DistributedDataParallel(model)
-opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
 g = torch.Generator().manual_seed(dist.get_rank())
-for _ in range(5):
+for step in range(8):
     x = torch.randn(8, 4, generator=g); y = x.sum(1, keepdim=True)
     loss = ((ddp(x) - y) ** 2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    run.log("loss", loss.item(), step=step)
+run.log("rank", dist.get_rank())
 h = hashlib.sha256(repr([p.detach().flatten().tolist() for p in model.parameters()]).encode()).hexdigest()[:16]
 print(f"DIGEST rank={dist.get_rank()} world={dist.get_world_size()} {h}", flush=True)
 dist.barrier()
@@ -34,10 +38,11 @@ DIGEST = re.compile(r"^(\[rank (\d)\] )?DIGEST rank=(\d) world=4 ([0-9a-f]{16})$
 
 
 @pytest.mark.timeout(300)
-def test_two_nodes_of_two_processes_train_one_model(cluster: Cluster, project: Path) -> None:
+@pytest.mark.parametrize("command", ["python train.py", "torchrun train.py"])
+def test_two_nodes_of_two_processes_train_one_model(cluster: Cluster, project: Path, command: str) -> None:
     (project / "train.py").write_text(TRAIN)
     (project / "job.yml").write_text(
-        "command: python train.py\n"
+        f"command: {command}\n"
         "resources: {instance_count: 2, properties: {cpus: 1, memory: 1G}}\n"
         "distribution: {type: pytorch, process_count_per_instance: 2}\n"
         "limits: {timeout: 240}\n")
@@ -53,6 +58,19 @@ def test_two_nodes_of_two_processes_train_one_model(cluster: Cluster, project: P
     default = cluster.cli("logs", run_id, check=True).stdout
     assert re.fullmatch(r"DIGEST rank=0 world=4 [0-9a-f]{16}\n", default)
     assert cluster.cli("logs", run_id, "--rank", "3", check=True).stdout.startswith("DIGEST rank=3 world=4 ")
+
+    # Every process logged through the SDK: its points carry its rank, and each rank's loss went down.
+    series = cluster.json("metrics", run_id, "--key", "loss", "--all-ranks")["points"]
+    by_rank: dict[int, list[float]] = {}
+    for point in series:
+        by_rank.setdefault(point.get("rank", 0), []).append(point["value"])
+    assert sorted(by_rank) == [0, 1, 2, 3] and all(len(values) == 8 for values in by_rank.values())
+    assert all(values[-1] < values[0] for values in by_rank.values()), by_rank
+    assert {s["rank"] if "rank" in s else 0: s["last"] for s in cluster.json("metrics", run_id, "--all-ranks")["summaries"]
+            if s["key"] == "rank"} == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert [s.get("rank", 0) for s in cluster.json("metrics", run_id)["summaries"]] == [0, 0]   # rank 0's by default
+    rank2 = cluster.json("metrics", run_id, "--rank", "2", "--key", "rank")["points"]
+    assert [(p["rank"], p["value"]) for p in rank2] == [(2, 2)]
 
 
 @pytest.mark.timeout(300)

@@ -366,3 +366,12 @@ def test_without_both_variables_the_run_is_offline(tmp_path: Path) -> None:
     assert run.offline and run.id.startswith("offline-")
     run.flush()
     assert not (tmp_path / "runyard-offline").exists()  # created lazily, only for a record
+
+
+def test_a_records_file_named_for_any_rank_becomes_the_process_own(tmp_path: Path) -> None:
+    # a torchrun launcher's workers share its environment: `{RANK}` in the name becomes each worker's RANK
+    template = str(tmp_path / "records.rank-{RANK}.jsonl")
+    run = Run._from_environ({"RUNYARD_RUN_ID": "r1", "RUNYARD_RECORDS_FILE": template, "RANK": "3"}, cwd=tmp_path)
+    run.log("loss", 0.5)
+    run.flush()
+    assert [r.metrics for r in RecordTail(tmp_path / "records.rank-3.jsonl").read_new()] == [(("loss", 0.5, 0),)]

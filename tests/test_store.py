@@ -259,17 +259,26 @@ async def test_tail_start_gives_the_last_lines(store: Store) -> None:
 
 async def test_resent_metric_points_are_stored_once(store: Store) -> None:
     run_id, _ = await store.create_run(new_run())
-    points = [(0, "loss", 0, 1.5, 10.0), (1, "loss", 1, 1.25, 11.0)]
+    points = [(0, 0, "loss", 0, 1.5, 10.0), (0, 1, "loss", 1, 1.25, 11.0)]
     await store.append_metrics(run_id, 1, points, {}, {})
     await store.append_metrics(run_id, 1, points, {}, {})
-    await store.append_metrics(run_id, 1, [(1, "loss", 1, 99.0, 12.0)], {}, {})  # same seq, changed value: ignored
+    await store.append_metrics(run_id, 1, [(0, 1, "loss", 1, 99.0, 12.0)], {}, {})  # same seq, changed value: ignored
     rows = await store.read_metrics(run_id, "loss")
     assert [(r.step, r.value) for r in rows] == [(0, 1.5), (1, 1.25)]
 
 
+async def test_each_rank_has_its_own_sequence_and_can_be_read_alone(store: Store) -> None:
+    run_id, _ = await store.create_run(new_run())
+    # ranks 0 and 3 each number their records from 0: the same seq of two ranks is two points
+    await store.append_metrics(run_id, 1, [(0, 0, "loss", 0, 1.5, 10.0), (3, 0, "loss", 0, 2.5, 10.0)], {}, {})
+    await store.append_metrics(run_id, 1, [(3, 0, "loss", 0, 9.0, 11.0)], {}, {})  # rank 3 resent: ignored
+    assert [(r.rank, r.value) for r in await store.read_metrics(run_id)] == [(0, 1.5), (3, 2.5)]
+    assert [(r.rank, r.value, r.run_id) for r in await store.read_metrics([run_id], rank=3)] == [(3, 2.5, run_id)]
+
+
 async def test_nan_and_infinities_round_trip(store: Store) -> None:
     run_id, _ = await store.create_run(new_run())
-    points = [(0, "a", 0, math.nan, 1.0), (1, "b", 0, math.inf, 1.0), (2, "c", 0, -math.inf, 1.0)]
+    points = [(0, 0, "a", 0, math.nan, 1.0), (0, 1, "b", 0, math.inf, 1.0), (0, 2, "c", 0, -math.inf, 1.0)]
     await store.append_metrics(run_id, 1, points, {}, {})
     a, b, c = await store.read_metrics(run_id)
     assert a.key == "a" and math.isnan(a.value)

@@ -122,15 +122,16 @@ CREATE TABLE logs (
 CREATE UNIQUE INDEX logs_key ON logs (run_id, attempt, rank, stream, seq);
 CREATE INDEX logs_run ON logs (run_id, id);
 
-CREATE TABLE metrics (
+CREATE TABLE "metrics" (
     run_id   TEXT NOT NULL,
     attempt  INTEGER NOT NULL,
+    rank     INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
     key      TEXT NOT NULL,
     step     INTEGER NOT NULL,
     value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
     ts       REAL NOT NULL,
-    PRIMARY KEY (run_id, attempt, seq, key)
+    PRIMARY KEY (run_id, attempt, rank, seq, key)
 ) WITHOUT ROWID;
 CREATE INDEX metrics_series ON metrics (run_id, key, step);
 

@@ -80,16 +80,17 @@ class RecordStore(StoreBase):
         self,
         run_id: str,
         attempt: int,
-        points: Sequence[tuple[int, str, int, float, float]],
+        points: Sequence[tuple[int, int, str, int, float, float]],
         params: dict[str, str],
         tags: dict[str, str],
     ) -> None:
-        """Append (seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
-        rows = [(run_id, attempt, seq, key, step, value, ts) for seq, key, step, value, ts in points]
+        """Append (rank, seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
+        rows = [(run_id, attempt, rank, seq, key, step, value, ts) for rank, seq, key, step, value, ts in points]
 
         def work(w: sqlite3.Connection, effects: Effects) -> None:
             w.executemany(
-                "INSERT OR IGNORE INTO metrics (run_id, attempt, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             if params:
@@ -101,14 +102,17 @@ class RecordStore(StoreBase):
                 w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(tags), run_id))
         await self._write(work)
 
-    async def read_metrics(self, run_id: str, key: str = "") -> list[MetricRow]:
-        sql = "SELECT key, value, step, ts FROM metrics WHERE run_id = ?"
-        args: list[Any] = [run_id]
+    async def read_metrics(self, run_id: str | Sequence[str], key: str = "", rank: int | None = None) -> list[MetricRow]:
+        """The points of the run(s), by key, rank, step; with `key` or `rank`, only those."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        sql = f"SELECT key, value, step, ts, rank, run_id FROM metrics WHERE run_id IN ({', '.join('?' * len(ids))})"
+        args: list[Any] = list(ids)
         if key:
             sql += " AND key = ?"
             args.append(key)
-        sql += " ORDER BY key, step, ts"
-        return [MetricRow(k, math.nan if v is None else v, s, t) for k, v, s, t in await self._all(sql, args)]
+        sql += _only(args, rank, None)
+        sql += " ORDER BY key, rank, step, ts"
+        return [MetricRow(k, math.nan if v is None else v, s, t, r, i) for k, v, s, t, r, i in await self._all(sql, args)]
 
     async def params(self, run_id: str) -> dict[str, str]:
         return dict(await self._all("SELECT key, value FROM params WHERE run_id = ? ORDER BY key", (run_id,)))
