@@ -50,7 +50,8 @@ def test_two_nodes_of_two_processes_train_one_model(cluster: Cluster, project: P
 
     shown = cluster.wait_state(run_id, "Completed", "Failed", "Canceled", timeout_s=240)
 
-    assert shown["state"] == "Completed", (shown["reason"], cluster.cli("logs", run_id, "--all-ranks").stderr[-3000:])
+    assert shown["state"] == "Completed", (shown["events"][-1]["detail"],
+                                           cluster.cli("logs", run_id, "--all-ranks").stderr[:6000])
     everyone = [DIGEST.match(line) for line in cluster.cli("logs", run_id, "--all-ranks", check=True).stdout.splitlines()
                 if "DIGEST" in line]
     assert all(everyone) and sorted((m[2], m[3]) for m in everyone if m) == [(str(r), str(r)) for r in range(4)]
