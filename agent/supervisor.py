@@ -336,7 +336,9 @@ class Supervisor:
                 if asg.spec.distribution.type == ranks.MPI:
                     hostfile = str(a.dirs.top / ranks.HOSTFILE)
                     await asyncio.to_thread(_write_hostfile, hostfile, ranks.hostfile(asg.spec, env))
-                for launch in ranks.launches(asg.spec, env, free_port=_free_port, hostfile_path=hostfile):
+                planned = ranks.launches(asg.spec, env, free_port=_free_port, hostfile_path=hostfile)
+                await asyncio.to_thread(ranks.check_ports, ranks.listened_ports(asg.spec, planned))
+                for launch in planned:
                     started.append((launch.rank, await self._containment.spawn(
                         f"{asg.run_id}-{asg.attempt}-r{launch.rank}", user.command(argv), cwd=a.code_dir,
                         env=launch.env)))
