@@ -20,8 +20,8 @@ The agent does not start `mpirun` itself, nor ssh between nodes: every process i
 For `distribution: {type: tensorflow, worker_count: W, parameter_server_count: P}` the run has W + P processes,
 N = ceil((W + P) / nodes) per node (the head sets N): process k (0 <= k < W + P) is node k // N's, a parameter server
 `ps` index k when k < P, else `worker` index k - P. Process k listens on its node's address (RUNYARD_NODE_ADDRESSES,
-else MASTER_ADDR, else 127.0.0.1) at port MASTER_PORT + k: the head reserves MASTER_PORT on the rank-0 node only,
-so the ports above it, on every node, are assumed free. Each process gets
+else MASTER_ADDR, else 127.0.0.1) at port MASTER_PORT + k mod N, its index on the node: the head reserves the block
+[MASTER_PORT, MASTER_PORT + N) on every node of the gang. Each process gets
 
     TF_CONFIG = {"cluster": {"worker": [host:port, ...], "ps": [host:port, ...]}, "task": {"type": ..., "index": i}}
                 ("ps" only when P > 0), and RANK = k, LOCAL_RANK, WORLD_SIZE = W + P
@@ -29,6 +29,10 @@ so the ports above it, on every node, are assumed free. Each process gets
 A command that is itself a launcher (`torchrun ...`, `python -m torch.distributed.run ...`) is started once per
 node instead, with the launcher's PET_* variables, and starts the N processes itself; PET_TEE=3 and a line prefix
 of `[rankR]:` make it pass on each worker's output marked with its global rank (`output.read_records`).
+
+Before any process starts, the ports this node will listen on (`listened_ports`: MASTER_PORT on the node of
+NODE_RANK 0 of a pytorch or mpi run, the node's block of a tensorflow run) are each bound once on all addresses
+(`check_ports`): one that another program holds fails the start (StartFailed, exit 127) with a line that names it.
 
 The attempt's exit is the first non-zero exit among its processes (the others are then stopped: SIGTERM, and
 SIGKILL after the grace, as a cancel does), or 0 once every one exited 0.
@@ -40,14 +44,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import re
 import shlex
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.containment import RunProcess
+from agent.errors import CannotStart
 from agent.output import RANK_PREFIX_TEMPLATE
 from protos import runyard_pb2 as pb
 
@@ -122,7 +129,7 @@ def _tensorflow(spec: pb.RunSpec, env: Mapping[str, str], free_port: Callable[[]
     addresses = given.split(",") if given else [env.get("MASTER_ADDR") or "127.0.0.1"]
     port = int(env.get("MASTER_PORT") or free_port())
     total = workers + servers
-    hosts = [f"{addresses[min(k // per_node, len(addresses) - 1)]}:{port + k}" for k in range(total)]
+    hosts = [f"{addresses[min(k // per_node, len(addresses) - 1)]}:{port + k % per_node}" for k in range(total)]
     cluster = {"worker": hosts[servers:], **({"ps": hosts[:servers]} if servers else {})}
     mine = range(node_rank * per_node, min((node_rank + 1) * per_node, total))
     return [Launch(k, {**env, "MASTER_ADDR": addresses[0], "MASTER_PORT": str(port), "RANK": str(k),
@@ -130,6 +137,38 @@ def _tensorflow(spec: pb.RunSpec, env: Mapping[str, str], free_port: Callable[[]
                        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
                            "type": "ps" if k < servers else "worker", "index": k if k < servers else k - servers}})})
             for k in mine]
+
+
+def listened_ports(spec: pb.RunSpec, started: Sequence[Launch]) -> list[int]:
+    """The ports this node's processes of the run listen on, given the `launches` for this node: MASTER_PORT on
+    the node of NODE_RANK 0 of a pytorch or mpi run, MASTER_PORT + each process's index on the node for tensorflow,
+    none elsewhere."""
+    if not started:
+        return []
+    env = started[0].env
+    port = int(env.get("MASTER_PORT") or 0)
+    if not port:
+        return []
+    if spec.distribution.type == TENSORFLOW:
+        return [port + local for local in range(len(started))]
+    if spec.distribution.type in (PYTORCH, MPI) and int(env.get("NODE_RANK", "0") or 0) == 0:
+        return [port]
+    return []
+
+
+def check_ports(ports: Sequence[int]) -> None:
+    """Raise CannotStart naming the first of `ports` (MASTER_PORT first) that cannot be bound on all addresses of
+    this node now. SO_REUSEADDR as a listener sets it: what an earlier run's connections left in TIME_WAIT does not
+    count, a socket that another program holds does."""
+    for index, port in enumerate(ports):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", port))
+            except OSError as err:
+                name = f"MASTER_PORT {port}" if index == 0 else f"port {port} (MASTER_PORT + {index})"
+                why = "another program holds it" if err.errno == errno.EADDRINUSE else err.strerror or str(err)
+                raise CannotStart(f"cannot start the run: {name} is in use on this node ({why})") from err
 
 
 class Ranks:

@@ -340,6 +340,7 @@ class Supervisor:
                 if asg.spec.distribution.type == ranks.MPI:
                     await asyncio.to_thread(_write_hostfile, str(a.dirs.top / ranks.HOSTFILE),
                                             ranks.hostfile(asg.spec, env))
+                await asyncio.to_thread(ranks.check_ports, ranks.listened_ports(asg.spec, launches))
                 for launch in launches:
                     # each process appends to its own records file; a launcher's workers fill in their RANK
                     own = "{RANK}" if ranks.is_launcher(asg.spec.argv) else launch.rank

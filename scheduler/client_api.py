@@ -117,6 +117,14 @@ def validate_spec(spec: RunSpec) -> None:
         if (spec.instance_count - 1) * spec.procs_per_node >= spec.workers + spec.parameter_servers:
             raise InvalidArgument(f"{spec.workers + spec.parameter_servers} tensorflow processes leave a node of "
                                   f"{spec.instance_count} without any; use fewer nodes")
+    if spec.gpus and spec.procs_per_node > spec.gpus:
+        if spec.distribution is Distribution.TENSORFLOW:
+            raise InvalidArgument(f"{spec.workers + spec.parameter_servers} tensorflow processes on "
+                                  f"{spec.instance_count} node(s) put {spec.procs_per_node} on a node, more than the "
+                                  f"{spec.gpus} GPUs per node it requests; ask for gpus: {spec.procs_per_node} or "
+                                  "more nodes")
+        raise InvalidArgument(f"process_count_per_instance {spec.procs_per_node} is more than the {spec.gpus} GPUs "
+                              f"per node it requests; ask for gpus: {spec.procs_per_node} or fewer processes")
     if (spec.gpu_model or spec.gpu_memory_bytes) and not spec.gpus:
         raise InvalidArgument("gpu_model and gpu_memory need gpus of at least 1")
     if len(spec.gpu_model) > 128 or spec.gpu_memory_bytes < 0:

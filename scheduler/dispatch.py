@@ -364,12 +364,11 @@ class Dispatcher:
             else:
                 parent, runs = await self._store.assign_gang(
                     run_id, [(p.node_id, p.gpu_indices) for p in members], detail=detail,
-                    rendezvous=self._rendezvous(members[0].node_id),
-                    addresses=[self._rendezvous(p.node_id).address for p in members])
+                    rendezvous=[self._rendezvous(p.node_id) for p in members])
                 self._followers.notify(parent.id)
         except InvalidTransition:
             return 0
-        except Conflict as err:     # every rendezvous port of its rank-0 node is held: it waits for a later pass
+        except Conflict as err:     # no block of rendezvous ports is free on all its nodes: it waits for a later pass
             log.warning("gang not placed", extra={"run_id": run_id, "why": str(err)})
             return 0
         for run in runs:
@@ -380,7 +379,7 @@ class Dispatcher:
         return 1
 
     def _rendezvous(self, node_id: str) -> RendezvousRange:
-        """Where a gang whose rank 0 is on `node_id` meets: its advertised address (else the address it connected
+        """A gang member's part of the rendezvous: the node's advertised address (else the address it connected
         to the head from) and its rendezvous port range."""
         session = self._sessions.get(node_id)
         if session is None:

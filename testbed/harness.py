@@ -73,6 +73,14 @@ def _toml(settings: dict[str, Any], table: str = "") -> str:
     return scalars + tables
 
 
+def _rendezvous_ports() -> str:
+    """100 rendezvous ports below the kernel's ephemeral range, for one cluster's agents: clusters of parallel tests
+    share the machine, and the head of one cannot know the ports another's gangs listen on. A cluster's agents share
+    theirs, since a gang's block of ports must fit in every member's range."""
+    base = random.randrange(20_000, 32_000, 100)
+    return f"{base}-{base + 99}"
+
+
 @dataclass
 class Head:
     data_dir: Path
@@ -83,6 +91,7 @@ class Head:
     address: str = ""
     node_address: str = ""              # the node port (mTLS); kept across restarts like `port`
     ca_file: Path = Path()
+    rendezvous_ports: str = field(default_factory=_rendezvous_ports)   # shared by its agents
 
     def start(self) -> None:
         ready = self.data_dir / "ready.json"
@@ -128,6 +137,7 @@ class Head:
         """What an agent needs to enroll with this head: its addresses, its CA, and a join token of one use."""
         return {"head_address": self.address, "head_node_address": self.node_address,
                 "head_ca_file": str(self.ca_file), "join_token": self.join_token(),
+                "rendezvous_ports": self.rendezvous_ports,
                 **({"insecure_plaintext": True} if self.plaintext else {})}
 
     def kill(self) -> None:
@@ -163,13 +173,11 @@ def start_agent_process(name: str, data_dir: Path, log_file: Path, settings: dic
                         stderr: int | None = None) -> subprocess.Popen[bytes]:
     """`runyard-agent` with test timers; its output goes to `log_file` (stderr to a pipe if `stderr` says so).
 
-    Each agent gets rendezvous ports of its own (100 below the kernel's ephemeral range): clusters of parallel
-    tests share the machine, and the head of one cannot know the ports another's gangs listen on."""
+    Without `rendezvous_ports` in `settings` the agent gets rendezvous ports of its own (`_rendezvous_ports`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    base = random.randrange(20_000, 32_000, 100)
     config = {
         "name": name, "data_dir": str(data_dir), "heartbeat_interval_s": 1.0, "reconnect_max_s": 0.5,
-        "stop_grace_s": 3.0, "rendezvous_ports": f"{base}-{base + 99}", **settings,
+        "stop_grace_s": 3.0, "rendezvous_ports": _rendezvous_ports(), **settings,
     }
     path = data_dir / "agent.toml"
     write_private(path, _toml(config))

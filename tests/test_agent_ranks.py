@@ -4,10 +4,13 @@ uid they share, and the first-failure policy, with real processes and a manual c
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 
 import pytest
 
-from agent.ranks import hostfile, is_launcher, launches
+from agent.errors import CannotStart
+from agent.ranks import Launch, check_ports, hostfile, is_launcher, launches, listened_ports
 from protos import runyard_pb2 as pb
 from tests.fakes import eventually
 from tests.test_agent_supervisor import Node, containment, node  # noqa: F401  (fixtures)
@@ -194,7 +197,8 @@ def tensorflow(workers: int, servers: int, per_node: int) -> pb.RunSpec:
         type="tensorflow", process_count_per_instance=per_node, worker_count=workers, parameter_server_count=servers))
 
 
-TF_CLUSTER = {"worker": ["10.0.0.5:29502", "10.0.0.6:29503", "10.0.0.6:29504"], "ps": ["10.0.0.5:29501"]}
+# Each node's processes listen at MASTER_PORT + their index on the node.
+TF_CLUSTER = {"worker": ["10.0.0.5:29502", "10.0.0.6:29501", "10.0.0.6:29502"], "ps": ["10.0.0.5:29501"]}
 
 
 @pytest.mark.parametrize("node_rank", [0, 1])
@@ -216,7 +220,7 @@ def test_tensorflow_without_parameter_servers_has_workers_only_and_a_short_last_
     (only,) = launches(tensorflow(3, 0, 2), env, free_port=no_port)
 
     assert (only.rank, json.loads(only.env["TF_CONFIG"])) == (2, {
-        "cluster": {"worker": ["10.0.0.5:29501", "10.0.0.5:29502", "10.0.0.6:29503"]},
+        "cluster": {"worker": ["10.0.0.5:29501", "10.0.0.5:29502", "10.0.0.6:29501"]},
         "task": {"type": "worker", "index": 2}})
 
 
@@ -226,3 +230,120 @@ def test_one_tensorflow_node_without_the_head_uses_loopback_from_a_free_port() -
     assert [json.loads(s.env["TF_CONFIG"]) for s in started] == [
         {"cluster": {"worker": ["127.0.0.1:40001"], "ps": ["127.0.0.1:40000"]}, "task": {"type": t, "index": 0}}
         for t in ("ps", "worker")]
+
+
+@pytest.mark.parametrize(("spec", "env", "ports"), [
+    (ddp(["python", "t.py"], 2), {**HEAD_ENV, "NODE_RANK": "0"}, [29501]),
+    (ddp(["python", "t.py"], 2), HEAD_ENV, []),
+    (ddp(["torchrun", "t.py"], 2), {**HEAD_ENV, "NODE_RANK": "0"}, [29501]),
+    (mpi(["python", "t.py"], 2), {**MPI_ENV, "NODE_RANK": "0"}, [29501]),
+    (mpi(["python", "t.py"], 2), MPI_ENV, []),
+    (tensorflow(3, 1, 2), {**MPI_ENV, "NODE_RANK": "0"}, [29501, 29502]),
+    (tensorflow(3, 1, 2), MPI_ENV, [29501, 29502]),
+    (tensorflow(3, 0, 2), MPI_ENV, [29501]),
+    (pb.RunSpec(argv=["python", "t.py"]), {"MASTER_PORT": "29501"}, [])])
+def test_the_ports_a_node_listens_on_are_rank_0_s_master_port_or_a_tensorflow_node_s_block(
+        spec: pb.RunSpec, env: dict[str, str], ports: list[int]) -> None:
+    assert listened_ports(spec, launches(spec, env, free_port=no_port)) == ports
+
+
+def test_a_node_without_processes_listens_on_nothing() -> None:
+    assert listened_ports(tensorflow(1, 0, 1), []) == []
+    assert listened_ports(ddp(["t"], 1), [Launch(0, {"NODE_RANK": "0"})]) == []
+
+
+@pytest.fixture
+def held() -> Iterator[tuple[int, socket.socket]]:
+    """A port that another program listens on, on all addresses, with the port below it free. SO_REUSEADDR as
+    listeners set it (torch's TCPStore, Python's socketserver)."""
+    while True:
+        holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("", 0))
+        port = int(holder.getsockname()[1])
+        with socket.socket() as below:
+            try:
+                below.bind(("", port - 1))
+            except OSError:
+                holder.close()
+                continue
+        holder.listen()
+        with holder:
+            yield port, holder
+        return
+
+
+def test_a_port_another_program_holds_is_named_and_a_free_one_passes(held: tuple[int, socket.socket]) -> None:
+    port, _ = held
+
+    check_ports([port - 1])
+    with pytest.raises(CannotStart) as master:
+        check_ports([port, port + 1])
+    with pytest.raises(CannotStart) as above:
+        check_ports([port - 1, port])
+
+    assert str(master.value) == (f"cannot start the run: MASTER_PORT {port} is in use on this node "
+                                 "(another program holds it)")
+    assert str(above.value) == (f"cannot start the run: port {port} (MASTER_PORT + 1) is in use on this node "
+                                "(another program holds it)")
+
+
+def test_a_port_an_ended_connection_left_in_time_wait_is_free(held: tuple[int, socket.socket]) -> None:
+    port, holder = held
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = holder.accept()
+    accepted.close()            # the listener's side closes first: its port is left in TIME_WAIT
+    client.close()
+    holder.close()
+
+    check_ports([port])
+
+
+def gang_node(spec: pb.RunSpec, env: dict[str, str]) -> pb.RunSpec:
+    spec.environment.update(env)
+    return spec
+
+
+@pytest.mark.timeout(30)
+async def test_rank_0_of_a_gang_whose_master_port_another_program_holds_does_not_start(
+        node: Node, held: tuple[int, socket.socket]) -> None:
+    port, _ = held
+    env = {**HEAD_ENV, "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    node.supervisor.start(pb.Assignment(run_id="held", attempt=1, snapshot_sha256=node.sha,
+                                        spec=gang_node(ddp(["python", "hello.py"], 2), env)))
+
+    exited = await eventually("the attempt to end", lambda: node.exited("held"))
+
+    assert (exited.exit_code, exited.reason) == (127, pb.REASON_UNSPECIFIED)
+    assert node.system_lines("held") == [
+        f"cannot start the run: MASTER_PORT {port} is in use on this node (another program holds it)"]
+    assert not node.updates("held", pb.RunUpdate.RUNNING)
+    assert node.stdout("held") == b""
+
+
+@pytest.mark.timeout(30)
+async def test_a_tensorflow_node_whose_block_holds_a_taken_port_does_not_start(
+        node: Node, held: tuple[int, socket.socket]) -> None:
+    port, _ = held
+    env = {**MPI_ENV, "NODE_RANK": "1", "MASTER_PORT": str(port - 1)}
+    node.supervisor.start(pb.Assignment(run_id="tf-held", attempt=1, snapshot_sha256=node.sha,
+                                        spec=gang_node(tensorflow(3, 1, 2), env)))
+
+    exited = await eventually("the attempt to end", lambda: node.exited("tf-held"))
+
+    assert exited.exit_code == 127
+    assert node.system_lines("tf-held") == [f"cannot start the run: port {port} (MASTER_PORT + 1) is in use on this "
+                                            "node (another program holds it)"]
+
+
+@pytest.mark.timeout(30)
+async def test_a_node_other_than_rank_0_starts_though_the_master_port_is_taken_here(
+        node: Node, held: tuple[int, socket.socket]) -> None:
+    port, _ = held
+    env = {**HEAD_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    node.supervisor.start(pb.Assignment(run_id="rank1", attempt=1, snapshot_sha256=node.sha,
+                                        spec=gang_node(ddp(["python", "hello.py"], 2), env)))
+
+    exited = await eventually("the attempt to end", lambda: node.exited("rank1"))
+
+    assert exited.exit_code == 0, node.system_lines("rank1")

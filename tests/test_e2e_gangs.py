@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,58 @@ def test_the_head_refuses_a_distribution_it_does_not_know(cluster: Cluster) -> N
     with pytest.raises(InvalidArgument,
                        match="distribution type 'ray' is not supported; only pytorch, mpi or tensorflow"):
         cluster.client().submit(request)
+
+
+@pytest.mark.parametrize(("distribution", "message"), [
+    ("{type: pytorch, process_count_per_instance: 4}",
+     "process_count_per_instance 4 is more than the 2 GPUs per node it requests; ask for gpus: 4 or fewer processes"),
+    ("{type: tensorflow, worker_count: 5, parameter_server_count: 1}",
+     "6 tensorflow processes on 2 node(s) put 3 on a node, more than the 2 GPUs per node it requests; "
+     "ask for gpus: 3 or more nodes")])
+def test_more_processes_per_node_than_its_gpus_is_refused_at_submit(cluster: Cluster, project: Path,
+                                                                     distribution: str, message: str) -> None:
+    (project / "job.yml").write_text(
+        "command: python hello.py\n"
+        "resources: {instance_count: 2, properties: {cpus: 1, memory: 1G, gpus: 2}}\n"
+        f"distribution: {distribution}\n")
+    before = cluster.json("runs", "--limit", "100")
+
+    refused = cluster.cli("submit", "-d", "-q", "-f", str(project / "job.yml"))
+
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == f"runyard: {message}"
+    assert cluster.json("runs", "--limit", "100") == before
+
+
+@pytest.mark.timeout(60)
+def test_a_gang_whose_master_port_another_program_holds_fails_naming_the_port(cluster: Cluster,
+                                                                               project: Path) -> None:
+    low, high = map(int, cluster.head.rendezvous_ports.split("-"))
+    held = []
+    try:
+        for port in range(low, high + 1):       # whichever port the head picks, another program holds it here
+            holder = socket.socket()
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                holder.bind(("", port))
+            except OSError:                     # held already, by someone else
+                holder.close()
+                continue
+            holder.listen()
+            held.append(holder)
+        (project / "job.yml").write_text(
+            "command: python hello.py\n"
+            "resources: {instance_count: 2, properties: {cpus: 1, memory: 1G}}\n"
+            "distribution: {type: pytorch, process_count_per_instance: 1}\n")
+        parent = cluster.cli("submit", "-d", "-q", "-f", str(project / "job.yml"), check=True).stdout.strip()
+
+        shown = cluster.wait_state(parent, "Completed", "Failed", "Canceled", timeout_s=45)
+    finally:
+        for holder in held:
+            holder.close()
+
+    assert (shown["state"], shown["reason"], shown["exit_code"]) == ("Failed", "sibling_failed", 127)
+    line = re.compile(r"cannot start the run: MASTER_PORT (\d+) is in use on this node \(another program holds it\)")
+    found = wait_until("rank 0's line saying why", lambda: line.search(   # its lines are shipped after it ended
+        cluster.cli("logs", parent, "--rank", "0", "--stream", "system", check=True).stderr))    # [runyard] lines
+    assert low <= int(found[1]) <= high

@@ -1,5 +1,6 @@
-"""Where a gang's processes meet: the head gives each gang a MASTER_PORT on its rank-0 node that no other live run
-there holds, and every child the variables a distributed launcher reads. On a real SQLite store."""
+"""Where a gang's processes meet: the head gives each gang a block of ports from MASTER_PORT up (one port; one per
+process on a node for tensorflow) that fits every member node's rendezvous range and that no other live run holds on
+any member node, and every child the variables a distributed launcher reads. On a real SQLite store."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from scheduler.store import Conflict, RendezvousRange, Store
 from tests.test_store import open_store
 
 DDP = RunSpec(argv=("python", "train.py"), instance_count=2, distribution=Distribution.PYTORCH, procs_per_node=2)
-RANGE = RendezvousRange("10.0.0.5", 29500, 29999)
+RANGES = [RendezvousRange("10.0.0.5", 29500, 29999), RendezvousRange("10.0.0.6", 29500, 29999)]
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def submit(store: Store, spec: RunSpec = DDP) -> str:
 async def test_every_child_gets_the_rendezvous_and_its_rank(store: Store) -> None:
     parent_id = await submit(store)
 
-    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
 
     assert [{k: c.spec.environment[k] for k in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NPROC_PER_NODE",
                                                 "WORLD_SIZE", "NODE_RANK")} for c in children] == [
@@ -53,8 +54,8 @@ async def test_every_child_gets_the_rendezvous_and_its_rank(store: Store) -> Non
 async def test_two_live_gangs_on_the_same_nodes_get_different_ports(store: Store) -> None:
     first, second = await submit(store), await submit(store)
 
-    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
-    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
+    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
 
     assert {c.spec.environment["MASTER_PORT"] for c in one} == {"29500"}
     assert {c.spec.environment["MASTER_PORT"] for c in two} == {"29501"}
@@ -62,28 +63,42 @@ async def test_two_live_gangs_on_the_same_nodes_get_different_ports(store: Store
 
 async def test_a_port_is_free_again_once_its_gang_ended(store: Store) -> None:
     first, second = await submit(store), await submit(store)
-    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    _, one = await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
     for child in one:
         await store.transition(child.id, Trigger.FAIL, reason=Reason.SIBLING_FAILED)
 
-    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE)
+    _, two = await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
 
     assert {c.spec.environment["MASTER_PORT"] for c in two} == {"29500"}
 
 
 async def test_a_gang_whose_node_has_no_free_port_is_refused(store: Store) -> None:
     first, second = await submit(store), await submit(store)
-    narrow = RendezvousRange("10.0.0.5", 29500, 29500)
+    narrow = [RendezvousRange("10.0.0.5", 29500, 29500), RendezvousRange("10.0.0.6", 29500, 29500)]
     await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
 
-    with pytest.raises(Conflict, match="no free rendezvous port"):
+    with pytest.raises(Conflict, match=re.escape("no block of 1 rendezvous port(s) free")):
         await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
 
 
-@pytest.mark.parametrize(("used", "low", "high", "port"), [
-    ((), 29500, 29999, 29500), ((29500, 29502), 29500, 29999, 29501), ((7,), 7, 7, None), ((1,), 5, 6, 5)])
-def test_free_port_is_the_lowest_untaken(used: tuple[int, ...], low: int, high: int, port: int | None) -> None:
-    assert gangs.free_port(used, low, high) == port
+@pytest.mark.parametrize(("used", "low", "high", "width", "port"), [
+    ((), 29500, 29999, 1, 29500), (((29500, 1), (29502, 1)), 29500, 29999, 1, 29501), (((7, 1),), 7, 7, 1, None),
+    (((1, 1),), 5, 6, 1, 5), (((29500, 1), (29502, 1)), 29500, 29999, 2, 29503),
+    (((29500, 3),), 29500, 29999, 2, 29503), (((29502, 2), (29500, 1)), 29500, 29999, 2, 29504),
+    (((29501, 1),), 29500, 29502, 2, None), ((), 29500, 29501, 2, 29500), ((), 29500, 29500, 2, None),
+    (((29490, 20),), 29500, 29999, 1, 29510), (((29600, 5),), 29500, 29999, 4, 29500)])
+def test_free_block_is_the_lowest_that_fits_and_overlaps_no_used_block(
+        used: tuple[tuple[int, int], ...], low: int, high: int, width: int, port: int | None) -> None:
+    assert gangs.free_block(used, low, high, width) == port
+
+
+@pytest.mark.parametrize(("spec", "width"), [
+    (DDP, 1), (RunSpec(argv=("t",), instance_count=2), 1),
+    (RunSpec(argv=("t",), instance_count=2, distribution=Distribution.MPI, procs_per_node=4), 1),
+    (RunSpec(argv=("t",), instance_count=2, distribution=Distribution.TENSORFLOW, procs_per_node=3, workers=5,
+             parameter_servers=1), 3)])
+def test_a_tensorflow_run_holds_a_port_per_process_on_a_node_others_one(spec: RunSpec, width: int) -> None:
+    assert gangs.port_width(spec) == width
 
 
 def test_a_gang_without_distribution_has_one_process_per_node() -> None:
@@ -102,8 +117,7 @@ async def test_every_child_of_an_mpi_gang_gets_every_node_s_address_in_rank_orde
     parent_id = await submit(store, RunSpec(argv=("python", "t.py"), instance_count=2, distribution=Distribution.MPI,
                                             procs_per_node=2))
 
-    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE,
-                                          addresses=["10.0.0.5", "10.0.0.6"])
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
 
     assert [{k: c.spec.environment[k] for k in ("RUNYARD_NODE_ADDRESSES", "NODE_RANK", "NNODES", "NPROC_PER_NODE",
                                                 "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} for c in children] == [
@@ -141,10 +155,58 @@ def test_the_head_refuses_tensorflow_counts_it_cannot_spread(workers: int, serve
 async def test_every_child_of_a_tensorflow_gang_carries_the_counts_and_every_address(store: Store) -> None:
     parent_id = await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
 
-    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGE,
-                                          addresses=["10.0.0.5", "10.0.0.6"])
+    _, children = await store.assign_gang(parent_id, [("n1", ()), ("n2", ())], detail="placed", rendezvous=RANGES)
 
     assert [spec_to_pb(c.spec).distribution for c in children] == [pb.Distribution(
         type="tensorflow", process_count_per_instance=2, worker_count=3, parameter_server_count=1)] * 2
     assert [(c.spec.environment["NODE_RANK"], c.spec.environment["RUNYARD_NODE_ADDRESSES"]) for c in children] == [
         ("0", "10.0.0.5,10.0.0.6"), ("1", "10.0.0.5,10.0.0.6")]
+
+
+def member(address: str, low: int = 29500, high: int = 29999) -> RendezvousRange:
+    return RendezvousRange(address, low, high)
+
+
+async def test_a_tensorflow_gang_holds_its_block_on_every_member_node(store: Store) -> None:
+    tf_gang, other = await submit(store, spec_from_pb(tf_pb(3, 1, 2))), await submit(store)
+    _, tf_children = await store.assign_gang(tf_gang, [("n1", ()), ("n2", ())], detail="placed",
+                                             rendezvous=[member("10.0.0.5"), member("10.0.0.6")])
+
+    # The other gang's rank 0 is n2, where the tensorflow gang's second node listens at 29500 and 29501.
+    _, children = await store.assign_gang(other, [("n2", ()), ("n3", ())], detail="placed",
+                                          rendezvous=[member("10.0.0.6"), member("10.0.0.7")])
+
+    assert {c.spec.environment["MASTER_PORT"] for c in tf_children} == {"29500"}
+    assert {(c.spec.environment["MASTER_ADDR"], c.spec.environment["MASTER_PORT"]) for c in children} == {
+        ("10.0.0.6", "29502")}
+
+
+async def test_a_tensorflow_gang_s_block_avoids_a_port_held_on_a_node_other_than_its_rank_0(store: Store) -> None:
+    ddp, tf_gang = await submit(store), await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
+    await store.assign_gang(ddp, [("n2", ()), ("n3", ())], detail="placed",
+                            rendezvous=[member("10.0.0.6"), member("10.0.0.7")])
+
+    _, children = await store.assign_gang(tf_gang, [("n1", ()), ("n2", ())], detail="placed",
+                                          rendezvous=[member("10.0.0.5"), member("10.0.0.6")])
+
+    assert {c.spec.environment["MASTER_PORT"] for c in children} == {"29501"}
+
+
+async def test_the_block_fits_in_every_member_s_range(store: Store) -> None:
+    tf_gang = await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
+
+    _, children = await store.assign_gang(tf_gang, [("n1", ()), ("n2", ())], detail="placed",
+                                          rendezvous=[member("10.0.0.5", 29500, 29999),
+                                                      member("10.0.0.6", 29600, 29700)])
+
+    assert {c.spec.environment["MASTER_PORT"] for c in children} == {"29600"}
+
+
+async def test_a_tensorflow_gang_whose_block_fits_no_member_s_range_is_refused(store: Store) -> None:
+    tf_gang = await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
+
+    with pytest.raises(Conflict, match=re.escape("no block of 2 rendezvous port(s) free on every node")):
+        await store.assign_gang(tf_gang, [("n1", ()), ("n2", ())], detail="placed",
+                                rendezvous=[member("10.0.0.5", 29500, 29999), member("10.0.0.6", 29600, 29600)])
+    (queued,) = await store.queued()
+    assert queued.id == tf_gang

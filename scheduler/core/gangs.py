@@ -7,9 +7,12 @@
                                                   live siblings are stopped
     all ended after the user canceled          -> Canceled, reason canceled_by_user
 
-A gang's rank-0 node hosts the rendezvous: at placement the head gives the gang a MASTER_PORT from that node's
-rendezvous range that no other live run on the node holds (`free_port`), and puts it with MASTER_ADDR (the node's
-advertised address) in every child's environment (`child_environment`).
+A gang's rank-0 node hosts the rendezvous: at placement the head gives the gang a MASTER_PORT, and puts it with
+MASTER_ADDR (the rank-0 node's advertised address) in every child's environment (`child_environment`). A run holds
+the block of ports [MASTER_PORT, MASTER_PORT + `port_width`) on every node it runs on: a tensorflow run's processes
+listen there at MASTER_PORT + their index on the node, any other run's rank 0 at MASTER_PORT. The gang's
+MASTER_PORT is the lowest port whose block fits in every member node's rendezvous range and overlaps no block of
+another live run on any member node (`free_block`).
 
 A lost child is not requeued on its own (its siblings would wait for it forever): it fails with `node_lost`, its
 siblings are stopped, and the whole gang is requeued as the parent's attempt N+1 with new children, within the
@@ -22,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from scheduler.core.lifecycle import TERMINAL, DesiredState, Reason, RunState, Trigger
-from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord, RunSpec
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, Distribution, RunRecord, RunSpec
 
 _STARTED = frozenset({RunState.RUNNING, RunState.FINALIZING, RunState.COMPLETED})
 
@@ -57,10 +60,23 @@ class Rendezvous:
     port: int
 
 
-def free_port(used: Iterable[int], low: int, high: int) -> int | None:
-    """The lowest port in [low, high] not in `used`; None when every one is taken."""
-    taken = set(used)
-    return next((port for port in range(low, high + 1) if port not in taken), None)
+def port_width(spec: RunSpec) -> int:
+    """How many ports from MASTER_PORT up a run's processes listen on, on each of its nodes: one per process of a
+    tensorflow run (N per node), else one (the rendezvous of rank 0)."""
+    return max(1, spec.procs_per_node) if spec.distribution is Distribution.TENSORFLOW else 1
+
+
+def free_block(used: Iterable[tuple[int, int]], low: int, high: int, width: int) -> int | None:
+    """The lowest port p with [p, p + width) inside [low, high] that overlaps none of the `used` blocks, each
+    (first port, width); None when no such block fits."""
+    start = low
+    # Blocks in order of their first port: each one that overlaps the candidate pushes it past its end; once a
+    # block begins at or after the candidate's end, so do all later ones.
+    for first, taken in sorted(used):
+        if first >= start + width:
+            break
+        start = max(start, first + taken)
+    return start if start + width - 1 <= high else None
 
 
 def child_environment(spec: RunSpec, rank: int, nodes: int, rendezvous: Rendezvous | None,

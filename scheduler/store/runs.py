@@ -48,7 +48,7 @@ _ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
 
 
 class RendezvousRange(NamedTuple):
-    """The rank-0 node's advertised address and the ports a gang's MASTER_PORT may take there."""
+    """A member node's advertised address and the ports a gang's block of rendezvous ports may take there."""
 
     address: str
     port_min: int
@@ -407,14 +407,15 @@ class RunStore(StoreBase):
 
     async def assign_gang(
         self, parent_id: str, members: Sequence[tuple[str, tuple[int, ...]]], detail: str,
-        rendezvous: RendezvousRange | None = None, addresses: Sequence[str] = (),
+        rendezvous: Sequence[RendezvousRange] = (),
     ) -> tuple[RunRecord, list[RunRecord]]:
         """Place a multi-node run in one transaction: the parent Queued -> Preparing (attempt N+1) and one child
         run per node, rank r on `members[r]` = (node id, GPU indices), each Preparing with `gangs.child_environment`
-        in its environment. With `rendezvous` (the rank-0 node's address and port range), the gang's MASTER_PORT is
-        the lowest port of the range no live run on the rank-0 node holds. Raises InvalidTransition if the parent is
-        no longer queued, Conflict if every port of the range is held. `addresses` (each member's advertised address,
-        rank order) go to every child as RUNYARD_NODE_ADDRESSES."""
+        in its environment. With `rendezvous` (each member's advertised address and port range, in rank order), the
+        gang meets at rank 0's address, and its MASTER_PORT is the lowest port whose block of `gangs.port_width`
+        ports fits in every member's range and overlaps no block a live run holds on any member node; every child
+        gets the addresses as RUNYARD_NODE_ADDRESSES. Raises InvalidTransition if the parent is no longer queued,
+        Conflict if no such block is free."""
         now = self.clock()
 
         def work(w: sqlite3.Connection, effects: Effects) -> tuple[RunRecord, list[RunRecord]]:
@@ -435,15 +436,19 @@ class RunStore(StoreBase):
                 (parent_id, now, parent.state, target, Trigger.ASSIGN, detail),
             )
             meeting = None
-            if rendezvous is not None:
-                used = [int(port) for (port,) in w.execute(
-                    f"SELECT json_extract(spec, '$.environment.MASTER_PORT') FROM runs WHERE {_LIVE_INDEXED} "
-                    "AND node_id = ? AND json_extract(spec, '$.environment.MASTER_PORT') IS NOT NULL",
-                    (members[0][0],)) if str(port).isdigit()]
-                port = gangs.free_port(used, rendezvous.port_min, rendezvous.port_max)
+            if rendezvous:
+                width = gangs.port_width(parent.spec)
+                nodes = sorted({node_id for node_id, _ in members})
+                used = [(int(port), gangs.port_width(RunSpec.from_json(spec))) for port, spec in w.execute(
+                    f"SELECT json_extract(spec, '$.environment.MASTER_PORT'), spec FROM runs WHERE {_LIVE_INDEXED} "
+                    f"AND node_id IN ({', '.join('?' * len(nodes))}) "
+                    "AND json_extract(spec, '$.environment.MASTER_PORT') IS NOT NULL", nodes) if str(port).isdigit()]
+                port = gangs.free_block(used, max(r.port_min for r in rendezvous), min(r.port_max for r in rendezvous),
+                                        width)
                 if port is None:
-                    raise Conflict(f"no free rendezvous port on the rank-0 node of run {parent_id}")
-                meeting = gangs.Rendezvous(rendezvous.address, port)
+                    raise Conflict(f"no block of {width} rendezvous port(s) free on every node of run {parent_id}")
+                meeting = gangs.Rendezvous(rendezvous[0].address, port)
+            addresses = [r.address for r in rendezvous]
             children = []
             for rank, (node_id, gpus) in enumerate(members):
                 child_id = new_run_id(now)
