@@ -76,3 +76,23 @@ def test_cordon_drain_and_uncordon(tmp_path: Path, project: Path, shared: Path) 
         assert missing.returncode == 1 and "no node 'nosuchnode'" in missing.stderr
     finally:
         cluster.stop()
+
+
+def test_every_process_of_a_distributed_run_sees_its_nodes_gpus(tmp_path: Path, project: Path) -> None:
+    cluster = Cluster.start(tmp_path / "cluster", agents=2, fake_gpus=2)
+    try:
+        (project / "show.py").write_text(
+            "import os\n"
+            "print(os.environ['RANK'], os.environ['LOCAL_RANK'], os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n")
+        run_id = cluster.cli("submit", str(project), "-d", "-q", "--gpus", "2", "--nodes", "2", "--procs-per-node",
+                             "2", "--", "python", "show.py", check=True).stdout.strip()
+        assert cluster.wait_state(run_id, "Completed", "Failed")["state"] == "Completed"
+
+        lines = sorted(cluster.cli("logs", run_id, "--all-ranks", check=True).stdout.splitlines())
+        # as torchrun: a node's processes share its GPUs and LOCAL_RANK picks one
+        assert [line.split("] ", 1)[1].split(" ", 2)[:2] for line in lines] == [["0", "0"], ["1", "1"], ["2", "0"],
+                                                                               ["3", "1"]]
+        assert all(sorted(line.rsplit(" ", 1)[1].split(",")) == ["0", "1"] for line in lines)
+    finally:
+        cluster.stop()
+
