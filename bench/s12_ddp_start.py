@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import emit, log, machine_info, ratio, row, summarize  # noqa: E402
 
-GOAL_S = None  # no goal yet: the figure is compared with torchrun by hand
+GOAL_RATIO = 1.5  # p50 at most 1.5x the same launch by hand with torchrun, measured in the same run
 TRAIN = """\
 import os, time
 open(os.path.join(os.environ["S12_MARKS"], os.environ["RANK"]), "w").write(repr(time.time()))
@@ -43,6 +43,7 @@ opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 for _ in range(3):
     x = torch.randn(16, 8); loss = ((ddp(x) - x.sum(1, keepdim=True)) ** 2).mean()
     opt.zero_grad(); loss.backward(); opt.step()
+dist.barrier()  # no rank leaves while another still talks to the store rank 0 holds
 dist.destroy_process_group()
 """
 
@@ -161,7 +162,7 @@ def main() -> None:
         "runyard_failed_runs": failed, "torchrun_failed_runs": peer_failed,  # retried, not in the samples
         "p50_s": round(p50, 3), "torchrun_p50_s": round(peer_p50, 3), "ratio_to_torchrun": ratio(p50, peer_p50),
         "machine": machine_info(),
-        "table": [row("2 nodes x 2 processes, submit -> all 4 started, p50", p50, "s", GOAL_S, "<=",
+        "table": [row("2 nodes x 2 processes, submit -> all 4 started, p50", p50, "s", GOAL_RATIO * peer_p50, "<=",
                       peer="two torchrun commands by hand", peer_ratio=ratio(p50, peer_p50), digits=2)],
     })
 
