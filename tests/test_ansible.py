@@ -557,6 +557,18 @@ def test_head_unit_verifies_and_is_locked_down(jinja: Any, tmp_path: Path) -> No
     assert exposure(unit) <= HEAD_EXPOSURE_GOAL
 
 
+AGENT_EXPOSURE_GOAL = 5.5   # what running users' code allows: see the unit's "Left out on purpose"
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_agent_unit_verifies_and_is_as_locked_down_as_jobs_allow(jinja: Any, tmp_path: Path) -> None:
+    unit = rendered_unit(jinja, tmp_path, AGENT_UNIT, "gpu1")
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", unit.name], cwd=unit.parent, capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    assert exposure(unit) <= AGENT_EXPOSURE_GOAL
+
+
 def test_agent_toml_on_a_node(jinja: Any, tmp_path: Path) -> None:
     config = render_agent(jinja, tmp_path, "gpu1")
     assert config.head_address == "10.0.0.10:7433"  # the head's ansible_host, not the agent's
@@ -652,9 +664,13 @@ def test_agent_unit_sandbox_spares_what_jobs_need(jinja: Any) -> None:
                        "RestrictSUIDSGID": "yes"}.items():
         assert service.get(key) == [value], f"{key}={service.get(key)}"
     for key in ("ProtectHome", "PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock",
-                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute", "SystemCallFilter",
-                "RestrictNamespaces", "PrivateNetwork", "UMask", "ReadWritePaths"):
+                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute",
+                "RestrictNamespaces", "RestrictAddressFamilies", "PrivateNetwork", "UMask", "ReadWritePaths"):
         assert key not in service, f"{key} would take from jobs what they need (see the unit's comments)"
+    # System calls: a deny-list only, and never what containers, profilers, setpriv or ulimit use
+    (denied,) = service["SystemCallFilter"]
+    assert denied.startswith("~")
+    assert not {"@mount", "@debug", "@privileged", "@resources", "@system-service"} & set(denied[1:].split())
 
 
 def test_agent_unit_follows_stop_grace_and_environment(jinja: Any) -> None:
