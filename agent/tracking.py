@@ -723,9 +723,9 @@ def _list_staged(run_dir: Path, rel: str) -> list[dict[str, Any]]:
 
 def artifact_sources(staging: Path, run_id: str) -> list[tuple[Path, str]]:
     """Where the staged artifacts go in the outputs archive: (directory, prefix) for each run that has some:
-    the attempt's run at the top, a child run under `runs/<child id>/`. Blocking."""
+    the attempt's run at the top (first), a child run under `runs/<child id>/`. Blocking."""
     try:
-        names = sorted(os.listdir(staging))
+        names = sorted(os.listdir(staging), key=lambda name: (name != run_id, name))
     except FileNotFoundError:
         return []
     return [(staging / name, "" if name == run_id else f"runs/{name}/") for name in names]

@@ -19,7 +19,11 @@ import pytest
 
 from agent.outputs_archive import zip_outputs
 from agent.records import RecordTail
-from agent.tracking import TrackingServer, artifact_sources, new_token
+from agent.rundirs import AttemptDirs
+from agent.runenv import run_environment
+from agent.runusers import RunUser
+from agent.tracking import ARTIFACTS_ROOT, TrackingServer, artifact_sources, new_token
+from protos import runyard_pb2 as pb
 
 RUN_ID = "01hzzzzzzzabcdefgh"
 EXPERIMENT = "vision"
@@ -261,3 +265,62 @@ async def test_a_param_keeps_its_first_value_and_a_terminal_update_of_the_run_it
     assert status == 200
     assert endpoint.records.read_text().splitlines()[-1] == (
         '{"ts":7.0,"metrics":[{"k":"x","v":NaN,"s":1},{"k":"x","v":-Infinity,"s":2}]}')
+
+
+def test_a_run_gets_the_endpoint_its_token_run_and_experiment_and_nothing_overrides_them(tmp_path: Path) -> None:
+    user = RunUser(os.geteuid(), os.getegid(), "me", "/usr/bin/setpriv")
+    asg = pb.Assignment(run_id=RUN_ID, attempt=1, experiment=EXPERIMENT, spec=pb.RunSpec(environment={
+        "MLFLOW_TRACKING_URI": "http://elsewhere:5000", "MLFLOW_RUN_ID": "someone-else"}))
+    env = run_environment(asg, dirs=AttemptDirs(tmp_path / "r-1"), user=user, sdk_dir=tmp_path / "sdk",
+                          python_bin="", tracking_uri="http://127.0.0.1:4321", tracking_token="tok",
+                          extra={"MLFLOW_TRACKING_TOKEN": "the agent's"})
+    assert {k: v for k, v in env.items() if k.startswith("MLFLOW_")} == {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:4321", "MLFLOW_TRACKING_TOKEN": "tok", "MLFLOW_RUN_ID": RUN_ID,
+        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+    without = run_environment(asg, dirs=AttemptDirs(tmp_path / "r-1"), user=user, sdk_dir=tmp_path / "sdk",
+                              python_bin="")
+    assert "MLFLOW_TRACKING_TOKEN" not in without
+
+
+def test_artifacts_count_against_the_outputs_limit_and_never_replace_an_output(tmp_path: Path) -> None:
+    outputs, staging = tmp_path / "outputs", tmp_path / "artifacts"
+    (staging / RUN_ID).mkdir(parents=True)
+    (staging / "01hzzzzzzzchildrun").mkdir()
+    outputs.mkdir()
+    (outputs / "model.txt").write_text("the run's own")
+    (staging / RUN_ID / "model.txt").write_text("an artifact")
+    (staging / RUN_ID / "plot.txt").write_text("p" * 10)
+    (staging / "01hzzzzzzzchildrun" / "c.txt").write_text("c")
+    sources = artifact_sources(staging, RUN_ID)
+    assert sources == [(staging / RUN_ID, ""), (staging / "01hzzzzzzzchildrun", "runs/01hzzzzzzzchildrun/")]
+    archive = tmp_path / "outputs.zip"
+    over = zip_outputs(outputs, archive, max_bytes=30, extra=sources)
+    assert over.over_limit and not over.sha256 and not archive.exists()
+    zipped = zip_outputs(outputs, archive, max_bytes=1000, extra=sources)
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == ["model.txt", "plot.txt", "runs/01hzzzzzzzchildrun/c.txt"]
+        assert zf.read("model.txt") == b"the run's own"
+    assert zipped.files == 3
+    # no outputs directory at all: the artifacts still make the archive
+    assert zip_outputs(tmp_path / "missing", archive, max_bytes=1000, extra=sources).files == 3
+
+
+@pytest.mark.timeout(60)
+async def test_an_artifact_round_trips_and_lists_and_a_link_in_the_staging_dir_is_not_followed(
+        endpoint: Endpoint, tmp_path: Path) -> None:
+    base = f"/api/2.0/mlflow-artifacts/artifacts/{EXPERIMENT}/{RUN_ID}/artifacts"
+    assert (await _call(endpoint, "PUT", base + "/d/a.bin", data=b"\x00\x01"))[0] == 200
+    async with aiohttp.ClientSession() as session:
+        async with session.get(endpoint.server.uri + base + "/d/a.bin",
+                               headers={"Authorization": f"Bearer {endpoint.token}"}) as response:
+            assert (response.status, await response.read()) == (200, b"\x00\x01")
+    status, listing = await _call(endpoint, "GET", ARTIFACTS_ROOT, params={"path": f"{EXPERIMENT}/{RUN_ID}/artifacts"})
+    assert (status, listing) == (200, {"files": [{"path": "d", "is_dir": True}]})
+    secret = tmp_path / "secret"
+    secret.write_text("the agent's")
+    (endpoint.staging / RUN_ID / "link").symlink_to(tmp_path)
+    status, answer = await _call(endpoint, "PUT", base + "/link/secret", data=b"overwritten")
+    assert (status, answer["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    status, answer = await _call(endpoint, "GET", base + "/link/secret")
+    assert (status, answer["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
+    assert secret.read_text() == "the agent's"
