@@ -250,6 +250,9 @@ class TrackingServer:
             log.warning("mlflow request could not be written", extra={"path": request.path[:200], "error": str(err)})
             return _Problem(503, "TEMPORARILY_UNAVAILABLE",
                             f"the agent could not record this: {err.strerror or err}").response()
+        except Exception:       # a bug here: the run's request fails, the agent and its other runs go on
+            log.exception("mlflow request failed", extra={"path": request.path[:200]})
+            return _Problem(500, "INTERNAL_ERROR", "the agent failed to handle this request").response()
 
     def _authenticate(self, request: web.Request) -> _Tracked:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -267,7 +270,7 @@ class TrackingServer:
         return {"experiment": _experiment(_experiment_name(body, "experiment_name"))}
 
     def _create_experiment(self, tracked: _Tracked, body: dict[str, Any]) -> dict[str, Any]:
-        return {"experiment_id": _experiment_name(body, "name")}
+        return {"experiment_id": _experiment_name(body, "name", missing=_invalid)}
 
     def _get_experiment(self, tracked: _Tracked, body: dict[str, Any]) -> dict[str, Any]:
         return {"experiment": _experiment(_experiment_name(body, "experiment_id"))}
@@ -385,10 +388,7 @@ class TrackingServer:
             await self._upload(tracked, request, run_id, rel)
             return web.json_response({})
         if request.method == "GET":
-            data = await asyncio.to_thread(_read_staged, tracked.staging / run_id, rel)
-            if data is None:
-                raise _Problem(404, "RESOURCE_DOES_NOT_EXIST", f"no artifact {rel[:200]} in run {run_id}")
-            return web.Response(body=data, content_type="application/octet-stream")
+            return await _download(request, tracked.staging / run_id, rel)
         raise _Problem(501, "NOT_IMPLEMENTED", f"{request.method[:20]} of an artifact is not served in a Runyard run")
 
     async def _upload(self, tracked: _Tracked, request: web.Request, run_id: str, rel: str) -> None:
@@ -531,12 +531,14 @@ def _metric(body: dict[str, Any]) -> tuple[str, float, int, int]:
     return key, value, _integer(body, "timestamp", default=int(time.time() * 1000)), _integer(body, "step", default=0)
 
 
-def _experiment_name(body: dict[str, Any], name: str) -> str:
+def _experiment_name(body: dict[str, Any], name: str,
+                     missing: Callable[[str], _Problem] = lambda text: _Problem(404, "RESOURCE_DOES_NOT_EXIST", text),
+                     ) -> str:
+    """A valid experiment name (every one exists in Runyard); `missing` makes the error for an invalid one."""
     experiment = _text(body, name)
     if len(experiment) > 500 or not _EXPERIMENT.fullmatch(experiment):
-        raise _Problem(404, "RESOURCE_DOES_NOT_EXIST",
-                       f"no experiment {experiment[:100]!r}: Runyard experiment names are letters, digits, '_', "
-                       "'.' and '-', starting with a letter or digit")
+        raise missing(f"no experiment {experiment[:100]!r}: Runyard experiment names are letters, digits, '_', "
+                      "'.' and '-', starting with a letter or digit")
     return experiment
 
 
@@ -683,7 +685,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_staged(run_dir: Path, rel: str) -> bytes | None:
+def _open_staged_for_read(run_dir: Path, rel: str) -> int | None:
+    """A descriptor of the staged regular file `run_dir/rel`, or None when there is none."""
     *parents, name = rel.split("/")
     try:
         directory = _open_dir(run_dir, parents, create=False)
@@ -695,10 +698,27 @@ def _read_staged(run_dir: Path, rel: str) -> bytes | None:
         return None
     finally:
         os.close(directory)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _download(request: web.Request, run_dir: Path, rel: str) -> web.StreamResponse:
+    """Stream a staged artifact in chunks (an artifact may be as large as the outputs limit)."""
+    fd = await asyncio.to_thread(_open_staged_for_read, run_dir, rel)
+    if fd is None:
+        raise _Problem(404, "RESOURCE_DOES_NOT_EXIST", f"no artifact {rel[:200]} in run {run_dir.name}")
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = os.fstat(fd).st_size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(os.read, fd, _CHUNK_BYTES):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
 
 
 def _list_staged(run_dir: Path, rel: str) -> list[dict[str, Any]]:

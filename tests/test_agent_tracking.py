@@ -207,6 +207,11 @@ async def test_one_run_cannot_write_into_another(endpoint: Endpoint, tmp_path: P
     ("POST", "/api/2.0/mlflow/registered-models/create", {"json": {"name": "m"}}, 501, "NOT_IMPLEMENTED"),
     ("POST", "/api/2.0/mlflow/runs/delete-tag", {"json": {"run_id": RUN_ID, "key": "k"}}, 501, "NOT_IMPLEMENTED"),
     ("GET", "/nowhere", {}, 404, "ENDPOINT_NOT_FOUND"),
+    ("GET", "/api/2.0/mlflow/runs/log-metric", {}, 405, "BAD_REQUEST"),
+    ("POST", "/api/2.0/mlflow/experiments/create", {"json": {"name": "../x"}}, 400, "INVALID_PARAMETER_VALUE"),
+    ("GET", "/api/2.0/mlflow/experiments/get-by-name", {"params": {"experiment_name": "no such"}}, 404,
+     "RESOURCE_DOES_NOT_EXIST"),
+    ("POST", "/api/2.0/mlflow/runs/create", {"json": {"experiment_id": "elsewhere"}}, 400, "INVALID_PARAMETER_VALUE"),
     ("POST", "/api/2.0/mlflow/runs/log-metric", {"data": b"{not json"}, 400, "INVALID_PARAMETER_VALUE"),
     ("POST", "/api/2.0/mlflow/runs/log-metric", {"json": [1, 2]}, 400, "INVALID_PARAMETER_VALUE"),
     ("POST", "/api/2.0/mlflow/runs/log-metric",
@@ -324,3 +329,15 @@ async def test_an_artifact_round_trips_and_lists_and_a_link_in_the_staging_dir_i
     status, answer = await _call(endpoint, "GET", base + "/link/secret")
     assert (status, answer["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
     assert secret.read_text() == "the agent's"
+
+
+@pytest.mark.timeout(60)
+async def test_an_experiments_id_is_its_name_under_both_prefixes(endpoint: Endpoint) -> None:
+    for prefix in ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow"):
+        status, answer = await _call(endpoint, "GET", prefix + "/experiments/get-by-name",
+                                     params={"experiment_name": EXPERIMENT})
+        assert status == 200 and answer["experiment"]["experiment_id"] == EXPERIMENT
+        status, answer = await _call(endpoint, "POST", prefix + "/experiments/create", json={"name": "other.exp"})
+        assert (status, answer) == (200, {"experiment_id": "other.exp"})
+        status, answer = await _call(endpoint, "GET", prefix + "/runs/get", params={"run_id": RUN_ID})
+        assert status == 200 and answer["run"]["info"]["status"] == "RUNNING"
