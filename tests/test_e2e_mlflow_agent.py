@@ -4,6 +4,8 @@ real agent, the real CLI and the real MLflow client, in a run as a user of its o
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +50,7 @@ answer = requests.post(uri + "/api/2.0/mlflow/runs/log-metric", headers={"Author
 print("WRONG", answer.status_code, answer.json()["error_code"])
 answer = requests.post(uri + "/api/2.0/mlflow/runs/search", headers={"Authorization": "Bearer " + token}, json={})
 print("SEARCH", answer.status_code, answer.json()["error_code"])
+print("ENDPOINT", uri, token)
 os.makedirs("outputs", exist_ok=True)
 shutil.copyfile(os.environ["RUNYARD_RECORDS_FILE"], "outputs/records-copy.jsonl")
 print("MLFLOW-DONE")
@@ -78,6 +81,15 @@ def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp
     assert "WRONG 401 UNAUTHENTICATED" in logs
     assert "SEARCH 501 NOT_IMPLEMENTED" in logs
     inner = logs.split("INNER ")[1].split()[0]
+
+    # the attempt has ended: its token is forgotten
+    uri, token = logs.split("ENDPOINT ")[1].split()[:2]
+    request = urllib.request.Request(uri + "/api/2.0/mlflow/runs/get?run_id=" + run_id,
+                                     headers={"Authorization": "Bearer " + token})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    with refused.value as answer:
+        assert answer.code == 401 and json.loads(answer.read())["error_code"] == "UNAUTHENTICATED"
 
     # the parent's own metrics and params reach the head like the SDK's
     metrics = cluster.json("metrics", run_id)
