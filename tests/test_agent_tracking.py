@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.config import AgentConfig
 from agent.outputs_archive import zip_outputs
 from agent.records import RecordTail
 from agent.rundirs import AttemptDirs
@@ -24,6 +25,7 @@ from agent.runenv import run_environment
 from agent.runusers import RunUser
 from agent.tracking import ARTIFACTS_ROOT, TrackingServer, artifact_sources, new_token
 from protos import runyard_pb2 as pb
+from runyard.errors import UsageError
 
 RUN_ID = "01hzzzzzzzabcdefgh"
 EXPERIMENT = "vision"
@@ -341,3 +343,10 @@ async def test_an_experiments_id_is_its_name_under_both_prefixes(endpoint: Endpo
         assert (status, answer) == (200, {"experiment_id": "other.exp"})
         status, answer = await _call(endpoint, "GET", prefix + "/runs/get", params={"run_id": RUN_ID})
         assert status == 200 and answer["run"]["info"]["status"] == "RUNNING"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:x", ":0", "127.0.0.1:70000"])
+def test_a_malformed_tracking_listen_is_one_line_naming_the_key(listen: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        AgentConfig(tracking_listen=listen)
+    assert "tracking_listen" in str(caught.value) and "\n" not in str(caught.value)
