@@ -99,6 +99,12 @@ def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp
     assert metrics["params"] == {"lr": "0.1", "batch": "32"}
     assert "lr" in cluster.cli("show", run_id, check=True).stdout
 
+    # the nested MLflow run is a Runyard child run with its own metric, ended by the script
+    child = cluster.run(inner)
+    assert (child["parent_run_id"], child["display_name"], child["state"]) == (run_id, "inner", "Completed")
+    assert [s["key"] for s in cluster.json("metrics", inner)["summaries"]] == ["inner_acc"]
+    assert "inner_acc" not in summaries
+
     # what the agent wrote for the nested run, and the artifacts, are in the outputs
     out = tmp_path / "out"
     cluster.cli("download", run_id, "--outputs", str(out), check=True)
