@@ -137,10 +137,13 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         ready = json.loads(ready_file.read_text())
         address = ready["address"]
         token = (head_dir / "admin.token").read_text().strip()
-        config = ClientConfig(address, token, Path(ready["ca_file"]).read_bytes())
+        config = ClientConfig(address, token, Path(ready["ca_file"]).read_bytes(), mlflow_url=ready["mlflow_url"])
         config_file = write_client_config(config)
         say(f"head listening on {address} (TLS, cluster CA {ready['ca_fingerprint']}; data in {cluster.data_dir}); "
             f"client config written to {config_file}")
+        say(f"MLflow API on {ready['mlflow_url']}; for a workstation's mlflow: "
+            f"MLFLOW_TRACKING_URI={ready['mlflow_url']} MLFLOW_TRACKING_SERVER_CERT_PATH={ready['ca_file']} "
+            "and a token in MLFLOW_TRACKING_TOKEN (or `eval \"$(runyard mlflow-env)\"`)")
         _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
         say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")
