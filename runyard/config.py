@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runyard.errors import ConfigError
@@ -28,7 +28,7 @@ class ClientConfig:
     token: str
     ca_pem: bytes = b""                 # the cluster CA the head's certificate must chain to
     insecure: bool = False              # plaintext, loopback only (development)
-    ca_file: str = ""                   # where `ca_pem` was read from (MLflow clients take the file)
+    ca_file: str = field(default="", compare=False)   # where `ca_pem` was read from (MLflow clients take a file)
     mlflow_url: str = ""                # the head's MLflow read API; "" for its default (port + 2)
 
     def mlflow_tracking_uri(self) -> str:

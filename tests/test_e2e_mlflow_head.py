@@ -5,7 +5,10 @@ and `get_metric_history`, and `mlflow.artifacts.download_artifacts` read them ba
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +19,9 @@ import pytest
 import requests
 
 from protos import runyard_pb2 as pb
+from runyard import pki
 from runyard.client import Client
+from runyard.config import ClientConfig, write_client_config
 from testbed.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -106,6 +111,32 @@ def test_the_ready_file_and_mlflow_env_name_the_api(cluster: Cluster, tracked: T
     lines = cluster.cli("mlflow-env", check=True, env=cluster.env(RUNYARD_MLFLOW_URL=url)).stdout.splitlines()
     assert lines == [f"export MLFLOW_TRACKING_URI={url}", f"export MLFLOW_TRACKING_TOKEN={cluster.head.token}",
                      f"export MLFLOW_TRACKING_SERVER_CERT_PATH={cluster.head.ca_file.resolve()}"]
+
+
+@pytest.mark.parametrize("written, extra, uri", [
+    ({"mlflow_url": "https://head.example:9000"}, {}, "https://head.example:9000"),
+    ({}, {}, "https://head.example:7435"),                                     # the head's port + 2
+    ({}, {"RUNYARD_MLFLOW_URL": "https://other:1"}, "https://other:1"),
+])
+def test_mlflow_env_comes_from_the_client_config(tmp_path: Path, written: dict[str, str], extra: dict[str, str],
+                                                 uri: str) -> None:
+    path = tmp_path / "config.toml"
+    write_client_config(ClientConfig("head.example:7433", "tok en", pki.create_ca("c").cert_pem, **written), path)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")}, "RUNYARD_CONFIG": str(path), **extra}
+    result = subprocess.run([sys.executable, "-m", "runyard", "mlflow-env"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"export MLFLOW_TRACKING_URI={uri}", "export MLFLOW_TRACKING_TOKEN='tok en'",
+                                          f"export MLFLOW_TRACKING_SERVER_CERT_PATH={tmp_path / 'config-ca.pem'}"]
+
+
+def test_mlflow_env_without_a_config_is_one_line(tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+           "RUNYARD_CONFIG": str(tmp_path / "none.toml")}
+    result = subprocess.run([sys.executable, "-m", "runyard", "mlflow-env"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("runyard: ") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_search_runs_filters_orders_and_has_the_columns(workstation: MlflowClient, tracked: Tracked) -> None:
