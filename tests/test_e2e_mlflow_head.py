@@ -174,6 +174,33 @@ def test_search_runs_pages_through_the_client(workstation: MlflowClient, tracked
         if not token:
             break
     assert seen == ["child", "parent", "run-a", "run-b", "run-c", "run-d"]
+    assert [e.name for e in workstation.search_experiments(filter_string="name LIKE 'mlflow-h%'")] == [EXPERIMENT]
+    assert list(workstation.search_experiments(filter_string="name = 'nothing-here'")) == []
+
+
+def test_bulk_history_and_the_tracking_listing(cluster: Cluster, workstation: MlflowClient, tracked: Tracked) -> None:
+    url, ca = tracked.ready["mlflow_url"], str(cluster.head.ca_file)
+    auth = {"Authorization": f"Bearer {cluster.head.token}"}
+    answer = requests.get(f"{url}/api/2.0/mlflow/metrics/get-history-bulk-interval", verify=ca, timeout=30,
+                          headers=auth, params={"run_ids": [tracked.runs["a"], tracked.runs["b"]], "metric_key": "loss",
+                                                "start_step": 1, "end_step": 3, "max_results": 2})
+    assert answer.status_code == 200, answer.text
+    points = [(m["run_id"], m["step"]) for m in answer.json()["metrics"]]
+    first, second = sorted([tracked.runs["a"], tracked.runs["b"]])
+    assert points == [(first, 1), (first, 3), (second, 1), (second, 3)]     # the ends of the interval, per run
+    answer = requests.get(f"{url}/api/2.0/mlflow/artifacts/list", verify=ca, timeout=30, headers=auth,
+                          params={"run_id": tracked.runs["a"], "path": "model"})
+    assert answer.json() == {"root_uri": f"mlflow-artifacts:/{EXPERIMENT}/{tracked.runs['a']}/artifacts",
+                             "files": [{"path": "model/weights.txt", "is_dir": False, "file_size": 19}]}
+    history = requests.get(f"{url}/api/2.0/mlflow/metrics/get-history", verify=ca, timeout=30, headers=auth,
+                           params={"run_id": tracked.runs["a"], "metric_key": "loss", "max_results": 2}).json()
+    steps = [m["step"] for m in history["metrics"]]
+    while "next_page_token" in history:
+        history = requests.get(f"{url}/api/2.0/mlflow/metrics/get-history", verify=ca, timeout=30, headers=auth,
+                               params={"run_id": tracked.runs["a"], "metric_key": "loss", "max_results": 2,
+                                       "page_token": history["next_page_token"]}).json()
+        steps += [m["step"] for m in history["metrics"]]
+    assert steps == [0, 1, 2, 3, 4]
 
 
 def test_get_run_and_metric_history(workstation: MlflowClient, tracked: Tracked) -> None:
