@@ -89,6 +89,7 @@ def tracked(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         for run_id in [*runs.values(), parent, child]:
             assert cluster.wait_state(run_id, "Completed", "Failed", "Canceled", timeout_s=90)["state"] == "Completed"
         ready = json.loads((cluster.head.data_dir / "ready.json").read_text())
+        assert ready["mlflow_url"] == cluster.head.mlflow_url
         yield Tracked(runs, child, parent, ready)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
