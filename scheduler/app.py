@@ -221,9 +221,9 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                              max_outputs_bytes=config.snapshot_max_bytes), server)
         address = listen(server, config.listen, None if config.insecure_plaintext else tls.client_port())
         node_address = listen(server, config.node_address(), tls.node_port())
-        await server.start()
         mlflow = MlflowServer(MlflowApi(store=store, artifacts=artifacts, credentials=credentials))
-        mlflow_url = await start_mlflow(mlflow, config)
+        mlflow_url = await start_mlflow(mlflow, config)     # a port in use stops the start before gRPC serves
+        await server.start()
 
         async def join_token_for_local_agent() -> str:
             return (await enrollment.create_join_token(uses=1, ttl_s=3600.0, created_by="local provider")).secret

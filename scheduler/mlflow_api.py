@@ -507,7 +507,11 @@ class MlflowServer:
             raise ValueError(f"mlflow_listen must be host:port, not {address!r}") from None
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]"), number, ssl_context=context)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
         bound = self._runner.addresses[0][1]
         shown_host = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
         self.url = f"{'https' if context else 'http'}://{shown_host}:{bound}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -282,3 +283,31 @@ def test_no_token_bad_token_and_writes_are_refused_in_mlflows_format(
     with pytest.raises(MlflowException) as anonymous:
         workstation.get_run(tracked.runs["a"])
     assert anonymous.value.error_code == "UNAUTHENTICATED"
+
+
+def test_a_taken_mlflow_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNYARD_")},
+               "RUNYARD_HEAD_MLFLOW_LISTEN": f"127.0.0.1:{port}"}
+        done = subprocess.run([sys.executable, "-m", "scheduler", "--data-dir", str(tmp_path / "head"),
+                               "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for MLflow" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.timeout(120)
+def test_a_plaintext_head_serves_mlflow_over_http_on_loopback(tmp_path: Path) -> None:
+    plain = Cluster.start(tmp_path, agents=0, head_settings={"insecure_plaintext": True})
+    try:
+        url = plain.head.mlflow_url
+        assert url.startswith("http://127.0.0.1:")
+        answer = requests.get(f"{url}/api/2.0/mlflow/experiments/search", timeout=30)
+        assert answer.status_code == 401 and answer.json()["error_code"] == "UNAUTHENTICATED"
+        answer = requests.get(f"{url}/api/2.0/mlflow/experiments/search", timeout=30,
+                              headers={"Authorization": f"Bearer {plain.head.token}"})
+        assert answer.status_code == 200 and answer.json() == {"experiments": []}
+    finally:
+        plain.stop()

@@ -9,6 +9,7 @@ Must not: parse filters, write, decide anything, or know about HTTP or gRPC.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,18 @@ from scheduler.model import RunRecord
 from scheduler.store.base import _RUN_COLUMNS, StoreBase, _run
 
 _R_COLUMNS = ", ".join("r." + c.strip() for c in _RUN_COLUMNS.split(","))
+_LATEST = """
+WITH RECURSIVE keys(run_id, key) AS (
+    SELECT j.value, (SELECT MIN(m.key) FROM metrics AS m WHERE m.run_id = j.value) FROM json_each(?) AS j
+    UNION ALL
+    SELECT k.run_id, (SELECT MIN(m.key) FROM metrics AS m WHERE m.run_id = k.run_id AND m.key > k.key)
+    FROM keys AS k WHERE k.key IS NOT NULL)
+SELECT k.run_id, m.key, m.value, m.step, m.ts FROM keys AS k JOIN metrics AS m
+    ON m.run_id = k.run_id AND m.key = k.key AND (m.attempt, m.rank, m.seq) = (
+        SELECT l.attempt, l.rank, l.seq FROM metrics AS l WHERE l.run_id = k.run_id AND l.key = k.key AND l.rank = 0
+        ORDER BY l.step DESC, l.ts DESC, l.attempt DESC, l.seq DESC LIMIT 1)
+ORDER BY k.run_id, m.key
+"""
 MAX_IN = 500        # ids per IN (...) list: SQLite's default cap on parameters is far above, the pages stay small
 
 
@@ -85,13 +98,12 @@ class TrackingStore(StoreBase):
         return found
 
     async def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, list[Point]]:
-        """Each run's latest point per key (rank 0: highest step, then the latest timestamp)."""
+        """Each run's latest point per key (rank 0: highest step, then the latest timestamp). The keys are found by
+        skipping through the series index (one seek per key, not a read of every point), then each key's latest
+        point is one more seek."""
         found: dict[str, list[Point]] = {}
         for ids in _chunks(run_ids):
-            sql = ("SELECT run_id, key, value, step, ts FROM (SELECT run_id, key, value, step, ts, ROW_NUMBER() OVER "
-                   "(PARTITION BY run_id, key ORDER BY step DESC, ts DESC, attempt DESC, seq DESC) AS n FROM metrics "
-                   f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND rank = 0) WHERE n = 1 ORDER BY run_id, key")
-            for run_id, key, value, step, ts in await self._all(sql, ids):
+            for run_id, key, value, step, ts in await self._all(_LATEST, (json.dumps(ids),)):
                 found.setdefault(run_id, []).append(Point(run_id, key, _value(value), step, ts))
         return found
 
