@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 MAX_HISTORY_PAGE = 25_000           # MLflow's GET_METRIC_HISTORY_MAX_RESULTS: its client pages by this many
 MAX_BULK_RUNS = 100
+MAX_SEARCH_EXPERIMENTS = 1_000
 MAX_BULK_POINTS = 2_500             # per run (MLflow's own cap for the bulk interval read)
 DEFAULT_BULK_POINTS = 320
 MAX_LISTED_FILES = 10_000
@@ -198,6 +199,8 @@ class MlflowApi:
             return self._error(_invalid(str(err)))
         except HeadError as err:
             return self._error(ApiError(400, "BAD_REQUEST", str(err)))
+        except web.HTTPException as err:        # aiohttp's own refusals: a body over the cap (413), ...
+            return self._error(ApiError(err.status, "BAD_REQUEST", err.reason))
         except ConnectionResetError:
             raise
         except Exception:
@@ -316,6 +319,8 @@ class MlflowApi:
             experiments = [experiments]
         if not isinstance(experiments, list) or not all(isinstance(e, str) for e in experiments):
             raise _invalid("experiment_ids must be a list of experiment ids")
+        if len(experiments) > MAX_SEARCH_EXPERIMENTS:
+            raise _invalid(f"at most {MAX_SEARCH_EXPERIMENTS} experiment_ids per search, not {len(experiments)}")
         limit = search.max_results(args.get("max_results"))
         offset = search.page_offset(args.get("page_token"))
         order_by = args.get("order_by") or []
@@ -328,7 +333,7 @@ class MlflowApi:
             return {"runs": []}
         query = search.compile_runs(search.parse_filter(str(args.get("filter") or "")),
                                     [search.parse_order_by(str(o)) for o in order_by])
-        runs = await self._store.search_runs(who.workspace, experiments[:1000], query.where, query.args, query.order,
+        runs = await self._store.search_runs(who.workspace, experiments, query.where, query.args, query.order,
                                              query.order_args, limit=limit + 1, offset=offset)
         answer: dict[str, Any] = {"runs": await self._runs_json(runs[:limit])}
         if len(runs) > limit:

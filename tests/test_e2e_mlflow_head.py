@@ -265,6 +265,15 @@ def test_no_token_bad_token_and_writes_are_refused_in_mlflows_format(
     answer = requests.post(f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [EXPERIMENT],
                            "filter": "metrics.loss < 'x'"}, verify=ca, timeout=30, headers=auth)
     assert answer.status_code == 400 and answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    answer = requests.post(f"{url}/api/2.0/mlflow/runs/search", json={"filter": "x" * 2_000_000}, verify=ca,
+                           timeout=30, headers=auth)
+    assert answer.status_code == 413 and answer.json()["error_code"] == "BAD_REQUEST"
+    answer = requests.post(f"{url}/api/2.0/mlflow/runs/search", data=b"{not json", verify=ca, timeout=30,
+                           headers={**auth, "Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error_code"] == "MALFORMED_REQUEST"
+    answer = requests.post(f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [EXPERIMENT],
+                           "page_token": "garbage"}, verify=ca, timeout=30, headers=auth)
+    assert answer.status_code == 400 and answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     answer = requests.get(f"{url}/api/2.0/mlflow-artifacts/artifacts/{EXPERIMENT}/{tracked.runs['a']}/artifacts/"
                           "model/weights.txt", verify=ca, timeout=30, headers=auth)
     assert answer.status_code == 200 and answer.content == b"weights for lr=0.1\n"
