@@ -7,6 +7,7 @@ Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a fai
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 # gRPC's C core logs a failed TLS handshake at INFO on stderr; the one-line error below says it for people.
@@ -68,6 +69,19 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
     cluster = LocalCluster((data_dir or default_data_dir()).resolve(), agents, gpus_per_agent, port, max_agents, idle_time)
     sys.exit(run_local_cluster(cluster, say=lambda text: render.err_console.print(f"[bold]runyard up[/]: {text}"),
                                nodes_ready=ready_nodes))
+
+
+@cli.command("mlflow-env")
+def mlflow_env() -> None:
+    """Print the `export` lines that point MLflow's client at the head: eval "$(runyard mlflow-env)"."""
+    config = load_client_config()
+    lines = [("MLFLOW_TRACKING_URI", config.mlflow_tracking_uri()), ("MLFLOW_TRACKING_TOKEN", config.token)]
+    if not config.insecure:
+        if not config.ca_file:
+            raise UsageError("no cluster CA file to give MLflow: `runyard login` again")
+        lines.append(("MLFLOW_TRACKING_SERVER_CERT_PATH", config.ca_file))
+    for name, value in lines:
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 # --- submit --------------------------------------------------------------------------------------------------
