@@ -65,7 +65,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.mark.timeout(240)
-def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp_path: Path) -> None:
+def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     other_id = cluster.cli("submit", str(project), "-d", "-q", "--", "python", "hello.py", check=True).stdout.strip()
     code = tmp_path / "mlflow-train"
     code.mkdir()
@@ -104,6 +105,22 @@ def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp
     assert (child["parent_run_id"], child["display_name"], child["state"]) == (run_id, "inner", "Completed")
     assert [s["key"] for s in cluster.json("metrics", inner)["summaries"]] == ["inner_acc"]
     assert "inner_acc" not in summaries
+
+    # and a workstation reads it all back through the head's MLflow API, with the real client
+    for name, value in {"MLFLOW_TRACKING_URI": cluster.head.mlflow_url, "MLFLOW_TRACKING_TOKEN": cluster.head.token,
+                        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(cluster.head.ca_file),
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}.items():
+        monkeypatch.setenv(name, value)
+    import mlflow
+    from mlflow import MlflowClient
+    found = mlflow.search_runs(experiment_names=[run["experiment"]], filter_string="params.lr = '0.1' and metrics.loss < 0.1",
+                               output_format="list")
+    assert [r.info.run_id for r in found] == [run_id]
+    history = MlflowClient().get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(step, 1.0 / (step + 1)) for step in range(20)]
+    nested = MlflowClient().get_run(inner)
+    assert nested.data.tags["mlflow.parentRunId"] == run_id and nested.info.status == "FINISHED"
+    assert nested.data.metrics == {"inner_acc": 0.9}
 
     # what the agent wrote for the nested run, and the artifacts, are in the outputs
     out = tmp_path / "out"
