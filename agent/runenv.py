@@ -130,7 +130,9 @@ def _share_agent_commands(shim_dir: Path, bin_dir: Path) -> None:
             continue
         first, _, rest = text.partition(b"\n")
         interpreter = first[2:].strip().split(b" ")[0] if first.startswith(b"#!") else b""
-        if len(text) > _SCRIPT_MAX_BYTES or Path(os.fsdecode(interpreter)).parent != bin_dir:
+        # the same directory, also when one of the two paths goes through a link (a venv reached by a symlink)
+        if len(text) > _SCRIPT_MAX_BYTES or (os.path.realpath(os.path.dirname(os.fsdecode(interpreter)))
+                                             != os.path.realpath(bin_dir)):
             continue
         target.unlink(missing_ok=True)
         target.write_bytes(b"#!" + os.fsencode(shim_dir / "python") + b"\n" + rest)
