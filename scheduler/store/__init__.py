@@ -32,7 +32,7 @@ from scheduler.store.credentials import CredentialStore
 from scheduler.store.environments import EnvironmentStore
 from scheduler.store.nodes import NodeStore, _NodeCache
 from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
-from scheduler.store.runs import LiveRow, QueuedRow, RendezvousRange, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
+from scheduler.store.runs import ExperimentRow, LiveRow, QueuedRow, RendezvousRange, RunQuery, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 
 
 class Store(RunStore, NodeStore, RecordStore, CredentialStore, EnvironmentStore):
