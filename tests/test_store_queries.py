@@ -1,5 +1,5 @@
 """The store's queries for people on a real SQLite database: run ids by prefix, every filter of `list_runs`,
-and the experiments of a workspace with their runs per state."""
+the experiments of a workspace with their runs per state, and the bounded log search of `logs --grep`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import logsearch
 from scheduler.core.lifecycle import Trigger
 from scheduler.errors import InvalidArgument, NotFound
 from scheduler.model import NewRun, RunSpec
-from scheduler.store import RunQuery, Store
+from scheduler.store import LOG_CONTINUED, LOG_GAP, RunQuery, Store
 from scheduler.store.runs import MAX_CANDIDATES, PREFIX_SQL
 from tests.test_store import manual_clock
 
@@ -143,3 +144,47 @@ async def test_experiments_count_their_runs_per_state_most_recent_first(store: S
     assert (bert.queued, bert.canceled, bert.total) == (0, 1, 1)
     assert mnist.last_activity == 1_800_000_000.0 and bert.last_activity == 1_700_000_500.0
     assert queued and [e.name for e in await store.experiments("other")] == ["secret"]
+
+
+# --- the log search of `logs --grep` --------------------------------------------------------------------------------
+
+def _source(run_id: str) -> logsearch.Source:
+    return logsearch.Source(run_id, (run_id,), {}, ranked=False)
+
+
+async def test_the_search_joins_continued_records_skips_gaps_and_decodes_with_replacement(store: Store) -> None:
+    run_id = await submit(store)
+    await store.append_logs(run_id, 1, [
+        (0, 1, 0, 1.0, LOG_CONTINUED, b"a long li"), (0, 2, 0, 1.5, 0, b"an error on stderr"),
+        (0, 1, 1, 2.0, 0, b"ne with an error in it"), (0, 1, 2, 3.0, LOG_GAP, b"5 error records dropped"),
+        (1, 1, 3, 4.0, 0, b"\xff error at rank 1"), (0, 1, 4, 5.0, 0, b"fine"),
+    ])
+    found = await logsearch.search(store, [_source(run_id)], logsearch.compile_pattern("ERROR", True))
+    assert [(m.line, m.rank, m.stream, m.ts) for m in found.matches] == [
+        ("an error on stderr", 0, 2, 1.5), ("a long line with an error in it", 0, 1, 1.0),
+        ("\ufffd error at rank 1", 1, 1, 4.0)]
+    assert found.scanned == 6 and found.stopped == ""
+    only_stderr = await logsearch.search(store, [_source(run_id)], logsearch.compile_pattern("error", False), stream=2)
+    assert [m.line for m in only_stderr.matches] == ["an error on stderr"]
+
+
+async def test_the_search_stops_at_each_of_its_bounds_and_says_which(store: Store) -> None:
+    run_id = await submit(store)
+    await store.append_logs(run_id, 1, [(0, 1, seq, float(seq), 0, b"line %d" % seq) for seq in range(600)])
+    pattern = logsearch.compile_pattern("line", False)
+    by_records = await logsearch.search(store, [_source(run_id)], pattern, limits=logsearch.Limits(records=300))
+    assert by_records.scanned == 300 and len(by_records.matches) == 300
+    assert by_records.stopped.startswith("stopped after reading 300 log records")
+    by_matches = await logsearch.search(store, [_source(run_id)], pattern, limits=logsearch.Limits(matches=5))
+    assert [m.line for m in by_matches.matches] == [f"line {n}" for n in range(5)]
+    assert by_matches.stopped.startswith("stopped at 5 matches")
+    ticks = iter(range(0, 100, 3))        # a clock that moves 3 s at every reading: the second page is over 5 s
+    by_time = await logsearch.search(store, [_source(run_id)], pattern, monotonic=lambda: float(next(ticks)))
+    assert by_time.scanned == logsearch.PAGE_RECORDS and by_time.stopped.startswith("stopped after 5 s")
+
+
+@pytest.mark.parametrize(("pattern", "why"), [("", "give a pattern"), ("(", "not a valid regular expression"),
+                                              ("a" * 1001, "over the limit of 1,000")])
+def test_a_bad_pattern_is_refused_in_one_line(pattern: str, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=why):
+        logsearch.compile_pattern(pattern, False)
