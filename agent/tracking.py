@@ -52,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from runyard.ids import new_run_id
+from runyard.mlflowwire import error_json, metric_json
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class _Problem(Exception):
         self.status, self.code, self.message = status, code, message
 
     def response(self) -> web.Response:
-        return web.json_response({"error_code": self.code, "message": self.message}, status=self.status)
+        return web.json_response(error_json(self.code, self.message), status=self.status)
 
 
 def _invalid(message: str) -> _Problem:
@@ -369,8 +370,7 @@ class TrackingServer:
         run = _run_of(tracked, body)
         key = _key(body, "metric_key", "metric")
         points = tracked.history.get((run.id, key), [])
-        return {"metrics": [{"key": key, "value": _number_json(v), "timestamp": ts, "step": s}
-                            for v, ts, s in points]}
+        return {"metrics": [metric_json(key, v, ts, s) for v, ts, s in points]}
 
     # --- artifacts -----------------------------------------------------------------------------------------
 
@@ -480,15 +480,6 @@ def _number(value: Any, name: str) -> float:
         return float(value)
     except OverflowError:
         raise _invalid(f"{name} is too large") from None
-
-
-def _number_json(value: float) -> float | str:
-    """A double as protobuf's JSON writes it: NaN and infinities as strings."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
 
 
 def _key(body: dict[str, Any], name: str, kind: str) -> str:
@@ -610,8 +601,7 @@ def _run_json(tracked: _Tracked, run: _Run) -> dict[str, Any]:
     return {
         "info": _run_info(tracked, run),
         "data": {
-            "metrics": [{"key": k, "value": _number_json(v), "timestamp": ts, "step": s}
-                        for k, (v, ts, s) in run.latest.items()],
+            "metrics": [metric_json(k, v, ts, s) for k, (v, ts, s) in run.latest.items()],
             "params": [{"key": k, "value": v} for k, v in run.params.items()],
             "tags": [{"key": k, "value": v} for k, v in tags.items()],
         },

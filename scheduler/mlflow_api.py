@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import posixpath
 import ssl
 import zipfile
@@ -30,6 +29,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from runyard.mlflowwire import error_json, metric_json
 from scheduler import mlflow_search as search
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import Credentials, Rule
@@ -81,15 +81,6 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
 
-def _number(value: float) -> float | str:
-    """A double as protobuf's JSON writes it: NaN and the infinities as strings."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
-
-
 def artifact_uri(run: RunRecord) -> str:
     return f"mlflow-artifacts:/{run.experiment}/{run.id}/artifacts"
 
@@ -116,8 +107,7 @@ def run_json(run: RunRecord, metrics: list[Any], params: dict[str, str]) -> dict
     return {
         "info": info,
         "data": {
-            "metrics": [{"key": p.key, "value": _number(p.value), "timestamp": _ms(p.ts), "step": p.step}
-                        for p in metrics],
+            "metrics": [metric_json(p.key, p.value, _ms(p.ts), p.step) for p in metrics],
             "params": [{"key": k, "value": v} for k, v in sorted(params.items())],
             "tags": [{"key": k, "value": v} for k, v in sorted(run_tags(run).items())],
         },
@@ -210,7 +200,7 @@ class MlflowApi:
     def _error(self, err: ApiError) -> web.Response:
         if err.status in (401, 403):
             log.warning("refused MLflow API call", extra={"why": err.message})
-        return web.json_response({"error_code": err.code, "message": err.message}, status=err.status)
+        return web.json_response(error_json(err.code, err.message), status=err.status)
 
     def _authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
@@ -351,7 +341,7 @@ class MlflowApi:
         after = search.cursor(args.get("page_token"), 4)
         points = await self._store.metric_history(run.id, key, after=after, limit=limit + 1)
         answer: dict[str, Any] = {"metrics": [
-            {"key": key, "value": _number(p.value), "timestamp": _ms(p.ts), "step": p.step} for p in points[:limit]]}
+            metric_json(key, p.value, _ms(p.ts), p.step) for p in points[:limit]]}
         if len(points) > limit:
             last = points[limit - 1]
             answer["next_page_token"] = search.cursor_token([last.step, last.ts, last.attempt, last.seq])
@@ -379,8 +369,7 @@ class MlflowApi:
             steps = await self._store.metric_steps(run.id, key, start, end)
             chosen = sample_steps(steps, per_run)
             for p in await self._store.metric_points_at(run.id, key, chosen):
-                found.append({"key": key, "value": _number(p.value), "timestamp": _ms(p.ts), "step": p.step,
-                              "run_id": run.id})
+                found.append({**metric_json(key, p.value, _ms(p.ts), p.step), "run_id": run.id})
         return {"metrics": found}
 
     @staticmethod

@@ -113,12 +113,16 @@ def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp
         monkeypatch.setenv(name, value)
     import mlflow
     from mlflow import MlflowClient
-    found = mlflow.search_runs(experiment_names=[run["experiment"]], filter_string="params.lr = '0.1' and metrics.loss < 0.1",
-                               output_format="list")
+    mlflow.set_tracking_uri(cluster.head.mlflow_url)   # the client keeps a URI process-wide: set ours, then unset
+    try:
+        found = mlflow.search_runs(experiment_names=[run["experiment"]],
+                                   filter_string="params.lr = '0.1' and metrics.loss < 0.1", output_format="list")
+        history = MlflowClient().get_metric_history(run_id, "loss")
+        nested = MlflowClient().get_run(inner)
+    finally:
+        mlflow.set_tracking_uri(None)
     assert [r.info.run_id for r in found] == [run_id]
-    history = MlflowClient().get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(step, 1.0 / (step + 1)) for step in range(20)]
-    nested = MlflowClient().get_run(inner)
     assert nested.data.tags["mlflow.parentRunId"] == run_id and nested.info.status == "FINISHED"
     assert nested.data.metrics == {"inner_acc": 0.9}
 

@@ -97,14 +97,15 @@ def tracked(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-def workstation(monkeypatch: pytest.MonkeyPatch, cluster: Cluster, tracked: Tracked) -> MlflowClient:
+def workstation(monkeypatch: pytest.MonkeyPatch, cluster: Cluster, tracked: Tracked) -> Iterator[MlflowClient]:
     """The environment `runyard mlflow-env` prints, as a workstation's shell would have it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked.ready["mlflow_url"])
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", cluster.head.token)
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cluster.head.ca_file))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     mlflow.set_tracking_uri(tracked.ready["mlflow_url"])
-    return MlflowClient()
+    yield MlflowClient()
+    mlflow.set_tracking_uri(None)   # the client keeps it process-wide: the next test's cluster is another
 
 
 def test_the_ready_file_and_mlflow_env_name_the_api(cluster: Cluster, tracked: Tracked) -> None:
