@@ -16,6 +16,7 @@ from scheduler.model import (
     AuditRecord, Capacity, ClusterEvent, Distribution, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
     RunSpec, TokenRecord,
 )
+from scheduler.store.records import MetricSeries
 from scheduler.sessions import Ack, Assign, BuildEnv, Outbound, StopAttempt
 
 E = TypeVar("E", bound=StrEnum)
@@ -236,6 +237,24 @@ def run_to_pb(
     for event in events or ():
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event, detail=event.detail)
     return msg
+
+
+def series_to_pb(series: MetricSeries, rank: int, response: pb.MetricsResponse, *, packed: bool) -> None:
+    """One series into `response` as the rank `rank`: as columns (`packed`), or one point per entry for the clients
+    that predate them (a downsampled series gives its buckets' last points)."""
+    if not packed:
+        for step, value, ts in zip(series.steps, series.values, series.ts):
+            response.points.add(key=series.key, value=value, step=step, ts=ts, rank=rank)
+        return
+    shown = response.series.add(key=series.key, rank=rank, total=series.total)
+    shown.steps.extend(series.steps)
+    shown.values.extend(series.values)
+    shown.ts.extend(series.ts)
+    if series.downsampled:
+        shown.first_steps.extend(series.first_steps)
+        shown.counts.extend(series.counts)
+        shown.mins.extend(series.mins)
+        shown.maxs.extend(series.maxs)
 
 
 def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:

@@ -124,16 +124,16 @@ CREATE INDEX logs_run ON logs (run_id, id);
 
 CREATE TABLE "metrics" (
     run_id   TEXT NOT NULL,
-    attempt  INTEGER NOT NULL,
-    rank     INTEGER NOT NULL,
-    seq      INTEGER NOT NULL,
     key      TEXT NOT NULL,
+    rank     INTEGER NOT NULL,
     step     INTEGER NOT NULL,
-    value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
     ts       REAL NOT NULL,
-    PRIMARY KEY (run_id, attempt, rank, seq, key)
+    attempt  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
+    PRIMARY KEY (run_id, key, rank, step, ts, attempt, seq)
 ) WITHOUT ROWID;
-CREATE INDEX metrics_series ON metrics (run_id, key, step);
+CREATE UNIQUE INDEX metrics_sent ON metrics (run_id, attempt, rank, seq, key);
 
 CREATE TABLE params (
     run_id TEXT NOT NULL,
