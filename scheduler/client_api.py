@@ -28,7 +28,8 @@ from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
 from scheduler.convert import (
-    event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, series_to_pb, spec_from_pb,
+    ShownRuns, event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, runs_response, series_to_pb,
+    spec_from_pb,
 )
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, shown
@@ -162,6 +163,7 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         self._dispatcher = dispatcher
         self._followers = followers
         self._snapshots_seen: dict[tuple[str, str], float] = {}  # (sha256, workspace) -> when last seen present
+        self._shown_runs = ShownRuns(store.run_from_row)
 
     async def _run(self, run_id: str) -> RunRecord:
         if len(run_id) > MAX_ID_CHARS:
@@ -312,20 +314,20 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
             state = from_pb(RunState, request.state)
         except ValueError:
             raise InvalidArgument(f"unknown run state {request.state}; one of {', '.join(RunState)}") from None
-        runs = await self._store.list_runs(
+        rows = await self._store.list_run_rows(
             caller().workspace, experiment=request.experiment, state=state or "", user=request.user,
             limit=min(request.limit or 50, 10_000),
         )
         names = await self._node_names()
-        response, size = pb.ListRunsResponse(), 0
-        for run in runs:
-            shown = run_to_pb(run, node_name=names.get(run.node_id, ""))
-            size += shown.ByteSize()
+        shown, size, truncated = [], 0, False
+        for row in rows:
+            run = self._shown_runs.serialized(row, names.get(self._store.node_of_row(row), ""))
+            size += len(run)
             if size > LIST_PAGE_BYTES:
-                response.truncated = True
+                truncated = True
                 break
-            response.runs.append(shown)
-        return response
+            shown.append(run)
+        return runs_response(shown, truncated)
 
     async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.QueueResponse:
         workspace = caller().workspace

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar, overload
 
@@ -255,6 +255,45 @@ def series_to_pb(series: MetricSeries, rank: int, response: pb.MetricsResponse, 
         shown.counts.extend(series.counts)
         shown.mins.extend(series.mins)
         shown.maxs.extend(series.maxs)
+
+
+class ShownRuns:
+    """`pb.Run`s of listed runs, serialized, kept per run while its row (and node name) stays the same: a listing
+    of 10,000 runs decodes and converts only the runs that changed since the last listing. A run is known again by
+    the hash of its row and node name (a stale entry would need a changed row with the same 64-bit hash). At most
+    `most` runs are kept (past that, all are dropped at once): about 0.5 KB each."""
+
+    def __init__(self, decode: Callable[[Sequence[Any]], RunRecord], most: int = 20_000) -> None:
+        self._decode = decode
+        self._most = most
+        self._kept: dict[str, tuple[int, bytes]] = {}
+
+    def serialized(self, row: Sequence[Any], node_name: str) -> bytes:
+        """The run of `row` (a `list_run_rows` row: its id first) as `run_to_pb(...).SerializeToString()`."""
+        mark = hash((tuple(row), node_name))
+        kept = self._kept.get(row[0])
+        if kept is not None and kept[0] == mark:
+            return kept[1]
+        shown = run_to_pb(self._decode(row), node_name=node_name).SerializeToString()
+        if len(self._kept) >= self._most:
+            self._kept.clear()
+        self._kept[row[0]] = (mark, shown)
+        return shown
+
+
+def runs_response(serialized: Iterable[bytes], truncated: bool) -> pb.ListRunsResponse:
+    """A ListRunsResponse of serialized `pb.Run`s, parsed once as a whole (field 1, length-delimited each)."""
+    wire = b"".join(b"\x0a" + _varint(len(run)) + run for run in serialized)
+    return pb.ListRunsResponse.FromString(wire + (b"\x10\x01" if truncated else b""))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:

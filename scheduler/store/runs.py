@@ -119,6 +119,9 @@ def default_name(spec: RunSpec) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
+_NODE_ID_COLUMN = _RUN_COLUMNS.split(", ").index("node_id")
+
+
 class RunStore(StoreBase):
     """Reads and writes of runs; part of `Store`."""
 
@@ -201,6 +204,24 @@ class RunStore(StoreBase):
     async def list_runs(
         self, workspace: str, *, experiment: str = "", state: str = "", user: str = "", limit: int = 50
     ) -> list[RunRecord]:
+        return [_run(r) for r in await self.list_run_rows(workspace, experiment=experiment, state=state, user=user,
+                                                          limit=limit)]
+
+    @staticmethod
+    def run_from_row(row: Sequence[Any]) -> RunRecord:
+        """A row of `list_run_rows` as a run."""
+        return _run(row)
+
+    @staticmethod
+    def node_of_row(row: Sequence[Any]) -> str:
+        """The node id of a row of `list_run_rows` ("" for none), without decoding the row."""
+        return row[_NODE_ID_COLUMN] or ""
+
+    async def list_run_rows(
+        self, workspace: str, *, experiment: str = "", state: str = "", user: str = "", limit: int = 50
+    ) -> list[tuple[Any, ...]]:
+        """The rows of `list_runs`, as stored (`run_from_row` decodes one): a caller that keeps what it made of a
+        row can tell an unchanged run by its row, without decoding it again."""
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace = ?"
         args: list[Any] = [workspace]
         if user:
@@ -214,7 +235,7 @@ class RunStore(StoreBase):
             args.append(state)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
-        return [_run(r) for r in await self._all(sql, args)]
+        return await self._all(sql, args)
 
     async def live_runs_on(self, node_id: str) -> list[RunRecord]:
         """The runs whose live attempt is on `node_id`."""
