@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 _CHUNK_BYTES = 1 << 20
 _MIN_BYTES_PER_CALL = 32 << 20
 _STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
+_ENDS = frozenset({"", "FINISHED", "FAILED", "KILLED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Record:
     tags: dict[str, str]
     run: str  # "" for the run itself, else the id of a child run
     child: tuple[str, str] | None  # (child_id, name) when this line announces a child of `run`
+    end: str = ""  # FINISHED, FAILED or KILLED: the child run `run` ended
 
 
 class _Malformed(ValueError):
@@ -159,7 +161,14 @@ def _parse(seq: int, line: bytes) -> Record:
         tags=_text_map(obj.get("tags", {}), "tags"),
         run=_text(obj.get("run", ""), "run"),
         child=None if child is None else _child(child),
+        end=_end(obj.get("end", "")),
     )
+
+
+def _end(value: Any) -> str:
+    if value not in _ENDS:
+        raise _Malformed(f"end must be one of {', '.join(sorted(_ENDS))}")
+    return str(value)
 
 
 def _timestamp(value: Any) -> float:

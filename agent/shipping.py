@@ -55,7 +55,8 @@ class LogShipper:
 
 class MetricShipper:
     """Tails the SDK's record file of one process of an attempt (its global `rank`) into metric batches in the
-    outbox."""
+    outbox: the run's own records and those of the tracked child runs its script started (the head checks that
+    they are its own)."""
 
     def __init__(self, assignment: pb.Assignment, outbox: Outbox, tail: RecordTail, *, rank: int = 0,
                  poll_s: float = 0.2) -> None:
@@ -70,11 +71,12 @@ class MetricShipper:
         self._closed.set()
 
     def ship(self) -> int:
-        records = [r for r in self._tail.read_new() if not r.run]
+        records = self._tail.read_new()
         batch = pb.MetricBatch(run_id=self._asg.run_id, attempt=self._asg.attempt)
         for r in records:
             batch.records.add(
-                seq=r.seq, params=r.params, tags=r.tags, rank=self.rank,
+                seq=r.seq, params=r.params, tags=r.tags, rank=self.rank, run_id=r.run, end=r.end, ts=r.ts,
+                child=pb.TrackedChild(id=r.child[0], name=r.child[1]) if r.child else None,
                 points=[pb.MetricPoint(key=k, value=v, step=s, ts=r.ts) for k, v, s in r.metrics],
             )
         if records:

@@ -357,7 +357,7 @@ class MetricPoint(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class MetricRecord(_message.Message):
-    __slots__ = ("seq", "points", "params", "tags", "rank")
+    __slots__ = ("seq", "points", "params", "tags", "rank", "run_id", "child", "end", "ts")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -377,12 +377,28 @@ class MetricRecord(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     params: _containers.ScalarMap[str, str]
     tags: _containers.ScalarMap[str, str]
     rank: int
-    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., rank: _Optional[int] = ...) -> None: ...
+    run_id: str
+    child: TrackedChild
+    end: str
+    ts: float
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., rank: _Optional[int] = ..., run_id: _Optional[str] = ..., child: _Optional[_Union[TrackedChild, _Mapping]] = ..., end: _Optional[str] = ..., ts: _Optional[float] = ...) -> None: ...
+
+class TrackedChild(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("experiment", "display_name", "tags", "properties", "snapshot_sha256", "spec", "idempotency_key", "parent_run_id", "priority")

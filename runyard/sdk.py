@@ -14,7 +14,8 @@ One line of the records file (written with `json.dumps(..., allow_nan=True, sepa
      "tags": {"team": "cv"}, "run": "<child id>", "child": {"id": "<child id>", "name": "fold-1"}}
 
 `metrics`, `params`, `tags` and `run` are left out when empty; `child` only appears on the line announcing a
-child run; NaN and +-inf are written as the JSON extensions `NaN`, `Infinity`, `-Infinity`.
+child run; `{"ts": ..., "run": "<child id>", "end": "FINISHED"}` (or `FAILED`, `KILLED`: MLflow's words, which the
+agent's MLflow endpoint writes too) ends a child run, which otherwise ends with the run's process; NaN and +-inf are written as the JSON extensions `NaN`, `Infinity`, `-Infinity`.
 
 What this module must not do:
 - import anything but the standard library and `runyard.ids`: it runs where no dependency is installed;
@@ -46,6 +47,7 @@ __all__ = ["Run"]
 RUN_ID_ENV = "RUNYARD_RUN_ID"
 RECORDS_FILE_ENV = "RUNYARD_RECORDS_FILE"
 OFFLINE_DIR_NAME = "runyard-offline"
+_END_STATUSES = {"completed": "FINISHED", "failed": "FAILED", "canceled": "KILLED"}
 
 FLUSH_INTERVAL_S = 0.2
 MAX_BUFFERED_RECORDS = 100_000
@@ -373,6 +375,27 @@ class Run:
         if prefix:
             self._echo(f"child run {name} ({child_id})")
         return Run(child_id, records=self._records, offline=self._offline, child_id=child_id, echo_prefix=prefix)
+
+    def end(self, state: str = "Completed") -> None:
+        """End this child run as `Completed`, `Failed` or `Canceled` (any case). A child left open ends with the
+        run's process. The run itself ends with its process, so only a child run can be ended this way."""
+        if not self._child_id:
+            raise ValueError("the run ends with its process; end() is for child runs")
+        status = _END_STATUSES.get(state.lower()) if isinstance(state, str) else None
+        if status is None:
+            raise ValueError(f"a child run ends Completed, Failed or Canceled, not {state!r}")
+        with self._records.lock:
+            self._put({"end": status})
+        if self._echo_prefix:
+            self._echo(f"ended {state.capitalize()}")
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: object) -> None:
+        """`with run.child_run("fold-1") as child:` ends the child Completed, or Failed when the block raised."""
+        if self._child_id:
+            self.end("Failed" if kind is not None else "Completed")
 
     def _log_text(self, field: str, kind: str, key: str, value: object) -> None:
         key = _check_name(kind, key)

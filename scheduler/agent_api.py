@@ -37,7 +37,7 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
 from scheduler.core.lifecycle import Reason
 from scheduler.model import RunRecord
-from scheduler.store import LOG_CONTINUED, LOG_GAP, Store
+from scheduler.store import END_WORDS, LOG_CONTINUED, LOG_GAP, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,20 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             self._followers.notify(run.parent_id)  # `logs -f` of a multi-node run follows its children
 
     async def _apply_metrics(self, run: RunRecord, batch: pb.MetricBatch) -> None:
-        points = [(rec.rank, rec.seq, p.key, p.step, p.value, p.ts) for rec in batch.records for p in rec.points]
-        params = {k: v for rec in batch.records for k, v in rec.params.items()}
-        tags = {k: v for rec in batch.records for k, v in rec.tags.items()}
-        await self._store.append_metrics(batch.run_id, batch.attempt, points, params, tags)
+        """The run's records and those of the tracked runs its script started (the store checks they are its)."""
+        records = [TrackingRecord(rank=rec.rank, seq=rec.seq, run_id=rec.run_id, ts=rec.ts,
+                                  points=tuple((p.key, p.step, p.value, p.ts) for p in rec.points),
+                                  params=dict(rec.params), tags=dict(rec.tags),
+                                  child=(rec.child.id, rec.child.name) if rec.HasField("child") else None,
+                                  end=rec.end if rec.end in END_WORDS else "")
+                   for rec in batch.records]
+        applied = await self._store.apply_records(batch.run_id, batch.attempt, records)
+        if applied.dropped:
+            log.warning("records naming runs that are not the attempt's own were dropped",
+                        extra={"run_id": batch.run_id, "attempt": batch.attempt, "dropped": applied.dropped})
         self._followers.notify(batch.run_id)
+        for changed in applied.runs:
+            self._followers.notify(changed)
 
     async def FetchSnapshot(self, request: pb.FetchSnapshotRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DataChunk]:
         run = await self._store.run_for_node(request.run_id, request.attempt, caller().node_id)

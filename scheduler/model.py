@@ -15,6 +15,7 @@ from scheduler.core.nodes import NodeState, Schedule
 # Properties of a child of a multi-node run: its node rank, and the parent's attempt it belongs to.
 RANK_PROPERTY = "runyard.node_rank"
 ATTEMPT_PROPERTY = "runyard.parent_attempt"
+TRACKED_PROPERTY = "runyard.tracked"        # "1": a tracked run, started by its parent's script (store/tracked.py)
 
 
 class Distribution(StrEnum):
@@ -109,6 +110,11 @@ class RunRecord:
     submitter: str = ""
     env_name: str = ""                  # the registered environment it runs in (NewRun)
     env_version: str = ""
+
+    @property
+    def tracked(self) -> bool:
+        """Started by its parent's script (SDK child_run, MLflow nested run): no node, no process of its own."""
+        return self.properties.get(TRACKED_PROPERTY) == "1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -520,6 +521,54 @@ def test_head_unit(jinja: Any) -> None:
     assert unit_settings(extra)["Service"]["ReadWritePaths"] == ["/var/lib/runyard", "/srv/artifacts"]
 
 
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+HEAD_UNIT = "runyard_head/templates/runyard-head.service.j2"
+HEAD_EXPOSURE_GOAL = 2.0
+
+
+def rendered_unit(jinja: Any, tmp_path: Path, template: str, host: str) -> Path:
+    """The unit as ansible writes it, beside a venv whose console scripts exist (`verify` checks ExecStart)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    for script in ("runyard-head", "runyard-agent"):
+        (venv / "bin" / script).write_text("#!/bin/sh\n")
+        (venv / "bin" / script).chmod(0o755)
+    unit = tmp_path / Path(template).name.removesuffix(".j2")
+    unit.write_text(render(jinja, template, host_vars(jinja, host, runyard_venv=str(venv))))
+    return unit
+
+
+def exposure(unit: Path) -> float:
+    """`systemd-analyze security --offline=yes`'s overall exposure of a unit file: 0 (locked down) to 10."""
+    assert SYSTEMD_ANALYZE is not None
+    found = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", unit.name], cwd=unit.parent,
+                           capture_output=True, text=True, timeout=120)
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", found.stdout)
+    assert score, found.stdout[-500:] + found.stderr
+    return float(score[1])
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_head_unit_verifies_and_is_locked_down(jinja: Any, tmp_path: Path) -> None:
+    unit = rendered_unit(jinja, tmp_path, HEAD_UNIT, "head1")
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", unit.name], cwd=unit.parent, capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    assert exposure(unit) <= HEAD_EXPOSURE_GOAL
+
+
+AGENT_EXPOSURE_GOAL = 5.5   # what running users' code allows: see the unit's "Left out on purpose"
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_agent_unit_verifies_and_is_as_locked_down_as_jobs_allow(jinja: Any, tmp_path: Path) -> None:
+    unit = rendered_unit(jinja, tmp_path, AGENT_UNIT, "gpu1")
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", unit.name], cwd=unit.parent, capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+    assert exposure(unit) <= AGENT_EXPOSURE_GOAL
+
+
 def test_agent_toml_on_a_node(jinja: Any, tmp_path: Path) -> None:
     config = render_agent(jinja, tmp_path, "gpu1")
     assert config.head_address == "10.0.0.10:7433"  # the head's ansible_host, not the agent's
@@ -615,9 +664,13 @@ def test_agent_unit_sandbox_spares_what_jobs_need(jinja: Any) -> None:
                        "RestrictSUIDSGID": "yes"}.items():
         assert service.get(key) == [value], f"{key}={service.get(key)}"
     for key in ("ProtectHome", "PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock",
-                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute", "SystemCallFilter",
-                "RestrictNamespaces", "PrivateNetwork", "UMask", "ReadWritePaths"):
+                "ProtectControlGroups", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute",
+                "RestrictNamespaces", "RestrictAddressFamilies", "PrivateNetwork", "UMask", "ReadWritePaths"):
         assert key not in service, f"{key} would take from jobs what they need (see the unit's comments)"
+    # System calls: a deny-list only, and never what containers, profilers, setpriv or ulimit use
+    (denied,) = service["SystemCallFilter"]
+    assert denied.startswith("~")
+    assert not {"@mount", "@debug", "@privileged", "@resources", "@system-service"} & set(denied[1:].split())
 
 
 def test_agent_unit_follows_stop_grace_and_environment(jinja: Any) -> None:

@@ -44,7 +44,7 @@ ALLOWED: dict[tuple[RunState, Trigger], RunState] = {
     (F, Trigger.REQUEUE): Q,
 }
 
-TRIGGERS = [t for t in Trigger if t is not Trigger.SUBMIT]
+TRIGGERS = [t for t in Trigger if t not in (Trigger.SUBMIT, Trigger.TRACK)]  # creations: no transition
 PAIRS = list(itertools.product(list(RunState), TRIGGERS))
 
 

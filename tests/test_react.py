@@ -21,7 +21,7 @@ from scheduler.core.plan import Expect, Fence, Move, NodeCount, NodeMove, Plan, 
 from scheduler.core.react import (
     Cancel, Event, Hello, NodeDown, NodeHeard, NodeLeft, NodeSilent, Phase, Policy, Report, StreamClosed, World, react,
 )
-from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, RunRecord, RunSpec
+from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, TRACKED_PROPERTY, RunRecord, RunSpec
 
 Q, P, R, F = RunState.QUEUED, RunState.PREPARING, RunState.RUNNING, RunState.FINALIZING
 DONE, FAILED, CANCELED = RunState.COMPLETED, RunState.FAILED, RunState.CANCELED
@@ -40,8 +40,10 @@ EXITED, RUNNING, PREPARING, FINALIZING = Phase.EXITED, Phase.RUNNING, Phase.PREP
 
 def run(run_id: str = "r1", state: RunState = R, *, attempt: int = 1, node: str = "n1", desired: DesiredState = RUN,
         parent: str = "", rank: int | None = None, parent_attempt: int = 1, instances: int = 1, max_retries: int = -1,
-        agent_error_node: str = "") -> RunRecord:
+        agent_error_node: str = "", tracked: bool = False) -> RunRecord:
     properties = {RANK_PROPERTY: str(rank), ATTEMPT_PROPERTY: str(parent_attempt)} if rank is not None else {}
+    if tracked:
+        properties, node = {TRACKED_PROPERTY: "1"}, ""
     return RunRecord(
         id=run_id, workspace="ws", experiment="exp", parent_id=parent, display_name=run_id, state=state,
         desired_state=desired, reason="", exit_code=None, pending_reason="", attempt=attempt,
@@ -610,6 +612,9 @@ CANCELS = [
     row("ended-gang-parent-nothing", world(*gang(FAILED, FAILED, CANCELED)), Cancel("p"), NOTHING),
     row("gang-child-canceled-alone-stopped-as-canceled-by-user", world(*gang(R, R, R)), Cancel("c1"),
         Plan(stops=(stop("c1", "n2"),))),
+    row("tracked-run-has-no-process-canceled-at-once", world(run("r1"), run("t1", parent="r1", tracked=True)),
+        Cancel("t1"),
+        moves(Move("t1", CANCEL, R, 1, detail="canceled by user", reason=Reason.CANCELED_BY_USER, at=NOW))),
 ]
 
 

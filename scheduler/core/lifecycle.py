@@ -5,6 +5,9 @@ which state it leads to; the store turns each entry into a guarded `UPDATE ... W
 appended run event, so a transition the table forbids fails loudly instead of overwriting state.
 
     trigger        from                                   to
+    submit         (new)                                  Queued
+    track          (new)                                  Running       (a tracked child run: started by its
+                                                                         parent's script, no process of its own)
     assign         Queued                                 Preparing     (placed on a node, attempt N+1)
     start          Preparing                              Running       (agent started the process)
     finalize       Preparing, Running                     Finalizing    (process ended, outputs uploading)
@@ -13,7 +16,10 @@ appended run event, so a transition the table forbids fails loudly instead of ov
     cancel         Queued, Preparing, Running, Finalizing Canceled
     requeue        Preparing, Running, Finalizing         Queued        (attempt lost; tried again)
 
-The final state comes from what the agent observed (`outcome`), never from what the script claimed.
+The final state comes from what the agent observed (`outcome`), never from what the script claimed. The one
+exception is a tracked run (`SDK child_run`, an MLflow nested run): its script says when it ended (complete, fail,
+cancel from Running), and it ends with the run that tracks it at the latest: Completed with a Completed run,
+Canceled with a Canceled one, else Failed (also when that run's attempt is requeued).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ ACTIVE = frozenset({RunState.PREPARING, RunState.RUNNING, RunState.FINALIZING})
 
 class Trigger(StrEnum):
     SUBMIT = "submit"
+    TRACK = "track"
     ASSIGN = "assign"
     START = "start"
     FINALIZE = "finalize"

@@ -420,6 +420,9 @@ def on_cancel(world: World, run_id: str) -> Plan:
                                 reason=Reason.CANCELED_BY_USER, at=world.now),))
     if run.state not in ACTIVE:
         return Plan()
+    if run.tracked:     # no process to stop: it ends now (its own tracked runs with it, `store.tracked`)
+        return Plan(moves=(Move(run.id, Trigger.CANCEL, run.state, run.attempt, detail="canceled by user",
+                                reason=Reason.CANCELED_BY_USER, at=world.now),))
     if gangs.is_gang_parent(run):
         stops = [StopRun(run.id, run.attempt, "", Reason.CANCELED_BY_USER, "canceled by user")]
         stops += [StopRun(c.id, c.attempt, c.node_id, Reason.PARENT_CANCELED, "its parent was canceled")

@@ -7,6 +7,7 @@
     runs.py         runs: submit, reads, transitions, `apply_plan`, gang assignment, the in-memory queue
     nodes.py        nodes, node events, schedules, cluster events, the cached node list
     records.py      logs, metrics, params
+    tracked.py      an attempt's records applied, and the tracked child runs its script starts
     credentials.py  workspaces, users' tokens, join tokens, node keys, snapshot grants, the audit trail
     environments.py registered environments, each version immutable
 
@@ -32,10 +33,11 @@ from scheduler.store.credentials import CredentialStore
 from scheduler.store.environments import EnvironmentStore
 from scheduler.store.nodes import NodeStore, _NodeCache
 from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
+from scheduler.store.tracked import END_WORDS, Applied, TrackedStore, TrackingRecord  # noqa: F401
 from scheduler.store.runs import LiveRow, QueuedRow, RendezvousRange, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 
 
-class Store(RunStore, NodeStore, RecordStore, CredentialStore, EnvironmentStore):
+class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore):
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
     def __init__(

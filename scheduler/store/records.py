@@ -11,7 +11,7 @@ import json
 import math
 import sqlite3
 from operator import itemgetter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -97,6 +97,22 @@ def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
     return sql
 
 
+def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
+                   points: Sequence[tuple[int, int, str, int, float, float]], params: Mapping[str, str],
+                   tags: Mapping[str, str]) -> None:
+    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (a resent one is ignored),
+    upsert its params, merge its tags."""
+    w.executemany(
+        "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(run_id, attempt, rank, seq, key, step, value, ts) for rank, seq, key, step, value, ts in points],
+    )
+    if params:
+        w.executemany("INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
+                      [(run_id, k, v) for k, v in params.items()])
+    if tags:
+        w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(dict(tags)), run_id))
+
+
 class RecordStore(StoreBase):
     """Appends and reads of logs, metrics and params; part of `Store`."""
 
@@ -156,21 +172,9 @@ class RecordStore(StoreBase):
         tags: dict[str, str],
     ) -> None:
         """Append (rank, seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
-        rows = [(run_id, attempt, rank, seq, key, step, value, ts) for rank, seq, key, step, value, ts in points]
 
         def work(w: sqlite3.Connection, effects: Effects) -> None:
-            w.executemany(
-                "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            if params:
-                w.executemany(
-                    "INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
-                    [(run_id, k, v) for k, v in params.items()],
-                )
-            if tags:
-                w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(tags), run_id))
+            _write_metrics(w, run_id, attempt, points, params, tags)
         await self._write(work)
 
     async def read_metrics(self, run_id: str | Sequence[str], key: str = "", rank: int | None = None) -> list[MetricRow]:

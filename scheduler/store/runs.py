@@ -21,13 +21,14 @@ from runyard.ids import new_run_id
 from scheduler.errors import NotFound, shown
 from scheduler.group_commit import Effects
 from scheduler.core.lifecycle import (
-    ACTIVE, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
+    ACTIVE, TERMINAL, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
 )
 from scheduler.core.nodes import NodeState, ScheduleTrigger, next_node_state
 from scheduler.core import gangs
 from scheduler.core.plan import Move, Plan
 from scheduler.model import ATTEMPT_PROPERTY, RANK_PROPERTY, AuditRecord, NewRun, RunEventRecord, RunRecord, RunSpec
 from scheduler.store.base import _RUN_COLUMNS, Conflict, NotCurrentAttempt, StoreBase, _insert_audit, _run
+from scheduler.store.tracked import end_tracked_children
 from scheduler.store.nodes import _move_schedule, _node_event, _NodeCache
 
 _QUEUED_COLUMNS = (
@@ -331,6 +332,8 @@ class RunStore(StoreBase):
                 "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, self.clock(), state, target, trigger, detail),
             )
+            if target in TERMINAL or target is RunState.QUEUED:
+                end_tracked_children(w, run_id, target, self.clock())
             run = _run(w.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
             if target is RunState.QUEUED:
                 effects.append(self._enqueued(_queued_from_spec(run.id, run.workspace, run.priority, run.created_at,
@@ -420,6 +423,8 @@ class RunStore(StoreBase):
             "INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
             (move.run_id, now, move.state, target, move.trigger, move.detail),
         )
+        if target in TERMINAL or target is RunState.QUEUED:   # the runs its script tracked end with the attempt
+            end_tracked_children(w, move.run_id, target, now)
         if target is RunState.QUEUED:
             effects.append(self._enqueued(_queued_from_spec(move.run_id, row[2], row[3], row[4],
                                                             RunSpec.from_json(row[5]))))
