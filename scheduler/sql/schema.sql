@@ -133,7 +133,13 @@ CREATE TABLE "metrics" (
     value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
     PRIMARY KEY (run_id, key, rank, step, ts, attempt, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX metrics_sent ON metrics (run_id, attempt, rank, seq, key);
+CREATE TABLE metric_records (
+    run_id   TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    rank     INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    PRIMARY KEY (run_id, attempt, rank, seq)
+) WITHOUT ROWID;
 
 CREATE TABLE params (
     run_id TEXT NOT NULL,

@@ -1,7 +1,9 @@
 """What runs record as they go: log lines, metric points, params (and the tags that metrics reports upsert).
 
-Every append is idempotent on its sequence keys (`INSERT OR IGNORE`): an agent resends what the head has not
-acknowledged, and a resent record is stored once.
+Every append is idempotent on its sequence keys: an agent resends what the head has not acknowledged, and a
+resent record is stored once (log lines by `INSERT OR IGNORE`; metric points by the `metric_records` row of the
+record line that held them). Metric points are kept in series order (run, key, rank, step, time): a series is
+read as one range, as columns, or as at most N buckets computed in SQL; summaries are aggregated in SQL.
 Must not: change a run's state, decide anything, or know about gRPC.
 """
 
@@ -100,17 +102,38 @@ def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
 def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
                    points: Sequence[tuple[int, int, str, int, float, float]], params: Mapping[str, str],
                    tags: Mapping[str, str]) -> None:
-    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (a resent one is ignored),
-    upsert its params, merge its tags."""
-    w.executemany(
-        "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(run_id, attempt, rank, seq, key, step, value, ts) for rank, seq, key, step, value, ts in points],
-    )
+    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (those of a record line
+    already stored, a resent one, are ignored), upsert its params, merge its tags."""
+    if points:
+        _insert_points(w, run_id, attempt, points)
     if params:
         w.executemany("INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
                       [(run_id, k, v) for k, v in params.items()])
     if tags:
         w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(dict(tags)), run_id))
+
+
+def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
+                   points: Sequence[tuple[int, int, str, int, float, float]]) -> None:
+    """The points of the record lines (rank, seq) not stored yet, and a `metric_records` row for each such line:
+    one range read per rank tells which lines of the batch were stored before (a resent batch: all of them)."""
+    lines: dict[int, set[int]] = {}
+    for rank, seq, *_ in points:
+        lines.setdefault(rank, set()).add(seq)
+    stored: set[tuple[int, int]] = set()
+    for rank, seqs in lines.items():
+        stored.update((rank, seq) for (seq,) in w.execute(
+            "SELECT seq FROM metric_records WHERE run_id = ? AND attempt = ? AND rank = ? AND seq BETWEEN ? AND ?",
+            (run_id, attempt, rank, min(seqs), max(seqs))))
+    w.executemany("INSERT INTO metric_records (run_id, attempt, rank, seq) VALUES (?, ?, ?, ?)",
+                  [(run_id, attempt, rank, seq) for rank, seqs in lines.items() for seq in seqs
+                   if (rank, seq) not in stored])
+    # OR IGNORE: a line holding one key twice at the same step and time stores it once, as before
+    w.executemany(
+        "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(run_id, attempt, *point) for point in points if (point[0], point[1]) not in stored] if stored else
+        [(run_id, attempt, *point) for point in points],
+    )
 
 
 class RecordStore(StoreBase):
