@@ -282,7 +282,7 @@ def main() -> None:
         row("metrics single (flush per point)", single, "points/s", GOAL_SINGLE, ">=", peer="MLflow log_metric",
             peer_ratio=ratio(single, peer_single), digits=0),
     ]
-    emit({"scenario": "S7", "name": "metric ingestion", "rows": rows, "ours": mine, "mlflow": peer,
+    emit({"scenario": "S7", "name": "metric ingestion", "table": rows, "ours": mine, "mlflow": peer,
           "ratio_batched_to_mlflow": ratio(batched, peer_batched), "ratio_goal": GOAL_RATIO,
           "ratio_single_to_mlflow": ratio(single, peer_single),
           "mlflow_client_in_runyard_run": mlflow_client_in_runyard_run(),

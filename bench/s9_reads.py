@@ -176,7 +176,7 @@ def main() -> None:
         row(f"{args.points}-point series, 1000 buckets p99", figures["series_downsampled_1000"]["p99"], "ms",
             GOAL_SERIES_P99_MS, "<=", digits=1),
     ]
-    emit({"scenario": "S9", "name": "reads: runs and metric series", "rows": rows, "figures": figures,
+    emit({"scenario": "S9", "name": "reads: runs and metric series", "table": rows, "figures": figures,
           "sizes": {"runs": args.runs, "points": args.points, "keys": 1 + len(OTHER_KEYS), "calls": args.calls},
           "pinning": plan.record(), "machine": machine})
 
