@@ -251,7 +251,7 @@ def _children(pid: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batched-points", type=int, default=500_000)
-    parser.add_argument("--single-points", type=int, default=5_000)
+    parser.add_argument("--single-points", type=int, default=20_000)
     parser.add_argument("--mlflow-batched-points", type=int, default=50_000)
     parser.add_argument("--mlflow-single-points", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=3)

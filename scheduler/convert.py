@@ -1,4 +1,5 @@
-"""Conversions between protobuf messages and the head's domain values. The only module that knows both."""
+"""Conversions between protobuf messages and the head's domain values. The only module that knows both; it also keeps
+listed runs serialized (`ShownRuns`) for `ListRuns`."""
 
 from __future__ import annotations
 

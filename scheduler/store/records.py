@@ -118,7 +118,7 @@ def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
     """The points of the record lines (rank, seq) not stored yet, and a `metric_records` row for each such line:
     one range read per rank tells which lines of the batch were stored before (a resent batch: all of them)."""
     lines: dict[int, set[int]] = {}
-    for rank, seq, *_ in points:
+    for rank, seq in {(point[0], point[1]) for point in points}:
         lines.setdefault(rank, set()).add(seq)
     stored: set[tuple[int, int]] = set()
     for rank, seqs in lines.items():
@@ -129,10 +129,11 @@ def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
                   [(run_id, attempt, rank, seq) for rank, seqs in lines.items() for seq in seqs
                    if (rank, seq) not in stored])
     # OR IGNORE: a line holding one key twice at the same step and time stores it once, as before
+    at = (run_id, attempt)
     w.executemany(
-        "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(run_id, attempt, *point) for point in points if (point[0], point[1]) not in stored] if stored else
-        [(run_id, attempt, *point) for point in points],
+        "INSERT OR IGNORE INTO metrics (rank, seq, key, step, value, ts, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [point + at for point in points if (point[0], point[1]) not in stored] if stored else
+        [point + at for point in points],
     )
 
 
