@@ -3,8 +3,8 @@
 Start-up: load config, decide who runs execute as (`runusers.py`) and where their directories go
 (`rundirs.py`), kill attempts a previous agent process left behind and remove their directories, find the
 interpreters and builders for runs' environments and remove the builds a previous agent left unfinished
-(`environments.py`), set up run containment (cgroups or tethers), read capacity, then keep a link to the head and
-supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, stop the
+(`environments.py`), set up run containment (cgroups or tethers), read capacity, serve MLflow's tracking API to
+runs (`tracking.py`, on `tracking_listen`), then keep a link to the head and supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, stop the
 builds under way, and exit. The clock of every timer is
 chosen here (`serve(clock=...)`). A refused join token, a node name held by another live agent, a config error or
 an unsafe run directory ends the agent with one line on stderr and exit status 2.
@@ -39,11 +39,12 @@ from agent.reach import may_execute
 from agent.rundirs import RunRoot, close_run_root, open_run_root, remove_leftovers
 from agent.runusers import RunUser, RunUsers
 from agent.supervisor import Supervisor
+from agent.tracking import TrackingServer
 from agent.wire import env_spec_from_pb
 from protos import runyard_pb2 as pb
 from runyard import logsetup
 from runyard.envspec import node_platform
-from runyard.errors import RunyardError
+from runyard.errors import RunyardError, UsageError
 
 log = logging.getLogger("agent")
 
@@ -135,6 +136,20 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
         advertise_address=config.advertise_address, rendezvous_ports=config.rendezvous_range,
     )
     outbox = Outbox(config.outbox_max_messages)
+    tracking = TrackingServer(config.tracking_listen, max_artifact_bytes=config.outputs_max_bytes)
+    try:
+        await tracking.start()
+    except OSError as err:
+        raise UsageError(f"cannot serve MLflow tracking on tracking_listen {config.tracking_listen}: "
+                         f"{err.strerror or err}") from None
+    try:
+        await _serve_tracked(config, clock, containment, users, root, tools, capacity, outbox, tracking)
+    finally:
+        await tracking.close()
+
+
+async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Containment, users: RunUsers, root: RunRoot,
+                         tools: _Tools, capacity: pb.Capacity, outbox: Outbox, tracking: TrackingServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,7 +165,7 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
                 timeout_s=config.env_build_timeout_s)
             supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
                                     clock=clock, containment=containment, users=users, root=root,
-                                    environments=environments)
+                                    environments=environments, tracking=tracking)
 
             def build(request: pb.BuildEnvironment) -> None:
                 environments.warm(env_spec_from_pb(request.env), request.env_hash)

@@ -66,6 +66,8 @@ class AgentConfig:
     # connects to the head from, as the head sees it) on a port of rendezvous_ports, "LO-HI" inclusive.
     advertise_address: str = ""
     rendezvous_ports: str = "29500-29999"
+    # The MLflow tracking API the agent serves its runs (`tracking.py`): host:port, port 0 for a free one.
+    tracking_listen: str = "127.0.0.1:0"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -73,6 +75,10 @@ class AgentConfig:
             raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
         parse_uid_range(self.run_uid_range)
         parse_port_range(self.rendezvous_ports)
+        host, colon, port = self.tracking_listen.rpartition(":")
+        if not (colon and host and port.isdigit() and int(port) <= 65535):
+            raise UsageError(f'config: tracking_listen must look like "127.0.0.1:0" (host:port, 0 for a free port), '
+                             f'not {self.tracking_listen!r}')
 
     @property
     def rendezvous_range(self) -> tuple[int, int]:

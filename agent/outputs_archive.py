@@ -8,7 +8,9 @@ each directory is opened relative to its parent with `O_NOFOLLOW`, each file rel
 that uid owns: a file a run can read anyway). At most the size seen at the listing is read from a file.
 The walk is an explicit stack, so no directory depth can exhaust Python's stack; entries deeper than
 `MAX_DEPTH` directories are left out and counted (their paths would pass PATH_MAX long before anything useful).
-Blocking: call it through `asyncio.to_thread`. Must not: follow a symbolic link, or read outside `directory`.
+The MLflow artifacts a run uploaded through the agent (`tracking.py`) join the archive from the agent's staging
+directory, walked the same way. Blocking: call it through `asyncio.to_thread`. Must not: follow a symbolic link,
+or read outside `directory` and the staging directories it is given.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import os
 import stat
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,27 +44,43 @@ class Zipped:
     over_limit: bool   # the files add up to more than the limit; nothing is uploaded
 
 
-def zip_outputs(directory: Path, archive: Path, *, max_bytes: int, owner: int | None = None) -> Zipped:
+def zip_outputs(directory: Path, archive: Path, *, max_bytes: int, owner: int | None = None,
+                extra: Sequence[tuple[Path, str]] = ()) -> Zipped:
     """Zip the regular files below `directory` into `archive` (created 0600); nothing to upload when there are none.
 
     `directory` itself may be a link or missing (nothing to zip); its parent must be the agent's. With `owner`,
-    only files owned by that uid are taken.
+    only files owned by that uid are taken. `extra`: the agent's own directories (the MLflow artifacts a run
+    uploaded) whose files go into the archive under a prefix, counted against `max_bytes` too; a name the run's
+    outputs already have is left out of them.
     """
-    with _open_top(directory) as top:
-        if top is None:
-            return Zipped("", 0, 0, False)
-        files, too_deep = _regular_files(top)
-        if sum(size for _, size in files) > max_bytes:
+    with ExitStack() as stack:
+        sources: list[tuple[int, str, int | None, list[tuple[str, int]]]] = []
+        too_deep = 0
+        for path, prefix, who in [(directory, "", owner), *((path, prefix, None) for path, prefix in extra)]:
+            top = stack.enter_context(_open_top(path))
+            if top is None:
+                continue
+            files, deep = _regular_files(top)
+            too_deep += deep
+            sources.append((top, prefix, who, files))
+        count = sum(len(files) for *_, files in sources)
+        if sum(size for *_, files in sources for _, size in files) > max_bytes:
             log.warning("outputs over the size limit; not uploaded",
                         extra={"dir": str(directory), "max_bytes": max_bytes})
-            return Zipped("", len(files), too_deep, True)
-        if not files:
+            return Zipped("", count, too_deep, True)
+        if not count:
             return Zipped("", 0, too_deep, False)
         fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         taken = 0
+        names: set[str] = set()
         with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel, size in files:
-                taken += _add_file(zf, top, rel, size, owner)
+            for top, prefix, who, files in sources:
+                for rel, size in files:
+                    if prefix + rel in names:
+                        log.warning("artifact has the name of an output; left out", extra={"path": prefix + rel})
+                        continue
+                    names.add(prefix + rel)
+                    taken += _add_file(zf, top, rel, size, who, name=prefix + rel)
     if not taken:
         archive.unlink(missing_ok=True)
         return Zipped("", 0, too_deep, False)
@@ -135,13 +153,13 @@ def _regular_files(top: int) -> tuple[list[tuple[str, int]], int]:
     return found, too_deep
 
 
-def _add_file(zf: zipfile.ZipFile, top: int, rel: str, size: int, owner: int | None) -> int:
-    """Add one listed file if it is still a regular file (of `owner`); 1 if it was added, else 0."""
-    rel_dir, _, name = rel.rpartition("/")
+def _add_file(zf: zipfile.ZipFile, top: int, rel: str, size: int, owner: int | None, *, name: str) -> int:
+    """Add one listed file as `name` if it is still a regular file (of `owner`); 1 if it was added, else 0."""
+    rel_dir, _, base = rel.rpartition("/")
     try:
         parent = _open_below(top, rel_dir)
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=parent)
+            fd = os.open(base, _FILE_FLAGS, dir_fd=parent)
         finally:
             os.close(parent)
     except OSError as err:
@@ -152,7 +170,7 @@ def _add_file(zf: zipfile.ZipFile, top: int, rel: str, size: int, owner: int | N
         if not stat.S_ISREG(st.st_mode) or (owner is not None and st.st_uid != owner):
             log.warning("outputs entry is not the run's own regular file; left out", extra={"path": rel})
             return 0
-        info = zipfile.ZipInfo(rel, date_time=time.localtime(max(st.st_mtime, 315532800))[:6])
+        info = zipfile.ZipInfo(name, date_time=time.localtime(max(st.st_mtime, 315532800))[:6])
         info.external_attr = (stat.S_IFREG | stat.S_IMODE(st.st_mode)) << 16
         info.compress_type = zipfile.ZIP_DEFLATED
         with zf.open(info, "w") as dst:

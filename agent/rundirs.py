@@ -11,6 +11,8 @@
       attempts/                   agent, 0711
         <run>-<attempt>/          agent, 0711: what the agent keeps for itself sits here, out of the run's reach
           pgid, outputs.zip       agent, 0600
+          artifacts/<run>/...     agent, 0700 / 0600: MLflow artifacts the run uploaded (`tracking.py`), staged
+                                  for its outputs archive
           code/                   the run's user, 0700: the snapshot, the working directory; code/outputs/
           records.jsonl           the run's user, 0600: the SDK appends, the agent tails
           records.rank-R.jsonl    the run's user, 0600: the same, one per process R of a distributed run
@@ -85,6 +87,11 @@ class AttemptDirs:
     @property
     def outputs_zip(self) -> Path:
         return self.top / "outputs.zip"
+
+    @property
+    def artifacts(self) -> Path:
+        """Where the agent stages the MLflow artifacts the run uploads: the agent's own, out of the run's reach."""
+        return self.top / "artifacts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +186,13 @@ def remove_leftovers(root: RunRoot) -> int:
 
 
 def make_attempt_dir(dirs: AttemptDirs) -> None:
-    """A fresh, empty top directory of the attempt, the agent's own (an earlier agent's copy is removed)."""
+    """A fresh top directory of the attempt, the agent's own (an earlier agent's copy is removed), with the
+    agent's private artifacts staging directory in it."""
     remove_tree(dirs.top)
     os.mkdir(dirs.top, PASS_THROUGH)
     os.chmod(dirs.top, PASS_THROUGH)
+    os.mkdir(dirs.artifacts, PRIVATE_DIR)
+    os.chmod(dirs.artifacts, PRIVATE_DIR)
 
 
 def hand_over(dirs: AttemptDirs, user: RunUser, ranks: Sequence[int] = ()) -> None:

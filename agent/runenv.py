@@ -4,8 +4,9 @@ The environment is built from an allowlist, never inherited: a fixed PATH (with 
 execute in front, and the `bin` of the run's own environment before it when it declared one, so that `python`
 and `torchrun` are that environment's, with VIRTUAL_ENV or CONDA_PREFIX naming it), LANG, LC_ALL and TZ when
 the agent has them, HOME, TMPDIR, USER and LOGNAME of the run's own, the agent's `run_environment`, the job's
-`environment_variables`, the assignment's extra variables, then the run's `RUNYARD_*` variables, which nothing
-overrides.
+`environment_variables`, the assignment's extra variables, then the run's `RUNYARD_*` variables and, when the
+agent serves MLflow's tracking API (`tracking.py`), `MLFLOW_TRACKING_URI`, `MLFLOW_TRACKING_TOKEN`,
+`MLFLOW_RUN_ID` and `MLFLOW_EXPERIMENT_NAME`, which nothing overrides.
 Must not: pass anything else of the agent's environment to a run (its `RUNYARD_*` secrets above all), or
 start processes (`containment` does).
 """
@@ -129,7 +130,9 @@ def _share_agent_commands(shim_dir: Path, bin_dir: Path) -> None:
             continue
         first, _, rest = text.partition(b"\n")
         interpreter = first[2:].strip().split(b" ")[0] if first.startswith(b"#!") else b""
-        if len(text) > _SCRIPT_MAX_BYTES or Path(os.fsdecode(interpreter)).parent != bin_dir:
+        # the same directory, also when one of the two paths goes through a link (a venv reached by a symlink)
+        if len(text) > _SCRIPT_MAX_BYTES or (os.path.realpath(os.path.dirname(os.fsdecode(interpreter)))
+                                             != os.path.realpath(bin_dir)):
             continue
         target.unlink(missing_ok=True)
         target.write_bytes(b"#!" + os.fsencode(shim_dir / "python") + b"\n" + rest)
@@ -138,9 +141,11 @@ def _share_agent_commands(shim_dir: Path, bin_dir: Path) -> None:
 
 def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk_dir: Path, python_bin: str,
                     extra: Mapping[str, str] = _NOTHING, agent_env: Mapping[str, str] = os.environ,
-                    env_dir: str = "", env_variable: str = "VIRTUAL_ENV") -> dict[str, str]:
+                    env_dir: str = "", env_variable: str = "VIRTUAL_ENV", tracking_uri: str = "",
+                    tracking_token: str = "") -> dict[str, str]:
     """The whole environment of one run; nothing of `agent_env` but the `PASSED_ON` variables. `env_dir`: the
-    run's built environment (a venv, or a conda prefix with `env_variable` CONDA_PREFIX)."""
+    run's built environment (a venv, or a conda prefix with `env_variable` CONDA_PREFIX). `tracking_uri` and
+    `tracking_token`: the agent's MLflow endpoint and the attempt's token there."""
     env = {name: agent_env[name] for name in PASSED_ON if name in agent_env}
     env.update(HOME=str(dirs.home), TMPDIR=str(dirs.tmp), USER=user.name, LOGNAME=user.name)
     env.update(extra)
@@ -165,6 +170,9 @@ def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk
         RUNYARD_RECORDS_FILE=str(dirs.records),
         CUDA_VISIBLE_DEVICES=",".join(str(i) for i in asg.gpu_indices),
     )
+    if tracking_uri:
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_TRACKING_TOKEN=tracking_token, MLFLOW_RUN_ID=asg.run_id,
+                   MLFLOW_EXPERIMENT_NAME=asg.experiment)
     return env
 
 

@@ -13,6 +13,10 @@ Every failure inside one attempt (a job, an action, the model itself, the cleanu
 is reported EXITED with reason agent_error and the cause in `detail`, and the agent and its other runs go on.
 Everything the head must learn goes through the outbox, so it survives the head being away.
 
+When the agent serves MLflow's tracking API (`tracking.py`), each attempt gets a token there, registered before
+its process starts (its lines go to its records file, the first rank's on this node for a distributed run) and
+forgotten once the process has ended, before the outputs are zipped with the MLflow artifacts it uploaded.
+
 Each attempt runs as its own `RunUser` (`runusers.py`), taken before its snapshot is fetched (an attempt that
 has none fails at once, saying what to change) and given back only once its directory is gone. Its directory
 (`rundirs.py`) is handed over to that user just before the command starts.
@@ -60,6 +64,7 @@ from agent.runmodel import (
 from agent.wire import env_spec_from_pb, reason_to_pb
 from agent.shipping import LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
+from agent.tracking import TrackingServer, artifact_sources, new_token
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
 from runyard.sdk import RECORDS_FILE_ENV
@@ -100,6 +105,7 @@ class _Attempt:
     lease: Lease | None = None                  # the run's environment, held until its directory is gone
     container_removal: list[str] | None = None  # makes sure the run's container is gone (podman, docker)
     stop_logged: bool = False
+    tracking_token: str = ""                    # the attempt's token at the agent's MLflow endpoint
 
     @property
     def key(self) -> tuple[str, int]:
@@ -122,7 +128,7 @@ def _describe(err: BaseException) -> str:
 class Supervisor:
     def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup,
                  clock: Clock, containment: Containment, users: RunUsers, root: RunRoot,
-                 environments: Environments | None = None) -> None:
+                 environments: Environments | None = None, tracking: TrackingServer | None = None) -> None:
         self._config = config
         self._outbox = outbox
         self._files = files
@@ -133,6 +139,7 @@ class Supervisor:
         self._users = users
         self._root = root
         self._environments = environments
+        self._tracking = tracking
         self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
         self._sdk_dir = install_sdk(root.sdk)
         self._python_bin = python_dir(config.python_bin_dir, users.sample(), root.bin)
@@ -321,10 +328,12 @@ class Supervisor:
         asg, user, lease = a.assignment, a.user, a.lease
         assert user is not None
         env_dir = str(lease.path) if lease is not None and lease.kind is not EnvKind.IMAGE else ""
+        token = new_token() if self._tracking is not None else ""
         env = run_environment(asg, dirs=a.dirs, user=user, sdk_dir=self._sdk_dir, python_bin=self._python_bin,
                               extra=self._config.run_environment, env_dir=env_dir,
                               env_variable="CONDA_PREFIX" if lease is not None and lease.kind is EnvKind.CONDA
-                              else "VIRTUAL_ENV")
+                              else "VIRTUAL_ENV", tracking_uri=self._tracking.uri if self._tracking else "",
+                              tracking_token=token)
         argv = list(asg.spec.argv)
         started: list[tuple[int, RunProcess]] = []
         launches = ranks.launches(asg.spec, env, free_port=_free_port,
@@ -332,6 +341,10 @@ class Supervisor:
         process_ranks = _process_ranks(asg.spec, launches)
         await asyncio.to_thread(hand_over, a.dirs, user, process_ranks)
         records = [(rank, a.dirs.rank_records(rank)) for rank in process_ranks] or [(0, a.dirs.records)]
+        if self._tracking is not None:
+            self._tracking.register(token, run_id=asg.run_id, experiment=asg.experiment, records=records[0][1],
+                                    staging=a.dirs.artifacts)
+            a.tracking_token = token
         try:
             if launches:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
@@ -441,9 +454,11 @@ class Supervisor:
         asg = a.assignment
         archive = a.dirs.outputs_zip
         owner = a.user.uid if a.user is not None and a.user.switches else None
+        self._forget_token(a)       # no artifact arrives while they are zipped
         try:
+            artifacts = await asyncio.to_thread(artifact_sources, a.dirs.artifacts, asg.run_id)
             zipped = await asyncio.to_thread(zip_outputs, a.dirs.outputs, archive,
-                                             max_bytes=self._config.outputs_max_bytes, owner=owner)
+                                             max_bytes=self._config.outputs_max_bytes, owner=owner, extra=artifacts)
             if zipped.too_deep:
                 self._system_line(
                     a, f"outputs: {zipped.too_deep} directories deeper than {MAX_DEPTH} levels were left out")
@@ -467,6 +482,11 @@ class Supervisor:
             log.info("run exited", extra={**a.fields, "exit_code": report.exit_code, "reason": report.reason or "",
                                           "detail": report.detail})
 
+    def _forget_token(self, a: _Attempt) -> None:
+        if self._tracking is not None and a.tracking_token:
+            self._tracking.forget(a.tracking_token)
+            a.tracking_token = ""
+
     def _system_line(self, a: _Attempt, text: str) -> None:
         record = pb.LogRecord(stream=pb.SYSTEM, seq=int(time.time_ns()), ts=time.time(), data=text.encode())
         self._outbox.put(pb.AgentMessage(logs=pb.LogBatch(run_id=a.assignment.run_id, attempt=a.assignment.attempt,
@@ -478,6 +498,7 @@ class Supervisor:
         Its uid and its environment are given back only when both worked: a uid whose processes or files may
         remain stays taken, and an environment such processes may use is never evicted.
         """
+        self._forget_token(a)
         process = a.process
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release the process tree", lambda: process.release() if process is not None else asyncio.sleep(0)),

@@ -576,16 +576,112 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ..., submitter: _Optional[str] = ..., env_name: _Optional[str] = ..., env_version: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("experiment", "state", "limit", "user")
+    __slots__ = ("experiment", "state", "limit", "user", "states", "tags", "created_after", "created_before", "parent_run_id", "compute", "node")
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     experiment: str
     state: RunState
     limit: int
     user: str
-    def __init__(self, experiment: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., limit: _Optional[int] = ..., user: _Optional[str] = ...) -> None: ...
+    states: _containers.RepeatedScalarFieldContainer[RunState]
+    tags: _containers.RepeatedCompositeFieldContainer[TagFilter]
+    created_after: float
+    created_before: float
+    parent_run_id: str
+    compute: str
+    node: str
+    def __init__(self, experiment: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., limit: _Optional[int] = ..., user: _Optional[str] = ..., states: _Optional[_Iterable[_Union[RunState, str]]] = ..., tags: _Optional[_Iterable[_Union[TagFilter, _Mapping]]] = ..., created_after: _Optional[float] = ..., created_before: _Optional[float] = ..., parent_run_id: _Optional[str] = ..., compute: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class TagFilter(_message.Message):
+    __slots__ = ("key", "any_value", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ANY_VALUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    any_value: bool
+    value: str
+    def __init__(self, key: _Optional[str] = ..., any_value: _Optional[bool] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "queued", "running", "completed", "failed", "canceled", "total", "last_activity")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    canceled: int
+    total: int
+    last_activity: float
+    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., canceled: _Optional[int] = ..., total: _Optional[int] = ..., last_activity: _Optional[float] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class SearchLogsRequest(_message.Message):
+    __slots__ = ("run_ids", "pattern", "ignore_case", "max_matches", "stream")
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_CASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    pattern: str
+    ignore_case: bool
+    max_matches: int
+    stream: Stream
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., ignore_case: _Optional[bool] = ..., max_matches: _Optional[int] = ..., stream: _Optional[_Union[Stream, str]] = ...) -> None: ...
+
+class LogMatch(_message.Message):
+    __slots__ = ("run_id", "attempt", "rank", "ranked", "stream", "ts", "line")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    RANKED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    attempt: int
+    rank: int
+    ranked: bool
+    stream: Stream
+    ts: float
+    line: str
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., rank: _Optional[int] = ..., ranked: _Optional[bool] = ..., stream: _Optional[_Union[Stream, str]] = ..., ts: _Optional[float] = ..., line: _Optional[str] = ...) -> None: ...
+
+class SearchLogsResponse(_message.Message):
+    __slots__ = ("matches", "scanned", "stopped")
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[LogMatch]
+    scanned: int
+    stopped: str
+    def __init__(self, matches: _Optional[_Iterable[_Union[LogMatch, _Mapping]]] = ..., scanned: _Optional[int] = ..., stopped: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs", "truncated")

@@ -169,6 +169,16 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.AuditRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.AuditResponse.FromString,
                 _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/runyard.v1.Runyard/ListExperiments',
+                request_serializer=protos_dot_runyard__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.SearchLogs = channel.unary_unary(
+                '/runyard.v1.Runyard/SearchLogs',
+                request_serializer=protos_dot_runyard__pb2.SearchLogsRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.SearchLogsResponse.FromString,
+                _registered_method=True)
 
 
 class RunyardServicer:
@@ -341,6 +351,19 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExperiments(self, request, context):
+        """Queries for people: experiments with their runs per state; a bounded search of several runs' logs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunyardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -478,6 +501,16 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=protos_dot_runyard__pb2.AuditRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.AuditResponse.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=protos_dot_runyard__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'SearchLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchLogs,
+                    request_deserializer=protos_dot_runyard__pb2.SearchLogsRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.SearchLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1209,6 +1242,60 @@ class Runyard:
             '/runyard.v1.Runyard/ListAudit',
             protos_dot_runyard__pb2.AuditRequest.SerializeToString,
             protos_dot_runyard__pb2.AuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/ListExperiments',
+            protos_dot_runyard__pb2.ListExperimentsRequest.SerializeToString,
+            protos_dot_runyard__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/SearchLogs',
+            protos_dot_runyard__pb2.SearchLogsRequest.SerializeToString,
+            protos_dot_runyard__pb2.SearchLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

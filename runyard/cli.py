@@ -7,11 +7,16 @@ Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a fai
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 # gRPC's C core logs a failed TLS handshake at INFO on stderr; the one-line error below says it for people.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+import re
 import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,19 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
                                nodes_ready=ready_nodes))
 
 
+@cli.command("mlflow-env")
+def mlflow_env() -> None:
+    """Print the `export` lines that point MLflow's client at the head: eval "$(runyard mlflow-env)"."""
+    config = load_client_config()
+    lines = [("MLFLOW_TRACKING_URI", config.mlflow_tracking_uri()), ("MLFLOW_TRACKING_TOKEN", config.token)]
+    if not config.insecure:
+        if not config.ca_file:
+            raise UsageError("no cluster CA file to give MLflow: `runyard login` again")
+        lines.append(("MLFLOW_TRACKING_SERVER_CERT_PATH", config.ca_file))
+    for name, value in lines:
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
 # --- submit --------------------------------------------------------------------------------------------------
 
 
@@ -117,31 +135,101 @@ def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, ex
 # --- runs ----------------------------------------------------------------------------------------------------
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(flag: str, text: str, now: float | None = None) -> float:
+    """A time given on the command line, in unix seconds: a duration ago (`30m`, `2h`, `3d`, `1w`, `90s`) or an
+    ISO date or date and time (`2026-11-30`, `2026-11-30T14:00`, local time unless it names a zone)."""
+    matched = _DURATION.match(text)
+    if matched:
+        return (time.time() if now is None else now) - float(matched[1]) * _SECONDS[matched[2].lower()]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: give a duration ago (30m, 2h, 3d) or an ISO date or time "
+                         "(2026-11-30, 2026-11-30T14:00)") from None
+
+
+def parse_states(values: Sequence[str]) -> list[pb.RunState]:
+    """Run states, any case, each flag repeatable or comma-separated: `--state running,queued --state FAILED`."""
+    words = [w for value in values for w in value.split(",") if w.strip()]
+    try:
+        return list(dict.fromkeys(vocabulary.run_state(w) for w in words))
+    except ValueError as err:
+        raise UsageError(f"--state: {err}") from None
+
+
+def parse_tags(values: Sequence[str]) -> list[tuple[str, str | None]]:
+    """`--tag k=v` (the tag has this value) and `--tag k` (the run has the tag)."""
+    found: list[tuple[str, str | None]] = []
+    for value in values:
+        key, equals, wanted = value.partition("=")
+        if not key.strip():
+            raise UsageError(f"--tag {value!r}: give KEY=VALUE, or KEY for runs that have the tag")
+        found.append((key.strip(), wanted if equals else None))
+    return found
+
+
 @cli.command()
-@click.option("-e", "--experiment", default="")
-@click.option("--state", default="", help="Queued, Running, Completed, Failed, ...")
+@click.option("-e", "--experiment", default="", help="only runs of this experiment")
+@click.option("--state", "states", multiple=True, metavar="S[,S...]",
+              help="only runs in these states (any case; repeat or separate with commas): queued, running, ...")
 @click.option("--user", default="", help="only runs this user submitted")
+@click.option("--tag", "tags", multiple=True, metavar="K=V|K",
+              help="only runs with this tag value, or with the tag at all (repeat: all must match)")
+@click.option("--since", default="", metavar="WHEN", help="created since: a duration ago (30m, 2h, 3d) or an ISO "
+              "date/time")
+@click.option("--until", default="", metavar="WHEN", help="created before: the same forms as --since")
+@click.option("--parent", default="", metavar="RUN", help="only the direct children of this run")
+@click.option("-c", "--cluster", "compute", default="", help="only runs for this compute cluster")
+@click.option("--node", default="", help="only runs whose current or last attempt is on this node")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @OUTPUT
-def runs(experiment: str, state: str, user: str, limit: int, output: str) -> None:
-    """List runs, newest first."""
+def runs(experiment: str, states: tuple[str, ...], user: str, tags: tuple[str, ...], since: str, until: str,
+         parent: str, compute: str, node: str, limit: int, output: str) -> None:
+    """List runs, newest first; children under their parent when both are listed."""
+    now = time.time()
+    after = parse_time("--since", since, now) if since else 0.0
+    before = parse_time("--until", until, now) if until else 0.0
+    if after and before and after >= before:
+        raise UsageError(f"--since {since} is not before --until {until}")
+    wanted, tag_filters = parse_states(states), parse_tags(tags)
     with connect() as client:
-        try:
-            wanted = vocabulary.run_state(state) if state else pb.RUN_STATE_UNSPECIFIED
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        reply = client.list_runs(experiment=experiment, state=wanted, user=user, limit=limit)
+        reply = client.list_runs(experiment=experiment, states=wanted, user=user, limit=limit, tags=tag_filters,
+                                 created_after=after, created_before=before, parent=parent, compute=compute,
+                                 node=node)
     found = reply.runs
     if reply.truncated:
         render.err_console.print(f"showing the newest {len(found)} runs: the rest of the {limit} asked for did not fit "
-                                 "in one page; narrow with -e, --state or --user", markup=False)
+                                 "in one page; narrow with -e, --state, --user, --tag or --since", markup=False)
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
     render.print_table(
-        ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "USER", "CREATED", "DURATION"),
-        ((r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r), r.node,
-          r.submitter, render.when(r.created_at), render.duration(r)) for r in found),
+        ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "SUBMITTER", "CREATED", "DURATION"),
+        ((branch + r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r),
+          r.node, r.submitter, render.when(r.created_at), render.duration(r)) for branch, r in render.run_tree(found)),
+    )
+
+
+@cli.command()
+@OUTPUT
+def experiments(output: str) -> None:
+    """List the experiments of your workspace with their runs per state, the most recently active first."""
+    with connect() as client:
+        found = client.experiments()
+    if output == "json":
+        render.print_json([render.as_dict(e) for e in found])
+        return
+    if not found:
+        render.err_console.print("no experiments yet: `runyard submit -e NAME` starts one")
+        return
+    render.print_table(
+        ("EXPERIMENT", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELED", "TOTAL", "LAST ACTIVITY"),
+        ((e.name, e.queued, e.running, e.completed, e.failed, e.canceled, e.total, render.when(e.last_activity))
+         for e in found),
     )
 
 
@@ -183,7 +271,7 @@ def show(run_id: str, output: str) -> None:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN [RUN...]")
 @click.option("-f", "--follow", is_flag=True, help="keep streaming until the run ends")
 @click.option("--tail", default=0, type=click.IntRange(0), help="only the last N lines")
 @click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
@@ -191,37 +279,80 @@ def show(run_id: str, output: str) -> None:
 @click.option("--all-ranks", is_flag=True, help="a distributed run: every rank's lines, each marked [rank R]")
 @click.option("--stream", type=click.Choice(sorted(render.STREAMS)),
               help="only this stream: build is the output of building the run's environment")
-def logs(run_id: str, follow: bool, tail: int, rank: int | None, all_ranks: bool, stream: str | None) -> None:
-    """Print a run's output (stdout to stdout, stderr, runyard's and the build's lines to stderr)."""
+@click.option("--grep", "pattern", metavar="PATTERN",
+              help="search the stored logs of every RUN for lines matching PATTERN (a Python regular expression) "
+                   "and print each as RUN LINE")
+@click.option("-i", "--ignore-case", is_flag=True, help="with --grep: match regardless of case")
+@click.option("--max-matches", default=0, type=click.IntRange(0, 10_000),
+              help="with --grep: stop after this many matches [head's default: 1000]")
+def logs(run_ids: tuple[str, ...], follow: bool, tail: int, rank: int | None, all_ranks: bool, stream: str | None,
+         pattern: str | None, ignore_case: bool, max_matches: int) -> None:
+    """Print a run's output (stdout to stdout, stderr, runyard's and the build's lines to stderr); with --grep,
+    search the logs of several runs."""
+    wanted = render.STREAMS[stream] if stream else pb.STREAM_UNSPECIFIED
+    if pattern is not None:
+        if follow or tail or rank is not None or all_ranks:
+            raise UsageError("--grep searches every rank of every stored line: without -f, --tail, --rank or "
+                             "--all-ranks")
+        _grep(run_ids, pattern, ignore_case, wanted, max_matches)
+        return
+    if ignore_case or max_matches:
+        raise UsageError("-i and --max-matches go with --grep PATTERN")
+    if len(run_ids) > 1:
+        raise UsageError("logs of several runs need --grep PATTERN; without it, name one run")
     if all_ranks and rank is not None:
         raise UsageError("give --rank R or --all-ranks, not both")
+    run_id = run_ids[0]
     with connect() as client:
         several = client.get_run(run_id).attempt > 1  # then every line says which attempt wrote it
         try:
-            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank, all_ranks=all_ranks,
-                                    stream=render.STREAMS[stream] if stream else pb.STREAM_UNSPECIFIED):
+            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank, all_ranks=all_ranks, stream=wanted):
                 several = several or line.attempt > 1
                 render.write_log(line, prefix_attempt=several, prefix_rank=all_ranks)
         except KeyboardInterrupt:
             sys.exit(130)
 
 
+def _grep(run_ids: Sequence[str], pattern: str, ignore_case: bool, stream: pb.Stream, max_matches: int) -> None:
+    with connect() as client:
+        found = client.search_logs(run_ids, pattern, ignore_case=ignore_case, stream=stream, max_matches=max_matches)
+    for match in found.matches:
+        render.write_match(match)
+    if found.stopped:
+        render.err_console.print(f"runyard: {found.stopped}", markup=False, soft_wrap=True)
+    elif not found.matches:
+        render.err_console.print(f"no line of {len(run_ids)} run(s) matches {pattern!r} ({found.scanned:,} log "
+                                 "records searched)", markup=False, soft_wrap=True)
+
+
 @cli.command()
-@click.argument("run_id")
-@click.option("--key", default="", help="only this metric, as a series")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN [RUN...]")
+@click.option("--key", default="", help="only this metric, as a series; with several runs, the one to compare")
 @click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
-              "else a multi-node run's node rank")
-@click.option("--all-ranks", is_flag=True, help="a multi-node run: every rank's metrics, with a RANK column")
+              "else a multi-node run's node rank; with several runs, of each")
+@click.option("--all-ranks", is_flag=True, help="one multi-node run: every rank's metrics, with a RANK column")
 @click.option("--points", type=click.IntRange(min=1), help="at most N points per series: a longer one comes as N "
               "buckets of equal step width, each with its min, max and last value")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def metrics(run_id: str, key: str, rank: int | None, all_ranks: bool, points: int | None, output: str) -> None:
-    """Show a run's metrics: a summary per key, or the series of one key."""
+def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: bool, points: int | None,
+            output: str) -> None:
+    """Show a run's metrics: a summary per key, or the series of one key. With several runs and --key, compare
+    that key across them: a row per run."""
     if all_ranks and rank is not None:
         raise UsageError("give --rank R or --all-ranks, not both")
+    if len(run_ids) > 1:
+        if not key:
+            raise UsageError("comparing runs needs --key KEY: the metric to compare")
+        if all_ranks:
+            raise UsageError("--all-ranks shows one run's ranks; compare runs with --rank R (default: rank 0)")
+        _compare(run_ids, key, rank, output)
+        return
+    run_id = run_ids[0]
     with connect() as client:
         found = client.metrics(run_id, key, rank=rank, all_ranks=all_ranks, max_points=points or 0,
                                summaries_only=output == "table" and not key)
+    if key and not found.series:
+        render.err_console.print(f"no metric {key!r} in run {run_id}", markup=False)
     if output == "json":
         render.print_json(render.metrics_dict(found))
         return
@@ -252,6 +383,32 @@ def metrics(run_id: str, key: str, rank: int | None, all_ranks: bool, points: in
         render.print_table(("PARAM", "VALUE"), sorted(found.params.items()))
 
 
+def _compare(run_ids: Sequence[str], key: str, rank: int | None, output: str) -> None:
+    """One row per run of `key`'s summary, from one GetMetrics call per run; a run without it says so."""
+    rows: list[tuple[str, pb.MetricSummary]] = []
+    with connect() as client:
+        for run_id in run_ids:
+            run = client.get_run(run_id)
+            summaries = client.metrics(run.id, key, rank=rank, summaries_only=True).summaries
+            if not summaries:
+                render.err_console.print(f"no metric {key!r} in run {run.id}", markup=False)
+            rows += [(run.id, s) for s in summaries]
+    if output == "json":
+        render.print_json([{"run_id": run_id, "key": s.key, "rank": s.rank, "last": s.last, "min": s.min,
+                            "max": s.max, "steps": s.count, "last_step": s.last_step} for run_id, s in rows])
+        return
+    if output == "csv":
+        render.print_csv(("run", "key", "last", "min", "max", "steps", "last_step"),
+                         ((run_id, s.key, s.last, s.min, s.max, s.count, s.last_step) for run_id, s in rows))
+        return
+    if rows:
+        render.print_table(
+            ("RUN", "KEY", "LAST", "MIN", "MAX", "STEPS", "LAST STEP"),
+            ((run_id, s.key, f"{s.last:.6g}", f"{s.min:.6g}", f"{s.max:.6g}", s.count, s.last_step)
+             for run_id, s in rows),
+        )
+
+
 @cli.command()
 @click.argument("run_ids", nargs=-1, required=True)
 @OUTPUT
@@ -278,11 +435,14 @@ def download(run_id: str, dest: Path | None, what: str) -> None:
     """Download a run's outputs (default) or snapshot into DEST (a new or empty directory)."""
     from runyard.snapshot import safe_extract
 
-    dest = dest or Path(f"{run_id}-{what}")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if dest is not None and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UsageError(f"{dest} exists and is not an empty directory; name a new one")
     kind = pb.DownloadRequest.OUTPUTS if what == "outputs" else pb.DownloadRequest.SNAPSHOT
     with connect() as client, tempfile.TemporaryDirectory() as tmp:
+        run_id = client.get_run(run_id).id      # the whole id of a prefix, for the default directory's name
+        dest = dest or Path(f"{run_id}-{what}")
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UsageError(f"{dest} exists and is not an empty directory; name a new one")
         archive = Path(tmp) / "download.zip"
         size = client.download(run_id, kind, archive)
         written = safe_extract(archive, dest, max_entries=1_000_000, max_bytes=64 * 1024**3)

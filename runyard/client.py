@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,9 +112,30 @@ class Client:
 
     @_translated
     def list_runs(self, *, experiment: str = "", state: pb.RunState = pb.RUN_STATE_UNSPECIFIED, user: str = "",
-                  limit: int = 50) -> pb.ListRunsResponse:
-        request = pb.ListRunsRequest(experiment=experiment, state=state, user=user, limit=limit)
+                  limit: int = 50, states: Sequence[pb.RunState] = (), tags: Sequence[tuple[str, str | None]] = (),
+                  created_after: float = 0.0, created_before: float = 0.0, parent: str = "", compute: str = "",
+                  node: str = "") -> pb.ListRunsResponse:
+        """The runs of the caller's workspace that match every filter given, newest first. `tags` are (key,
+        value) pairs, value None for "has the tag"; `parent` is a run id or a unique prefix of one."""
+        request = pb.ListRunsRequest(
+            experiment=experiment, state=state, user=user, limit=limit, states=states,
+            tags=[pb.TagFilter(key=k, any_value=v is None, value=v or "") for k, v in tags],
+            created_after=created_after, created_before=created_before, parent_run_id=parent, compute=compute,
+            node=node)
         return self._stub.ListRuns(request, **self._kw())
+
+    @_translated
+    def experiments(self) -> list[pb.Experiment]:
+        return list(self._stub.ListExperiments(pb.ListExperimentsRequest(), **self._kw()).experiments)
+
+    @_translated
+    def search_logs(self, run_ids: Sequence[str], pattern: str, *, ignore_case: bool = False,
+                    stream: pb.Stream = pb.STREAM_UNSPECIFIED, max_matches: int = 0) -> pb.SearchLogsResponse:
+        """The lines of the runs' stored logs that match `pattern` (Python `re`), searched on the head within its
+        bounds (`stopped` says when they ended the search early)."""
+        request = pb.SearchLogsRequest(run_ids=run_ids, pattern=pattern, ignore_case=ignore_case, stream=stream,
+                                       max_matches=max_matches)
+        return self._stub.SearchLogs(request, **self._kw())
 
     @_translated
     def queue(self, compute: str = "") -> pb.QueueResponse:

@@ -2,7 +2,8 @@
 
 `up` writes the head's config (cluster `default`: at least `--agents`, at most `--max-agents` agents of the
 `local` provider, each stopped after `--idle-time` seconds without work), starts the head, writes the client
-config so that `runyard submit` just works, and waits for the first agents to connect. The queue then grows and
+config (with the head's MLflow URL) so that `runyard submit` and `runyard mlflow-env` just work, prints what a
+workstation's MLflow client needs, and waits for the first agents to connect. The queue then grows and
 shrinks the cluster. Ctrl-C (or SIGTERM) stops the head, which stops its agents first so that their runs end and
 are reported. The daemons log to files under the data dir.
 
@@ -137,10 +138,14 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         ready = json.loads(ready_file.read_text())
         address = ready["address"]
         token = (head_dir / "admin.token").read_text().strip()
-        config = ClientConfig(address, token, Path(ready["ca_file"]).read_bytes())
+        config = ClientConfig(address, token, Path(ready["ca_file"]).read_bytes(), mlflow_url=ready["mlflow_url"])
         config_file = write_client_config(config)
         say(f"head listening on {address} (TLS, cluster CA {ready['ca_fingerprint']}; data in {cluster.data_dir}); "
             f"client config written to {config_file}")
+        say(f"MLflow API on {ready['mlflow_url']}; a workstation's MLflow client needs these two, and a token in "
+            "MLFLOW_TRACKING_TOKEN (or: eval \"$(runyard mlflow-env)\"):")
+        say(f"  MLFLOW_TRACKING_URI={ready['mlflow_url']}")
+        say(f"  MLFLOW_TRACKING_SERVER_CERT_PATH={ready['ca_file']}")
         _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
         say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")

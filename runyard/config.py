@@ -1,6 +1,7 @@
 """Where the CLI finds the head and how it trusts it: `RUNYARD_ADDRESS` / `RUNYARD_TOKEN` / `RUNYARD_CA_FILE`, else
 the config file that `runyard up` and `runyard login` write (`$RUNYARD_CONFIG`, else
-`$XDG_CONFIG_HOME/runyard/config.toml`, else `~/.config/runyard/config.toml`), 0600.
+`$XDG_CONFIG_HOME/runyard/config.toml`, else `~/.config/runyard/config.toml`), 0600. The head's MLflow URL is
+`RUNYARD_MLFLOW_URL`, else the file's `mlflow_url` (`runyard up` writes it), else the head's port + 2.
 
 The file pins the cluster CA: `ca_file` (written beside the config, 0600) and its `ca_fingerprint`, checked on
 every load. `insecure = true` (or `RUNYARD_INSECURE=1`) talks plaintext to a head that allows it, on loopback only.
@@ -14,7 +15,7 @@ import hashlib
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runyard.errors import ConfigError
@@ -27,6 +28,19 @@ class ClientConfig:
     token: str
     ca_pem: bytes = b""                 # the cluster CA the head's certificate must chain to
     insecure: bool = False              # plaintext, loopback only (development)
+    ca_file: str = field(default="", compare=False)   # where `ca_pem` was read from (MLflow clients take a file)
+    mlflow_url: str = ""                # the head's MLflow read API; "" for its default (port + 2)
+
+    def mlflow_tracking_uri(self) -> str:
+        """The URL of the head's MLflow read API: `mlflow_url`, else the head's host at its port + 2."""
+        if self.mlflow_url:
+            return self.mlflow_url
+        host, _, port = self.address.rpartition(":")
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigError(f"the head address {self.address!r} is not host:port") from None
+        return f"{'http' if self.insecure else 'https'}://{host}:{number + 2}"
 
 
 def config_path() -> Path:
@@ -76,11 +90,12 @@ def load_client_config() -> ClientConfig:
                           f"(looked in {path})")
     if not token:
         raise ConfigError(f"no token: set RUNYARD_TOKEN, or `runyard login {address}`")
+    mlflow_url = os.environ.get("RUNYARD_MLFLOW_URL") or str(values.get("mlflow_url", ""))
     insecure = os.environ.get("RUNYARD_INSECURE", "").lower() in ("1", "true", "yes") or values.get("insecure") is True
     if insecure:
         if not is_loopback(address):
             raise ConfigError(f"insecure (plaintext) is allowed on loopback only, not for {address}")
-        return ClientConfig(address, token, insecure=True)
+        return ClientConfig(address, token, insecure=True, mlflow_url=mlflow_url)
     ca_file = os.environ.get("RUNYARD_CA_FILE") or str(values.get("ca_file", ""))
     if not ca_file:
         raise ConfigError(f"no cluster CA to trust the head with: `runyard login {address}` (looked in {path})")
@@ -95,7 +110,7 @@ def load_client_config() -> ClientConfig:
     pinned = "" if os.environ.get("RUNYARD_CA_FILE") else str(values.get("ca_fingerprint", ""))
     if pinned and found != pinned:
         raise ConfigError(f"the cluster CA in {ca_file} is not the one pinned in {path}; `runyard login {address}`")
-    return ClientConfig(address, token, ca_pem)
+    return ClientConfig(address, token, ca_pem, ca_file=str(Path(ca_file).expanduser().resolve()), mlflow_url=mlflow_url)
 
 
 def _quoted(value: str) -> str:
@@ -106,6 +121,8 @@ def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
     """Write the config (0600) and, beside it, the CA it pins (0600)."""
     path = path or config_path()
     lines = [f"address = {_quoted(config.address)}", f"token = {_quoted(config.token)}"]
+    if config.mlflow_url:
+        lines.append(f"mlflow_url = {_quoted(config.mlflow_url)}")
     if config.insecure:
         lines.append("insecure = true")
     else:

@@ -1,4 +1,5 @@
-"""How the CLI shows things: tables for people (rich), JSON and CSV for scripts, log lines as written."""
+"""How the CLI shows things: tables for people (rich), JSON and CSV for scripts, log lines as written, runs as the
+tree of their parents and children."""
 
 from __future__ import annotations
 
@@ -157,3 +158,38 @@ def write_log(line: pb.LogLine, *, prefix_attempt: bool = False, prefix_rank: bo
     out = sys.stdout.buffer if record.stream == pb.STDOUT else sys.stderr.buffer
     out.write(data if record.continued else data + b"\n")
     out.flush()
+
+
+def run_tree(runs: Sequence[pb.Run]) -> Iterator[tuple[str, pb.Run]]:
+    """The runs of a page as a tree: each run with the branch drawn before it (`├─ `, `└─ `, and `│  ` for the
+    levels above), a child right under its parent when both are on the page, oldest child first. A run whose
+    parent is not on the page is a root, in the page's order."""
+    on_page = {r.id for r in runs}
+    children: dict[str, list[pb.Run]] = {}
+    roots = []
+    for run in runs:
+        if run.parent_run_id and run.parent_run_id in on_page and run.parent_run_id != run.id:
+            children.setdefault(run.parent_run_id, []).append(run)
+        else:
+            roots.append(run)
+    for family in children.values():
+        family.sort(key=lambda r: (r.created_at, r.id))
+    seen: set[str] = set()
+
+    def walk(run: pb.Run, lead: str, branch: str) -> Iterator[tuple[str, pb.Run]]:
+        seen.add(run.id)
+        yield lead + branch, run
+        below = [c for c in children.get(run.id, ()) if c.id not in seen]
+        inner = lead + ("" if not branch else "   " if branch == "└─ " else "│  ")
+        for i, child in enumerate(below):
+            yield from walk(child, inner, "└─ " if i == len(below) - 1 else "├─ ")
+
+    for root in roots:
+        yield from walk(root, "", "")
+
+
+def write_match(match: pb.LogMatch) -> None:
+    """One line `logs --grep` found: `RUN  line`, or `RUN [rank R] line` for a distributed or multi-node run."""
+    where = f"{match.run_id} [rank {match.rank}] " if match.ranked else f"{match.run_id}  "
+    sys.stdout.buffer.write(f"{where}{match.line}\n".encode("utf-8", errors="replace"))
+    sys.stdout.buffer.flush()

@@ -2,8 +2,9 @@
 
 Start-up: load config, lock the data directory (refusing one another process holds, before writing anything),
 open the database (refusing a lost one), make sure the first admin's token and the cluster's TLS material exist,
-serve gRPC on the client port (TLS; users' tokens, joins) and the node port (mTLS), then write the ready file. SIGTERM/SIGINT stop it gracefully; a background task that dies takes
-the daemon down so that systemd restarts it.
+serve gRPC on the client port (TLS; users' tokens, joins) and the node port (mTLS) and MLflow's read API over HTTPS
+(`mlflow_api`, the same certificate and tokens), then write the ready file (with `mlflow_url`). SIGTERM/SIGINT
+stop it gracefully; a background task that dies takes the daemon down so that systemd restarts it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from scheduler.client_api import RunyardService
 from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
+from scheduler.mlflow_api import MlflowApi, MlflowServer, server_ssl
 from scheduler.followers import Followers
 from runyard.clock import Clock, SystemClock
 from scheduler.core.heartbeats import Timers
@@ -130,7 +132,8 @@ async def node_left(store: Store, reactor: Reactor, name: str) -> None:
 
 def head_names(config: HeadConfig) -> list[str]:
     """The names and addresses the head's certificate covers."""
-    hosts = [config.listen.rpartition(":")[0], config.node_address().rpartition(":")[0]]
+    hosts = [config.listen.rpartition(":")[0], config.node_address().rpartition(":")[0],
+             config.mlflow_address().rpartition(":")[0]]
     names = [n for host in dict.fromkeys(hosts) for n in pki.local_names(host)]
     return list(dict.fromkeys(names + [n.strip() for n in config.tls_names.split(",") if n.strip()]))
 
@@ -149,6 +152,25 @@ def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCreden
     if bound == 0:
         raise RunyardError(f"cannot listen on {address}: the address is in use or invalid")
     return f"{host}:{bound}"
+
+
+async def start_mlflow(mlflow: MlflowServer, config: HeadConfig) -> str:
+    """Serve MLflow's read API on `mlflow_address()`: HTTPS with the client port's certificate, plaintext only
+    where the client port is plaintext (loopback). Returns its URL."""
+    address = config.mlflow_address()
+    if config.insecure_plaintext and not is_loopback(address):
+        raise UsageError(f"refusing to serve MLflow on {address} without TLS: insecure_plaintext is for loopback "
+                         "addresses only (127.0.0.1, ::1, localhost)")
+    context = None if config.insecure_plaintext else server_ssl(config.tls_path / "head.crt",
+                                                                 config.tls_path / "head.key")
+    try:
+        url = await mlflow.start(address, context)
+    except ValueError as err:
+        raise UsageError(f"config: {err}") from None
+    except OSError as err:
+        raise RunyardError(f"cannot listen on {address} for MLflow: {err.strerror or err}") from None
+    log.info("MLflow API listening", extra={"mlflow_url": url})
+    return url
 
 
 async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
@@ -199,6 +221,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                              max_outputs_bytes=config.snapshot_max_bytes), server)
         address = listen(server, config.listen, None if config.insecure_plaintext else tls.client_port())
         node_address = listen(server, config.node_address(), tls.node_port())
+        mlflow = MlflowServer(MlflowApi(store=store, artifacts=artifacts, credentials=credentials))
+        mlflow_url = await start_mlflow(mlflow, config)     # a port in use stops the start before gRPC serves
         await server.start()
 
         async def join_token_for_local_agent() -> str:
@@ -210,7 +234,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             tmp = Path(config.ready_file + ".tmp")
             tmp.write_text(json.dumps({"address": address, "node_address": node_address, "pid": os.getpid(),
                                        "cluster_id": store.cluster_id, "ca_file": str(tls.ca_file),
-                                       "ca_fingerprint": tls.fingerprint}))
+                                       "ca_fingerprint": tls.fingerprint, "mlflow_url": mlflow_url}))
             os.replace(tmp, config.ready_file)
         autoscaler = None
         if providers:
@@ -219,7 +243,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                                     record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail),
                                     left=lambda name: node_left(store, reactor, name))
             dispatcher.starting, dispatcher.on_demand = autoscaler.starting, autoscaler.wake
-        log.info("head ready", extra={"address": address, "node_address": node_address, "data_dir": str(data),
+        log.info("head ready", extra={"address": address, "node_address": node_address, "mlflow_url": mlflow_url,
+                                      "data_dir": str(data),
                                       "cluster_id": store.cluster_id, "ca_fingerprint": tls.fingerprint,
                                       "tls": not config.insecure_plaintext})
         stop = asyncio.Event()
@@ -242,6 +267,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
         finally:
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()  # local agents stop and report their runs while the server still listens
+            await mlflow.stop()
             await server.stop(grace=2.0)
             await snapshot_checks.close()
     finally:

@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -67,6 +68,10 @@ class ArtifactStore:
         chunks = self.read_chunks(kind, sha256)
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk, size
+
+    def open(self, kind: str, sha256: str) -> IO[bytes]:
+        """The object, open for reading (seekable: the MLflow API reads single members of an outputs zip)."""
+        return self._fs.open(self._path(kind, sha256), "rb")
 
     def local_path(self, kind: str, sha256: str) -> Path | None:
         """The object's path when the store is on the local disk (for validation without a copy)."""

@@ -1,6 +1,9 @@
 """The Runyard gRPC service: what `runyard` (the CLI) calls. Every call is authenticated and authorized by role
 (auth.py) and scoped to the caller's workspace: another workspace's run is NOT_FOUND, exactly like a missing one,
-and a snapshot is usable only by the workspaces that uploaded it. The admin methods live in `admin_api.py`.
+and a snapshot is usable only by the workspaces that uploaded it. A run id in any request may be a unique prefix
+of one (at least 4 characters, as git): `_run` resolves it within the caller's workspace, and an ambiguous one is
+INVALID_ARGUMENT naming the candidates. The admin methods live in `admin_api.py`; the log search of
+`SearchLogs` in `logsearch.py`.
 
 Must not: place runs (dispatch) or interpret agent reports (agent_api).
 """
@@ -45,7 +48,8 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
 from scheduler.enrollment import Enrollment
 from scheduler.snapshot_check import SnapshotChecks
-from scheduler.store import Store
+from scheduler.store import RunQuery, Store
+from scheduler import logsearch
 from scheduler.tls import HeadTLS
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,8 @@ MAP_MAX_BYTES = 64 * 1024
 # behind the head's back (a bucket's lifecycle rule) would still be accepted.
 SNAPSHOT_SEEN_S = 60.0
 FOLLOW_POLL_S = 1.0
+MAX_SEARCH_RUNS = 100           # runs one SearchLogs call may name
+MAX_SEARCH_MATCHES = 10_000     # matches one SearchLogs call may ask for
 
 
 def request_of(spec: RunSpec, run_id: str = "", workspace: str = "") -> Request:
@@ -166,9 +172,10 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         self._shown_runs = ShownRuns(store.run_from_row)
 
     async def _run(self, run_id: str) -> RunRecord:
+        """The caller's run with this id, or with this unique id prefix."""
         if len(run_id) > MAX_ID_CHARS:
             raise NotFound(f"no run {shown(run_id)}")
-        return await self._store.get_run(run_id, caller().workspace)
+        return await self._store.find_run(run_id, caller().workspace)
 
     async def _node_names(self) -> dict[str, str]:
         return {n.id: n.name for n in await self._store.list_nodes()}
@@ -229,15 +236,14 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                 raise InvalidArgument(f"the {what} is over {MAX_ID_CHARS} characters")
         if not await self._snapshot_present(request.snapshot_sha256):
             raise FailedPrecondition("the run's snapshot was not uploaded; upload it first")
-        if request.parent_run_id:
-            await self._run(request.parent_run_id)
+        parent_id = (await self._run(request.parent_run_id)).id if request.parent_run_id else ""
         spec, env_name, env_version = await self.run_environment(spec, request.spec.env_ref)
         await self._refuse_if_it_never_fits(spec)
         run_id, existed = await self._store.create_run(
             NewRun(
                 workspace=workspace, experiment=experiment, display_name=request.display_name, tags=dict(request.tags),
                 properties=dict(request.properties), snapshot_sha256=request.snapshot_sha256, spec=spec,
-                idempotency_key=request.idempotency_key, parent_id=request.parent_run_id,
+                idempotency_key=request.idempotency_key, parent_id=parent_id,
                 priority=priority, submitter=caller().user, env_name=env_name, env_version=env_version,
             ),
             audit=audit_entry("Submit", context, self._store.clock()),
@@ -310,14 +316,7 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         )
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
-        try:
-            state = from_pb(RunState, request.state)
-        except ValueError:
-            raise InvalidArgument(f"unknown run state {request.state}; one of {', '.join(RunState)}") from None
-        rows = await self._store.list_run_rows(
-            caller().workspace, experiment=request.experiment, state=state or "", user=request.user,
-            limit=min(request.limit or 50, 10_000),
-        )
+        rows = await self._store.list_run_rows(caller().workspace, await self._run_query(request))
         names = await self._node_names()
         shown, size, truncated = [], 0, False
         for row in rows:
@@ -328,6 +327,75 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                 break
             shown.append(run)
         return runs_response(shown, truncated)
+
+    async def _run_query(self, request: pb.ListRunsRequest) -> RunQuery:
+        """The filters of a ListRuns request as the store takes them; InvalidArgument for one that can hold for no
+        run by its form (an unknown state, an empty tag key, a bound that is not a time)."""
+        states = []
+        for value in [*([request.state] if request.state else []), *request.states]:
+            try:
+                state = from_pb(RunState, value)
+            except ValueError:
+                raise InvalidArgument(f"unknown run state {value}; one of {', '.join(RunState)}") from None
+            if state is None:
+                raise InvalidArgument(f"give a run state, one of {', '.join(RunState)}")
+            states.append(str(state))
+        if len(request.tags) > MAP_MAX_ENTRIES:
+            raise InvalidArgument(f"at most {MAP_MAX_ENTRIES} tag filters")
+        for tag in request.tags:
+            if not tag.key or len(tag.key) > MAP_KEY_CHARS or len(tag.value) > MAP_VALUE_CHARS:
+                raise InvalidArgument(f"tag filter {shown(tag.key)}: a key of 1 to {MAP_KEY_CHARS} characters and "
+                                      f"a value of at most {MAP_VALUE_CHARS:,}")
+        for what, bound in (("created_after", request.created_after), ("created_before", request.created_before)):
+            if not math.isfinite(bound) or bound < 0:
+                raise InvalidArgument(f"{what} must be a time in unix seconds, not {bound}")
+        for what, text in (("experiment", request.experiment), ("user", request.user),
+                           ("compute", request.compute), ("node", request.node)):
+            if len(text) > MAP_KEY_CHARS:
+                raise InvalidArgument(f"the {what} filter is over {MAP_KEY_CHARS} characters")
+        node_id = ""
+        if request.node:
+            node = next((n for n in await self._store.list_nodes() if n.name == request.node), None)
+            if node is None:
+                raise NotFound(f"no node {shown(request.node)}; `runyard nodes` lists them")
+            node_id = node.id
+        return RunQuery(
+            experiment=request.experiment, states=tuple(dict.fromkeys(states)), user=request.user,
+            tags=tuple((t.key, None if t.any_value else t.value) for t in request.tags),
+            created_after=request.created_after, created_before=request.created_before,
+            parent_id=(await self._run(request.parent_run_id)).id if request.parent_run_id else "",
+            compute=request.compute, node_id=node_id, limit=min(request.limit or 50, 10_000),
+        )
+
+    async def ListExperiments(self, request: pb.ListExperimentsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListExperimentsResponse:
+        rows = await self._store.experiments(caller().workspace)
+        return pb.ListExperimentsResponse(experiments=[pb.Experiment(
+            name=r.name, queued=r.queued, running=r.running, completed=r.completed, failed=r.failed,
+            canceled=r.canceled, total=r.total, last_activity=r.last_activity) for r in rows])
+
+    async def SearchLogs(self, request: pb.SearchLogsRequest, context: grpc.aio.ServicerContext) -> pb.SearchLogsResponse:
+        if not request.run_ids:
+            raise InvalidArgument("name at least one run to search")
+        if len(request.run_ids) > MAX_SEARCH_RUNS:
+            raise InvalidArgument(f"{len(request.run_ids)} runs; one search takes at most {MAX_SEARCH_RUNS}")
+        if request.stream not in pb.Stream.values():
+            raise InvalidArgument(f"unknown log stream {request.stream}")
+        if not (0 <= request.max_matches <= MAX_SEARCH_MATCHES):
+            raise InvalidArgument(f"max_matches must be in [0, {MAX_SEARCH_MATCHES:,}]")
+        pattern = logsearch.compile_pattern(request.pattern, request.ignore_case)
+        sources = []
+        for run_id in request.run_ids:
+            run = await self._run(run_id)
+            log_ids, ranks = await self._sources(run, None)
+            sources.append(logsearch.Source(run.id, tuple(log_ids), ranks, ranked=gangs.is_gang_parent(run)
+                                            or run.spec.distribution is not Distribution.NONE))
+        limits = logsearch.Limits(matches=request.max_matches or logsearch.DEFAULT_MATCHES)
+        found = await logsearch.search(self._store, sources, pattern, stream=int(request.stream) or None,
+                                       limits=limits)
+        return pb.SearchLogsResponse(scanned=found.scanned, stopped=found.stopped, matches=[pb.LogMatch(
+            run_id=m.run_id, attempt=m.attempt, rank=m.rank, ranked=m.ranked, stream=m.stream,  # type: ignore[arg-type]
+            ts=m.ts, line=m.line) for m in found.matches])
 
     async def ListQueue(self, request: pb.QueueRequest, context: grpc.aio.ServicerContext) -> pb.QueueResponse:
         workspace = caller().workspace

@@ -14,6 +14,7 @@ class HeadConfig:
     data_dir: str = "/var/lib/runyard"
     listen: str = "127.0.0.1:7433"              # host:port for clients and joins (TLS); port 0 picks a free one
     node_listen: str = ""                       # host:port for enrolled agents (mTLS); default: listen's port + 1
+    mlflow_listen: str = ""                     # host:port of the MLflow read API (HTTPS); default: listen's port + 2
     tls_dir: str = ""                           # default: <data_dir>/tls, the cluster CA and the head's certificate
     tls_names: str = ""                         # more names or addresses for the head's certificate, comma-separated
     insecure_plaintext: bool = False            # development only: the client port without TLS, loopback only
@@ -61,6 +62,18 @@ class HeadConfig:
         except ValueError:
             raise UsageError(f"config: listen must be host:port, not {self.listen!r}") from None
         return f"{host}:{number + 1 if number else 0}"
+
+    def mlflow_address(self) -> str:
+        """Where the MLflow read API listens: `mlflow_listen`, else the client port's host and port + 2 (any free
+        port when the client port is 0)."""
+        if self.mlflow_listen:
+            return self.mlflow_listen
+        host, _, port = self.listen.rpartition(":")
+        try:
+            number = int(port)
+        except ValueError:
+            raise UsageError(f"config: listen must be host:port, not {self.listen!r}") from None
+        return f"{host}:{number + 2 if number else 0}"
 
     def quotas(self) -> dict[tuple[str, str], int]:
         """(workspace, cluster) -> GPUs that workspace may hold in that cluster."""

@@ -91,6 +91,7 @@ class Head:
     address: str = ""
     node_address: str = ""              # the node port (mTLS); kept across restarts like `port`
     ca_file: Path = Path()
+    mlflow_url: str = ""                # the MLflow read API; its port, like `port`, is kept across restarts
     rendezvous_ports: str = field(default_factory=_rendezvous_ports)   # shared by its agents
 
     def start(self) -> None:
@@ -99,6 +100,8 @@ class Head:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "head.toml"
         node_listen = {"node_listen": self.node_address} if self.node_address else {}
+        if self.mlflow_url:
+            node_listen["mlflow_listen"] = self.mlflow_url.split("://", 1)[1]
         config.write_text(_toml({**node_listen, **self.settings}))
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
@@ -110,6 +113,7 @@ class Head:
         assert self.proc.poll() is None, f"head exited: {self.log_file.read_text()[-2000:]}"
         found = json.loads(ready.read_text())
         self.address, self.node_address, self.ca_file = found["address"], found["node_address"], Path(found["ca_file"])
+        self.mlflow_url = found["mlflow_url"]
         self.port = int(self.address.rsplit(":", 1)[1])
 
     @property

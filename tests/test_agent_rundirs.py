@@ -115,6 +115,7 @@ def test_an_attempt_directory_is_the_agents_and_what_is_inside_the_runs(open_par
     (dirs.code / "run.sh").chmod(0o755)
     hand_over(dirs, user)
     assert (owner(dirs.top), mode(dirs.top)) == (EUID, 0o711), "the run cannot replace what the agent keeps here"
+    assert (owner(dirs.artifacts), mode(dirs.artifacts)) == (EUID, 0o700), "MLflow artifacts are staged out of reach"
     for path, expected in [(dirs.code, 0o700), (dirs.code / "sub", 0o700), (dirs.outputs, 0o700),
                            (dirs.home, 0o700), (dirs.tmp, 0o700), (dirs.code / "train.py", 0o600),
                            (dirs.code / "run.sh", 0o700), (dirs.records, 0o600)]:
@@ -123,7 +124,8 @@ def test_an_attempt_directory_is_the_agents_and_what_is_inside_the_runs(open_par
 
     (dirs.code / "left").write_text("from an earlier agent process")
     make_attempt_dir(dirs)
-    assert os.listdir(dirs.top) == [], "a new attempt directory starts empty"
+    assert os.listdir(dirs.top) == ["artifacts"], "a new attempt directory starts empty but for the staging dir"
+    assert os.listdir(dirs.artifacts) == []
 
 
 def test_a_run_id_that_is_no_directory_name_is_refused(open_parent: Path, user: RunUser) -> None:

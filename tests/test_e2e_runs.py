@@ -94,7 +94,9 @@ def test_run_environment(cluster: Cluster, project: Path) -> None:
         " 'CUDA_VISIBLE_DEVICES'):\n"
         "    print(f'{key}={os.environ.get(key)}')\n"
         "print('outputs_is_here=' + str(os.environ['RUNYARD_OUTPUTS_DIR'] == os.path.abspath('outputs')))\n"
-        "print('leaked=' + ','.join(k for k in os.environ if 'TOKEN' in k))\n"
+        "print('leaked=' + ','.join(k for k in os.environ if 'TOKEN' in k and k != 'MLFLOW_TRACKING_TOKEN'))\n"
+        "print('mlflow=' + str(os.environ['MLFLOW_RUN_ID'] == os.environ['RUNYARD_RUN_ID']"
+        " and len(os.environ['MLFLOW_TRACKING_TOKEN']) >= 32))\n"
     )
     result = cluster.cli("submit", str(project), "-e", "envtest", "--env", "MY_VAR=42", "--", "python", "env.py")
     assert result.returncode == 0, result.stderr
@@ -105,6 +107,7 @@ def test_run_environment(cluster: Cluster, project: Path) -> None:
     assert seen["RUNYARD_ATTEMPT"] == "1" and seen["MY_VAR"] == "42" and seen["CUDA_VISIBLE_DEVICES"] == ""
     assert seen["outputs_is_here"] == "True"
     assert seen["leaked"] == ""  # neither the join token nor the node credential reaches a run
+    assert seen["mlflow"] == "True"  # only its own token at its agent's MLflow endpoint
 
 
 def test_cancel_stops_the_whole_process_group(cluster: Cluster, project: Path, shared: Path) -> None:

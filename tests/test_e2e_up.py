@@ -39,6 +39,14 @@ def test_up_writes_the_config_runs_work_and_ctrl_c_stops_everything(tmp_path: Pa
         assert "cluster ready" in "".join(seen), "".join(seen)
         config = (tmp_path / "config.toml").read_text()
         assert "address = " in config and "token = " in config
+        mlflow_url = next(line.split("=", 1)[1].strip() for line in seen if "MLFLOW_TRACKING_URI=" in line)
+        assert mlflow_url.startswith("https://127.0.0.1:") and f'mlflow_url = "{mlflow_url}"' in config
+        assert any("MLFLOW_TRACKING_SERVER_CERT_PATH=" in line for line in seen)
+        exports = subprocess.run([sys.executable, "-m", "runyard", "mlflow-env"], env=env, capture_output=True,
+                                 text=True, timeout=60, check=True).stdout.splitlines()
+        assert exports[0] == f"export MLFLOW_TRACKING_URI={mlflow_url}"
+        assert [line.split("=", 1)[0] for line in exports] == [
+            "export MLFLOW_TRACKING_URI", "export MLFLOW_TRACKING_TOKEN", "export MLFLOW_TRACKING_SERVER_CERT_PATH"]
         assert oct((tmp_path / "config.toml").stat().st_mode & 0o777) == "0o600"
         assert len(_cluster_processes(data_dir)) == 3
 

@@ -62,6 +62,10 @@ CREATE INDEX runs_workspace_created ON runs (workspace, created_at);
 CREATE INDEX runs_live ON runs (state) WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing');
 CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX runs_queue ON runs (priority DESC, created_at, id) WHERE state = 'Queued';
+CREATE INDEX runs_workspace_submitter ON runs (workspace, submitter, created_at);
+CREATE INDEX runs_workspace_experiment ON runs (workspace, experiment, created_at);
+CREATE INDEX runs_workspace_state ON runs (workspace, state, created_at);
+CREATE INDEX runs_node ON runs (node_id, created_at) WHERE node_id IS NOT NULL;
 
 CREATE TABLE run_events (
     id         INTEGER PRIMARY KEY,

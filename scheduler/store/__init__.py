@@ -10,6 +10,7 @@
     tracked.py      an attempt's records applied, and the tracked child runs its script starts
     credentials.py  workspaces, users' tokens, join tokens, node keys, snapshot grants, the audit trail
     environments.py registered environments, each version immutable
+    tracking.py     the MLflow API's reads: experiments, run searches, latest metrics, metric histories
 
 Callers import from here only (`from scheduler.store import Store, Conflict, ...`); names with a leading
 underscore in the part modules are shared among the parts, not with the rest of the head.
@@ -33,11 +34,12 @@ from scheduler.store.credentials import CredentialStore
 from scheduler.store.environments import EnvironmentStore
 from scheduler.store.nodes import NodeStore, _NodeCache
 from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
+from scheduler.store.runs import ExperimentRow, LiveRow, QueuedRow, RendezvousRange, RunQuery, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 from scheduler.store.tracked import END_WORDS, Applied, TrackedStore, TrackingRecord  # noqa: F401
-from scheduler.store.runs import LiveRow, QueuedRow, RendezvousRange, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
+from scheduler.store.tracking import TrackingStore
 
 
-class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore):
+class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore, TrackingStore):
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
     def __init__(

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from runyard import envspec
 from runyard.ids import new_run_id
-from scheduler.errors import NotFound, shown
+from scheduler.errors import InvalidArgument, NotFound, shown
 from scheduler.group_commit import Effects
 from scheduler.core.lifecycle import (
     ACTIVE, TERMINAL, DesiredState, InvalidTransition, Pending, PendingKind, RunState, Trigger, next_state,
@@ -46,6 +46,40 @@ _SETTABLE = frozenset(
 _LIVE_INDEXED = "state IN ('Queued', 'Preparing', 'Running', 'Finalizing')"
 _LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
 _ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
+
+
+MIN_PREFIX = 4         # characters of a run id that `find_run` resolves as a prefix
+MAX_CANDIDATES = 10    # ids an ambiguous prefix's refusal names
+# `+workspace`: the workspace is checked on the rows of the id range, never taken as the index to walk.
+PREFIX_SQL = "SELECT id FROM runs WHERE id >= ? AND id < ? AND +workspace = ? ORDER BY id LIMIT ?"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunQuery:
+    """What `list_runs` keeps: every field set must hold. `tags` are (key, value) pairs, value None for "has the
+    tag"; `created_after`/`created_before` are unix seconds (0: no bound); `node_id` is the node's id."""
+
+    experiment: str = ""
+    states: tuple[str, ...] = ()
+    user: str = ""
+    tags: tuple[tuple[str, str | None], ...] = ()
+    created_after: float = 0.0
+    created_before: float = 0.0
+    parent_id: str = ""
+    compute: str = ""
+    node_id: str = ""
+    limit: int = 50
+
+
+class ExperimentRow(NamedTuple):
+    name: str
+    queued: int
+    running: int            # Preparing, Running or Finalizing
+    completed: int
+    failed: int
+    canceled: int
+    total: int
+    last_activity: float    # the latest creation or end of one of its runs (or of the experiment)
 
 
 class RendezvousRange(NamedTuple):
@@ -202,11 +236,33 @@ class RunStore(StoreBase):
             raise NotFound(f"no run {shown(run_id)}")
         return _run(row)
 
-    async def list_runs(
-        self, workspace: str, *, experiment: str = "", state: str = "", user: str = "", limit: int = 50
-    ) -> list[RunRecord]:
-        return [_run(r) for r in await self.list_run_rows(workspace, experiment=experiment, state=state, user=user,
-                                                          limit=limit)]
+    async def find_run(self, id_or_prefix: str, workspace: str) -> RunRecord:
+        """The run of `workspace` whose id is `id_or_prefix`, or the only one whose id starts with it (at least
+        MIN_PREFIX characters, any case), as git resolves a commit. NotFound when none does (another workspace's
+        runs are not looked at); InvalidArgument, naming up to 10 candidates, when several do."""
+        row = await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (id_or_prefix,))
+        if row is not None and row[1] == workspace:
+            return _run(row)
+        prefix = id_or_prefix.lower()
+        if len(prefix) < MIN_PREFIX or not prefix.isascii():
+            raise NotFound(f"no run {shown(id_or_prefix)}" + (
+                f" (a run id prefix needs at least {MIN_PREFIX} characters)" if len(prefix) < MIN_PREFIX else ""))
+        # A range of the primary key, not LIKE: SQLite walks the id index from the prefix to the prefix's end.
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        ids = [r[0] for r in await self._all(PREFIX_SQL, (prefix, upper, workspace, MAX_CANDIDATES + 1))]
+        if not ids:
+            raise NotFound(f"no run {shown(id_or_prefix)}")
+        if len(ids) > 1 and prefix not in ids:
+            listed = ", ".join(ids[:MAX_CANDIDATES]) + (", ..." if len(ids) > MAX_CANDIDATES else "")
+            raise InvalidArgument(f"run id prefix {shown(id_or_prefix)} is ambiguous: {listed}; give more characters")
+        return await self.get_run(prefix if prefix in ids else ids[0], workspace)
+
+    async def list_runs(self, workspace: str, query: RunQuery | None = None, *, experiment: str = "",
+                        state: str = "", user: str = "", limit: int = 50) -> list[RunRecord]:
+        """The runs of `workspace` that match every filter of `query` (or the keywords, for a short query),
+        newest first, at most `query.limit`. Every filter is a condition of the SQL: nothing is filtered here."""
+        return [_run(r) for r in await self.list_run_rows(workspace, query, experiment=experiment, state=state,
+                                                          user=user, limit=limit)]
 
     @staticmethod
     def run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -218,25 +274,55 @@ class RunStore(StoreBase):
         """The node id of a row of `list_run_rows` ("" for none), without decoding the row."""
         return row[_NODE_ID_COLUMN] or ""
 
-    async def list_run_rows(
-        self, workspace: str, *, experiment: str = "", state: str = "", user: str = "", limit: int = 50
-    ) -> list[tuple[Any, ...]]:
+    async def list_run_rows(self, workspace: str, query: RunQuery | None = None, *, experiment: str = "",
+                            state: str = "", user: str = "", limit: int = 50) -> list[tuple[Any, ...]]:
         """The rows of `list_runs`, as stored (`run_from_row` decodes one): a caller that keeps what it made of a
         row can tell an unchanged run by its row, without decoding it again."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace = ?"
+        q = query or RunQuery(experiment=experiment, states=(state,) if state else (), user=user, limit=limit)
+        # A parent's children and a node's runs are few: walk their own index, not every run of the workspace.
+        selective = "+" if q.parent_id or q.node_id else ""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {selective}workspace = ?"
         args: list[Any] = [workspace]
-        if user:
-            sql += " AND submitter = ?"
-            args.append(user)
-        if experiment:
-            sql += " AND experiment = ?"
-            args.append(experiment)
-        if state:
-            sql += " AND state = ?"
-            args.append(state)
+        for column, value in (("submitter", q.user), ("experiment", q.experiment), ("parent_id", q.parent_id),
+                              ("node_id", q.node_id)):
+            if value:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if q.states:
+            sql += f" AND state IN ({', '.join('?' * len(q.states))})"
+            args.extend(q.states)
+        if q.compute:
+            sql += " AND json_extract(spec, '$.compute') = ?"
+            args.append(q.compute)
+        for key, wanted in q.tags:
+            if wanted is None:
+                sql += " AND EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE json_each.key = ?)"
+                args.append(key)
+            else:
+                sql += " AND EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE json_each.key = ? AND json_each.value = ?)"
+                args.extend((key, wanted))
+        if q.created_after:
+            sql += " AND created_at >= ?"
+            args.append(q.created_after)
+        if q.created_before:
+            sql += " AND created_at < ?"
+            args.append(q.created_before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        args.append(limit)
+        args.append(q.limit)
         return await self._all(sql, args)
+
+    async def experiments(self, workspace: str) -> list[ExperimentRow]:
+        """Every experiment of `workspace` with its runs counted by state, the most recently active first."""
+        rows = await self._all(
+            "SELECT e.name, "
+            "COALESCE(SUM(r.state = 'Queued'), 0), "
+            "COALESCE(SUM(r.state IN ('Preparing', 'Running', 'Finalizing')), 0), "
+            "COALESCE(SUM(r.state = 'Completed'), 0), COALESCE(SUM(r.state = 'Failed'), 0), "
+            "COALESCE(SUM(r.state = 'Canceled'), 0), COUNT(r.id), "
+            "MAX(e.created_at, COALESCE(MAX(r.created_at), 0), COALESCE(MAX(r.ended_at), 0)) AS last "
+            "FROM experiments e LEFT JOIN runs r ON r.workspace = e.workspace AND r.experiment = e.name "
+            "WHERE e.workspace = ? GROUP BY e.name ORDER BY last DESC, e.name", (workspace,))
+        return [ExperimentRow(*r) for r in rows]
 
     async def live_runs_on(self, node_id: str) -> list[RunRecord]:
         """The runs whose live attempt is on `node_id`."""
