@@ -19,8 +19,9 @@ by `mlflow.tracking.MlflowClient` from a process of its own: `log_batch` of 1,00
 and `log_metric` per point. Both calls return once the server has committed. The heads (ours and MLflow's
 server) are pinned to core 0 and the load (our agent and its run; MLflow's client) to core 1.
 
-`mlflow_client_in_runyard_run` is the third figure: the real MLflow client logging into a Runyard run through the
-agent's MLflow endpoint (`agent/tracking.py`); it says it is pending while the agent has no such endpoint.
+`mlflow_client_in_runyard_run` is the third figure: the real MLflow client (`log_batch`, `log_metric`, the same
+sizes as the peer's) logging into a Runyard run through the agent's MLflow endpoint (`agent/tracking.py`),
+measured end to end like the SDK; it says it is pending in a tree without that endpoint.
 Prints one JSON object on stdout; logs go to stderr.
 """
 
@@ -102,8 +103,8 @@ print(json.dumps({"points": points, "seconds": t1 - t0, "stored": stored}))
 
 # --- ours ---------------------------------------------------------------------------------------------------------
 
-def ours_once(cluster: Any, project: Path, mode: str, points: int) -> dict[str, Any]:
-    done = cluster.cli("submit", str(project), "--", "python", "log.py", mode, str(points), str(KEYS),
+def ours_once(cluster: Any, project: Path, mode: str, points: int, script: str = "log.py") -> dict[str, Any]:
+    done = cluster.cli("submit", str(project), "--", "python", script, mode, str(points), str(KEYS),
                        timeout_s=600)
     if done.returncode != 0:
         raise RuntimeError(f"the run failed: {done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -119,23 +120,24 @@ def ours_once(cluster: Any, project: Path, mode: str, points: int) -> dict[str, 
             "script_logging_s": logged - started}
 
 
-def ours(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int) -> dict[str, Any]:
+def ours(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int, *, script: str = "log.py",
+         text: str = SCRIPT) -> dict[str, Any]:
     from testbed.harness import Cluster
 
     project = root / "project"
     project.mkdir(parents=True)
-    (project / "log.py").write_text(SCRIPT)
+    (project / script).write_text(text)
     cluster = Cluster.start(root / "cluster", agents=1)
     try:
         plan.apply("head", cluster.head.proc.pid)  # type: ignore[union-attr]
         plan.apply("agent", cluster.agents[0].proc.pid)  # type: ignore[union-attr]
-        ours_once(cluster, project, "batched", 1000)      # warm-up: environment, snapshot, caches
+        ours_once(cluster, project, "batched", 1000, script)      # warm-up: environment, snapshot, caches
         result: dict[str, Any] = {}
         for mode, points in modes.items():
             reps = []
             for rep in range(repeats):
-                one = ours_once(cluster, project, mode, points)
-                log(f"ours {mode:8s} rep {rep}: {one['points_per_s']:10.0f} points/s "
+                one = ours_once(cluster, project, mode, points, script)
+                log(f"{script} {mode:8s} rep {rep}: {one['points_per_s']:10.0f} points/s "
                     f"({one['points']} in {one['seconds']:.2f} s; the script logged for {one['script_logging_s']:.2f} s)")
                 reps.append(one)
             result[mode] = {"points_per_s": summarize([r["points_per_s"] for r in reps], 0), "repeats": reps}
@@ -144,12 +146,42 @@ def ours(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int) -> dict
         cluster.stop()
 
 
-def mlflow_client_in_runyard_run() -> dict[str, Any]:
-    """The real MLflow client (`mlflow.log_metric`, `log_batch`) logging into a Runyard run through the agent's
-    MLflow endpoint. Pending until the agent has one (`agent/tracking.py`)."""
+MLFLOW_IN_RUN = '''
+import os, sys, time
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+mode, points, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+client = MlflowClient()                      # MLFLOW_TRACKING_URI and its token: the agent's endpoint
+run_id = os.environ["MLFLOW_RUN_ID"]
+names = [f"k{i}" for i in range(keys)]
+now = int(time.time() * 1000)
+print(f"start {time.time():.6f}", flush=True)
+if mode == "batched":
+    batch = []
+    for step in range(points // keys):
+        batch.extend(Metric(name, step * 0.5 + i, now, step) for i, name in enumerate(names))
+        if len(batch) >= %d:
+            client.log_batch(run_id, metrics=batch)
+            batch = []
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+else:
+    for step in range(points):
+        client.log_metric(run_id, names[step %% keys], step * 0.5, timestamp=now, step=step // keys)
+print(f"logged {time.time():.6f}", flush=True)
+''' % MLFLOW_BATCH
+
+
+def mlflow_client_in_runyard_run(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int) -> dict[str, Any]:
+    """The real MLflow client (`MlflowClient.log_batch` of 1,000 metrics, `log_metric` per point) inside a Runyard
+    run, through the agent's MLflow endpoint (`agent/tracking.py`), measured end to end like the SDK."""
     if not (HERE.parent / "agent" / "tracking.py").exists():
-        return {"pending": "the agent has no MLflow endpoint yet (agent/tracking.py is not in this tree)"}
-    return {"pending": "the agent's MLflow endpoint exists; this figure is not measured yet"}
+        return {"pending": "the agent has no MLflow endpoint (agent/tracking.py is not in this tree)"}
+    try:
+        import mlflow  # noqa: F401  (the run's python is the agent's: it has the client if we do)
+    except ImportError as err:
+        return {"skipped": f"no mlflow client here: {err}"}
+    return ours(root, plan, modes, repeats, script="mlflow_log.py", text=MLFLOW_IN_RUN)
 
 
 # --- the peer: a real MLflow tracking server -------------------------------------------------------------------
@@ -267,9 +299,9 @@ def main() -> None:
     root = common.temp_root("runyard-s7-")
     try:
         mine = ours(root / "ours", plan, {"batched": args.batched_points, "single": args.single_points}, args.repeats)
-        peer = {"skipped": "--no-peer"} if args.no_peer else mlflow_peer(
-            root / "peer", plan, {"batched": args.mlflow_batched_points, "single": args.mlflow_single_points},
-            args.repeats)
+        peer_modes = {"batched": args.mlflow_batched_points, "single": args.mlflow_single_points}
+        in_run = mlflow_client_in_runyard_run(root / "in-run", plan, peer_modes, args.repeats)
+        peer = {"skipped": "--no-peer"} if args.no_peer else mlflow_peer(root / "peer", plan, peer_modes, args.repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     batched = mine["batched"]["points_per_s"]["median"]
@@ -285,7 +317,9 @@ def main() -> None:
     emit({"scenario": "S7", "name": "metric ingestion", "table": rows, "ours": mine, "mlflow": peer,
           "ratio_batched_to_mlflow": ratio(batched, peer_batched), "ratio_goal": GOAL_RATIO,
           "ratio_single_to_mlflow": ratio(single, peer_single),
-          "mlflow_client_in_runyard_run": mlflow_client_in_runyard_run(),
+          "mlflow_client_in_runyard_run": in_run,
+          "ratio_mlflow_client_in_runyard_to_mlflow_server_batched": ratio(
+              in_run.get("batched", {}).get("points_per_s", {}).get("median"), peer_batched),
           "pinning": plan.record(), "machine": machine})
 
 
