@@ -354,7 +354,7 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
     if key and not found.series:
         render.err_console.print(f"no metric {key!r} in run {run_id}", markup=False)
     if output == "json":
-        render.print_json(render.metrics_dict(found))
+        render.print_metrics_json(found)
         return
     ranked = (("rank",) if all_ranks else ())
     buckets = any(s.first_steps for s in found.series)
