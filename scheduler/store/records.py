@@ -21,9 +21,9 @@ from scheduler.group_commit import Effects
 from scheduler.model import LogRow, MetricRow
 from scheduler.store.base import StoreBase
 
+T = TypeVar("T")
 # Bits of a log record's `flags`: the line goes on in the next record (it was cut at the record cap); the record
 # stands for records the agent dropped (its `data` says how many).
-T = TypeVar("T")
 LOG_CONTINUED = 1
 LOG_GAP = 2
 
@@ -128,7 +128,7 @@ def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
     w.executemany("INSERT INTO metric_records (run_id, attempt, rank, seq) VALUES (?, ?, ?, ?)",
                   [(run_id, attempt, rank, seq) for rank, seqs in lines.items() for seq in seqs
                    if (rank, seq) not in stored])
-    # OR IGNORE: a line holding one key twice at the same step and time stores it once, as before
+    # OR IGNORE: a line holding one key twice at one step and time keeps the first (at two steps, both)
     at = (run_id, attempt)
     w.executemany(
         "INSERT OR IGNORE INTO metrics (rank, seq, key, step, value, ts, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
