@@ -178,7 +178,25 @@ def _timestamp(value: Any) -> float:
     return ts
 
 
+# Metric keys already seen valid: a script logs the same few keys again and again.
+_GOOD_KEYS: set[str] = set()
+_MAX_GOOD_KEYS = 10_000
+
+
 def _metric(item: Any) -> tuple[str, float, int]:
+    """(key, value, step) of one metric; the common shape (a known key, a float, an int step) checked at once."""
+    if type(item) is dict:
+        key, value, step = item.get("k"), item.get("v"), item.get("s")
+        if type(key) is str and key in _GOOD_KEYS and type(value) is float and type(step) is int \
+                and _STEP_MIN <= step <= _STEP_MAX:
+            return key, value, step
+    found = _checked_metric(item)
+    if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
+        _GOOD_KEYS.add(found[0])
+    return found
+
+
+def _checked_metric(item: Any) -> tuple[str, float, int]:
     if not isinstance(item, dict):
         raise _Malformed("each metric must be an object with k, v and s")
     key = _text(item.get("k"), "metric key")

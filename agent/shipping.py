@@ -74,11 +74,13 @@ class MetricShipper:
         records = self._tail.read_new()
         batch = pb.MetricBatch(run_id=self._asg.run_id, attempt=self._asg.attempt)
         for r in records:
-            batch.records.add(
+            shipped = batch.records.add(
                 seq=r.seq, params=r.params, tags=r.tags, rank=self.rank, run_id=r.run, end=r.end, ts=r.ts,
                 child=pb.TrackedChild(id=r.child[0], name=r.child[1]) if r.child else None,
-                points=[pb.MetricPoint(key=k, value=v, step=s, ts=r.ts) for k, v, s in r.metrics],
             )
+            add = shipped.points.add
+            for k, v, s in r.metrics:
+                add(key=k, value=v, step=s, ts=r.ts)
         if records:
             self._outbox.put(pb.AgentMessage(metrics=batch))
         return len(records)
@@ -88,4 +90,4 @@ class MetricShipper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), self._poll_s)
             while self.ship():
-                pass
+                await asyncio.sleep(0)    # let the link send this batch while the next one is read

@@ -764,18 +764,48 @@ class LogsResponse(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
-    __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks")
+    __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks", "max_points", "packed", "summaries_only")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALL_RANKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIES_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
     has_rank: bool
     rank: int
     all_ranks: bool
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ...) -> None: ...
+    max_points: int
+    packed: bool
+    summaries_only: bool
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ..., max_points: _Optional[int] = ..., packed: _Optional[bool] = ..., summaries_only: _Optional[bool] = ...) -> None: ...
+
+class MetricSeries(_message.Message):
+    __slots__ = ("key", "rank", "steps", "values", "ts", "total", "first_steps", "counts", "mins", "maxs")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEPS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    MINS_FIELD_NUMBER: _ClassVar[int]
+    MAXS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rank: int
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    ts: _containers.RepeatedScalarFieldContainer[float]
+    total: int
+    first_steps: _containers.RepeatedScalarFieldContainer[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    mins: _containers.RepeatedScalarFieldContainer[float]
+    maxs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, key: _Optional[str] = ..., rank: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., ts: _Optional[_Iterable[float]] = ..., total: _Optional[int] = ..., first_steps: _Optional[_Iterable[int]] = ..., counts: _Optional[_Iterable[int]] = ..., mins: _Optional[_Iterable[float]] = ..., maxs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class MetricSummary(_message.Message):
     __slots__ = ("key", "rank", "last", "min", "max", "count", "last_step")
@@ -796,7 +826,7 @@ class MetricSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., rank: _Optional[int] = ..., last: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., last_step: _Optional[int] = ...) -> None: ...
 
 class MetricsResponse(_message.Message):
-    __slots__ = ("points", "summaries", "params")
+    __slots__ = ("points", "summaries", "params", "series")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -807,10 +837,12 @@ class MetricsResponse(_message.Message):
     POINTS_FIELD_NUMBER: _ClassVar[int]
     SUMMARIES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     summaries: _containers.RepeatedCompositeFieldContainer[MetricSummary]
     params: _containers.ScalarMap[str, str]
-    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    series: _containers.RepeatedCompositeFieldContainer[MetricSeries]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("id", "name", "cluster", "state", "schedule", "drained", "capacity", "allocated", "running", "last_seen", "labels", "events", "awaiting_approval")

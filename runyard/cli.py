@@ -331,8 +331,11 @@ def _grep(run_ids: Sequence[str], pattern: str, ignore_case: bool, stream: pb.St
 @click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
               "else a multi-node run's node rank; with several runs, of each")
 @click.option("--all-ranks", is_flag=True, help="one multi-node run: every rank's metrics, with a RANK column")
+@click.option("--points", type=click.IntRange(min=1), help="at most N points per series: a longer one comes as N "
+              "buckets of equal step width, each with its min, max and last value")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: bool, output: str) -> None:
+def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: bool, points: int | None,
+            output: str) -> None:
     """Show a run's metrics: a summary per key, or the series of one key. With several runs and --key, compare
     that key across them: a row per run."""
     if all_ranks and rank is not None:
@@ -346,21 +349,27 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
         return
     run_id = run_ids[0]
     with connect() as client:
-        found = client.metrics(run_id, key, rank=rank, all_ranks=all_ranks)
-    if key and not found.points:
+        found = client.metrics(run_id, key, rank=rank, all_ranks=all_ranks, max_points=points or 0,
+                               summaries_only=output == "table" and not key)
+    if key and not found.series:
         render.err_console.print(f"no metric {key!r} in run {run_id}", markup=False)
     if output == "json":
-        render.print_json(render.as_dict(found))
+        render.print_metrics_json(found)
         return
     ranked = (("rank",) if all_ranks else ())
-    points = [(p.key, *((p.rank,) if all_ranks else ()), p.step, p.value, p.ts) for p in found.points]
+    buckets = any(s.first_steps for s in found.series)
+    extra = ("min", "max", "first_step", "count") if buckets else ()
     if output == "csv":
-        render.print_csv(("key", *ranked, "step", "value", "ts"), points)
+        render.print_csv(("key", *ranked, "step", "value", "ts", *extra),
+                         ((s.key, *((s.rank,) if all_ranks else ()), *point) for s in found.series
+                          for point in render.series_rows(s, buckets)))
         return
     if key:
-        if points:
-            render.print_table((*(c.upper() for c in ranked), "STEP", "VALUE", "TIME"),
-                               ((*p[1:-2], f"{p[-2]:.6g}", render.when(p[-1])) for p in points))
+        render.print_table(
+            (*(c.upper() for c in ranked), "STEP", "VALUE", "TIME", *(c.replace("_", " ").upper() for c in extra)),
+            ((*((s.rank,) if all_ranks else ()), step, f"{value:.6g}", render.when(ts),
+              *((f"{more[0]:.6g}", f"{more[1]:.6g}", *more[2:]) if more else ()))
+             for s in found.series for step, value, ts, *more in render.series_rows(s, buckets)))
         return
     if not found.summaries and not found.params:
         render.err_console.print(f"run {run_id} has no metrics yet")
@@ -380,7 +389,7 @@ def _compare(run_ids: Sequence[str], key: str, rank: int | None, output: str) ->
     with connect() as client:
         for run_id in run_ids:
             run = client.get_run(run_id)
-            summaries = client.metrics(run.id, key, rank=rank).summaries
+            summaries = client.metrics(run.id, key, rank=rank, summaries_only=True).summaries
             if not summaries:
                 render.err_console.print(f"no metric {key!r} in run {run.id}", markup=False)
             rows += [(run.id, s) for s in summaries]

@@ -162,11 +162,13 @@ class Client:
             replies.cancel()
 
     @_translated
-    def metrics(self, run_id: str, key: str = "", *, rank: int | None = None,
-                all_ranks: bool = False) -> pb.MetricsResponse:
-        """The run's metrics; a multi-node run's are rank 0's unless `rank` or `all_ranks` says otherwise."""
+    def metrics(self, run_id: str, key: str = "", *, rank: int | None = None, all_ranks: bool = False,
+                max_points: int = 0, summaries_only: bool = False) -> pb.MetricsResponse:
+        """The run's metrics, each series as columns (`series`), at most `max_points` buckets each when given; a
+        multi-node run's are rank 0's unless `rank` or `all_ranks` says otherwise."""
         request = pb.MetricsRequest(run_id=run_id, key=key, has_rank=rank is not None, rank=rank or 0,
-                                    all_ranks=all_ranks)
+                                    all_ranks=all_ranks, max_points=max_points, packed=True,
+                                    summaries_only=summaries_only)
         return self._stub.GetMetrics(request, **self._kw())
 
     @_translated

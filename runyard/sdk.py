@@ -82,7 +82,21 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
+# Metric names already checked: a training loop logs the same few names again and again.
+_GOOD_METRIC_NAMES: set[str] = set()
+_MAX_GOOD_NAMES = 10_000
+
+
+def _good_metric_name(key: object) -> str:
+    name = _check_name("metric", key)
+    if len(_GOOD_METRIC_NAMES) < _MAX_GOOD_NAMES:
+        _GOOD_METRIC_NAMES.add(name)
+    return name
+
+
 def _metric_value(key: str, value: object) -> float:
+    if type(value) is float:        # the common case first: the checks below cost more than logging a point
+        return value
     # numpy's bool is named `bool_` (numpy 1) or `bool` (numpy 2) and is not a subclass of bool.
     if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):
         raise TypeError(f"metric {key!r}: value must be a real number, got a bool")
@@ -344,7 +358,8 @@ class Run:
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name to value, got {type(metrics).__name__}")
         explicit = None if step is None else _metric_step(step)
-        checked = [(_check_name("metric", key), _metric_value(key, value)) for key, value in metrics.items()]
+        checked = [(key if key in _GOOD_METRIC_NAMES else _good_metric_name(key), _metric_value(key, value))
+                   for key, value in metrics.items()]
         if not checked:
             return
         with self._records.lock:

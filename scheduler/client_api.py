@@ -30,7 +30,10 @@ from scheduler.env_api import EnvironmentMethods
 from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
-from scheduler.convert import event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, spec_from_pb
+from scheduler.convert import (
+    ShownRuns, event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, runs_response, series_to_pb,
+    spec_from_pb,
+)
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, shown
 from scheduler.followers import Followers, wait_changed
@@ -39,7 +42,7 @@ from scheduler.core.heartbeats import Timers
 from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
 from scheduler.core.nodes import InvalidNodeTransition, NodeState, ScheduleTrigger
 from scheduler.core.react import Cancel
-from scheduler.model import Distribution, MetricRow, NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
+from scheduler.model import Distribution, NewRun, NodeRecord, RunEventRecord, RunRecord, RunSpec
 from scheduler.placement import NodeView, Request, minor_versions, never_fits
 from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
@@ -166,6 +169,7 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         self._dispatcher = dispatcher
         self._followers = followers
         self._snapshots_seen: dict[tuple[str, str], float] = {}  # (sha256, workspace) -> when last seen present
+        self._shown_runs = ShownRuns(store.run_from_row)
 
     async def _run(self, run_id: str) -> RunRecord:
         """The caller's run with this id, or with this unique id prefix."""
@@ -312,17 +316,17 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         )
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
-        runs = await self._store.list_runs(caller().workspace, await self._run_query(request))
+        rows = await self._store.list_run_rows(caller().workspace, await self._run_query(request))
         names = await self._node_names()
-        response, size = pb.ListRunsResponse(), 0
-        for run in runs:
-            shown = run_to_pb(run, node_name=names.get(run.node_id, ""))
-            size += shown.ByteSize()
+        shown, size, truncated = [], 0, False
+        for row in rows:
+            run = self._shown_runs.serialized(row, names.get(self._store.node_of_row(row), ""))
+            size += len(run)
             if size > LIST_PAGE_BYTES:
-                response.truncated = True
+                truncated = True
                 break
-            response.runs.append(shown)
-        return response
+            shown.append(run)
+        return runs_response(shown, truncated)
 
     async def _run_query(self, request: pb.ListRunsRequest) -> RunQuery:
         """The filters of a ListRuns request as the store takes them; InvalidArgument for one that can hold for no
@@ -456,25 +460,31 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         return list(ranks), ranks
 
     async def GetMetrics(self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext) -> pb.MetricsResponse:
+        if request.max_points < 0:
+            raise InvalidArgument("max points must be 1 or more (0: every point)")
         run = await self._run(request.run_id)
         # a multi-node run shows rank 0's by default, as `logs` does
         rank = request.rank if request.has_rank else (0 if gangs.is_gang_parent(run) and not request.all_ranks
                                                       else None)
         sources, ranks = await self._sources(run, rank)
-        rows = await self._store.read_metrics(sources, request.key, None if ranks else rank) if sources else []
         params: dict[str, str] = {}
         for source in sources:
             params.update(await self._store.params(source))
         response = pb.MetricsResponse(params=params)
-        by_series: dict[tuple[str, int], list[MetricRow]] = {}
-        for row in sorted(rows, key=lambda r: (r.key, ranks.get(r.run_id, r.rank), r.step, r.ts)):
-            row_rank = ranks.get(row.run_id, row.rank)
-            response.points.add(key=row.key, value=row.value, step=row.step, ts=row.ts, rank=row_rank)
-            by_series.setdefault((row.key, row_rank), []).append(row)
-        for (key, row_rank), series in sorted(by_series.items()):
-            finite = [r.value for r in series if not math.isnan(r.value)] or [math.nan]
-            response.summaries.add(key=key, rank=row_rank, last=series[-1].value, min=min(finite), max=max(finite),
-                                   count=len(series), last_step=series[-1].step)
+        row_rank = None if ranks else rank
+        if request.summaries_only:     # aggregated in SQL: no point is read
+            summaries = await self._store.metric_summaries(sources, request.key, row_rank) if sources else []
+        else:                          # each series read once; its summary comes from its columns
+            summaries = []
+            names = await self._store.metric_series_names(sources, request.key, row_rank) if sources else []
+            for run_id, key, series_rank in sorted(names, key=lambda n: (n[1], ranks.get(n[0], n[2]), n[0])):
+                found = await self._store.metric_series(run_id, key, series_rank, max_points=request.max_points)
+                series_to_pb(found, ranks.get(run_id, series_rank), response, packed=request.packed)
+                summaries.append(found.summary())
+        for summary in sorted(summaries, key=lambda s: (s.key, ranks.get(s.run_id, s.rank), s.run_id)):
+            response.summaries.add(key=summary.key, rank=ranks.get(summary.run_id, summary.rank), last=summary.last,
+                                   min=summary.min, max=summary.max, count=summary.count,
+                                   last_step=summary.last_step)
         return response
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:

@@ -1,8 +1,9 @@
-"""Conversions between protobuf messages and the head's domain values. The only module that knows both."""
+"""Conversions between protobuf messages and the head's domain values. The only module that knows both; it also keeps
+listed runs serialized (`ShownRuns`) for `ListRuns`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar, overload
 
@@ -16,6 +17,7 @@ from scheduler.model import (
     AuditRecord, Capacity, ClusterEvent, Distribution, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
     RunSpec, TokenRecord,
 )
+from scheduler.store.records import MetricSeries
 from scheduler.sessions import Ack, Assign, BuildEnv, Outbound, StopAttempt
 
 E = TypeVar("E", bound=StrEnum)
@@ -236,6 +238,63 @@ def run_to_pb(
     for event in events or ():
         msg.events.add(at=event.at, from_state=event.from_state, to_state=event.to_state, event=event.event, detail=event.detail)
     return msg
+
+
+def series_to_pb(series: MetricSeries, rank: int, response: pb.MetricsResponse, *, packed: bool) -> None:
+    """One series into `response` as the rank `rank`: as columns (`packed`), or one point per entry for the clients
+    that predate them (a downsampled series gives its buckets' last points)."""
+    if not packed:
+        for step, value, ts in zip(series.steps, series.values, series.ts):
+            response.points.add(key=series.key, value=value, step=step, ts=ts, rank=rank)
+        return
+    shown = response.series.add(key=series.key, rank=rank, total=series.total)
+    shown.steps.extend(series.steps)
+    shown.values.extend(series.values)
+    shown.ts.extend(series.ts)
+    if series.downsampled:
+        shown.first_steps.extend(series.first_steps)
+        shown.counts.extend(series.counts)
+        shown.mins.extend(series.mins)
+        shown.maxs.extend(series.maxs)
+
+
+class ShownRuns:
+    """`pb.Run`s of listed runs, serialized, kept per run while its row (and node name) stays the same: a listing
+    of 10,000 runs decodes and converts only the runs that changed since the last listing. A run is known again by
+    the hash of its row and node name (a stale entry would need a changed row with the same 64-bit hash). At most
+    `most` runs are kept (past that, all are dropped at once): about 0.5 KB each."""
+
+    def __init__(self, decode: Callable[[Sequence[Any]], RunRecord], most: int = 20_000) -> None:
+        self._decode = decode
+        self._most = most
+        self._kept: dict[str, tuple[int, bytes]] = {}
+
+    def serialized(self, row: Sequence[Any], node_name: str) -> bytes:
+        """The run of `row` (a `list_run_rows` row: its id first) as `run_to_pb(...).SerializeToString()`."""
+        mark = hash((tuple(row), node_name))
+        kept = self._kept.get(row[0])
+        if kept is not None and kept[0] == mark:
+            return kept[1]
+        shown = run_to_pb(self._decode(row), node_name=node_name).SerializeToString()
+        if len(self._kept) >= self._most:
+            self._kept.clear()
+        self._kept[row[0]] = (mark, shown)
+        return shown
+
+
+def runs_response(serialized: Iterable[bytes], truncated: bool) -> pb.ListRunsResponse:
+    """A ListRunsResponse of serialized `pb.Run`s, parsed once as a whole (field 1, length-delimited each)."""
+    wire = b"".join(b"\x0a" + _varint(len(run)) + run for run in serialized)
+    return pb.ListRunsResponse.FromString(wire + (b"\x10\x01" if truncated else b""))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:

@@ -128,16 +128,22 @@ CREATE INDEX logs_run ON logs (run_id, id);
 
 CREATE TABLE "metrics" (
     run_id   TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    rank     INTEGER NOT NULL,
+    step     INTEGER NOT NULL,
+    ts       REAL NOT NULL,
+    attempt  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
+    PRIMARY KEY (run_id, key, rank, step, ts, attempt, seq)
+) WITHOUT ROWID;
+CREATE TABLE metric_records (
+    run_id   TEXT NOT NULL,
     attempt  INTEGER NOT NULL,
     rank     INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
-    key      TEXT NOT NULL,
-    step     INTEGER NOT NULL,
-    value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
-    ts       REAL NOT NULL,
-    PRIMARY KEY (run_id, attempt, rank, seq, key)
+    PRIMARY KEY (run_id, attempt, rank, seq)
 ) WITHOUT ROWID;
-CREATE INDEX metrics_series ON metrics (run_id, key, step);
 
 CREATE TABLE params (
     run_id TEXT NOT NULL,

@@ -1,7 +1,9 @@
 """What runs record as they go: log lines, metric points, params (and the tags that metrics reports upsert).
 
-Every append is idempotent on its sequence keys (`INSERT OR IGNORE`): an agent resends what the head has not
-acknowledged, and a resent record is stored once.
+Every append is idempotent on its sequence keys: an agent resends what the head has not acknowledged, and a
+resent record is stored once (log lines by `INSERT OR IGNORE`; metric points by the `metric_records` row of the
+record line that held them). Metric points are kept in series order (run, key, rank, step, time): a series is
+read as one range, as columns, or as at most N buckets computed in SQL; summaries are aggregated in SQL.
 Must not: change a run's state, decide anything, or know about gRPC.
 """
 
@@ -10,17 +12,81 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Mapping, Sequence
-from typing import Any
+from operator import itemgetter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from scheduler.group_commit import Effects
 from scheduler.model import LogRow, MetricRow
 from scheduler.store.base import StoreBase
 
+T = TypeVar("T")
 # Bits of a log record's `flags`: the line goes on in the next record (it was cut at the record cap); the record
 # stands for records the agent dropped (its `data` says how many).
 LOG_CONTINUED = 1
 LOG_GAP = 2
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSummary:
+    run_id: str
+    key: str
+    rank: int
+    count: int
+    min: float
+    max: float
+    last: float
+    last_step: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSeries:
+    """One series as columns. Downsampled (`first_steps` set): one entry per bucket, `steps`, `values` and `ts`
+    its last point's, `counts`, `mins` and `maxs` over the bucket."""
+    run_id: str
+    key: str
+    rank: int
+    steps: Sequence[int]
+    values: Sequence[float]
+    ts: Sequence[float]
+    total: int                  # points in the whole series
+    first_steps: Sequence[int] = ()
+    counts: Sequence[int] = ()
+    mins: Sequence[float] = ()
+    maxs: Sequence[float] = ()
+
+    @property
+    def downsampled(self) -> bool:
+        return bool(self.first_steps)
+
+    def summary(self) -> MetricSummary:
+        """The series' summary as `metric_summaries` computes it in SQL, from the columns read (a downsampled
+        series' buckets hold its min, max and count)."""
+        lows = self.mins if self.downsampled else self.values
+        highs = self.maxs if self.downsampled else self.values
+        return MetricSummary(
+            run_id=self.run_id, key=self.key, rank=self.rank, count=self.total,
+            min=min((v for v in lows if v == v), default=math.nan),     # v == v: not NaN
+            max=max((v for v in highs if v == v), default=math.nan),
+            last=self.values[-1] if self.values else math.nan, last_step=self.steps[-1] if self.steps else 0,
+        )
+
+
+def _real(value: float | None) -> float:
+    """A stored value: SQLite stores NaN as NULL."""
+    return math.nan if value is None else value
+
+
+def _columns(rows: list[Any], width: int) -> list[list[Any]]:
+    """Rows as columns (`map(itemgetter)`: several times faster than `zip(*rows)` for 100k rows)."""
+    return [list(map(itemgetter(i), rows)) for i in range(width)]
+
+
+def _reals(values: Sequence[float | None]) -> Sequence[float]:
+    if None not in values:
+        return values  # type: ignore[return-value]
+    return [math.nan if v is None else v for v in values]
 
 
 def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
@@ -36,12 +102,10 @@ def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
 def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
                    points: Sequence[tuple[int, int, str, int, float, float]], params: Mapping[str, str],
                    tags: Mapping[str, str]) -> None:
-    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (a resent one is ignored),
-    upsert its params, merge its tags."""
-    w.executemany(
-        "INSERT OR IGNORE INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(run_id, attempt, rank, seq, key, step, value, ts) for rank, seq, key, step, value, ts in points],
-    )
+    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (those of a record line
+    already stored, a resent one, are ignored), upsert its params, merge its tags."""
+    if points:
+        _insert_points(w, run_id, attempt, points)
     if params:
         w.executemany("INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
                       [(run_id, k, v) for k, v in params.items()])
@@ -49,8 +113,39 @@ def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
         w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(dict(tags)), run_id))
 
 
+def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
+                   points: Sequence[tuple[int, int, str, int, float, float]]) -> None:
+    """The points of the record lines (rank, seq) not stored yet, and a `metric_records` row for each such line:
+    one range read per rank tells which lines of the batch were stored before (a resent batch: all of them)."""
+    lines: dict[int, set[int]] = {}
+    for rank, seq in {(point[0], point[1]) for point in points}:
+        lines.setdefault(rank, set()).add(seq)
+    stored: set[tuple[int, int]] = set()
+    for rank, seqs in lines.items():
+        stored.update((rank, seq) for (seq,) in w.execute(
+            "SELECT seq FROM metric_records WHERE run_id = ? AND attempt = ? AND rank = ? AND seq BETWEEN ? AND ?",
+            (run_id, attempt, rank, min(seqs), max(seqs))))
+    w.executemany("INSERT INTO metric_records (run_id, attempt, rank, seq) VALUES (?, ?, ?, ?)",
+                  [(run_id, attempt, rank, seq) for rank, seqs in lines.items() for seq in seqs
+                   if (rank, seq) not in stored])
+    # OR IGNORE: a line holding one key twice at one step and time keeps the first (at two steps, both)
+    at = (run_id, attempt)
+    w.executemany(
+        "INSERT OR IGNORE INTO metrics (rank, seq, key, step, value, ts, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [point + at for point in points if (point[0], point[1]) not in stored] if stored else
+        [point + at for point in points],
+    )
+
+
 class RecordStore(StoreBase):
     """Appends and reads of logs, metrics and params; part of `Store`."""
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the reader's own thread with its sqlite3 connection, to its end, as one job (see
+        `StoreBase._all`): a long series is turned into columns there, not row by row on the event loop.
+        aiosqlite has no public call for this; its `_execute` is what its own `execute_fetchall` uses."""
+        reader = self._r
+        return cast(T, await reader._execute(lambda: work(reader._conn)))
 
     async def append_logs(self, run_id: str, attempt: int, records: Sequence[tuple[int, int, int, float, int, bytes]]) -> int:
         """Append (rank, stream, seq, ts, flags, data) records; a resent record is ignored. Returns rows added."""
@@ -117,6 +212,95 @@ class RecordStore(StoreBase):
         sql += _only(args, rank, None)
         sql += " ORDER BY key, rank, step, ts"
         return [MetricRow(k, math.nan if v is None else v, s, t, r, i) for k, v, s, t, r, i in await self._all(sql, args)]
+
+    async def metric_summaries(
+        self, run_id: str | Sequence[str], key: str = "", rank: int | None = None,
+    ) -> list[MetricSummary]:
+        """Per series (run, key, rank): count, min and max of its values that are not NaN (NaN when none is), and its
+        last point's value and step (the last by step, then time). Aggregated in SQL over the table's series order:
+        no point is read into Python."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        sql = (f"SELECT run_id, key, rank, count(*), min(value), max(value), max(step) FROM metrics "
+               f"WHERE run_id IN ({', '.join('?' * len(ids))})")
+        args: list[Any] = list(ids)
+        if key:
+            sql += " AND key = ?"
+            args.append(key)
+        sql += _only(args, rank, None)
+        sql = (f"WITH g(run_id, key, rank, n, lo, hi, last_step) AS ({sql} GROUP BY run_id, key, rank) "
+               f"SELECT g.*, (SELECT value FROM metrics m WHERE m.run_id = g.run_id AND m.key = g.key "
+               f"AND m.rank = g.rank AND m.step = g.last_step ORDER BY m.ts DESC LIMIT 1) "
+               f"FROM g ORDER BY key, rank, run_id")
+        return [MetricSummary(run_id=i, key=k, rank=r, count=n, min=_real(lo), max=_real(hi), last=_real(last),
+                              last_step=last_step)
+                for i, k, r, n, lo, hi, last_step, last in await self._all(sql, args)]
+
+    async def metric_series_names(
+        self, run_id: str | Sequence[str], key: str = "", rank: int | None = None,
+    ) -> list[tuple[str, str, int]]:
+        """The series (run, key, rank) of the run(s), ordered by key, rank, run; with `key` or `rank`, only those.
+        One index seek per series found (the table is in series order): no point is scanned."""
+        ids = [run_id] if isinstance(run_id, str) else list(run_id)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            found = []
+            for one in ids:
+                keys = [key] if key else []
+                if not key:
+                    after: str | None = ""
+                    while (row := conn.execute("SELECT key FROM metrics WHERE run_id = ? AND key > ? ORDER BY key "
+                                               "LIMIT 1", (one, after)).fetchone()) is not None:
+                        after = row[0]
+                        keys.append(row[0])
+                for name in keys:
+                    if rank is not None:
+                        if conn.execute("SELECT 1 FROM metrics WHERE run_id = ? AND key = ? AND rank = ? LIMIT 1",
+                                        (one, name, rank)).fetchone():
+                            found.append((one, name, rank))
+                        continue
+                    below = -(1 << 63)
+                    while (row := conn.execute("SELECT rank FROM metrics WHERE run_id = ? AND key = ? AND rank > ? "
+                                               "ORDER BY rank LIMIT 1", (one, name, below)).fetchone()) is not None:
+                        below = row[0]
+                        found.append((one, name, below))
+            return sorted(found, key=lambda s: (s[1], s[2], s[0]))
+        return await self._read(work)
+
+    async def metric_series(
+        self, run_id: str, key: str, rank: int, *, max_points: int = 0,
+    ) -> MetricSeries:
+        """One series (run, key, rank) in step order (then time), as columns. With `max_points` and more points
+        than that, at most `max_points` buckets of equal step width, each its first and last step, its count, the
+        min and max of its values that are not NaN (NaN when none is) and its last point's value and time;
+        computed in SQL."""
+        where = "run_id = ? AND key = ? AND rank = ?"
+        series = (run_id, key, rank)
+
+        def work(conn: sqlite3.Connection) -> MetricSeries:
+            if max_points > 0 and conn.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM metrics WHERE {where} LIMIT ?)",
+                    (*series, max_points + 1)).fetchone()[0] > max_points:
+                lo = conn.execute(f"SELECT step FROM metrics WHERE {where} ORDER BY step LIMIT 1", series).fetchone()[0]
+                hi = conn.execute(f"SELECT step FROM metrics WHERE {where} ORDER BY step DESC LIMIT 1",
+                                  series).fetchone()[0]
+                width = (hi - lo) // max_points + 1    # steps per bucket: (hi - lo) // width < max_points
+                rows = conn.execute(
+                    f"WITH g(bucket, first, last, n, lo, hi) AS (SELECT (step - ?) / ? AS bucket, min(step), "
+                    f"max(step), count(*), min(value), max(value) FROM metrics WHERE {where} GROUP BY bucket) "
+                    f"SELECT first, last, n, lo, hi, "
+                    f"(SELECT value FROM metrics WHERE {where} AND step = g.last ORDER BY ts DESC LIMIT 1), "
+                    f"(SELECT ts FROM metrics WHERE {where} AND step = g.last ORDER BY ts DESC LIMIT 1) "
+                    f"FROM g ORDER BY bucket",
+                    (lo, width, *series, *series, *series),
+                ).fetchall()
+                first, last, counts, mins, maxs, values, ts = _columns(rows, 7)
+                return MetricSeries(run_id, key, rank, steps=last, values=_reals(values), ts=ts, total=sum(counts),
+                                    first_steps=first, counts=counts, mins=_reals(mins), maxs=_reals(maxs))
+            rows = conn.execute(f"SELECT step, value, ts FROM metrics WHERE {where} ORDER BY step, ts",
+                                series).fetchall()
+            steps, values, ts = _columns(rows, 3)
+            return MetricSeries(run_id, key, rank, steps=steps, values=_reals(values), ts=ts, total=len(steps))
+        return await self._read(work)
 
     async def params(self, run_id: str) -> dict[str, str]:
         return dict(await self._all("SELECT key, value FROM params WHERE run_id = ? ORDER BY key", (run_id,)))

@@ -154,6 +154,9 @@ def default_name(spec: RunSpec) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
+_NODE_ID_COLUMN = _RUN_COLUMNS.split(", ").index("node_id")
+
+
 class RunStore(StoreBase):
     """Reads and writes of runs; part of `Store`."""
 
@@ -258,6 +261,23 @@ class RunStore(StoreBase):
                         state: str = "", user: str = "", limit: int = 50) -> list[RunRecord]:
         """The runs of `workspace` that match every filter of `query` (or the keywords, for a short query),
         newest first, at most `query.limit`. Every filter is a condition of the SQL: nothing is filtered here."""
+        return [_run(r) for r in await self.list_run_rows(workspace, query, experiment=experiment, state=state,
+                                                          user=user, limit=limit)]
+
+    @staticmethod
+    def run_from_row(row: Sequence[Any]) -> RunRecord:
+        """A row of `list_run_rows` as a run."""
+        return _run(row)
+
+    @staticmethod
+    def node_of_row(row: Sequence[Any]) -> str:
+        """The node id of a row of `list_run_rows` ("" for none), without decoding the row."""
+        return row[_NODE_ID_COLUMN] or ""
+
+    async def list_run_rows(self, workspace: str, query: RunQuery | None = None, *, experiment: str = "",
+                            state: str = "", user: str = "", limit: int = 50) -> list[tuple[Any, ...]]:
+        """The rows of `list_runs`, as stored (`run_from_row` decodes one): a caller that keeps what it made of a
+        row can tell an unchanged run by its row, without decoding it again."""
         q = query or RunQuery(experiment=experiment, states=(state,) if state else (), user=user, limit=limit)
         # A parent's children and a node's runs are few: walk their own index, not every run of the workspace.
         selective = "+" if q.parent_id or q.node_id else ""
@@ -289,7 +309,7 @@ class RunStore(StoreBase):
             args.append(q.created_before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(q.limit)
-        return [_run(r) for r in await self._all(sql, args)]
+        return await self._all(sql, args)
 
     async def experiments(self, workspace: str) -> list[ExperimentRow]:
         """Every experiment of `workspace` with its runs counted by state, the most recently active first."""
