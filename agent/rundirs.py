@@ -11,6 +11,7 @@
       attempts/                   agent, 0711
         <run>-<attempt>/          agent, 0711: what the agent keeps for itself sits here, out of the run's reach
           pgid, outputs.zip       agent, 0600
+          spool/                  agent, 0700: the run's output on its way to the head (`spool.py`)
           code/                   the run's user, 0700: the snapshot, the working directory; code/outputs/
           records.jsonl           the run's user, 0600: the SDK appends, the agent tails
           records.rank-R.jsonl    the run's user, 0600: the same, one per process R of a distributed run
@@ -81,6 +82,10 @@ class AttemptDirs:
     @property
     def pgid(self) -> Path:
         return self.top / "pgid"
+
+    @property
+    def spool(self) -> Path:
+        return self.top / "spool"
 
     @property
     def outputs_zip(self) -> Path:
