@@ -30,8 +30,9 @@ LOG_CONTINUED = 1
 LOG_GAP = 2
 
 CHUNK_BITS = 16
-MAX_CHUNK = (1 << CHUNK_BITS) - 1       # records in one row
-_ROWS_PER_READ = 16                     # rows fetched at a time when records are read
+ID_MASK = (1 << CHUNK_BITS) - 1
+MAX_CHUNK = 1024                        # records in one row: a read of 1,000 records fetches a few rows, not MBs
+_TAIL_ROWS = 64                         # (id, lines) fetched at a time when looking for a tail's start
 
 LogTuple = tuple[int, int, int, float, int, bytes]
 
@@ -65,10 +66,10 @@ def _chunks(records: Sequence[LogTuple]) -> list[list[LogTuple]]:
 def _row(run_id: str, attempt: int, chunk: Sequence[LogTuple]) -> tuple[Any, ...]:
     rank, stream, seq, ts, flags, data = chunk[0]
     if len(chunk) == 1:
-        return run_id, attempt, rank, stream, seq, ts, flags, data, 1, None
+        return run_id, attempt, rank, stream, seq, ts, flags, 1, None, data
     lengths = array("I", [len(r[5]) for r in chunk])
     meta = lengths.tobytes() + bytes(r[4] for r in chunk) + array("d", [r[3] for r in chunk]).tobytes()
-    return run_id, attempt, rank, stream, seq, ts, flags, b"".join([r[5] for r in chunk]), len(chunk), meta
+    return run_id, attempt, rank, stream, seq, ts, flags, len(chunk), meta, b"".join([r[5] for r in chunk])
 
 
 def _unstored(w: sqlite3.Connection, run_id: str, attempt: int, chunk: list[LogTuple]) -> list[list[LogTuple]]:
@@ -101,7 +102,7 @@ def _unstored(w: sqlite3.Connection, run_id: str, attempt: int, chunk: list[LogT
 
 def _expand(row: tuple[Any, ...], skip: int, want: int) -> list[LogRow]:
     """Records `skip`.. of a stored row (at most `want`), as LogRows."""
-    rowid, attempt, rank, stream, seq, ts, flags, data, run_id, lines, meta = row
+    rowid, attempt, rank, stream, seq, ts, flags, run_id, lines, meta, data = row
     base = rowid << CHUNK_BITS
     if lines == 1:
         return [LogRow(base, attempt, rank, stream, seq, ts, flags, data, run_id)] if skip == 0 and want > 0 else []
@@ -130,10 +131,10 @@ class RecordStore(StoreBase):
         def work(w: sqlite3.Connection, effects: Effects) -> int:
             rows = [_row(run_id, attempt, part) for chunk in chunks for part in _unstored(w, run_id, attempt, chunk)]
             w.executemany(
-                "INSERT INTO logs (run_id, attempt, rank, stream, seq, ts, flags, data, lines, meta) "
+                "INSERT INTO logs (run_id, attempt, rank, stream, seq, ts, flags, lines, meta, data) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
             )
-            return sum(row[8] for row in rows)
+            return sum(row[7] for row in rows)
         return await self._write(work)
 
     async def read_logs(
@@ -143,26 +144,32 @@ class RecordStore(StoreBase):
         """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored;
         with `rank` or `stream` (the wire's number), only those."""
         ids = [run_id] if isinstance(run_id, str) else list(run_id)
+        where = f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id >= ?"
+        filters: list[Any] = []
+        where += _only(filters, rank, stream)
         found: list[LogRow] = []
-        row_after, skip = after_id >> CHUNK_BITS, (after_id & MAX_CHUNK) + 1
-        if after_id <= 0:
-            row_after, skip = -1, 0
+        start, skip = (after_id >> CHUNK_BITS, (after_id & ID_MASK) + 1) if after_id > 0 else (0, 0)
         while len(found) < limit:
-            sql = (f"SELECT id, attempt, rank, stream, seq, ts, flags, data, run_id, lines, meta FROM logs "
-                   f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id >= ?")
-            args: list[Any] = [*ids, max(row_after, 0)]
-            sql += _only(args, rank, stream)
-            sql += " ORDER BY id LIMIT ?"
-            args.append(_ROWS_PER_READ)
-            rows = await self._all(sql, args)
-            for row in rows:
-                first = skip if row[0] == row_after else 0
-                found.extend(_expand(row, first, limit - len(found)))
-                if len(found) >= limit:
-                    break
-            if len(rows) < _ROWS_PER_READ:
+            # First the rows' sizes (no blob is read), then only the rows that hold what is wanted.
+            requested = limit - len(found)      # rows hold one record or more
+            heads = await self._all(f"SELECT id, lines FROM logs {where} ORDER BY id LIMIT ?",
+                                    [*ids, start, *filters, requested])
+            if not heads:
                 break
-            row_after, skip = rows[-1][0] + 1, 0
+            covered, last = 0, heads[0][0]
+            for rowid, lines in heads:
+                covered += max(0, lines - (skip if rowid == start else 0))
+                last = rowid
+                if covered >= requested:
+                    break
+            rows = await self._all(
+                f"SELECT id, attempt, rank, stream, seq, ts, flags, run_id, lines, meta, data FROM logs {where} "
+                f"AND id <= ? ORDER BY id", [*ids, start, *filters, last])
+            for row in rows:
+                found.extend(_expand(row, skip if row[0] == start else 0, limit - len(found)))
+            if last == heads[-1][0] and len(heads) < requested:
+                break       # every row there is was read
+            start, skip = last + 1, 0
         return found
 
     async def tail_start(self, run_id: str | Sequence[str], lines: int, rank: int | None = None,
@@ -179,13 +186,13 @@ class RecordStore(StoreBase):
                 args.append(before)
             sql += _only(args, rank, stream)
             sql += " ORDER BY id DESC LIMIT ?"
-            args.append(_ROWS_PER_READ * 4)
+            args.append(_TAIL_ROWS)
             rows = await self._all(sql, args)
             for rowid, count in rows:
                 if count >= need:
                     return ((rowid << CHUNK_BITS) | (count - need)) - 1
                 need -= count
-            if len(rows) < _ROWS_PER_READ * 4:
+            if len(rows) < _TAIL_ROWS:
                 return 0
             before = rows[-1][0]
 
