@@ -83,6 +83,7 @@ class LogShipper:
         if piece is None:
             if stream.spool.closed and not stream.ended:
                 stream.ended = True
+                stream.spool.discard()          # read to its end: its files and descriptors go
                 before = len(self._batch)
                 stream.cutter.finish(self._last_ts(), self._batch)
                 return len(self._batch) > before
@@ -120,17 +121,22 @@ class LogShipper:
         return all(s.ended for s in self._streams) and not self._batch
 
     async def run(self) -> None:
-        """Ship periodically until closed, then ship everything left (waiting for room in the outbox)."""
-        while True:
-            closed = self._closed.is_set()
-            await self._ship()
-            if closed and self._done():
-                return
-            if closed:
-                await asyncio.sleep(self._flush_s)      # the outbox is full: wait for the head's acks
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._flush_s)
+        """Ship periodically until closed, then ship everything left (waiting for room in the outbox). The spools
+        are removed when it ends, however it ends."""
+        try:
+            while True:
+                closed = self._closed.is_set()
+                await self._ship()
+                if closed and self._done():
+                    return
+                if closed:
+                    await asyncio.sleep(self._flush_s)      # the outbox is full: wait for the head's acks
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self._flush_s)
+        finally:
+            for stream in self._streams:
+                stream.spool.discard()
 
 
 class MetricShipper:

@@ -77,6 +77,8 @@ class Spool:
 
     def write(self, data: bytes, ts: float) -> None:
         """Spool `data`, read from the pipe at `ts`; when the budget is spent, drop whole lines and count them."""
+        if self.closed:
+            return
         if self._dropping:
             data = self._resume(data)
             if not data:
@@ -87,6 +89,7 @@ class Spool:
         try:
             self._append(data)
         except OSError:                 # the disk is full: the same as a full budget
+            self._undo_append()
             self._start_dropping(data)
             return
         self._budget.used += len(data)
@@ -141,6 +144,17 @@ class Spool:
         view = memoryview(data)
         while view:
             view = view[os.write(self._write_fd, view):]
+
+    def _undo_append(self) -> None:
+        """Cut what a failed write left in the segment, so that offsets stay those of the spooled bytes."""
+        if self._write_fd >= 0:
+            try:
+                os.ftruncate(self._write_fd, self._written - self._write_start)
+                os.lseek(self._write_fd, 0, os.SEEK_END)
+            except OSError:
+                os.close(self._write_fd)
+                self._write_fd = -1
+                self.closed = True      # cannot be trusted any more: what it holds is read, nothing more added
 
     def _open_segment(self) -> None:
         if self._write_fd >= 0:
@@ -202,7 +216,7 @@ class Spool:
             self._read_start = -1
 
     def discard(self) -> None:
-        """Close and remove every segment (the attempt is over)."""
+        """Close and remove every segment (read to its end, or the attempt is over); nothing more is spooled."""
         self.close()
         self._close_reader()
         for _, path in self._segments:

@@ -77,7 +77,7 @@ async def test_a_fast_writer_keeps_order_and_gap_free_sequence_numbers(tmp_path:
     assert not any(r.gap or r.continued for r in stdout)
     assert [(r.seq, r.data) for r in taken if r.stream == pb.STDERR] == [(0, b"done")]
     assert budget.used == 0
-    assert len(os.listdir(directory)) <= 2, "segments read to their end are deleted: the last of each stream is left"
+    assert os.listdir(directory) == [], "a spool read to its end is removed"
 
 
 def test_a_full_spool_gives_one_gap_record_with_the_count_of_lines_dropped(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ async def test_a_run_is_not_held_up_by_a_head_that_takes_nothing_and_the_disk_ho
     stdout = [r for r in taken if r.stream == pb.STDOUT]
     assert [r.seq for r in stdout] == list(range(len(stdout)))
     assert len(stdout) == size // 120 and all(r.data == line.encode() for r in stdout)
-    assert budget.used == 0
+    assert budget.used == 0 and os.listdir(directory) == []
 
 
 def test_the_outbox_is_full_in_bytes_too() -> None:
