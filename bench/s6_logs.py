@@ -4,7 +4,8 @@ Goals (docs: /work/shared/design/performance.md): >= 150k lines/s sustained; wri
 p99 <= 1 s. And (the agent's part): a run's wall time within 5 % of the same run writing to /dev/null; the agent's
 RSS <= 80 MB whatever the log rate.
 
-A real head and one agent (testbed.harness, loopback, TLS). `--runs` runs are submitted together; each is a
+A real head and one agent (testbed.harness, loopback, TLS; the agent says it has `--runs` CPUs, so that every run
+starts at once). `--runs` runs are submitted together; each is a
 Python process that writes `--lines` lines of 120 bytes (119 and a newline) to stdout as fast as it can, each
 line starting with the time it was written and its number, and measures its own wall time from its first write to
 its last flush (printed on stderr at the end). Each run is followed by `Runyard.StreamLogs(follow=True)` in a
@@ -162,7 +163,8 @@ def main() -> None:
                                                         "store -> logs -f", "machine": machine_info(root)}
     log(f"S6: cluster in {root}")
     snap = common.make_snapshot(root)
-    cluster = Cluster.start(root / "cluster", agents=1)
+    # as many CPUs as runs, so that all of them run at once, as the limit's do
+    cluster = Cluster.start(root / "cluster", agents=1, cpus=float(args.runs))
     try:
         config = cluster.head.client_config()
         channel = common.channel(config)
