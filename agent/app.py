@@ -135,7 +135,7 @@ async def _serve(config: AgentConfig, clock: Clock, containment: Containment, us
         platform=node_platform(), interpreters=versions(tools.interpreters), builders=tools.builders.names(),
         advertise_address=config.advertise_address, rendezvous_ports=config.rendezvous_range,
     )
-    outbox = Outbox(config.outbox_max_messages)
+    outbox = Outbox(config.outbox_max_messages, config.outbox_max_bytes)
     tracking = TrackingServer(config.tracking_listen, max_artifact_bytes=config.outputs_max_bytes)
     try:
         await tracking.start()

@@ -38,7 +38,10 @@ class AgentConfig:
     stop_runs_after_s: float = 240.0        # cut off from the head this long: stop own runs (head: Down at 300 s)
     log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records
     log_flush_s: float = 0.05
-    outbox_max_messages: int = 20_000       # beyond: log records are dropped and a gap record says how many
+    outbox_max_messages: int = 20_000       # beyond (or beyond outbox_max_bytes) run output waits in its spool
+    outbox_max_bytes: int = 4 * 1024**2     # reports not yet acknowledged by the head, held in memory
+    log_spool_max_bytes: int = 1024**3      # an attempt's output not yet shipped, on disk; beyond, lines are
+                                            # dropped and a gap record says how many
     snapshot_max_entries: int = 100_000
     snapshot_max_bytes: int = 8 * 1024**3
     outputs_max_bytes: int = 2 * 1024**3

@@ -10,7 +10,8 @@ Two implementations of one seam, chosen by `run_containment` in the agent config
   SIGTERM to its whole tree and kills the tree when the command exits, when asked, or when the agent is gone.
 - `auto`: cgroup where the agent can create a cgroup and move a process into it, else tether.
 
-Either way a run starts in its own session with stdin from /dev/null and stdout/stderr as pipes; `wait()`
+Either way a run starts in its own session with stdin from /dev/null and stdout/stderr as pipes (of 1 MiB where
+the system allows, so that a run may write ahead of the agent's reader); `wait()`
 returns the command's exit status, 128 + N when a signal N killed it. The wrapper (the shell, the tether) runs
 as the agent's user; a run that executes as a uid of its own has `argv` start with setpriv
 (`runusers.RunUser.command`), so the wrapper joins the cgroup or becomes the subreaper first and drops the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 from dataclasses import dataclass
@@ -103,6 +105,8 @@ async def spawn_piped(argv: list[str], *, cwd: Path, env: dict[str, str], pass_f
     """Start `argv` in a new session, stdin from /dev/null, stdout and stderr into pipes of our own."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    for fd in (out_r, err_r):
+        _widen_pipe(fd)
     try:
         try:
             process = await asyncio.create_subprocess_exec(
@@ -127,6 +131,16 @@ async def spawn_piped(argv: list[str], *, cwd: Path, env: dict[str, str], pass_f
         readers.append(reader)
         transports.append(transport)
     return Piped(process, readers[0], readers[1], transports)
+
+
+PIPE_BYTES = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a run write up to `PIPE_BYTES` ahead of the agent's reader (the default is 64 KiB); as much as the
+    system allows (/proc/sys/fs/pipe-max-size) when that is less."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def exit_status(returncode: int) -> int:

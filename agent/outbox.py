@@ -3,7 +3,8 @@
 Each message gets a sequence number; the head acknowledges the highest one it committed, cumulatively, and the
 agent drops everything up to it. After a reconnect every unacknowledged message is sent again with its original
 number, in order; the head stores logs and metrics idempotently, so nothing is lost and nothing doubled.
-Heartbeats are not kept. Hello carries the highest number already acknowledged, never a new one: the head acks
+Heartbeats are not kept. It is bounded in messages and in bytes: `full()` tells the shippers to hold back
+(log output waits in its spool, `spool.py`), so the agent's memory does not grow with the log rate. Hello carries the highest number already acknowledged, never a new one: the head acks
 it before it has read the messages resent after it, and a higher number would acknowledge them unread.
 Must not: do I/O; `link.py` drains it.
 """
@@ -18,15 +19,23 @@ from protos import runyard_pb2 as pb
 
 
 class Outbox:
-    def __init__(self, max_messages: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int = 1 << 62) -> None:
         self._max = max_messages
+        self._max_bytes = max_bytes
         self._pending: deque[pb.AgentMessage] = deque()
+        self._sizes: deque[int] = deque()      # the serialized size of each pending message
+        self._bytes = 0
         self._seq = itertools.count(1)
         self._acked = 0
         self.changed = asyncio.Event()
 
     def full(self) -> bool:
-        return len(self._pending) >= self._max
+        return len(self._pending) >= self._max or self._bytes >= self._max_bytes
+
+    @property
+    def bytes(self) -> int:
+        """The serialized size of the pending messages."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -36,7 +45,10 @@ class Outbox:
 
     def put(self, message: pb.AgentMessage) -> None:
         message.msg_seq = self.next_seq()
+        size = message.ByteSize()
         self._pending.append(message)
+        self._sizes.append(size)
+        self._bytes += size
         self.changed.set()
 
     @property
@@ -48,6 +60,7 @@ class Outbox:
         self._acked = max(self._acked, msg_seq)
         while self._pending and self._pending[0].msg_seq <= msg_seq:
             self._pending.popleft()
+            self._bytes -= self._sizes.popleft()
 
     def after(self, msg_seq: int) -> list[pb.AgentMessage]:
         """Pending messages numbered above `msg_seq`, in order."""
@@ -55,7 +68,10 @@ class Outbox:
 
     def drop_attempt(self, run_id: str, attempt: int) -> None:
         """Forget what is queued about an attempt the head refused."""
-        self._pending = deque(m for m in self._pending if _attempt_of(m) != (run_id, attempt))
+        kept = [(m, size) for m, size in zip(self._pending, self._sizes) if _attempt_of(m) != (run_id, attempt)]
+        self._pending = deque(m for m, _ in kept)
+        self._sizes = deque(size for _, size in kept)
+        self._bytes = sum(self._sizes)
 
     def attempts(self) -> set[tuple[str, int]]:
         """Attempts with reports still waiting for the head."""

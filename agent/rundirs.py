@@ -13,6 +13,7 @@
           pgid, outputs.zip       agent, 0600
           artifacts/<run>/...     agent, 0700 / 0600: MLflow artifacts the run uploaded (`tracking.py`), staged
                                   for its outputs archive
+          spool/                  agent, 0700: the run's output on its way to the head (`spool.py`)
           code/                   the run's user, 0700: the snapshot, the working directory; code/outputs/
           records.jsonl           the run's user, 0600: the SDK appends, the agent tails
           records.rank-R.jsonl    the run's user, 0600: the same, one per process R of a distributed run
@@ -83,6 +84,10 @@ class AttemptDirs:
     @property
     def pgid(self) -> Path:
         return self.top / "pgid"
+
+    @property
+    def spool(self) -> Path:
+        return self.top / "spool"
 
     @property
     def outputs_zip(self) -> Path:

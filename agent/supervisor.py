@@ -4,7 +4,8 @@ One task per attempt, in the agent's TaskGroup. It feeds the attempt's model eve
 the model returns: the snapshot through the `SnapshotCache`, safe extraction, the run's environment through
 `Environments` (its build output into the attempt's BUILD stream, what happens to it as SYSTEM lines; the lease
 on it held until the attempt's directory is gone), the process through the `Containment` (in a container when
-the environment is an image), its output into the outbox, timers on the `Clock`, outputs through `HeadFiles`.
+the environment is an image), its output through a spool per stream into the outbox (drained, all of it, before
+the attempt reports its end), timers on the `Clock`, outputs through `HeadFiles`.
 Long actions run as jobs in a TaskGroup of the attempt; a job ends by queueing its event, and a job that fails
 queues `Failed`.
 Stops from the head or the cut-off watch are queued events too, so the model sees one event at a time.
@@ -48,7 +49,7 @@ from agent.envbuild import EnvKind
 from agent.environments import Environments, Lease, Watcher
 from agent.errors import CannotStart, EnvironmentUnavailable, NoRunUser
 from agent.outbox import Outbox
-from agent.output import read_records
+from agent.output import Cutter
 from agent.outputs_archive import MAX_DEPTH, zip_outputs
 from agent.records import RecordTail
 from agent.removal import remove_tree
@@ -64,6 +65,7 @@ from agent.runmodel import (
 from agent.wire import env_spec_from_pb, reason_to_pb
 from agent.shipping import LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
+from agent.spool import Spool, SpoolBudget, copy_pipe, make_spool_dir
 from agent.tracking import TrackingServer, artifact_sources, new_token
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
@@ -403,25 +405,25 @@ class Supervisor:
 
     def _ship_output(self, a: _Attempt, processes: list[tuple[int, RunProcess]],
                      records: list[tuple[int, Path]]) -> _Output:
-        """Read each process's output into log records, and each records file into metrics, carrying its rank (one
-        process: rank 0, as ever)."""
+        """Copy each process's output into its spool (`spool.py`) as fast as it comes, ship the spools' records,
+        and each records file as metrics, carrying its rank (one process: rank 0, as ever)."""
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
         metrics = [MetricShipper(a.assignment, self._outbox, RecordTail(path), rank=rank) for rank, path in records]
         size = self._config.log_record_bytes
+        spool_dir = make_spool_dir(a.dirs.spool)
+        budget = SpoolBudget(self._config.log_spool_max_bytes)
 
         # a launcher's output holds its workers' lines, each marked with its rank
         tagged = [rank for rank, _ in records] if ranks.is_launcher(a.assignment.spec.argv) else []
-
-        async def read(stream: asyncio.StreamReader, kind: pb.Stream, rank: int) -> None:
-            await read_records(stream, kind, logs.add, record_bytes=size, rank=rank, tagged=tagged)
-
         ranked = bool(a.assignment.spec.distribution.type)
+        readers: list[asyncio.Task[None]] = []
+        for rank, process in processes:
+            for name, stream, kind in (("stdout", process.stdout, pb.STDOUT), ("stderr", process.stderr, pb.STDERR)):
+                spool = Spool(spool_dir, f"{name}-r{rank}", budget)
+                logs.follow(spool, Cutter(kind, record_bytes=size, rank=rank, tagged=tagged))
+                readers.append(self._job(a, f"{name}-r{rank}" if ranked else name, copy_pipe(stream, spool)))
         return _Output(
-            logs, metrics,
-            readers=[self._job(a, f"{name}-r{rank}" if ranked else name, read(stream, kind, rank))
-                     for rank, process in processes
-                     for name, stream, kind in (("stdout", process.stdout, pb.STDOUT),
-                                                ("stderr", process.stderr, pb.STDERR))],
+            logs, metrics, readers=readers,
             shippers=[self._job(a, "ship-logs", logs.run()),
                       *(self._job(a, f"ship-metrics-r{shipper.rank}", shipper.run()) for shipper in metrics)],
         )
@@ -444,7 +446,7 @@ class Supervisor:
             for reader in pending:
                 reader.cancel()
             self._system_line(a, "output written after the run's end was not read: a process outside the run held it")
-        out.logs.close()
+        out.logs.close()        # every spool is closed: what they hold is shipped before the shippers end
         for shipper in out.metrics:
             shipper.close()
         await asyncio.gather(*out.shippers)

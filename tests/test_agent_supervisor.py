@@ -1,4 +1,5 @@
-"""The supervisor with real processes and a manual clock: cut-off, time limits and failures inside one attempt."""
+"""The supervisor with real processes and a manual clock: cut-off, time limits, failures inside one attempt, and
+a run's whole output shipped before its end."""
 
 from __future__ import annotations
 
@@ -197,3 +198,21 @@ async def test_a_run_executes_as_a_uid_of_its_own_with_an_environment_of_its_own
         "HOME", "TMPDIR", "USER", "LOGNAME", "PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES",
         "RUNYARD_RUN_ID", "RUNYARD_PARENT_RUN_ID", "RUNYARD_EXPERIMENT", "RUNYARD_WORKSPACE", "RUNYARD_ATTEMPT",
         "RUNYARD_OUTPUTS_DIR", "RUNYARD_RECORDS_FILE"}
+
+
+@pytest.mark.timeout(120)
+async def test_everything_a_run_wrote_is_in_the_outbox_before_its_end(node: Node) -> None:
+    lines = 100_000
+    node.assign("chatty", ["sh", "-c", f"seq 1 {lines}; echo to stderr >&2"])
+    exited = await eventually("the run to exit", lambda: node.exited("chatty"), timeout_s=100)
+    assert exited.exit_code == 0
+    messages = [m for m in node.outbox.after(0) if m.WhichOneof("body") in ("logs", "run_update")
+                and getattr(m, m.WhichOneof("body")).run_id == "chatty"]
+    end = next(m.msg_seq for m in messages if m.WhichOneof("body") == "run_update"
+               and m.run_update.phase == pb.RunUpdate.EXITED)
+    stdout = [r for m in messages if m.WhichOneof("body") == "logs" for r in m.logs.records if r.stream == pb.STDOUT]
+    assert all(m.msg_seq < end for m in messages if m.WhichOneof("body") == "logs"), "logs go before the end"
+    assert [r.data for r in stdout] == [str(n).encode() for n in range(1, lines + 1)]
+    assert [r.seq for r in stdout] == list(range(lines))
+    assert b"to stderr" in [r.data for m in messages if m.WhichOneof("body") == "logs" for r in m.logs.records
+                            if r.stream == pb.STDERR]

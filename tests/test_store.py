@@ -254,6 +254,45 @@ async def test_tail_start_gives_the_last_lines(store: Store) -> None:
     assert len(everything) == 10
 
 
+async def test_logs_stored_in_chunks_read_back_record_by_record(store: Store) -> None:
+    """Records arrive in batches of runs of several ranks and streams, some resent, some overlapping what is stored;
+    every record is stored once and reads back exactly, in order, paged and tailed at any place in a chunk."""
+    run_id, _ = await store.create_run(new_run())
+    sent: dict[tuple[int, int], int] = {}
+    expected: list[tuple[int, int, int, bytes, int]] = []
+    for batch in range(30):
+        records = []
+        for rank, stream in ((0, 1), (1, 1), (0, 2)):
+            start = sent.get((rank, stream), 0)
+            count = 1 + (batch * 7 + rank) % 11
+            records += [(rank, stream, seq, float(seq), seq % 3 == 0, b"r%d s%d line %d" % (rank, stream, seq))
+                        for seq in range(start, start + count)]
+            expected += [(rank, stream, seq, b"r%d s%d line %d" % (rank, stream, seq), seq % 3 == 0)
+                         for seq in range(start, start + count)]
+            sent[(rank, stream)] = start + count
+        tuples = [(r, s, q, t, int(f), d) for r, s, q, t, f, d in records]
+        assert await store.append_logs(run_id, 1, tuples) == len(tuples)
+        assert await store.append_logs(run_id, 1, tuples[: len(tuples) // 2]) == 0       # resent
+    # one that overlaps the end of what is stored and goes on: only the new ones are kept
+    more = [(0, 1, seq, 0.5, 0, b"r0 s1 line %d" % seq) for seq in range(sent[(0, 1)] - 5, sent[(0, 1)] + 5)]
+    assert await store.append_logs(run_id, 1, more) == 5
+    expected += [(0, 1, seq, b"r0 s1 line %d" % seq, False) for seq in range(sent[(0, 1)], sent[(0, 1)] + 5)]
+    everything = await store.read_logs(run_id, limit=10_000)
+    assert [(r.rank, r.stream, r.seq, r.data, bool(r.flags)) for r in everything] == expected
+    assert [r.id for r in everything] == sorted({r.id for r in everything})
+    paged, after = [], 0
+    while page := await store.read_logs(run_id, after_id=after, limit=7):
+        paged += page
+        after = page[-1].id
+    assert paged == everything
+    for lines in (1, 5, 13, 100, len(expected) - 1, len(expected), len(expected) + 1):
+        tail = await store.read_logs(run_id, after_id=await store.tail_start(run_id, lines), limit=10_000)
+        assert tail == everything[-lines:]
+    rank1 = [r for r in everything if r.rank == 1]
+    tail = await store.read_logs(run_id, rank=1, after_id=await store.tail_start(run_id, 9, rank=1), limit=10_000)
+    assert tail == rank1[-9:]
+
+
 # --- metrics ----------------------------------------------------------------------------------------------------
 
 

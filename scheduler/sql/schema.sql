@@ -111,17 +111,20 @@ CREATE TABLE cluster_events (
 );
 CREATE INDEX cluster_events_cluster ON cluster_events (cluster, id);
 
--- One row per log record; (run, attempt, rank, stream, seq) makes a resent batch a no-op.
-CREATE TABLE logs (
+-- A run of records of one (rank, stream) with consecutive sequence numbers per row (`store/records.py`);
+-- (run, attempt, rank, stream, seq) keeps chunks apart, and an append stores only the records not held yet.
+CREATE TABLE "logs" (
     id        INTEGER PRIMARY KEY,
     run_id    TEXT NOT NULL,
     attempt   INTEGER NOT NULL,
     rank      INTEGER NOT NULL,
     stream    INTEGER NOT NULL,
-    seq       INTEGER NOT NULL,
-    ts        REAL NOT NULL,
-    flags     INTEGER NOT NULL,           -- 1 = continued on the next record, 2 = gap record
-    data      BLOB NOT NULL
+    seq       INTEGER NOT NULL,           -- the first record's; the others' follow it, one by one
+    ts        REAL NOT NULL,              -- the first record's
+    flags     INTEGER NOT NULL,           -- the first record's: 1 = continued on the next record, 2 = gap record
+    lines     INTEGER NOT NULL,           -- how many records the row holds (before the blobs: read without them)
+    meta      BLOB,                       -- NULL for one record; else each one's length, flags and time, packed
+    data      BLOB NOT NULL               -- the records' bytes, one after the other
 );
 CREATE UNIQUE INDEX logs_key ON logs (run_id, attempt, rank, stream, seq);
 CREATE INDEX logs_run ON logs (run_id, id);
