@@ -6,7 +6,7 @@ and `torchrun` are that environment's, with VIRTUAL_ENV or CONDA_PREFIX naming i
 the agent has them, HOME, TMPDIR, USER and LOGNAME of the run's own, the agent's `run_environment`, the job's
 `environment_variables`, the assignment's extra variables, then the run's `RUNYARD_*` variables and, when the
 agent serves MLflow's tracking API (`tracking.py`), `MLFLOW_TRACKING_URI`, `MLFLOW_TRACKING_TOKEN`,
-`MLFLOW_RUN_ID` and `MLFLOW_EXPERIMENT_NAME`, which nothing overrides.
+`MLFLOW_RUN_ID`, `MLFLOW_EXPERIMENT_NAME` and `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`, which nothing overrides.
 Must not: pass anything else of the agent's environment to a run (its `RUNYARD_*` secrets above all), or
 start processes (`containment` does).
 """
@@ -171,8 +171,9 @@ def run_environment(asg: pb.Assignment, *, dirs: AttemptDirs, user: RunUser, sdk
         CUDA_VISIBLE_DEVICES=",".join(str(i) for i in asg.gpu_indices),
     )
     if tracking_uri:
+        # the endpoint has no UI: the client's "View run ... at http://127.0.0.1:PORT" would point nowhere
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_TRACKING_TOKEN=tracking_token, MLFLOW_RUN_ID=asg.run_id,
-                   MLFLOW_EXPERIMENT_NAME=asg.experiment)
+                   MLFLOW_EXPERIMENT_NAME=asg.experiment, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
     return env
 
 

@@ -732,7 +732,7 @@ class CancelResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("run_id", "stream", "follow", "tail", "has_rank", "rank", "all_ranks")
+    __slots__ = ("run_id", "stream", "follow", "tail", "has_rank", "rank", "all_ranks", "packed")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
@@ -740,6 +740,7 @@ class LogsRequest(_message.Message):
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALL_RANKS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stream: Stream
     follow: bool
@@ -747,7 +748,8 @@ class LogsRequest(_message.Message):
     has_rank: bool
     rank: int
     all_ranks: bool
-    def __init__(self, run_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ...) -> None: ...
+    packed: bool
+    def __init__(self, run_id: _Optional[str] = ..., stream: _Optional[_Union[Stream, str]] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("attempt", "record")
@@ -757,11 +759,33 @@ class LogLine(_message.Message):
     record: LogRecord
     def __init__(self, attempt: _Optional[int] = ..., record: _Optional[_Union[LogRecord, _Mapping]] = ...) -> None: ...
 
+class LogChunk(_message.Message):
+    __slots__ = ("attempt", "rank", "stream", "first_seq", "data", "lengths", "flags", "ts")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    rank: int
+    stream: Stream
+    first_seq: int
+    data: bytes
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    flags: bytes
+    ts: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, attempt: _Optional[int] = ..., rank: _Optional[int] = ..., stream: _Optional[_Union[Stream, str]] = ..., first_seq: _Optional[int] = ..., data: _Optional[bytes] = ..., lengths: _Optional[_Iterable[int]] = ..., flags: _Optional[bytes] = ..., ts: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class LogsResponse(_message.Message):
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "chunks")
     LINES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
-    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[LogChunk]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks", "max_points", "packed", "summaries_only")

@@ -304,11 +304,12 @@ def logs(run_ids: tuple[str, ...], follow: bool, tail: int, rank: int | None, al
         raise UsageError("give --rank R or --all-ranks, not both")
     run_id = run_ids[0]
     with connect() as client:
-        several = client.get_run(run_id).attempt > 1  # then every line says which attempt wrote it
+        # a run of several attempts: every line says which attempt wrote it
+        writer = render.LogWriter(prefix_rank=all_ranks, prefix_attempt=client.get_run(run_id).attempt > 1)
         try:
-            for line in client.logs(run_id, follow=follow, tail=tail, rank=rank, all_ranks=all_ranks, stream=wanted):
-                several = several or line.attempt > 1
-                render.write_log(line, prefix_attempt=several, prefix_rank=all_ranks)
+            for chunk in client.logs(run_id, follow=follow, tail=tail, rank=rank, all_ranks=all_ranks, stream=wanted):
+                writer.prefix_attempt = writer.prefix_attempt or chunk.attempt > 1
+                writer.write(chunk)
         except KeyboardInterrupt:
             sys.exit(130)
 

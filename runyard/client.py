@@ -147,15 +147,16 @@ class Client:
 
     @_translated
     def logs(self, run_id: str, *, follow: bool = False, tail: int = 0, rank: int | None = None,
-             all_ranks: bool = False, stream: pb.Stream = pb.STREAM_UNSPECIFIED) -> Iterator[pb.LogLine]:
-        """The run's log lines; with `stream`, only that stream's (e.g. `pb.BUILD`). A distributed run's are rank
-        0's unless `rank` or `all_ranks` says otherwise."""
+             all_ranks: bool = False, stream: pb.Stream = pb.STREAM_UNSPECIFIED) -> Iterator[pb.LogChunk]:
+        """The run's log records, in chunks of consecutive records as the head stores them; with `stream`, only
+        that stream's (e.g. `pb.BUILD`). A distributed run's are rank 0's unless `rank` or `all_ranks` says
+        otherwise."""
         request = pb.LogsRequest(run_id=run_id, follow=follow, tail=tail, has_rank=rank is not None, rank=rank or 0,
-                                 all_ranks=all_ranks, stream=stream)
+                                 all_ranks=all_ranks, stream=stream, packed=True)
         replies = self._stub.StreamLogs(request, **self._kw(timeout=not follow))
         try:
             for response in replies:
-                yield from response.lines
+                yield from response.chunks
         except grpc.RpcError as err:
             raise translate(err, self.address) from None
         finally:

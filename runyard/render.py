@@ -156,22 +156,43 @@ def environment(run: pb.Run) -> str:
 STREAMS: dict[str, pb.Stream] = {"stdout": pb.STDOUT, "stderr": pb.STDERR, "system": pb.SYSTEM, "build": pb.BUILD}
 
 
-def write_log(line: pb.LogLine, *, prefix_attempt: bool = False, prefix_rank: bool = False) -> None:
-    """Write one record as the run wrote it: stdout to stdout; stderr, runyard's own lines and the environment's
-    build to stderr, the last two marked."""
-    record = line.record
-    data = record.data
-    if record.stream == pb.SYSTEM or record.gap:
-        data = b"[runyard] " + data
-    elif record.stream == pb.BUILD:
-        data = b"[build] " + data
-    if prefix_rank:
-        data = f"[rank {record.rank}] ".encode() + data
-    if prefix_attempt:
-        data = f"[attempt {line.attempt}] ".encode() + data
-    out = sys.stdout.buffer if record.stream == pb.STDOUT else sys.stderr.buffer
-    out.write(data if record.continued else data + b"\n")
-    out.flush()
+class LogWriter:
+    """Writes log records as the run wrote them, a chunk at a time: stdout to stdout; stderr, runyard's own lines
+    and the environment's build to stderr, the last two marked. With `prefix_rank` or `prefix_attempt`, each line
+    begins with `[attempt N] [rank R] `. A line the agent cut into several records is written as one line."""
+
+    def __init__(self, *, prefix_rank: bool = False, prefix_attempt: bool = False) -> None:
+        self.prefix_rank = prefix_rank
+        self.prefix_attempt = prefix_attempt
+        self._open: set[tuple[int, int, int]] = set()   # (attempt, rank, stream) whose last line goes on
+
+    def write(self, chunk: pb.LogChunk) -> None:
+        key = (chunk.attempt, chunk.rank, chunk.stream)
+        going_on = key in self._open
+        lead = b""
+        if self.prefix_attempt:
+            lead += f"[attempt {chunk.attempt}] ".encode()
+        if self.prefix_rank:
+            lead += f"[rank {chunk.rank}] ".encode()
+        marked = lead + (b"[runyard] " if chunk.stream == pb.SYSTEM else b"[build] " if chunk.stream == pb.BUILD
+                         else b"")
+        gap = lead + b"[runyard] "
+        data, parts, offset = chunk.data, [], 0
+        for length, flags in zip(chunk.lengths, chunk.flags):
+            if not going_on:
+                parts.append(gap if flags & 2 else marked)
+            parts.append(data[offset:offset + length])
+            offset += length
+            going_on = bool(flags & 1)
+            if not going_on:
+                parts.append(b"\n")
+        if going_on:
+            self._open.add(key)
+        else:
+            self._open.discard(key)
+        out = sys.stdout.buffer if chunk.stream == pb.STDOUT else sys.stderr.buffer
+        out.write(b"".join(parts))
+        out.flush()
 
 
 def run_tree(runs: Sequence[pb.Run]) -> Iterator[tuple[str, pb.Run]]:

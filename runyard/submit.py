@@ -148,10 +148,11 @@ class QueueWatch:
 def follow(client: Client, run_id: str, *, say: Callable[[str], None], watch_queue: bool = True) -> int:
     watch = QueueWatch(client, run_id, say).start() if watch_queue else None
     try:
-        for line in client.logs(run_id, follow=True):
+        writer = render.LogWriter()
+        for chunk in client.logs(run_id, follow=True):
             if watch is not None:
                 watch.stop()
-            render.write_log(line)
+            writer.write(chunk)
     except KeyboardInterrupt:
         say(f"detached; run {run_id} goes on. Follow it again with: runyard logs -f {run_id}")
         return 130

@@ -31,7 +31,7 @@ from scheduler.auth import Credentials, audit_entry, caller
 from scheduler.autoscale import ClusterPolicy
 from scheduler.config import HeadConfig
 from scheduler.convert import (
-    ShownRuns, event_to_pb, from_pb, known_distribution, log_to_pb, node_to_pb, run_to_pb, runs_response, series_to_pb,
+    ShownRuns, event_to_pb, from_pb, known_distribution, log_chunk_to_pb, log_to_pb, node_to_pb, run_to_pb, runs_response, series_to_pb,
     spec_from_pb,
 )
 from scheduler.dispatch import Dispatcher
@@ -433,11 +433,10 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                 changed.clear()
                 if gangs.is_gang_parent(run):   # children appear once the gang is placed, anew for each attempt
                     sources, ranks = await self._sources(run, rank)
-                rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE,
-                                                   rank=None if ranks else rank, stream=stream) if sources else []
-                if rows:
-                    after = rows[-1].id
-                    yield pb.LogsResponse(lines=[log_to_pb(r, rank=ranks.get(r.run_id)) for r in rows])
+                page = await self._log_page(request.packed, sources, ranks, after, rank, stream)
+                if page is not None:
+                    after, response = page
+                    yield response
                     continue
                 if not request.follow or ended:
                     return
@@ -445,6 +444,25 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
                 ended = (await self._store.get_run(run.id)).state in TERMINAL
                 if not ended:
                     await wait_changed(changed, FOLLOW_POLL_S)
+
+    async def _log_page(self, packed: bool, sources: list[str], ranks: dict[str, int], after: int,
+                        rank: int | None, stream: int | None) -> tuple[int, pb.LogsResponse] | None:
+        """The next page of log records after `after` (the cursor then, and the answer), or None if none yet:
+        as stored chunks when the client takes them (`packed`), else one message per record."""
+        if not sources:
+            return None
+        only = None if ranks else rank
+        if packed:
+            chunks = await self._store.read_log_chunks(sources, after_id=after, limit=LOG_PAGE, rank=only,
+                                                      stream=stream)
+            if not chunks:
+                return None
+            return chunks[-1].last_id, pb.LogsResponse(chunks=[log_chunk_to_pb(c, rank=ranks.get(c.run_id))
+                                                               for c in chunks])
+        rows = await self._store.read_logs(sources, after_id=after, limit=LOG_PAGE, rank=only, stream=stream)
+        if not rows:
+            return None
+        return rows[-1].id, pb.LogsResponse(lines=[log_to_pb(r, rank=ranks.get(r.run_id)) for r in rows])
 
     async def _sources(self, run: RunRecord, rank: int | None) -> tuple[list[str], dict[str, int]]:
         """The runs whose logs or metrics `logs RUN` and `metrics RUN` show: the run itself, or a multi-node run's

@@ -17,7 +17,7 @@ from scheduler.model import (
     AuditRecord, Capacity, ClusterEvent, Distribution, EnvironmentRecord, Gpu, LogRow, NodeRecord, Role, RunEventRecord, RunRecord,
     RunSpec, TokenRecord,
 )
-from scheduler.store.records import MetricSeries
+from scheduler.store.records import LogChunk, MetricSeries
 from scheduler.sessions import Ack, Assign, BuildEnv, Outbound, StopAttempt
 
 E = TypeVar("E", bound=StrEnum)
@@ -295,6 +295,14 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def log_chunk_to_pb(chunk: LogChunk, *, rank: int | None = None) -> pb.LogChunk:
+    """Stored consecutive records as they go to a client; `rank` overrides theirs (as `log_to_pb`)."""
+    return pb.LogChunk(attempt=chunk.attempt, rank=chunk.rank if rank is None else rank,
+                       stream=chunk.stream,  # type: ignore[arg-type]  # the wire's number, stored as is
+                       first_seq=chunk.first_seq, data=chunk.data, lengths=chunk.lengths, flags=chunk.flags,
+                       ts=chunk.ts)
 
 
 def log_to_pb(row: LogRow, *, rank: int | None = None) -> pb.LogLine:

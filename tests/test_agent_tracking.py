@@ -283,7 +283,7 @@ def test_a_run_gets_the_endpoint_its_token_run_and_experiment_and_nothing_overri
                           extra={"MLFLOW_TRACKING_TOKEN": "the agent's"})
     assert {k: v for k, v in env.items() if k.startswith("MLFLOW_")} == {
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:4321", "MLFLOW_TRACKING_TOKEN": "tok", "MLFLOW_RUN_ID": RUN_ID,
-        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     without = run_environment(asg, dirs=AttemptDirs(tmp_path / "r-1"), user=user, sdk_dir=tmp_path / "sdk",
                               python_bin="")
     assert "MLFLOW_TRACKING_TOKEN" not in without

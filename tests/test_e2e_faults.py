@@ -1,4 +1,5 @@
-"""Faults with real processes: the head SIGKILLed mid-run, hostile snapshot archives."""
+"""Faults with real processes: the head SIGKILLed mid-run (logs, SDK and MLflow metrics, a child run: each once),
+hostile snapshot archives."""
 
 from __future__ import annotations
 
@@ -31,17 +32,20 @@ def test_head_killed_while_a_run_runs(own_cluster: Cluster, project: Path, share
     gate = shared / "gate"
     (project / "count.py").write_text(
         "import os, time\n"
+        "import mlflow\n"
         "from runyard import Run\n"
         "run = Run.get_context()\n"
         "for i in range(50):\n"
         "    print(f'line {i}', flush=True)\n"
         "    run.log('seen', i, step=i)\n"
+        "    mlflow.log_metric('mlflow_seen', i, step=i)\n"
         f"while not os.path.exists({str(gate)!r}):\n"
         "    time.sleep(0.01)\n"
         "with run.child_run('second-half') as half:\n"
         "    for i in range(50, 100):\n"
         "        print(f'line {i}', flush=True)\n"
         "        run.log('seen', i, step=i)\n"
+        "        mlflow.log_metric('mlflow_seen', i, step=i)\n"
         "        half.log('seen', i, step=i)\n"
         "        time.sleep(0.005)\n"
     )
@@ -59,7 +63,8 @@ def test_head_killed_while_a_run_runs(own_cluster: Cluster, project: Path, share
     assert [e["detail"] for e in starts] == [pid_before]  # the same process, never restarted
     assert cluster.logs_text(run_id).splitlines() == [f"line {i}" for i in range(100)]  # each line exactly once
     # metrics and the child run logged across the head's death: each point once, the child once
-    assert [int(p["step"]) for p in cluster.json("metrics", run_id, "--key", "seen")["points"]] == list(range(100))
+    for key in ("seen", "mlflow_seen"):   # the SDK's and an unchanged MLflow script's, both through the agent
+        assert [int(p["step"]) for p in cluster.json("metrics", run_id, "--key", key)["points"]] == list(range(100))
     children = [r for r in cluster.json("runs") if r["parent_run_id"] == run_id]
     assert [(c["display_name"], c["state"]) for c in children] == [("second-half", "Completed")]
     assert [int(p["step"]) for p in cluster.json("metrics", children[0]["id"], "--key", "seen")["points"]] == list(

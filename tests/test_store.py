@@ -292,6 +292,22 @@ async def test_logs_stored_in_chunks_read_back_record_by_record(store: Store) ->
     tail = await store.read_logs(run_id, rank=1, after_id=await store.tail_start(run_id, 9, rank=1), limit=10_000)
     assert tail == rank1[-9:]
 
+    # the same records as chunks (what `logs -f` sends): page by page, each page's cursor where read_logs' is
+    chunked, after = [], 0
+    while chunks := await store.read_log_chunks(run_id, after_id=after, limit=7):
+        assert sum(len(c.lengths) for c in chunks) <= 7
+        for c in chunks:
+            pieces, offset = [], 0
+            for i, length in enumerate(c.lengths):
+                pieces.append((c.rank, c.stream, c.first_seq + i, c.data[offset:offset + length], bool(c.flags[i]),
+                               c.ts[i]))
+                offset += length
+            assert offset == len(c.data)
+            chunked += pieces
+        after = chunks[-1].last_id
+        assert after == (await store.read_logs(run_id, after_id=0, limit=len(chunked)))[-1].id
+    assert chunked == [(r.rank, r.stream, r.seq, r.data, bool(r.flags), r.ts) for r in everything]
+
 
 # --- metrics ----------------------------------------------------------------------------------------------------
 

@@ -225,6 +225,40 @@ def _expand(row: tuple[Any, ...], skip: int, want: int) -> list[LogRow]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """Consecutive records of one run's (attempt, rank, stream), as stored: `data` is their bytes one after the
+    other, `lengths`, `flags` (a byte each) and `ts` say where each one ends and what it is. `last_id` is the
+    last record's `LogRow.id`, the cursor to read on from."""
+
+    last_id: int
+    run_id: str
+    attempt: int
+    rank: int
+    stream: int
+    first_seq: int
+    data: bytes
+    lengths: Sequence[int]
+    flags: bytes
+    ts: Sequence[float]
+
+
+def _slice(row: tuple[Any, ...], skip: int, take: int) -> LogChunk:
+    """Records skip..skip+take of a stored row, without an object per record."""
+    rowid, attempt, rank, stream, seq, ts, flags, run_id, lines, meta, data = row
+    last_id = (rowid << CHUNK_BITS) | (skip + take - 1)
+    if lines == 1:
+        return LogChunk(last_id, run_id, attempt, rank, stream, seq, data, (len(data),), bytes((flags,)), (ts,))
+    lengths = array("I")
+    lengths.frombytes(meta[: 4 * lines])
+    times = array("d")
+    times.frombytes(meta[5 * lines : 13 * lines])
+    start = sum(lengths[:skip])
+    end = start + sum(lengths[skip : skip + take])
+    return LogChunk(last_id, run_id, attempt, rank, stream, seq + skip, data[start:end], lengths[skip : skip + take],
+                    meta[4 * lines + skip : 4 * lines + skip + take], times[skip : skip + take])
+
+
 class RecordStore(StoreBase):
     """Appends and reads of logs, metrics and params; part of `Store`."""
 
@@ -254,15 +288,34 @@ class RecordStore(StoreBase):
     ) -> list[LogRow]:
         """Log records of one run, or of several (a multi-node run's children) interleaved as they were stored;
         with `rank` or `stream` (the wire's number), only those."""
+        found: list[LogRow] = []
+        for row, skip, take in await self._log_rows(run_id, after_id, limit, rank, stream):
+            found.extend(_expand(row, skip, take))
+        return found
+
+    async def read_log_chunks(
+        self, run_id: str | Sequence[str], *, after_id: int = 0, limit: int = 1000, rank: int | None = None,
+        stream: int | None = None,
+    ) -> list[LogChunk]:
+        """The records `read_logs` returns, as the stored runs of consecutive records they are (no object per
+        record): what `logs -f` sends."""
+        return [_slice(row, skip, take) for row, skip, take in await self._log_rows(run_id, after_id, limit, rank,
+                                                                                     stream)]
+
+    async def _log_rows(self, run_id: str | Sequence[str], after_id: int, limit: int, rank: int | None,
+                        stream: int | None) -> list[tuple[tuple[Any, ...], int, int]]:
+        """(stored row, records to skip at its start, records to take) for the first `limit` records after
+        `after_id`."""
         ids = [run_id] if isinstance(run_id, str) else list(run_id)
         where = f"WHERE run_id IN ({', '.join('?' * len(ids))}) AND id >= ?"
         filters: list[Any] = []
         where += _only(filters, rank, stream)
-        found: list[LogRow] = []
+        found: list[tuple[tuple[Any, ...], int, int]] = []
+        count = 0
         start, skip = (after_id >> CHUNK_BITS, (after_id & ID_MASK) + 1) if after_id > 0 else (0, 0)
-        while len(found) < limit:
+        while count < limit:
             # First the rows' sizes (no blob is read), then only the rows that hold what is wanted.
-            requested = limit - len(found)      # rows hold one record or more
+            requested = limit - count           # rows hold one record or more
             heads = await self._all(f"SELECT id, lines FROM logs {where} ORDER BY id LIMIT ?",
                                     [*ids, start, *filters, requested])
             if not heads:
@@ -277,7 +330,11 @@ class RecordStore(StoreBase):
                 f"SELECT id, attempt, rank, stream, seq, ts, flags, run_id, lines, meta, data FROM logs {where} "
                 f"AND id <= ? ORDER BY id", [*ids, start, *filters, last])
             for row in rows:
-                found.extend(_expand(row, skip if row[0] == start else 0, limit - len(found)))
+                first = skip if row[0] == start else 0
+                take = min(row[8] - first, limit - count)
+                if take > 0:
+                    found.append((row, first, take))
+                    count += take
             if last == heads[-1][0] and len(heads) < requested:
                 break       # every row there is was read
             start, skip = last + 1, 0
