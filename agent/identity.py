@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from agent.config import AgentConfig
-from runyard import pki
+from runyard.config import fingerprint
 from runyard.private import write_private
 from runyard.errors import UsageError
 
@@ -40,10 +37,11 @@ class NodeIdentity:
             raise UsageError("set head_ca_file (the cluster CA) or head_ca_fingerprint in the agent config "
                              "(`runyard node token create` prints the fingerprint)")
         expected = config.head_ca_fingerprint.strip().lower()
-        if self._ca_file.exists() and pki.fingerprint(self._ca_file.read_bytes()) == expected:
+        if self._ca_file.exists() and fingerprint(self._ca_file.read_bytes()) == expected:
             return self._ca_file.read_bytes()
+        from runyard import pki     # cryptography: only to enroll, not in a running agent's memory
         ca = pki.fetch_ca(config.head_address)
-        found = pki.fingerprint(ca)
+        found = fingerprint(ca)
         if found != expected:
             raise UsageError(f"the head at {config.head_address} presents CA {found}, not head_ca_fingerprint "
                              f"{expected}: refusing to enroll")
@@ -54,6 +52,8 @@ class NodeIdentity:
         """This node's private key (PEM), made on first use."""
         if self.key_file.exists():
             return self.key_file.read_bytes()
+        from cryptography.hazmat.primitives import serialization
+        from runyard import pki
         key = pki.new_key()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -63,6 +63,9 @@ class NodeIdentity:
         return pem
 
     def csr(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from runyard import pki
         key = serialization.load_pem_private_key(self.key_pem(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return pki.node_csr(self._config.name, key)

@@ -37,7 +37,7 @@ import grpc
 from runyard.clock import Clock, wait_event
 from runyard.config import is_loopback
 from runyard.errors import UsageError
-from runyard.pki import CertificateError
+from runyard.errors import CertificateError
 from agent.config import AgentConfig
 from agent.errors import JoinRefused, NodeNameTaken
 from agent.identity import NodeIdentity

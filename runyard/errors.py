@@ -137,3 +137,7 @@ class ResourceExhausted(HeadError):
 
 class Unavailable(HeadError):
     code = "UNAVAILABLE"
+
+
+class CertificateError(RunyardError):
+    """A certificate, key or CSR that cannot be used; the message says which and why."""

@@ -29,17 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from runyard import config
-from runyard.errors import RunyardError
+from runyard.errors import CertificateError
 
 CA_DAYS = 3650
 LEAF_DAYS = 397
 RENEW_BEFORE_DAYS = 30
 NODE_URN = "urn:runyard:node:"
 MAX_CSR_BYTES = 16 * 1024
-
-
-class CertificateError(RunyardError):
-    """A certificate, key or CSR that cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)

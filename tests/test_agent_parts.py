@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import random
 from pathlib import Path
 
@@ -210,3 +212,11 @@ def test_nvml_probe_without_nvidia_returns_a_list() -> None:
     found = NvmlProbe().gpus()
     assert isinstance(found, list)
     assert [g.index for g in found] == list(range(len(found)))
+
+
+def test_a_running_agent_does_not_load_cryptography() -> None:
+    """Only enrolling needs it (a key and a CSR): 8 MB of every agent's memory otherwise (S6's RSS bound)."""
+    probe = subprocess.run([sys.executable, "-c", "import sys, agent.app; "
+                            "print(sorted(m for m in sys.modules if m.startswith('cryptography')))"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert probe.stdout.strip() == "[]"
