@@ -8,6 +8,8 @@ GPUs (tests, demos on machines without GPUs). `app.py` picks one. All calls bloc
 
 from __future__ import annotations
 
+import ctypes.util
+
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ class NvmlProbe:
     """GPUs as the NVIDIA driver reports them; none when the NVML library or driver is missing."""
 
     def gpus(self) -> list[Gpu]:
+        if ctypes.util.find_library("nvidia-ml") is None:   # no driver: spare the agent pynvml's 3 MB of bindings
+            log.info("no nvidia gpus", extra={"why": "the NVML library (libnvidia-ml) is not installed"})
+            return []
         import pynvml
 
         try:

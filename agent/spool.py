@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEGMENT_BYTES = 8 * 1024 * 1024
-PIPE_READ_BYTES = 1024 * 1024
+PIPE_READ_BYTES = 128 * 1024
 _TS_GRANULARITY_S = 0.05        # consecutive writes closer than this share the first one's time
 _MAX_MARKS = 65_536             # beyond, a new stretch joins the last one (its time gets coarser, memory stays bounded)
 _FILE_MODE = 0o600
