@@ -39,7 +39,7 @@ class AgentConfig:
     log_record_bytes: int = 64 * 1024       # longer lines are split into continuation records
     log_flush_s: float = 0.05
     outbox_max_messages: int = 20_000       # beyond (or beyond outbox_max_bytes) run output waits in its spool
-    outbox_max_bytes: int = 4 * 1024**2     # reports not yet acknowledged by the head, held in memory
+    outbox_max_bytes: int = 2 * 1024**2     # reports not yet acknowledged by the head, held in memory
     log_spool_max_bytes: int = 1024**3      # an attempt's output not yet shipped, on disk; beyond, lines are
                                             # dropped and a gap record says how many
     snapshot_max_entries: int = 100_000

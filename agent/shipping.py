@@ -21,7 +21,7 @@ from agent.records import RecordTail
 from agent.spool import Spool
 from protos import runyard_pb2 as pb
 
-BATCH_BYTES = 256 * 1024       # log bytes in one outbox message (the link's messages are capped at 16 MiB)
+BATCH_BYTES = 64 * 1024        # log bytes in one outbox message (the link's messages are capped at 16 MiB)
 BATCH_RECORDS = 4096
 _READ_BYTES = 256 * 1024        # read from one spool at a time
 
