@@ -34,6 +34,11 @@ Before any process starts, the ports this node will listen on (`listened_ports`:
 NODE_RANK 0 of a pytorch or mpi run, the node's block of a tensorflow run) are each bound once on all addresses
 (`check_ports`): one that another program holds fails the start (StartFailed, exit 127) with a line that names it.
 
+On node rank 0 of a pytorch run whose processes the agent starts itself, the agent also starts the run's TCPStore
+(`STORE_HOST`, in the run's environment as its uid) and gives the processes TORCHELASTIC_USE_AGENT_STORE=True, as
+torchrun's agent does: rank 0 may then leave first without pulling the store from under the others. Without torch
+in the run's environment (or if it does not start) rank 0 hosts it, as plain `torch.distributed` would.
+
 The attempt's exit is the first non-zero exit among its processes (the others are then stopped: SIGTERM, and
 SIGKILL after the grace, as a cancel does), or 0 once every one exited 0.
 Must not: decide where the rendezvous is for a gang (the head does), or build the rest of the environment
@@ -139,6 +144,32 @@ def _tensorflow(spec: pb.RunSpec, env: Mapping[str, str], free_port: Callable[[]
             for k in mine]
 
 
+# What the agent of node rank 0 runs beside a pytorch run's processes, as torchrun's agent does: the run's
+# TCPStore, hosted for as long as the attempt lives, so that rank 0 leaving first (its last
+# `destroy_process_group`) cannot pull the store from under ranks still talking to it. With
+# TORCHELASTIC_USE_AGENT_STORE=True every rank, rank 0 too, is then a client of it. Exit 3: no torch to host it.
+STORE_HOST = """
+import os, sys, time
+try:
+    from torch.distributed import TCPStore
+except ImportError:
+    sys.exit(3)
+store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                 is_master=True, wait_for_workers=False)
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"""
+NO_TORCH = 3
+USE_AGENT_STORE = {"TORCHELASTIC_USE_AGENT_STORE": "True"}
+
+
+def hosts_store(spec: pb.RunSpec, launches: Sequence[Launch]) -> bool:
+    """True when this node starts a pytorch run's processes itself and is its node rank 0: it hosts the store."""
+    return (spec.distribution.type == PYTORCH and bool(launches) and not is_launcher(spec.argv)
+            and int(launches[0].env.get("NODE_RANK", "0") or 0) == 0)
+
+
 def listened_ports(spec: pb.RunSpec, started: Sequence[Launch]) -> list[int]:
     """The ports this node's processes of the run listen on, given the `launches` for this node: MASTER_PORT on
     the node of NODE_RANK 0 of a pytorch or mpi run, MASTER_PORT + each process's index on the node for tensorflow,
@@ -178,9 +209,10 @@ class Ranks:
     """
 
     def __init__(self, processes: Sequence[tuple[int, RunProcess]], *, grace_s: float,
-                 sleep: Callable[[float], Awaitable[None]]) -> None:
+                 sleep: Callable[[float], Awaitable[None]], helpers: Sequence[RunProcess] = ()) -> None:
         assert processes
         self.processes = list(processes)
+        self.helpers = list(helpers)    # the store host: not a rank, stopped once the ranks are done
         first = self.processes[0][1]
         self.pid, self.group, self.stdout, self.stderr = first.pid, first.group, first.stdout, first.stderr
         self._grace_s = grace_s
@@ -204,6 +236,8 @@ class Ranks:
                         killer = asyncio.ensure_future(self._kill_after_grace())
             return failure
         finally:
+            for helper in self.helpers:
+                helper.kill()
             futures: list[asyncio.Future[Any]] = [*waits, *([killer] if killer else [])]
             for future in futures:
                 future.cancel()
@@ -222,9 +256,9 @@ class Ranks:
             process.terminate()
 
     def kill(self) -> None:
-        for process in self._live():
+        for process in [*self._live(), *self.helpers]:
             process.kill()
 
     async def release(self) -> None:
-        for _, process in self.processes:
+        for process in [*(p for _, p in self.processes), *self.helpers]:
             await process.release()

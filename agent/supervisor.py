@@ -347,6 +347,7 @@ class Supervisor:
             self._tracking.register(token, run_id=asg.run_id, experiment=asg.experiment, records=records[0][1],
                                     staging=a.dirs.artifacts)
             a.tracking_token = token
+        helpers: list[RunProcess] = []      # a distributed run's store host, beside its processes
         try:
             if launches:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
@@ -356,13 +357,20 @@ class Supervisor:
                     await asyncio.to_thread(_write_hostfile, str(a.dirs.top / ranks.HOSTFILE),
                                             ranks.hostfile(asg.spec, env))
                 await asyncio.to_thread(ranks.check_ports, ranks.listened_ports(asg.spec, launches))
+                if ranks.hosts_store(asg.spec, launches):
+                    store = await self._host_store(a, launches[0].env, user)
+                    if store is not None:
+                        helpers.append(store)
+                        launches = [ranks.Launch(launch.rank, {**launch.env, **ranks.USE_AGENT_STORE})
+                                    for launch in launches]
                 for launch in launches:
                     # each process appends to its own records file; a launcher's workers fill in their RANK
                     own = "{RANK}" if ranks.is_launcher(asg.spec.argv) else launch.rank
                     started.append((launch.rank, await self._containment.spawn(
                         f"{asg.run_id}-{asg.attempt}-r{launch.rank}", user.command(argv), cwd=a.code_dir,
                         env={**launch.env, RECORDS_FILE_ENV: str(a.dirs.rank_records(own))})))
-                process: RunProcess = ranks.Ranks(started, grace_s=self._config.stop_grace_s, sleep=self._clock.sleep)
+                process: RunProcess = ranks.Ranks(started, grace_s=self._config.stop_grace_s, sleep=self._clock.sleep,
+                                                  helpers=helpers)
             else:
                 if lease is not None and lease.kind is EnvKind.IMAGE:
                     command, env = self._in_container(a, lease, argv, env, user)
@@ -373,8 +381,8 @@ class Supervisor:
                                                         env=env)
                 started.append((0, process))
         except (CannotStart, OSError) as err:
-            for _, begun in started:        # a distributed run's processes that did start must not live on
-                begun.kill()
+            for begun in [*(p for _, p in started), *helpers]:   # what did start of a distributed run must not
+                begun.kill()                                        # live on
                 await begun.release()
             if isinstance(err, CannotStart):
                 return StartFailed(str(err))
@@ -383,6 +391,26 @@ class Supervisor:
         record_group(a.dirs.pgid, process.group)
         a.output = self._ship_output(a, started, records)
         return Started(process.pid)
+
+    async def _host_store(self, a: _Attempt, env: dict[str, str], user: RunUser) -> RunProcess | None:
+        """Start the run's TCPStore beside its processes, as its own uid, in its environment (`ranks.STORE_HOST`);
+        None, with the ranks left to host it as without torchrun, when torch is not there or it does not start."""
+        asg = a.assignment
+        store = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}-store",
+                                              user.command(["python", "-c", ranks.STORE_HOST]), cwd=a.code_dir,
+                                              env=env)
+        try:
+            said = await asyncio.wait_for(store.stdout.readline(), _STORE_START_S)
+        except TimeoutError:
+            said = b""
+        if said.strip() == b"ready":
+            return store
+        store.kill()
+        code = await store.wait()
+        await store.release()
+        if code != ranks.NO_TORCH:
+            self._system_line(a, f"the rendezvous store did not start (exit {code}): rank 0 hosts it")
+        return None
 
     def _in_container(self, a: _Attempt, lease: Lease, argv: list[str], env: dict[str, str],
                       user: RunUser) -> tuple[list[str], dict[str, str]]:
@@ -521,6 +549,9 @@ class Supervisor:
             self._users.give_back(a.key)
         elif a.user is not None and a.user.switches:
             log.error("uid stays taken until the agent restarts", extra={**a.fields, "uid": a.user.uid})
+
+
+_STORE_START_S = 60.0      # importing torch on a busy node
 
 
 def _process_ranks(spec: pb.RunSpec, launches: list[ranks.Launch]) -> list[int]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.errors import CannotStart
-from agent.ranks import Launch, check_ports, hostfile, is_launcher, launches, listened_ports
+from agent.ranks import Launch, check_ports, hostfile, hosts_store, is_launcher, launches, listened_ports
 from protos import runyard_pb2 as pb
 from tests.fakes import eventually
 from tests.test_agent_supervisor import Node, containment, node  # noqa: F401  (fixtures)
@@ -102,6 +102,55 @@ async def test_every_process_runs_as_the_run_s_uid_and_its_lines_carry_its_rank(
             "NODE_RANK": "0", "NNODES": "1", "NPROC_PER_NODE": "3", "MASTER_ADDR": "127.0.0.1"}
         assert env["MASTER_PORT"].isdigit()
     assert len({dict(v.split("=", 1) for v in lines[r][1:])["MASTER_PORT"] for r in lines}) == 1
+
+
+@pytest.mark.parametrize(("spec", "env", "hosts"), [
+    (ddp(["python", "train.py"], 2), {**HEAD_ENV, "NODE_RANK": "0"}, True),
+    (ddp(["python", "train.py"], 2), {}, True),                       # one node: its own rank 0
+    (ddp(["python", "train.py"], 2), HEAD_ENV, False),                # node rank 1
+    (ddp(["torchrun", "train.py"], 2), {**HEAD_ENV, "NODE_RANK": "0"}, False),     # torchrun's agent hosts it
+    (pb.RunSpec(argv=["python"], distribution=pb.Distribution(type="mpi", process_count_per_instance=2)),
+     {**HEAD_ENV, "NODE_RANK": "0"}, False),
+])
+def test_node_rank_0_of_a_pytorch_run_started_process_by_process_hosts_its_store(spec: pb.RunSpec,
+                                                                                  env: dict[str, str],
+                                                                                  hosts: bool) -> None:
+    assert hosts_store(spec, launches(spec, env, free_port=lambda: 40123)) is hosts
+
+
+@pytest.mark.timeout(60)
+async def test_the_agent_hosts_the_store_for_as_long_as_the_ranks_live(node: Node) -> None:
+    """As torchrun's agent: every rank, rank 0 too, is a client of the store the agent started, and rank 0 may
+    leave first; once the ranks are done the store is gone and its port free."""
+    pytest.importorskip("torch")
+    script = ("import datetime, os, time; from torch.distributed import TCPStore; "
+              "rank = int(os.environ['RANK']); "
+              "store = TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False, "
+              "timeout=datetime.timedelta(seconds=30)); "
+              "store.set(f'rank{rank}', 'here'); "
+              "time.sleep(0.5) if rank else None; "          # rank 0 leaves first
+              "print(os.environ['TORCHELASTIC_USE_AGENT_STORE'], os.environ['MASTER_PORT'], "
+              "store.get('rank0').decode(), store.get('rank1').decode(), flush=True)")
+    assign(node, "stored", ["python", "-c", script], 2)
+
+    exited = await eventually("the run to exit", lambda: node.exited("stored"), timeout_s=50)
+
+    assert exited.exit_code == 0, node.system_lines("stored")
+    lines = lines_by_rank(node, "stored")
+    assert sorted(lines) == [0, 1]
+    said = {line.split()[0] for r in lines for line in lines[r]}, {tuple(line.split()[2:]) for r in lines
+                                                                  for line in lines[r]}
+    assert said == ({"True"}, {("here", "here")})
+    port = int(lines[0][0].split()[1])
+    await eventually("the store's port to be free", lambda: _free(port))
+
+
+def _free(port: int) -> bool:
+    try:
+        check_ports([port])
+    except CannotStart:
+        return False
+    return True
 
 
 @pytest.mark.timeout(30)

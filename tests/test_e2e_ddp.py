@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="torch is not installed (pip install torch==2.13.0, the CPU build)")
 
 TRAIN = """\
-import hashlib, torch, torch.distributed as dist
+import hashlib, os, torch, torch.distributed as dist
 from runyard import Run
 dist.init_process_group("gloo")
 run = Run.get_context()
@@ -30,11 +30,12 @@ for step in range(8):
     run.log("loss", loss.item(), step=step)
 run.log("rank", dist.get_rank())
 h = hashlib.sha256(repr([p.detach().flatten().tolist() for p in model.parameters()]).encode()).hexdigest()[:16]
-print(f"DIGEST rank={dist.get_rank()} world={dist.get_world_size()} {h}", flush=True)
+store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "-")
+print(f"DIGEST rank={dist.get_rank()} world={dist.get_world_size()} {h} store={store}", flush=True)
 dist.barrier()
 dist.destroy_process_group()
 """
-DIGEST = re.compile(r"^(\[rank (\d)\] )?DIGEST rank=(\d) world=4 ([0-9a-f]{16})$")
+DIGEST = re.compile(r"^(\[rank (\d)\] )?DIGEST rank=(\d) world=4 ([0-9a-f]{16}) store=(True|-)$")
 
 
 @pytest.mark.timeout(300)
@@ -56,8 +57,10 @@ def test_two_nodes_of_two_processes_train_one_model(cluster: Cluster, project: P
                 if "DIGEST" in line]
     assert all(everyone) and sorted((m[2], m[3]) for m in everyone if m) == [(str(r), str(r)) for r in range(4)]
     assert len({m[4] for m in everyone if m}) == 1, "every rank ends with the same parameters"
+    # as torchrun's agent does, rank 0's node hosts the store: its ranks, rank 0 too, are clients of it
+    assert {m[3]: m[5] for m in everyone if m}["0"] == "True"
     default = cluster.cli("logs", run_id, check=True).stdout
-    assert re.fullmatch(r"DIGEST rank=0 world=4 [0-9a-f]{16}\n", default)
+    assert re.fullmatch(r"DIGEST rank=0 world=4 [0-9a-f]{16} store=True\n", default)
     assert cluster.cli("logs", run_id, "--rank", "3", check=True).stdout.startswith("DIGEST rank=3 world=4 ")
 
     # Every process logged through the SDK: its points carry its rank, and each rank's loss went down.
