@@ -363,7 +363,11 @@ class Run:
         if not checked:
             return
         with self._records.lock:
-            points = [(key, value, self._take_step(key, explicit)) for key, value in checked]
+            if explicit is None:
+                points = [(key, value, self._take_step(key, None)) for key, value in checked]
+            else:   # one step for all: no per-key bookkeeping but the next step of each
+                points = [(key, value, explicit) for key, value in checked]
+                self._next_steps.update(dict.fromkeys([key for key, _ in checked], min(explicit + 1, _STEP_MAX)))
             self._put({"metrics": [{"k": key, "v": value, "s": s} for key, value, s in points]})
         if self._echo_prefix:
             self._echo(_describe_points(points))
