@@ -23,7 +23,7 @@ from protos import runyard_pb2 as pb
 
 BATCH_BYTES = 64 * 1024        # log bytes in one outbox message (the link's messages are capped at 16 MiB)
 BATCH_RECORDS = 4096
-_READ_BYTES = 256 * 1024        # read from one spool at a time
+_READ_BYTES = 128 * 1024        # read from one spool at a time
 
 
 @dataclass(slots=True, eq=False)
