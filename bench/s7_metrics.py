@@ -72,6 +72,22 @@ run.flush()
 print(f"logged {time.time():.6f}", flush=True)
 '''
 
+# The same logging, through the real MLflow client, against the peer server and inside a Runyard run.
+MLFLOW_LOOP = '''
+if mode == "batched":
+    batch = []
+    for step in range(points // keys):
+        batch.extend(Metric(name, step * 0.5 + i, now, step) for i, name in enumerate(names))
+        if len(batch) >= {batch}:
+            client.log_batch(run_id, metrics=batch)
+            batch = []
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+else:
+    for step in range(points):
+        client.log_metric(run_id, names[step % keys], step * 0.5, timestamp=now, step=step // keys)
+'''.format(batch=MLFLOW_BATCH)
+
 MLFLOW_DRIVER = '''
 import json, sys, time
 from mlflow.entities import Metric
@@ -83,22 +99,10 @@ run_id = client.create_run(experiment).info.run_id
 names = [f"k{i}" for i in range(keys)]
 now = int(time.time() * 1000)
 t0 = time.time()
-if mode == "batched":
-    batch = []
-    for step in range(points // keys):
-        batch.extend(Metric(name, step * 0.5 + i, now, step) for i, name in enumerate(names))
-        if len(batch) >= %d:
-            client.log_batch(run_id, metrics=batch)
-            batch = []
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-else:
-    for step in range(points):
-        client.log_metric(run_id, names[step %% keys], step * 0.5, timestamp=now, step=step // keys)
-t1 = time.time()
+''' + MLFLOW_LOOP + '''t1 = time.time()
 stored = sum(len(client.get_metric_history(run_id, name)) for name in names)
 print(json.dumps({"points": points, "seconds": t1 - t0, "stored": stored}))
-''' % MLFLOW_BATCH
+'''
 
 
 # --- ours ---------------------------------------------------------------------------------------------------------
@@ -156,20 +160,8 @@ run_id = os.environ["MLFLOW_RUN_ID"]
 names = [f"k{i}" for i in range(keys)]
 now = int(time.time() * 1000)
 print(f"start {time.time():.6f}", flush=True)
-if mode == "batched":
-    batch = []
-    for step in range(points // keys):
-        batch.extend(Metric(name, step * 0.5 + i, now, step) for i, name in enumerate(names))
-        if len(batch) >= %d:
-            client.log_batch(run_id, metrics=batch)
-            batch = []
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-else:
-    for step in range(points):
-        client.log_metric(run_id, names[step %% keys], step * 0.5, timestamp=now, step=step // keys)
-print(f"logged {time.time():.6f}", flush=True)
-''' % MLFLOW_BATCH
+''' + MLFLOW_LOOP + '''print(f"logged {time.time():.6f}", flush=True)
+'''
 
 
 def mlflow_client_in_runyard_run(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int) -> dict[str, Any]:
