@@ -167,8 +167,6 @@ print(f"start {time.time():.6f}", flush=True)
 def mlflow_client_in_runyard_run(root: Path, plan: PinPlan, modes: dict[str, int], repeats: int) -> dict[str, Any]:
     """The real MLflow client (`MlflowClient.log_batch` of 1,000 metrics, `log_metric` per point) inside a Runyard
     run, through the agent's MLflow endpoint (`agent/tracking.py`), measured end to end like the SDK."""
-    if not (HERE.parent / "agent" / "tracking.py").exists():
-        return {"pending": "the agent has no MLflow endpoint (agent/tracking.py is not in this tree)"}
     try:
         import mlflow  # noqa: F401  (the run's python is the agent's: it has the client if we do)
     except ImportError as err:
