@@ -26,12 +26,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.descriptors import DIR_FLAGS, open_below
 from agent.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 64
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK_BYTES = 1024 * 1024
 
@@ -89,10 +89,10 @@ def zip_outputs(directory: Path, archive: Path, *, max_bytes: int, owner: int | 
 
 @contextmanager
 def _open_top(directory: Path) -> Iterator[int | None]:
-    parent = os.open(directory.parent, _DIR_FLAGS)
+    parent = os.open(directory.parent, DIR_FLAGS)
     try:
         try:
-            fd: int | None = os.open(directory.name, _DIR_FLAGS, dir_fd=parent)
+            fd: int | None = os.open(directory.name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             fd = None
         except OSError as err:
@@ -111,16 +111,7 @@ def _open_top(directory: Path) -> Iterator[int | None]:
 
 def _open_below(top: int, rel_dir: str) -> int:
     """A descriptor of `rel_dir` below `top`, every step refusing a link (OSError when one is found)."""
-    fd = os.dup(top)
-    try:
-        for part in rel_dir.split("/") if rel_dir else ():
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return open_below(top, rel_dir.split("/") if rel_dir else ())
 
 
 def _regular_files(top: int) -> tuple[list[tuple[str, int]], int]:

@@ -51,6 +51,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.descriptors import DIR_FLAGS, open_below
 from runyard.ids import new_run_id
 from runyard.mlflowwire import error_json, metric_json
 
@@ -74,7 +75,6 @@ STATUSES = frozenset({"RUNNING", "SCHEDULED", *TERMINAL})
 _NAME = re.compile(r"[\w\-. /]+")
 _EXPERIMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RUN_ID = re.compile(r"[A-Za-z0-9][\w\-]{0,255}")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK_BYTES = 256 << 10
 _STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -631,21 +631,11 @@ def _artifact_place(tracked: _Tracked, path: str) -> tuple[str, str]:
 
 def _open_dir(top: Path, parts: list[str], *, create: bool) -> int:
     """A descriptor of `top/parts...`, never following a link; directories made 0700 when `create`."""
-    fd = os.open(top.parent, _DIR_FLAGS)
+    parent = os.open(top.parent, DIR_FLAGS)
     try:
-        for part in [top.name, *parts]:
-            if create:
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_below(parent, [top.name, *parts], create=create)
+    finally:
+        os.close(parent)
 
 
 def _open_staged_for_write(run_dir: Path, rel: str) -> tuple[int, int]:
