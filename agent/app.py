@@ -45,6 +45,7 @@ from protos import runyard_pb2 as pb
 from runyard import logsetup
 from runyard.envspec import node_platform
 from runyard.errors import RunyardError, UsageError
+from runyard.sdnotify import Notifier
 
 log = logging.getLogger("agent")
 
@@ -154,6 +155,7 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier()       # systemd's, under Type=notify; taken out of the environment runs inherit from
     link: HeadLink | None = None
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -182,16 +184,25 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
                                                     runs=supervisor, after_s=config.stop_runs_after_s),
                                       name="cut-off")
             stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
+            notify = tasks.create_task(_notify_ready(notifier, head, config), name="notify-ready")
+            watchdog = tasks.create_task(notifier.keep_alive(), name="watchdog")
             await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             log.info("agent stopping")
+            notifier.stopping("stopping its runs and reporting them")
             await supervisor.stop_all()
             await environments.close()
             await _drain(outbox, head, timeout_s=3.0)
-            for task in (link_task, stopped, watch, helpers):
+            for task in (link_task, stopped, watch, helpers, notify, watchdog):
                 task.cancel()
     finally:
         if link is not None:
             await link.close()
+
+
+async def _notify_ready(notifier: Notifier, head: HeadLink, config: AgentConfig) -> None:
+    """READY=1 for systemd once the head has accepted this agent's first Connect."""
+    await head.connected.wait()
+    notifier.ready(f"connected to {config.head_address} as {config.name}")
 
 
 async def _drain(outbox: Outbox, link: HeadLink, *, timeout_s: float) -> None:

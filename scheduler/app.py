@@ -26,6 +26,7 @@ from runyard import logsetup, pki
 from runyard.config import is_loopback
 from runyard.datadir import DataDirLock
 from runyard.private import write_private
+from runyard.sdnotify import Notifier
 from runyard.errors import RunyardError, UsageError
 from scheduler.agent_api import NodeAgentService
 from scheduler.artifacts import ArtifactStore
@@ -176,6 +177,7 @@ async def start_mlflow(mlflow: MlflowServer, config: HeadConfig) -> str:
 async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
     data = config.data_path
     clock = clock or SystemClock()
+    notifier = Notifier()       # systemd's, under Type=notify: READY=1 once serving, WATCHDOG=1, STOPPING=1
     policies, quotas = cluster_policies(config), config.quotas()  # config faults before anything starts
     store = await Store.open(data, synchronous=config.sqlite_synchronous, clock=clock.now)
     try:
@@ -251,17 +253,20 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        notifier.ready(f"serving clients on {address}, nodes on {node_address}")
         try:
             async with asyncio.TaskGroup() as tasks:
                 loops = [
                     tasks.create_task(dispatcher.run(), name="dispatch"),
                     tasks.create_task(reaper.run(tick_s=min(1.0, config.disconnected_after_s / 4)), name="reaper"),
+                    tasks.create_task(notifier.keep_alive(), name="watchdog"),
                 ]
                 if autoscaler is not None:
                     loops.append(tasks.create_task(autoscaler.run(tick_s=config.autoscaler_tick_s), name="autoscaler"))
                 dispatcher.wake()
                 await stop.wait()
                 log.info("head stopping")
+                notifier.stopping()
                 for loop_task in loops:
                     loop_task.cancel()
         finally:

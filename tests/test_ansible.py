@@ -513,7 +513,8 @@ def test_head_unit(jinja: Any) -> None:
     assert service["ExecStart"] == ["/opt/runyard/venv/bin/runyard-head --config /etc/runyard/head.toml"]
     assert service["User"] == ["runyard"]
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ReadWritePaths": "/var/lib/runyard",
-                       "PrivateTmp": "yes", "ProtectHome": "yes", "Restart": "on-failure", "RestartSec": "2"}.items():
+                       "PrivateTmp": "yes", "ProtectHome": "yes", "Restart": "on-failure", "RestartSec": "2",
+                       "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30"}.items():
         assert service.get(key) == [value], f"{key}={service.get(key)}"
     assert "WantedBy" in unit_settings(text)["Install"]
     extra = render(jinja, "runyard_head/templates/runyard-head.service.j2",
@@ -631,6 +632,7 @@ def test_agent_unit(jinja: Any) -> None:
     service = agent_unit(jinja)
     assert service["ExecStart"] == ["/opt/runyard/venv/bin/runyard-agent --config /etc/runyard/agent.toml"]
     assert service["KillMode"] == ["mixed"]
+    assert (service["Type"], service["NotifyAccess"], service["WatchdogSec"]) == (["notify"], ["main"], ["30"])
     assert int(service["TimeoutStopSec"][0]) > variables["runyard_agent_stop_grace_s"] + 5
     assert service["Restart"] == ["on-failure"]
     assert "PYTHONUNBUFFERED=1" in service["Environment"]
@@ -645,6 +647,7 @@ def test_agent_runs_as_root_with_a_delegated_cgroup(jinja: Any, host: str) -> No
     assert service.get("User") == ["root"] and service.get("Group") == ["root"]
     assert "SupplementaryGroups" not in service  # setpriv clears a job's groups: they would serve nobody
     assert service["Delegate"] == ["yes"], "the agent gives each job a cgroup of its own"
+    assert service["OOMPolicy"] == ["continue"], "a job killed for memory must not stop the agent and the others"
 
 
 def test_agent_unit_keeps_only_the_privileges_the_agent_needs(jinja: Any) -> None:

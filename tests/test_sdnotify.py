@@ -82,3 +82,31 @@ async def test_keep_alive_pings_while_healthy_and_stops_when_not(listener: tuple
     with pytest.raises(BlockingIOError):
         sock.recv(64)
     task.cancel()
+
+
+@pytest.mark.timeout(120)
+def test_the_head_and_an_agent_tell_systemd_when_they_serve_are_alive_and_stop(
+        tmp_path: Path, listener: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed.harness import Cluster
+
+    sock, path = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")      # both daemons ping every 0.2 s
+    said: list[str] = []
+
+    def hear(until: str, *, exactly: bool = False) -> None:
+        while not any(until == message if exactly else until in message for message in said):
+            said.append(sock.recv(4096).decode())
+
+    cluster = Cluster.start(tmp_path / "cluster", agents=1)
+    try:
+        hear("STATUS=connected to")                     # the agent: after the head accepted its Connect
+        ready = [m for m in said if m.startswith("READY=1")]
+        assert len(ready) == 2 and "serving clients on" in ready[0] and "as node-1" in ready[1]
+        assert (cluster.head.data_dir / "ready.json").exists(), "ready means serving"
+        said.clear()
+        hear("WATCHDOG=1")
+    finally:
+        cluster.stop()
+    hear("STOPPING=1\nSTATUS=stopping its runs")     # the agent
+    hear("STOPPING=1\nSTATUS=stopping", exactly=True)  # the head
