@@ -101,8 +101,6 @@ def main() -> None:
         args.runs, args.points, args.calls, args.cli_calls = 1000, 10_000, 5, 2
     common.exit_on_sigterm()
 
-    import grpc  # noqa: F401
-
     from protos import runyard_pb2 as pb
     from protos import runyard_pb2_grpc as pb_grpc
     from testbed.harness import Cluster
