@@ -338,8 +338,9 @@ class Supervisor:
                               tracking_token=token)
         argv = list(asg.spec.argv)
         started: list[tuple[int, RunProcess]] = []
+        hostfile = str(a.dirs.top / ranks.HOSTFILE)     # an MPI run's, written below
         launches = ranks.launches(asg.spec, env, free_port=_free_port,
-                                  hostfile_path=str(a.dirs.top / ranks.HOSTFILE)) if asg.spec.distribution.type else []
+                                  hostfile_path=hostfile) if asg.spec.distribution.type else []
         process_ranks = _process_ranks(asg.spec, launches)
         await asyncio.to_thread(hand_over, a.dirs, user, process_ranks)
         records = [(rank, a.dirs.rank_records(rank)) for rank in process_ranks] or [(0, a.dirs.records)]
@@ -354,8 +355,7 @@ class Supervisor:
                     raise CannotStart("cannot start the run: a distributed run in an image is not supported yet")
                 check_command(argv, cwd=a.code_dir, env=env, user=user)
                 if asg.spec.distribution.type == ranks.MPI:
-                    await asyncio.to_thread(_write_hostfile, str(a.dirs.top / ranks.HOSTFILE),
-                                            ranks.hostfile(asg.spec, env))
+                    await asyncio.to_thread(_write_hostfile, hostfile, ranks.hostfile(asg.spec, env))
                 await asyncio.to_thread(ranks.check_ports, ranks.listened_ports(asg.spec, launches))
                 if ranks.hosts_store(asg.spec, launches):
                     store = await self._host_store(a, launches[0].env, user)

@@ -204,27 +204,6 @@ def _unstored(w: sqlite3.Connection, run_id: str, attempt: int, chunk: list[LogT
     return parts
 
 
-def _expand(row: tuple[Any, ...], skip: int, want: int) -> list[LogRow]:
-    """Records `skip`.. of a stored row (at most `want`), as LogRows."""
-    rowid, attempt, rank, stream, seq, ts, flags, run_id, lines, meta, data = row
-    base = rowid << CHUNK_BITS
-    if lines == 1:
-        return [LogRow(base, attempt, rank, stream, seq, ts, flags, data, run_id)] if skip == 0 and want > 0 else []
-    lengths = array("I")
-    lengths.frombytes(meta[: 4 * lines])
-    flag_bytes = meta[4 * lines : 5 * lines]
-    times = array("d")
-    times.frombytes(meta[5 * lines : 13 * lines])
-    offset = sum(lengths[:skip])
-    found = []
-    for index in range(skip, min(lines, skip + want)):
-        end = offset + lengths[index]
-        found.append(LogRow(base | index, attempt, rank, stream, seq + index, times[index], flag_bytes[index],
-                            data[offset:end], run_id))
-        offset = end
-    return found
-
-
 @dataclass(frozen=True, slots=True)
 class LogChunk:
     """Consecutive records of one run's (attempt, rank, stream), as stored: `data` is their bytes one after the
@@ -257,6 +236,18 @@ def _slice(row: tuple[Any, ...], skip: int, take: int) -> LogChunk:
     end = start + sum(lengths[skip : skip + take])
     return LogChunk(last_id, run_id, attempt, rank, stream, seq + skip, data[start:end], lengths[skip : skip + take],
                     meta[4 * lines + skip : 4 * lines + skip + take], times[skip : skip + take])
+
+
+def _expand(row: tuple[Any, ...], skip: int, take: int) -> list[LogRow]:
+    """Records skip..skip+take of a stored row, as LogRows."""
+    chunk = _slice(row, skip, take)
+    first_id = chunk.last_id - take + 1
+    found, offset = [], 0
+    for index, (length, flags, ts) in enumerate(zip(chunk.lengths, chunk.flags, chunk.ts)):
+        found.append(LogRow(first_id + index, chunk.attempt, chunk.rank, chunk.stream, chunk.first_seq + index, ts,
+                            flags, chunk.data[offset:offset + length], chunk.run_id))
+        offset += length
+    return found
 
 
 class RecordStore(StoreBase):

@@ -160,11 +160,11 @@ def _start_child(w: sqlite3.Connection, own: Sequence[object], parent_id: str, c
 def _end(w: sqlite3.Connection, run_id: str, trigger: Trigger, at: float, now: float, detail: str) -> None:
     """End tracked run `run_id` if it is still live (a resent end, or one after its parent's, does nothing); its
     own live tracked children end with it."""
+    target = next_state(run_id, RunState.RUNNING, trigger)
     cur = w.execute(f"UPDATE runs SET state = ?, ended_at = ? WHERE id = ? AND {_LIVE_TRACKED}",
-                    (next_state(run_id, RunState.RUNNING, trigger), max(at, 0.0), run_id))
+                    (target, max(at, 0.0), run_id))
     if cur.rowcount != 1:
         return
-    target = next_state(run_id, RunState.RUNNING, trigger)
     w.execute("INSERT INTO run_events (run_id, at, from_state, to_state, event, detail) VALUES (?, ?, ?, ?, ?, ?)",
               (run_id, now, RunState.RUNNING, target, trigger, detail))
     end_tracked_children(w, run_id, target, now)
