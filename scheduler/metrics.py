@@ -13,6 +13,7 @@ Must not: write anything, or read the database more than once per refresh; nor u
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -61,11 +62,15 @@ class HeadCollector(Collector):
     def __init__(self, store: Store) -> None:
         self._store = store
         self.state = HeadState()
+        self._reading = asyncio.Lock()      # scrapes at once read the store once
 
     async def refresh(self) -> None:
         """Read the store again unless the figures are younger than REFRESH_EVERY_S."""
-        if time.monotonic() - self.state.read_at < REFRESH_EVERY_S:
-            return
+        async with self._reading:
+            if time.monotonic() - self.state.read_at >= REFRESH_EVERY_S:
+                await self._read()
+
+    async def _read(self) -> None:
         live, ended = await self._store.count_runs()
         queue: dict[str, tuple[int, float]] = {}
         for row in await self._store.queued():
