@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test protos bench clean
+.PHONY: demo test protos bench clean promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,17 @@ demo: $(STAMP)
 # Import boundaries and types (both configured in pyproject.toml) first: they take seconds. Then the suite.
 # Two workers, each taking the next test when it is free (the end-to-end tests mostly wait on processes).
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
-test: $(STAMP)
+# promtool (Debian's prometheus package) checks the daemons' /metrics output in the tests: installed here when
+# absent and this is root; otherwise those checks are skipped and say why.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; }) || \
+	    echo "promtool: installing Debian's prometheus package failed; its checks will be skipped" >&2; \
+	  else echo "promtool: not installed (needs root and apt-get); its checks will be skipped" >&2; fi; }
+
+test: $(STAMP) promtool
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal; rc=$$?; \

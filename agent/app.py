@@ -4,7 +4,8 @@ Start-up: load config, decide who runs execute as (`runusers.py`) and where thei
 (`rundirs.py`), kill attempts a previous agent process left behind and remove their directories, find the
 interpreters and builders for runs' environments and remove the builds a previous agent left unfinished
 (`environments.py`), set up run containment (cgroups or tethers), read capacity, serve MLflow's tracking API to
-runs (`tracking.py`, on `tracking_listen`), then keep a link to the head and supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, stop the
+runs (`tracking.py`, on `tracking_listen`) and Prometheus' `/metrics`, `/healthz`, `/readyz` (`metrics.py`, on
+`metrics_listen`), then keep a link to the head and supervise what it assigns. SIGTERM/SIGINT stop every run (SIGTERM, grace, SIGKILL), report them, stop the
 builds under way, and exit. The clock of every timer is
 chosen here (`serve(clock=...)`). A refused join token, a node name held by another live agent, a config error or
 an unsafe run directory ends the agent with one line on stderr and exit status 2.
@@ -34,6 +35,7 @@ from agent.environments import Environments
 from agent.interpreters import Interpreter, candidates, find_interpreters, versions
 from agent.errors import AgentError, ContainmentUnavailable
 from agent.link import HeadLink
+from agent.metrics import AgentMetrics, NoUsage, serve_metrics
 from agent.outbox import Outbox
 from agent.reach import may_execute
 from agent.rundirs import RunRoot, close_run_root, open_run_root, remove_leftovers
@@ -157,6 +159,8 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()       # systemd's, under Type=notify; taken out of the environment runs inherit from
     link: HeadLink | None = None
+    metrics = AgentMetrics(usage=NoUsage(), outbox=outbox, connected=lambda: link is not None and link.connected.is_set())
+    monitor = await serve_metrics(metrics, config.metrics_listen)
     try:
         async with asyncio.TaskGroup() as tasks:
             environments = Environments(
@@ -175,7 +179,7 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
             link = head = HeadLink(config=config, outbox=outbox, capacity=capacity, clock=clock,
                                    live_attempts=supervisor.live, on_assign=supervisor.start, on_stop=supervisor.stop,
                                    env_hashes=environments.hashes, on_build=build)
-            environments.on_change = head.environments_changed
+            environments.on_change, environments.on_build = head.environments_changed, metrics.built
             log.info("agent starting", extra={"node": config.name, "head": config.head_address, "cpus": capacity.cpus,
                                               "gpus": len(capacity.gpus), "containment": containment.mode})
             link_task = tasks.create_task(head.run(), name="head-link")
@@ -197,6 +201,8 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
     finally:
         if link is not None:
             await link.close()
+        if monitor is not None:
+            await monitor.stop()
 
 
 async def _notify_ready(notifier: Notifier, head: HeadLink, config: AgentConfig) -> None:

@@ -71,6 +71,9 @@ class AgentConfig:
     rendezvous_ports: str = "29500-29999"
     # The MLflow tracking API the agent serves its runs (`tracking.py`): host:port, port 0 for a free one.
     tracking_listen: str = "127.0.0.1:0"
+    # Prometheus' /metrics with /healthz and /readyz (plain HTTP): host:port, port 0 for a free one (the log says
+    # which); "" or "off": none. A non-loopback address belongs behind the network's own protection.
+    metrics_listen: str = "127.0.0.1:0"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

@@ -113,6 +113,7 @@ class Environments:
         self._over_budget = True            # unknown until the first eviction: look when a lease is released
         self._published = sorted(cache.published())
         self.on_change: Callable[[], None] = _nothing
+        self.on_build: Callable[[str, float], None] = lambda outcome, seconds: None  # ok|spec|node (the metrics)
 
     def hashes(self) -> list[str]:
         """The environments this node has published, as it reports them to the head (kept in memory: the link
@@ -237,6 +238,8 @@ class Environments:
             result = Refusal(f"environment build failed in the agent: {type(err).__name__}: {err}", node_fault=True)
         finally:
             self._builds.pop(key, None)
+        self.on_build("ok" if not isinstance(result, Refusal) else "node" if result.node_fault else "spec",
+                      time.monotonic() - started)
         if isinstance(result, Refusal):
             log.warning("environment build failed", extra={"env_hash": key, "node_fault": result.node_fault,
                                                           "detail": result.detail})

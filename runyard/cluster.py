@@ -3,7 +3,7 @@
 `up` writes the head's config (cluster `default`: at least `--agents`, at most `--max-agents` agents of the
 `local` provider, each stopped after `--idle-time` seconds without work), starts the head, writes the client
 config (with the head's MLflow URL) so that `runyard submit` and `runyard mlflow-env` just work, prints what a
-workstation's MLflow client needs, and waits for the first agents to connect. The queue then grows and
+workstation's MLflow client needs and where Prometheus scrapes the head, and waits for the first agents to connect. The queue then grows and
 shrinks the cluster. Ctrl-C (or SIGTERM) stops the head, which stops its agents first so that their runs end and
 are reported. The daemons log to files under the data dir.
 
@@ -146,6 +146,8 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
             "MLFLOW_TRACKING_TOKEN (or: eval \"$(runyard mlflow-env)\"):")
         say(f"  MLFLOW_TRACKING_URI={ready['mlflow_url']}")
         say(f"  MLFLOW_TRACKING_SERVER_CERT_PATH={ready['ca_file']}")
+        if ready.get("metrics_url"):
+            say(f"Prometheus metrics on {ready['metrics_url']} (health: /healthz, /readyz)")
         _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
         say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         self._tmp_dir = tmp_dir
         self._max_outputs_bytes = max_outputs_bytes
         self._disk_full = False
+        self.on_ingest: Callable[[int, int], None] = lambda log_records, metric_points: None   # the metrics' counters
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         name = request.name
@@ -185,6 +186,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
             for r in batch.records
         ]
         await self._store.append_logs(batch.run_id, batch.attempt, rows)
+        self.on_ingest(len(rows), 0)
         self._followers.notify(batch.run_id)
         if run.parent_id:
             self._followers.notify(run.parent_id)  # `logs -f` of a multi-node run follows its children
@@ -199,6 +201,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                                   end=rec.end if rec.end in END_WORDS else "")
                    for rec in batch.records]
         applied = await self._store.apply_records(batch.run_id, batch.attempt, records)
+        self.on_ingest(0, sum(len(rec.points) for rec in records))
         if applied.dropped:
             log.warning("records naming runs that are not the attempt's own were dropped",
                         extra={"run_id": batch.run_id, "attempt": batch.attempt, "dropped": applied.dropped})

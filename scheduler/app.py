@@ -3,7 +3,8 @@
 Start-up: load config, lock the data directory (refusing one another process holds, before writing anything),
 open the database (refusing a lost one), make sure the first admin's token and the cluster's TLS material exist,
 serve gRPC on the client port (TLS; users' tokens, joins) and the node port (mTLS) and MLflow's read API over HTTPS
-(`mlflow_api`, the same certificate and tokens), then write the ready file (with `mlflow_url`). SIGTERM/SIGINT
+(`mlflow_api`, the same certificate and tokens), Prometheus' `/metrics` with `/healthz` and `/readyz` on
+`metrics_address()` (`metrics`), then write the ready file (with `mlflow_url` and `metrics_url`). SIGTERM/SIGINT
 stop it gracefully; a background task that dies takes the daemon down so that systemd restarts it.
 """
 
@@ -39,6 +40,7 @@ from scheduler.config import HeadConfig, load_head_config
 from scheduler.dispatch import Dispatcher
 from scheduler.errors import HeadError
 from scheduler.mlflow_api import MlflowApi, MlflowServer, server_ssl
+from scheduler.metrics import HeadMetrics, serve_metrics
 from scheduler.followers import Followers
 from runyard.clock import Clock, SystemClock
 from scheduler.core.heartbeats import Timers
@@ -211,21 +213,26 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                                 limits=Limits(config.node_max_cpus, config.node_max_memory_bytes, config.node_max_gpus),
                                 require_approval=config.require_node_approval)
         boundary = Boundary(credentials, audit=store.audit, now=clock.now)
-        server = grpc.aio.server(interceptors=[boundary], options=options)
+        metrics, serving = HeadMetrics(store), asyncio.Event()     # /readyz: database open and migrated, gRPC serving
+        server = grpc.aio.server(interceptors=[metrics.interceptor(), boundary], options=options)
         pb_grpc.add_RunyardServicer_to_server(
             RunyardService(config=config, store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
                            dispatcher=dispatcher, followers=followers, timers=timers, policies=policies,
                            credentials=credentials, enrollment=enrollment, tls=tls,
                            snapshot_checks=snapshot_checks), server)
-        pb_grpc.add_NodeAgentServicer_to_server(
-            NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
-                             followers=followers, enrollment=enrollment, ca_pem=tls.ca.cert_pem, tmp_dir=data / "tmp",
-                             max_outputs_bytes=config.snapshot_max_bytes), server)
+        node_agents = NodeAgentService(store=store, artifacts=artifacts, sessions=sessions, reactor=reactor,
+                                       followers=followers, enrollment=enrollment, ca_pem=tls.ca.cert_pem,
+                                       tmp_dir=data / "tmp", max_outputs_bytes=config.snapshot_max_bytes)
+        node_agents.on_ingest = metrics.ingested
+        pb_grpc.add_NodeAgentServicer_to_server(node_agents, server)
         address = listen(server, config.listen, None if config.insecure_plaintext else tls.client_port())
         node_address = listen(server, config.node_address(), tls.node_port())
         mlflow = MlflowServer(MlflowApi(store=store, artifacts=artifacts, credentials=credentials))
         mlflow_url = await start_mlflow(mlflow, config)     # a port in use stops the start before gRPC serves
+        monitor = await serve_metrics(metrics, config.metrics_address(),
+                                      readiness=lambda: "" if serving.is_set() else "gRPC is not serving")
         await server.start()
+        serving.set()
 
         async def join_token_for_local_agent() -> str:
             return (await enrollment.create_join_token(uses=1, ttl_s=3600.0, created_by="local provider")).secret
@@ -236,7 +243,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
             tmp = Path(config.ready_file + ".tmp")
             tmp.write_text(json.dumps({"address": address, "node_address": node_address, "pid": os.getpid(),
                                        "cluster_id": store.cluster_id, "ca_file": str(tls.ca_file),
-                                       "ca_fingerprint": tls.fingerprint, "mlflow_url": mlflow_url}))
+                                       "ca_fingerprint": tls.fingerprint, "mlflow_url": mlflow_url,
+                                       "metrics_url": monitor.url if monitor else ""}))
             os.replace(tmp, config.ready_file)
         autoscaler = None
         if providers:
@@ -245,6 +253,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                                     record=lambda cluster, node, detail: record(store, dispatcher, cluster, node, detail),
                                     left=lambda name: node_left(store, reactor, name))
             dispatcher.starting, dispatcher.on_demand = autoscaler.starting, autoscaler.wake
+            autoscaler.on_action = metrics.autoscaler_action
+        dispatcher.on_pass, store.writer.on_commit = metrics.pass_seconds.observe, metrics.commit_seconds.observe
         log.info("head ready", extra={"address": address, "node_address": node_address, "mlflow_url": mlflow_url,
                                       "data_dir": str(data),
                                       "cluster_id": store.cluster_id, "ca_fingerprint": tls.fingerprint,
@@ -266,6 +276,7 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                 dispatcher.wake()
                 await stop.wait()
                 log.info("head stopping")
+                serving.clear()
                 notifier.stopping()
                 for loop_task in loops:
                     loop_task.cancel()
@@ -274,6 +285,8 @@ async def serve(config: HeadConfig, clock: Clock | None = None) -> None:
                 await provider.close()  # local agents stop and report their runs while the server still listens
             await mlflow.stop()
             await server.stop(grace=2.0)
+            if monitor is not None:
+                await monitor.stop()
             await snapshot_checks.close()
     finally:
         await store.close()

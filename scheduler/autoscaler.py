@@ -84,6 +84,7 @@ class Autoscaler:
         self._standing_now: set[tuple[str, str, str]] = set()
         self._starting: dict[str, int] = {}
         self._woken = asyncio.Event()
+        self.on_action: Callable[[str, str, bool], None] = lambda cluster, action, ok: None  # the metrics' counter
 
     def starting(self) -> dict[str, int]:
         """Cluster -> nodes being started now, for the pending reasons of queued runs."""
@@ -177,6 +178,7 @@ class Autoscaler:
         for launch in launches:
             result = await self._providers[launch.cluster].launch(launch.cluster, launch.key)
             self._launched[launch.cluster] = self._launched.get(launch.cluster, 0) + 1
+            self.on_action(launch.cluster, "launch", not isinstance(result, ProviderError))
             if isinstance(result, ProviderError):
                 await self._note(Event(launch.cluster, "", f"could not start a node: {result.message}", standing=True))
             elif result.name not in self._tracked:
@@ -186,6 +188,7 @@ class Autoscaler:
     async def _terminate(self, stop: Terminate) -> bool:
         """Terminate through the provider; True when it is gone (and forgotten here)."""
         result = await self._providers[stop.cluster].terminate(stop.name)
+        self.on_action(stop.cluster, "terminate", not isinstance(result, ProviderError))
         if isinstance(result, ProviderError):
             await self._note(Event(stop.cluster, stop.name, f"could not stop {stop.name}: {result.message}", standing=True))
             return False

@@ -15,6 +15,8 @@ class HeadConfig:
     listen: str = "127.0.0.1:7433"              # host:port for clients and joins (TLS); port 0 picks a free one
     node_listen: str = ""                       # host:port for enrolled agents (mTLS); default: listen's port + 1
     mlflow_listen: str = ""                     # host:port of the MLflow read API (HTTPS); default: listen's port + 2
+    metrics_listen: str = ""                    # host:port of /metrics, /healthz, /readyz (plain HTTP): default
+                                                # 127.0.0.1 and listen's port + 3; "off": none
     tls_dir: str = ""                           # default: <data_dir>/tls, the cluster CA and the head's certificate
     tls_names: str = ""                         # more names or addresses for the head's certificate, comma-separated
     insecure_plaintext: bool = False            # development only: the client port without TLS, loopback only
@@ -74,6 +76,19 @@ class HeadConfig:
         except ValueError:
             raise UsageError(f"config: listen must be host:port, not {self.listen!r}") from None
         return f"{host}:{number + 2 if number else 0}"
+
+    def metrics_address(self) -> str:
+        """Where `/metrics`, `/healthz` and `/readyz` listen: `metrics_listen` ("off" for nowhere), else loopback
+        on the client port + 3 (any free port when the client port is 0). Plain HTTP: a non-loopback address
+        belongs behind the network's own protection."""
+        if self.metrics_listen:
+            return self.metrics_listen
+        _, _, port = self.listen.rpartition(":")
+        try:
+            number = int(port)
+        except ValueError:
+            raise UsageError(f"config: listen must be host:port, not {self.listen!r}") from None
+        return f"127.0.0.1:{number + 3 if number else 0}"
 
     def quotas(self) -> dict[tuple[str, str], int]:
         """(workspace, cluster) -> GPUs that workspace may hold in that cluster."""

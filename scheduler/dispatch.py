@@ -201,6 +201,7 @@ class Dispatcher:
         self._waiting: list[Request] = []
         self._demand: list[Demand] | None = []
         self.took_s = 0.0                       # how long the last pass took
+        self.on_pass: Callable[[float], None] = lambda seconds: None   # told each pass's seconds (the metrics)
 
     @property
     def demand(self) -> list[Demand]:
@@ -300,6 +301,7 @@ class Dispatcher:
             return await self._pass(full)
         finally:
             self.took_s = time.perf_counter() - started
+            self.on_pass(self.took_s)
 
     async def _pass(self, full: bool | None) -> int:
         await self._refresh()

@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -68,6 +69,7 @@ class GroupCommit:
         self._closing = False
         self.groups = 0             # transactions committed (or attempted), and jobs: how well writes are grouped
         self.jobs = 0
+        self.on_commit: Callable[[float], None] = _ignore  # seconds one transaction took; called on this thread
 
     async def start(self) -> None:
         self._thread.start()
@@ -123,6 +125,7 @@ class GroupCommit:
                     group.append(job)
                 todo = group
                 while todo:
+                    started = time.perf_counter()
                     try:
                         todo = self._commit(conn, todo)
                     except BaseException as err:  # a fault of this code: fail the group, keep serving
@@ -134,6 +137,7 @@ class GroupCommit:
                             job.error, job.effects = err, []
                         todo = []
                     self.groups += 1
+                    self.on_commit(time.perf_counter() - started)
                 self.jobs += len(group)
                 self._call(self._deliver, group)
         finally:
@@ -207,6 +211,10 @@ class GroupCommit:
                     except Exception:
                         log.exception("applying a committed write to memory failed")
             _settle(job.future, job.result, job.error)
+
+
+def _ignore(seconds: float) -> None:
+    return None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

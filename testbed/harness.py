@@ -92,6 +92,7 @@ class Head:
     node_address: str = ""              # the node port (mTLS); kept across restarts like `port`
     ca_file: Path = Path()
     mlflow_url: str = ""                # the MLflow read API; its port, like `port`, is kept across restarts
+    metrics_url: str = ""               # Prometheus' /metrics (plain HTTP); kept across restarts too
     rendezvous_ports: str = field(default_factory=_rendezvous_ports)   # shared by its agents
 
     def start(self) -> None:
@@ -102,6 +103,8 @@ class Head:
         node_listen = {"node_listen": self.node_address} if self.node_address else {}
         if self.mlflow_url:
             node_listen["mlflow_listen"] = self.mlflow_url.split("://", 1)[1]
+        if self.metrics_url:
+            node_listen["metrics_listen"] = self.metrics_url.split("://", 1)[1].removesuffix("/metrics")
         config.write_text(_toml({**node_listen, **self.settings}))
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
@@ -114,6 +117,7 @@ class Head:
         found = json.loads(ready.read_text())
         self.address, self.node_address, self.ca_file = found["address"], found["node_address"], Path(found["ca_file"])
         self.mlflow_url = found["mlflow_url"]
+        self.metrics_url = found.get("metrics_url", "")
         self.port = int(self.address.rsplit(":", 1)[1])
 
     @property

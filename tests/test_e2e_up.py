@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -42,6 +43,10 @@ def test_up_writes_the_config_runs_work_and_ctrl_c_stops_everything(tmp_path: Pa
         mlflow_url = next(line.split("=", 1)[1].strip() for line in seen if "MLFLOW_TRACKING_URI=" in line)
         assert mlflow_url.startswith("https://127.0.0.1:") and f'mlflow_url = "{mlflow_url}"' in config
         assert any("MLFLOW_TRACKING_SERVER_CERT_PATH=" in line for line in seen)
+        metrics_url = next(word for line in seen for word in line.split() if word.endswith("/metrics"))
+        assert metrics_url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            assert b"\n# TYPE runyard_nodes gauge\n" in response.read()
         exports = subprocess.run([sys.executable, "-m", "runyard", "mlflow-env"], env=env, capture_output=True,
                                  text=True, timeout=60, check=True).stdout.splitlines()
         assert exports[0] == f"export MLFLOW_TRACKING_URI={mlflow_url}"

@@ -86,6 +86,11 @@ class StoreBase:
         self.cluster_id = cluster_id
         self.clock = clock
 
+    @property
+    def writer(self) -> GroupCommit:
+        """The group-commit writer, for its figures (the head's metrics); writes go through the store's methods."""
+        return self._writer
+
     async def close(self) -> None:
         await self._r.close()
         await self._writer.close()

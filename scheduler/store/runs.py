@@ -347,6 +347,17 @@ class RunStore(StoreBase):
     def queue_size(self) -> int:
         return len(self._queue)
 
+    async def count_runs(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+        """How many runs are in each state: the live ones by (state, cluster), read over the `runs_live` index, and
+        the ended ones by state alone (a count over an index; the cluster is in the spec, which would mean reading
+        every row ever submitted)."""
+        live = await self._all(
+            "SELECT state, json_extract(spec, '$.compute'), count(*) FROM runs "
+            "WHERE state IN ('Queued', 'Preparing', 'Running', 'Finalizing') GROUP BY 1, 2")
+        ended = await self._all("SELECT state, count(*) FROM runs WHERE state IN ('Completed', 'Failed', 'Canceled') "
+                                "GROUP BY state")
+        return [(r[0], r[1] or "default", r[2]) for r in live], [(r[0], r[1]) for r in ended]
+
     def queue_changes(self) -> list[tuple[str, QueuedRow | None]] | None:
         """The changes of the queue since the last call, in commit order: (run id, its row) for a run that entered
         the queue, (run id, None) for one that left. None on the first call, and when the changes were too many
