@@ -98,7 +98,7 @@ class Source:
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer killed in the run's cgroups (memory.events oom_kill)."""
-        return sum(_events(c).get("oom_kill", 0) for c in self.cgroups)
+        return sum(_keyed(c / "memory.events").get("oom_kill", 0) for c in self.cgroups)
 
     def kernel_peak(self) -> int:
         return max((_int(c / "memory.peak") for c in self.cgroups), default=0)
@@ -133,8 +133,6 @@ def _keyed(path: Path) -> dict[str, int]:
                 found[name] = int(value)
     return found
 
-
-_events = _keyed
 
 
 def _int(path: Path) -> int:
