@@ -87,7 +87,7 @@ class Source:
     @property
     def kernel_limited(self) -> bool:
         """Whether the kernel holds the run to its memory request (each of its cgroups has memory.max)."""
-        return bool(self.cgroups) and all((c / "memory.max").exists() for c in self.cgroups)
+        return bool(self.cgroups) and all(_int(c / "memory.max") > 0 for c in self.cgroups)    # "max": no limit
 
     def read(self) -> Reading:
         """Blocking. Processes that are gone are left out; never raises for a run that ended."""
