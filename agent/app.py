@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agent.builders import Builders, find_builders
 from agent.capacity import FakeGpuProbe, GpuProbe, NvmlProbe, read_capacity
+from agent.usage import RunSampler
 from runyard.clock import Clock, MonotonicClock
 from agent.config import AgentConfig, load_agent_config
 from agent.cgroups import CgroupContainment
@@ -169,9 +170,11 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
                                     tuple(config.pip_find_links)),
                 containment=containment, tasks=tasks, platform=node_platform(), max_bytes=config.env_cache_max_bytes,
                 timeout_s=config.env_build_timeout_s)
+            sampler = RunSampler(outbox=outbox, probe=gpu_probe(config), clock=clock,
+                                 interval_s=config.usage_interval_s)
             supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
                                     clock=clock, containment=containment, users=users, root=root,
-                                    environments=environments, tracking=tracking)
+                                    environments=environments, tracking=tracking, sampler=sampler)
 
             def build(request: pb.BuildEnvironment) -> None:
                 environments.warm(env_spec_from_pb(request.env), request.env_hash)
@@ -190,13 +193,14 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
             stopped = tasks.create_task(stop.wait(), name="wait-for-signal")
             notify = tasks.create_task(_notify_ready(notifier, head, config), name="notify-ready")
             watchdog = tasks.create_task(notifier.keep_alive(), name="watchdog")
+            sampling = tasks.create_task(sampler.run(), name="usage-sampler")
             await asyncio.wait({link_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             log.info("agent stopping")
             notifier.stopping("stopping its runs and reporting them")
             await supervisor.stop_all()
             await environments.close()
             await _drain(outbox, head, timeout_s=3.0)
-            for task in (link_task, stopped, watch, helpers, notify, watchdog):
+            for task in (link_task, stopped, watch, helpers, notify, watchdog, sampling):
                 task.cancel()
     finally:
         if link is not None:

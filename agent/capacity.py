@@ -3,7 +3,8 @@ environments with (its platform, the Python versions runs can use, its builders:
 `builders.py`). The environments it has built are added at each Hello (`link.py`).
 
 Probes: `NvmlProbe` asks the NVIDIA driver (none when NVML is missing), `FakeGpuProbe` reports configured fake
-GPUs (tests, demos on machines without GPUs). `app.py` picks one. All calls block: use `asyncio.to_thread`.
+GPUs (tests, demos on machines without GPUs), each busy at a fixed rate. Each also says what its GPUs are doing
+now (`use()`, read by `usage.RunSampler`). `app.py` picks one. All calls block: use `asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,23 @@ class Gpu:
     memory_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class GpuUse:
+    """What one GPU is doing now: its utilisation (percent of the last sample period) and memory in use."""
+
+    index: int
+    uuid: str
+    util_percent: float
+    memory_bytes: int
+
+
 class GpuProbe(Protocol):
     def gpus(self) -> list[Gpu]:
         """The GPUs of this machine; [] when there are none. Must not raise for a machine without GPUs."""
+        ...
+
+    def use(self) -> list[GpuUse]:
+        """What each GPU is doing now (`usage.RunSampler`); [] when there are none."""
         ...
 
 
@@ -63,6 +78,27 @@ class NvmlProbe:
         finally:
             pynvml.nvmlShutdown()
 
+    def use(self) -> list[GpuUse]:
+        if ctypes.util.find_library("nvidia-ml") is None:
+            return []
+        import pynvml
+
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            return []
+        try:
+            found = []
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                found.append(GpuUse(index, _text(pynvml.nvmlDeviceGetUUID(handle)), float(rates.gpu),
+                                    int(memory.used)))
+            return found
+        finally:
+            pynvml.nvmlShutdown()
+
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -74,9 +110,14 @@ class FakeGpuProbe:
     model: str = "FakeGPU 80GB"
     memory_bytes: int = 80 * 1024**3
     node_name: str = "node"
+    util_percent: float = 50.0             # what every fake GPU reports doing
+    used_bytes: int = 1024**3
 
     def gpus(self) -> list[Gpu]:
         return [Gpu(i, f"GPU-fake-{self.node_name}-{i}", self.model, self.memory_bytes) for i in range(self.count)]
+
+    def use(self) -> list[GpuUse]:
+        return [GpuUse(g.index, g.uuid, self.util_percent, self.used_bytes) for g in self.gpus()]
 
 
 def read_capacity(probe: GpuProbe, data_dir: Path, *, cpus: float = 0.0, memory_bytes: int = 0, platform: str = "",

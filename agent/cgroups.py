@@ -12,7 +12,9 @@ its own ARGV begins with setpriv: the shell joins as the agent's user, and only 
 
 At start the agent kills what an earlier agent process with the same data dir left in its own `agent-<pid>`
 cgroup, then starts `cgroup_watch.py` for its own, which kills every run cgroup of this agent once the agent is
-gone. Must not: touch cgroups outside `runyard-<hash>`, or start a Python interpreter per run.
+gone. A run's memory request becomes its cgroup's memory.max (and memory.swap.max = 0) where the memory
+controller is enabled for it: the kernel then kills inside that run only, and the supervisor reads memory.events.
+Must not: touch cgroups outside `runyard-<hash>`, or start a Python interpreter per run.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def _unescape(field: str) -> str:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
+
+
+def limit_memory(cgroup: Path, memory_max_bytes: int) -> bool:
+    """Hold the cgroup to `memory_max_bytes`: memory.max, no swap past it (memory.swap.max = 0) and the whole run
+    killed together when the kernel kills in it (memory.oom.group), each where the kernel offers it. False when
+    memory.max is not there (no memory controller for this cgroup): the agent's sampler enforces the limit."""
+    if not (cgroup / "memory.max").exists():
+        return False
+    (cgroup / "memory.max").write_text(str(memory_max_bytes))
+    for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+        with contextlib.suppress(OSError):
+            (cgroup / name).write_text(value)
+    return True
 
 
 class CgroupRun:
@@ -176,11 +191,14 @@ class CgroupContainment:
         finally:
             os.close(read_end)
 
-    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str]) -> CgroupRun:
+    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
+                    memory_max_bytes: int = 0) -> CgroupRun:
         cgroup = self.own / f"run-{_safe_name(name)}"
         if cgroup.exists():
             await asyncio.to_thread(cgroup_watch.remove_cgroup, str(cgroup))
         await asyncio.to_thread(cgroup.mkdir)
+        if memory_max_bytes > 0:
+            await asyncio.to_thread(limit_memory, cgroup, memory_max_bytes)
         try:
             piped = await spawn_piped([*_TIED_TO_AGENT, "/bin/sh", "-c", _JOIN_THEN_EXEC, str(cgroup / "cgroup.procs"),
                                        *argv], cwd=cwd, env=env)

@@ -32,6 +32,7 @@ class AgentConfig:
     fake_gpu_model: str = "FakeGPU 80GB"
     fake_gpu_memory_bytes: int = 80 * 1024**3
     heartbeat_interval_s: float = 5.0
+    usage_interval_s: float = 5.0           # how often each live run's CPU, memory and GPUs are sampled (`usage.py`)
     reconnect_max_s: float = 2.0
     head_full_retry_max_s: float = 30.0     # back-off cap while the head answers RESOURCE_EXHAUSTED (disk full)
     stop_grace_s: float = 10.0              # SIGTERM -> SIGKILL
@@ -80,6 +81,8 @@ class AgentConfig:
         if self.run_containment not in set(Mode):
             raise UsageError(f"config: run_containment must be one of {', '.join(Mode)}, not {self.run_containment!r}")
         parse_uid_range(self.run_uid_range)
+        if not self.usage_interval_s > 0:
+            raise UsageError(f"config: usage_interval_s must be more than 0 seconds, not {self.usage_interval_s!r}")
         parse_port_range(self.rendezvous_ports)
         host, colon, port = self.tracking_listen.rpartition(":")
         if not (colon and host and port.isdigit() and int(port) <= 65535):

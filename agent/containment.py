@@ -69,8 +69,10 @@ class Containment(Protocol):
     mode: Mode
     leftovers: list[str]    # what an earlier agent process left running and this one killed at start
 
-    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str]) -> RunProcess:
-        """Start `argv` contained; `name` is unique per attempt. Raises CannotStart if the command cannot run."""
+    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
+                    memory_max_bytes: int = 0) -> RunProcess:
+        """Start `argv` contained; `name` is unique per attempt. Raises CannotStart if the command cannot run.
+        `memory_max_bytes` > 0: the kernel's limit on the run's memory, where the containment can set one."""
         ...
 
     async def run(self) -> None:

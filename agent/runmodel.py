@@ -69,6 +69,7 @@ class Reason(StrEnum):
     AGENT_ERROR = "agent_error"         # this agent failed at something; `detail` says what
     CUT_OFF = "cut_off"                 # no word from the head for `stop_runs_after_s`
     AGENT_STOPPED = "agent_stopped"     # the agent was asked to exit
+    OOM_KILLED = "oom_killed"           # its memory ended it: the kernel's OOM killer, or over its request
 
 
 # Stops after which the head will not take an upload, or nobody can wait for one.
@@ -139,6 +140,7 @@ class StartFailed:
 class ProcessExited:
     exit_code: int  # 128 + N when killed by signal N
     rank: int | None = None  # of a distributed run: the global rank whose exit code this is
+    oom_detail: str = ""     # its memory ended it (the kernel's OOM killer, or the agent over its request): its peak
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +472,8 @@ def _grace_over(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]
 def _exited(m: RunModel, event: Event) -> tuple[RunState, tuple[Action, ...]]:
     assert isinstance(event, ProcessExited)
     m.exit_code, m.exit_rank = event.exit_code, event.rank
+    if event.oom_detail:
+        m._remember_stop(StopRequested(Reason.OOM_KILLED, event.oom_detail))
     return S.EXITED, (KillTree(), DrainOutput())
 
 

@@ -18,6 +18,11 @@ When the agent serves MLflow's tracking API (`tracking.py`), each attempt gets a
 its process starts (its lines go to its records file, the first rank's on this node for a distributed run) and
 forgotten once the process has ended, before the outputs are zipped with the MLflow artifacts it uploaded.
 
+While its process lives, the `RunSampler` (`usage.py`) samples the attempt's CPU, memory and GPUs as its system
+metrics; the run's memory request is its cgroup's memory.max where the kernel offers it, else the sampler calls
+back when the run goes over it and its tree is killed. Either way its end is reported `oom_killed`, the detail
+naming its peak.
+
 Each attempt runs as its own `RunUser` (`runusers.py`), taken before its snapshot is fetched (an attempt that
 has none fails at once, saying what to change) and given back only once its directory is gone. Its directory
 (`rundirs.py`) is handed over to that user just before the command starts.
@@ -67,6 +72,7 @@ from agent.shipping import LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
 from agent.spool import Spool, SpoolBudget, copy_pipe, make_spool_dir
 from agent.tracking import TrackingServer, artifact_sources, new_token
+from agent.usage import RunSampler, Source, describe_over
 from protos import runyard_pb2 as pb
 from runyard.errors import SnapshotInvalid
 from runyard.sdk import RECORDS_FILE_ENV
@@ -107,6 +113,8 @@ class _Attempt:
     lease: Lease | None = None                  # the run's environment, held until its directory is gone
     container_removal: list[str] | None = None  # makes sure the run's container is gone (podman, docker)
     stop_logged: bool = False
+    usage: Source | None = None                 # where the sampler reads the run's use
+    oom_detail: str = ""                        # set once its memory ended the run
     tracking_token: str = ""                    # the attempt's token at the agent's MLflow endpoint
 
     @property
@@ -130,7 +138,8 @@ def _describe(err: BaseException) -> str:
 class Supervisor:
     def __init__(self, *, config: AgentConfig, outbox: Outbox, files: HeadFiles, tasks: asyncio.TaskGroup,
                  clock: Clock, containment: Containment, users: RunUsers, root: RunRoot,
-                 environments: Environments | None = None, tracking: TrackingServer | None = None) -> None:
+                 environments: Environments | None = None, tracking: TrackingServer | None = None,
+                 sampler: RunSampler | None = None) -> None:
         self._config = config
         self._outbox = outbox
         self._files = files
@@ -142,6 +151,7 @@ class Supervisor:
         self._root = root
         self._environments = environments
         self._tracking = tracking
+        self._sampler = sampler
         self._snapshots = SnapshotCache(config.data_path / "snapshots", files)
         self._sdk_dir = install_sdk(root.sdk)
         self._python_bin = python_dir(config.python_bin_dir, users.sample(), root.bin)
@@ -378,7 +388,7 @@ class Supervisor:
                     check_command(argv, cwd=a.code_dir, env=env, user=user)
                     command = user.command(argv)
                 process = await self._containment.spawn(f"{asg.run_id}-{asg.attempt}", command, cwd=a.code_dir,
-                                                        env=env)
+                                                        env=env, memory_max_bytes=asg.spec.resources.memory_bytes)
                 started.append((0, process))
         except (CannotStart, OSError) as err:
             for begun in [*(p for _, p in started), *helpers]:   # what did start of a distributed run must not
@@ -390,7 +400,29 @@ class Supervisor:
         a.process = process
         record_group(a.dirs.pgid, process.group)
         a.output = self._ship_output(a, started, records)
+        self._sample(a, [p for _, p in started])
         return Started(process.pid)
+
+    def _sample(self, a: _Attempt, processes: list[RunProcess]) -> None:
+        """Have the sampler watch the attempt's processes: their cgroups, else their trees. Where the kernel does
+        not hold the run to its memory request, the sampler calls back when it goes over: its tree is killed."""
+        if self._sampler is None:
+            return
+        asg = a.assignment
+        cgroups = [c for c in (getattr(p, "cgroup", None) for p in processes) if isinstance(c, Path)]
+        a.usage = Source(cgroups=cgroups if len(cgroups) == len(processes) else (), pids=[p.pid for p in processes])
+        request = asg.spec.resources.memory_bytes
+
+        def over_limit(peak: int) -> None:
+            if a.process is None or a.oom_detail:
+                return
+            a.oom_detail = describe_over(peak, request)
+            log.warning("run over its memory request; killing it", extra={**a.fields, "peak_bytes": peak,
+                                                                           "request_bytes": request})
+            a.process.kill()
+
+        self._sampler.watch(asg.run_id, asg.attempt, a.usage, workspace=asg.workspace,
+                            gpu_indices=list(asg.gpu_indices), memory_request_bytes=request, over_limit=over_limit)
 
     async def _host_store(self, a: _Attempt, env: dict[str, str], user: RunUser) -> RunProcess | None:
         """Start the run's TCPStore beside its processes, as its own uid, in its environment (`ranks.STORE_HOST`);
@@ -459,7 +491,19 @@ class Supervisor:
     async def _watch(self, a: _Attempt) -> Event:
         assert a.process is not None
         code = await a.process.wait()
-        return ProcessExited(code, rank=await _failed_rank(a.process, code))
+        return ProcessExited(code, rank=await _failed_rank(a.process, code), oom_detail=await self._oom(a))
+
+    async def _oom(self, a: _Attempt) -> str:
+        """Why the run's memory ended it, or "": the sampler killed it over its request, or the kernel's OOM
+        killer killed in its cgroup (memory.events); the detail names its peak, the kernel's or the highest sample."""
+        if self._sampler is None or a.usage is None:
+            return a.oom_detail
+        asg = a.assignment
+        kills = await asyncio.to_thread(a.usage.oom_kills)
+        peak = await asyncio.to_thread(self._sampler.forget, asg.run_id, asg.attempt)
+        if not a.oom_detail and kills:
+            a.oom_detail = describe_over(peak, asg.spec.resources.memory_bytes)
+        return a.oom_detail
 
     async def _after(self, seconds: float, event: Event) -> Event:
         await self._clock.sleep(seconds)
@@ -529,6 +573,8 @@ class Supervisor:
         remain stays taken, and an environment such processes may use is never evicted.
         """
         self._forget_token(a)
+        if self._sampler is not None:
+            self._sampler.forget(*a.key)
         process = a.process
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release the process tree", lambda: process.release() if process is not None else asyncio.sleep(0)),

@@ -74,7 +74,9 @@ class TetherContainment:
         self._death_r, self._death_w = os.pipe()  # close-on-exec: only tethers get the read end, on purpose
         log.info("runs contained by tethers")
 
-    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str]) -> TetherRun:
+    async def spawn(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
+                    memory_max_bytes: int = 0) -> TetherRun:
+        # No kernel limit without a cgroup: the agent's sampler (`usage.py`) holds the run to its memory request.
         status_r, status_w = os.pipe()
         try:
             tether_argv = [sys.executable, "-I", "-S", str(TETHER_SCRIPT), str(self._death_r), str(status_w), "--"]

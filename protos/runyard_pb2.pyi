@@ -495,7 +495,7 @@ class RunEvent(_message.Message):
     def __init__(self, at: _Optional[float] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., event: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority", "pending_kind", "submitter", "env_name", "env_version")
+    __slots__ = ("id", "workspace", "experiment", "display_name", "parent_run_id", "state", "reason", "has_exit_code", "exit_code", "pending_reason", "attempt", "node", "tags", "properties", "params", "spec", "snapshot_sha256", "outputs_sha256", "created_at", "started_at", "ended_at", "events", "desired_state", "priority", "pending_kind", "submitter", "env_name", "env_version", "usage")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -545,6 +545,7 @@ class Run(_message.Message):
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     ENV_NAME_FIELD_NUMBER: _ClassVar[int]
     ENV_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     workspace: str
     experiment: str
@@ -573,7 +574,20 @@ class Run(_message.Message):
     submitter: str
     env_name: str
     env_version: str
-    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ..., submitter: _Optional[str] = ..., env_name: _Optional[str] = ..., env_version: _Optional[str] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[UsageSummary]
+    def __init__(self, id: _Optional[str] = ..., workspace: _Optional[str] = ..., experiment: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., pending_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., snapshot_sha256: _Optional[str] = ..., outputs_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., desired_state: _Optional[_Union[DesiredState, str]] = ..., priority: _Optional[int] = ..., pending_kind: _Optional[_Union[PendingKind, str]] = ..., submitter: _Optional[str] = ..., env_name: _Optional[str] = ..., env_version: _Optional[str] = ..., usage: _Optional[_Iterable[_Union[UsageSummary, _Mapping]]] = ...) -> None: ...
+
+class UsageSummary(_message.Message):
+    __slots__ = ("key", "peak", "mean", "count")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    peak: float
+    mean: float
+    count: int
+    def __init__(self, key: _Optional[str] = ..., peak: _Optional[float] = ..., mean: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("experiment", "state", "limit", "user", "states", "tags", "created_after", "created_before", "parent_run_id", "compute", "node")
@@ -788,7 +802,7 @@ class LogsResponse(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
-    __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks", "max_points", "packed", "summaries_only")
+    __slots__ = ("run_id", "key", "has_rank", "rank", "all_ranks", "max_points", "packed", "summaries_only", "system")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     HAS_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -797,6 +811,7 @@ class MetricsRequest(_message.Message):
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     SUMMARIES_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     key: str
     has_rank: bool
@@ -805,7 +820,8 @@ class MetricsRequest(_message.Message):
     max_points: int
     packed: bool
     summaries_only: bool
-    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ..., max_points: _Optional[int] = ..., packed: _Optional[bool] = ..., summaries_only: _Optional[bool] = ...) -> None: ...
+    system: bool
+    def __init__(self, run_id: _Optional[str] = ..., key: _Optional[str] = ..., has_rank: _Optional[bool] = ..., rank: _Optional[int] = ..., all_ranks: _Optional[bool] = ..., max_points: _Optional[int] = ..., packed: _Optional[bool] = ..., summaries_only: _Optional[bool] = ..., system: _Optional[bool] = ...) -> None: ...
 
 class MetricSeries(_message.Message):
     __slots__ = ("key", "rank", "steps", "values", "ts", "total", "first_steps", "counts", "mins", "maxs")
@@ -867,6 +883,42 @@ class MetricsResponse(_message.Message):
     params: _containers.ScalarMap[str, str]
     series: _containers.RepeatedCompositeFieldContainer[MetricSeries]
     def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., summaries: _Optional[_Iterable[_Union[MetricSummary, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ...) -> None: ...
+
+class UsageRequest(_message.Message):
+    __slots__ = ("since", "until", "workspace")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    workspace: str
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., workspace: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("workspace", "user", "runs", "cpu_hours", "cpu_hours_allocated", "gpu_hours")
+    WORKSPACE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    CPU_HOURS_FIELD_NUMBER: _ClassVar[int]
+    CPU_HOURS_ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    GPU_HOURS_FIELD_NUMBER: _ClassVar[int]
+    workspace: str
+    user: str
+    runs: int
+    cpu_hours: float
+    cpu_hours_allocated: float
+    gpu_hours: float
+    def __init__(self, workspace: _Optional[str] = ..., user: _Optional[str] = ..., runs: _Optional[int] = ..., cpu_hours: _Optional[float] = ..., cpu_hours_allocated: _Optional[float] = ..., gpu_hours: _Optional[float] = ...) -> None: ...
+
+class UsageResponse(_message.Message):
+    __slots__ = ("rows", "since", "until")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    since: float
+    until: float
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., since: _Optional[float] = ..., until: _Optional[float] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("id", "name", "cluster", "state", "schedule", "drained", "capacity", "allocated", "running", "last_seen", "labels", "events", "awaiting_approval")
@@ -1241,14 +1293,26 @@ class LogBatch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("run_id", "attempt", "records")
+    __slots__ = ("run_id", "attempt", "records", "usage")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     attempt: int
     records: _containers.RepeatedCompositeFieldContainer[MetricRecord]
-    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[UsageSample]
+    def __init__(self, run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., records: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[UsageSample, _Mapping]]] = ...) -> None: ...
+
+class UsageSample(_message.Message):
+    __slots__ = ("seq", "ts", "points")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    ts: float
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, seq: _Optional[int] = ..., ts: _Optional[float] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
 
 class HeadMessage(_message.Message):
     __slots__ = ("ack", "assign", "cancel", "build_env")

@@ -179,6 +179,11 @@ class RunyardStub:
                 request_serializer=protos_dot_runyard__pb2.SearchLogsRequest.SerializeToString,
                 response_deserializer=protos_dot_runyard__pb2.SearchLogsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/runyard.v1.Runyard/GetUsage',
+                request_serializer=protos_dot_runyard__pb2.UsageRequest.SerializeToString,
+                response_deserializer=protos_dot_runyard__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class RunyardServicer:
@@ -364,6 +369,13 @@ class RunyardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """CPU- and GPU-hours by user and workspace
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunyardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -511,6 +523,11 @@ def add_RunyardServicer_to_server(servicer, server):
                     servicer.SearchLogs,
                     request_deserializer=protos_dot_runyard__pb2.SearchLogsRequest.FromString,
                     response_serializer=protos_dot_runyard__pb2.SearchLogsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=protos_dot_runyard__pb2.UsageRequest.FromString,
+                    response_serializer=protos_dot_runyard__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1296,6 +1313,33 @@ class Runyard:
             '/runyard.v1.Runyard/SearchLogs',
             protos_dot_runyard__pb2.SearchLogsRequest.SerializeToString,
             protos_dot_runyard__pb2.SearchLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.Runyard/GetUsage',
+            protos_dot_runyard__pb2.UsageRequest.SerializeToString,
+            protos_dot_runyard__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

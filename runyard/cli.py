@@ -24,7 +24,8 @@ import click
 
 from protos import runyard_pb2 as pb
 from runyard import cli_admin as admin
-from runyard import cli_env
+from runyard import cli_env, cli_usage
+from runyard.cli_usage import usage_fields
 from runyard import priorities, render, vocabulary
 from runyard.client import Client
 from runyard.config import ClientConfig, load_client_config
@@ -259,6 +260,7 @@ def show(run_id: str, output: str) -> None:
         ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
         ("created", render.when(run.created_at)), ("duration", render.duration(run)),
     ]
+    fields += usage_fields(run)
     fields += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
     fields += [(f"param {k}", v) for k, v in sorted(run.params.items())]
     fields += [(k, v) for k, v in sorted(run.properties.items())]
@@ -334,11 +336,15 @@ def _grep(run_ids: Sequence[str], pattern: str, ignore_case: bool, stream: pb.St
 @click.option("--all-ranks", is_flag=True, help="one multi-node run: every rank's metrics, with a RANK column")
 @click.option("--points", type=click.IntRange(min=1), help="at most N points per series: a longer one comes as N "
               "buckets of equal step width, each with its min, max and last value")
+@click.option("--system", is_flag=True, help="the samples its agent took of the run's CPU, memory (bytes) and GPUs "
+              "(system/... keys) instead of the run's own metrics")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: bool, points: int | None,
-            output: str) -> None:
+            system: bool, output: str) -> None:
     """Show a run's metrics: a summary per key, or the series of one key. With several runs and --key, compare
     that key across them: a row per run."""
+    if system and (len(run_ids) > 1 or all_ranks or rank is not None or points):
+        raise UsageError("--system shows one run's samples: give one RUN, without --rank, --all-ranks or --points")
     if all_ranks and rank is not None:
         raise UsageError("give --rank R or --all-ranks, not both")
     if len(run_ids) > 1:
@@ -351,7 +357,7 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
     run_id = run_ids[0]
     with connect() as client:
         found = client.metrics(run_id, key, rank=rank, all_ranks=all_ranks, max_points=points or 0,
-                               summaries_only=output == "table" and not key)
+                               summaries_only=output == "table" and not key, system=system)
     if key and not found.series:
         render.err_console.print(f"no metric {key!r} in run {run_id}", markup=False)
     if output == "json":
@@ -373,7 +379,7 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
              for s in found.series for step, value, ts, *more in render.series_rows(s, buckets)))
         return
     if not found.summaries and not found.params:
-        render.err_console.print(f"run {run_id} has no metrics yet")
+        render.err_console.print(f"run {run_id} has no {'system ' if system else ''}metrics yet")
         return
     render.print_table(
         ("KEY", *(c.upper() for c in ranked), "LAST", "MIN", "MAX", "COUNT", "LAST STEP"),
@@ -548,7 +554,7 @@ def queue(compute: str, output: str) -> None:
     render.print_events(reply.events)
 
 
-for command in (admin.login, admin.workspace, admin.token, admin.audit, cli_env.env):
+for command in (admin.login, admin.workspace, admin.token, admin.audit, cli_env.env, cli_usage.usage):
     cli.add_command(command)
 for command in (admin.node_token, admin.node_remove, admin.node_approve):
     node.add_command(command)

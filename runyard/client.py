@@ -164,13 +164,20 @@ class Client:
 
     @_translated
     def metrics(self, run_id: str, key: str = "", *, rank: int | None = None, all_ranks: bool = False,
-                max_points: int = 0, summaries_only: bool = False) -> pb.MetricsResponse:
+                max_points: int = 0, summaries_only: bool = False, system: bool = False) -> pb.MetricsResponse:
         """The run's metrics, each series as columns (`series`), at most `max_points` buckets each when given; a
-        multi-node run's are rank 0's unless `rank` or `all_ranks` says otherwise."""
+        multi-node run's are rank 0's unless `rank` or `all_ranks` says otherwise. `system`: instead, the samples
+        its agent took of its CPU, memory and GPUs (`system/...` keys)."""
         request = pb.MetricsRequest(run_id=run_id, key=key, has_rank=rank is not None, rank=rank or 0,
                                     all_ranks=all_ranks, max_points=max_points, packed=True,
-                                    summaries_only=summaries_only)
+                                    summaries_only=summaries_only, system=system)
         return self._stub.GetMetrics(request, **self._kw())
+
+    @_translated
+    def usage(self, *, since: float = 0.0, until: float = 0.0, workspace: str = "") -> pb.UsageResponse:
+        """CPU- and GPU-hours and runs by workspace and user in [since, until) (0: unbounded); the token's
+        workspace unless `workspace` names another (admins; "*": every workspace)."""
+        return self._stub.GetUsage(pb.UsageRequest(since=since, until=until, workspace=workspace), **self._kw())
 
     @_translated
     def nodes(self) -> pb.ListNodesResponse:

@@ -3,7 +3,8 @@
 On the Connect stream the agent's first message is Hello (capacity, with the environments it has built, and the
 attempts it supervises); the reactor reconciles those against the store, then each message is handled in order and
 acknowledged cumulatively once committed. A heartbeat that names built environments replaces the session's set.
-Run reports become `core.react.Report` events; logs and metrics are fenced by attempt here: those of an attempt
+Run reports become `core.react.Report` events; logs, metrics and the agent's usage samples of a run (its system
+metrics, stored apart) are fenced by attempt here: those of an attempt
 that is not the run's current one on this node are dropped, and the agent is told to stop that attempt.
 Join enrolls a node (`enrollment.py`): a join token and a CSR buy a certificate bound to the node's name; the
 other methods are called on the node port with that certificate. A Join for a node name whose agent is connected
@@ -37,7 +38,7 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
 from scheduler.core.lifecycle import Reason
 from scheduler.model import RunRecord
-from scheduler.store import END_WORDS, LOG_CONTINUED, LOG_GAP, Store, TrackingRecord
+from scheduler.store import END_WORDS, LOG_CONTINUED, LOG_GAP, SYSTEM_PREFIX, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,12 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                                   child=(rec.child.id, rec.child.name) if rec.HasField("child") else None,
                                   end=rec.end if rec.end in END_WORDS else "")
                    for rec in batch.records]
+        if batch.usage:     # the agent's samples of the attempt's use of its node: its system metrics
+            await self._store.append_usage(batch.run_id, batch.attempt, [
+                (sample.seq, sample.ts, [(p.key, p.value) for p in sample.points if p.key.startswith(SYSTEM_PREFIX)])
+                for sample in batch.usage])
+        if not batch.records:
+            return
         applied = await self._store.apply_records(batch.run_id, batch.attempt, records)
         self.on_ingest(0, sum(len(rec.points) for rec in records))
         if applied.dropped:

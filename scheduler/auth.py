@@ -68,7 +68,7 @@ _NODE_AGENT = "/runyard.v1.NodeAgent/"
 RULES: dict[str, Rule] = {
     **{_RUNYARD + m: Rule(Role.VIEWER) for m in (
         "GetRun", "ListRuns", "ListQueue", "StreamLogs", "GetMetrics", "ListNodes", "GetNode", "Download", "WhoAmI",
-        "ListEnvironments", "GetEnvironment", "ListExperiments", "SearchLogs")},
+        "ListEnvironments", "GetEnvironment", "ListExperiments", "SearchLogs", "GetUsage")},
     _RUNYARD + "HasSnapshot": Rule(Role.USER),
     **{_RUNYARD + m: Rule(Role.USER, mutates=True) for m in (
         "UploadSnapshot", "Cancel", "CreateEnvironment", "BuildEnvironment")},

@@ -48,7 +48,7 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import Sessions
 from scheduler.enrollment import Enrollment
 from scheduler.snapshot_check import SnapshotChecks
-from scheduler.store import RunQuery, Store
+from scheduler.store import RunQuery, Store, UsagePoint
 from scheduler import logsearch
 from scheduler.tls import HeadTLS
 
@@ -310,10 +310,31 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
 
     async def GetRun(self, request: pb.RunRef, context: grpc.aio.ServicerContext) -> pb.Run:
         run = await self._run(request.run_id)
-        return run_to_pb(
+        shown = run_to_pb(
             run, node_name=(await self._node_names()).get(run.node_id, ""),
             events=await self._store.run_events(run.id), params=await self._store.params(run.id),
         )
+        for summary in await self._store.usage_summaries(run.id):
+            shown.usage.add(key=summary.key, peak=summary.peak, mean=summary.mean, count=summary.count)
+        return shown
+
+    async def GetUsage(self, request: pb.UsageRequest, context: grpc.aio.ServicerContext) -> pb.UsageResponse:
+        """CPU- and GPU-hours by workspace and user (`store.usage_report`): the caller's workspace; an admin's,
+        any workspace or every one ("*")."""
+        if request.since < 0 or request.until < 0 or (request.until and request.until <= request.since):
+            raise InvalidArgument("the usage window must have since < until (unix seconds; 0: unbounded)")
+        who = caller()
+        workspace: str | None = request.workspace or who.workspace
+        if workspace != who.workspace and not who.is_admin:
+            raise PermissionDenied("only an admin may read the usage of another workspace than the token's own")
+        if workspace == "*":
+            workspace = None
+        now = self._store.clock()
+        until = request.until or now
+        rows = await self._store.usage_report(since=request.since, until=until, now=now, workspace=workspace)
+        return pb.UsageResponse(since=request.since, until=until, rows=[
+            pb.UsageRow(workspace=r.workspace, user=r.user, runs=r.runs, cpu_hours=r.cpu_hours,
+                        cpu_hours_allocated=r.cpu_hours_allocated, gpu_hours=r.gpu_hours) for r in rows])
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
         rows = await self._store.list_run_rows(caller().workspace, await self._run_query(request))
@@ -481,6 +502,8 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
         if request.max_points < 0:
             raise InvalidArgument("max points must be 1 or more (0: every point)")
         run = await self._run(request.run_id)
+        if request.system:
+            return await self._system_metrics(run.id, request.key)
         # a multi-node run shows rank 0's by default, as `logs` does
         rank = request.rank if request.has_rank else (0 if gangs.is_gang_parent(run) and not request.all_ranks
                                                       else None)
@@ -503,6 +526,21 @@ class RunyardService(AdminMethods, EnvironmentMethods, pb_grpc.RunyardServicer):
             response.summaries.add(key=summary.key, rank=ranks.get(summary.run_id, summary.rank), last=summary.last,
                                    min=summary.min, max=summary.max, count=summary.count,
                                    last_step=summary.last_step)
+        return response
+
+    async def _system_metrics(self, run_id: str, key: str) -> pb.MetricsResponse:
+        """The agent's samples of the run's use (`system/...` keys), every attempt's, one series per key (a point's
+        step is its sample's number within its attempt), with its summary."""
+        response = pb.MetricsResponse()
+        by_key: dict[str, list[UsagePoint]] = {}
+        for point in await self._store.usage_points(run_id, key):
+            by_key.setdefault(point.key, []).append(point)
+        for name, points in by_key.items():
+            values = [p.value for p in points]
+            response.series.add(key=name, steps=[p.seq for p in points], values=values, ts=[p.ts for p in points],
+                                total=len(points))
+            response.summaries.add(key=name, last=values[-1], min=min(values), max=max(values), count=len(values),
+                                   last_step=points[-1].seq)
         return response
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext) -> pb.ListNodesResponse:

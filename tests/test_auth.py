@@ -116,7 +116,7 @@ NEEDS = {
     "SetNodeSchedule": "admin", "CreateWorkspace": "admin", "ListWorkspaces": "admin", "CreateToken": "admin",
     "ListTokens": "admin", "RevokeToken": "admin", "CreateJoinToken": "admin", "RemoveNode": "admin",
     "ApproveNode": "admin", "ListAudit": "admin",
-    "ListExperiments": "viewer", "SearchLogs": "viewer",
+    "ListExperiments": "viewer", "SearchLogs": "viewer", "GetUsage": "viewer",
     "Join": "join", "Connect": "node", "FetchSnapshot": "node", "UploadOutputs": "node",
 }
 RANK = {"viewer": 1, "user": 2, "admin": 3}
@@ -157,6 +157,7 @@ def _requests(w: World) -> dict[str, Callable[[], Any]]:
         "ListAudit": lambda: pb.AuditRequest(),
         "ListExperiments": lambda: pb.ListExperimentsRequest(),
         "SearchLogs": lambda: pb.SearchLogsRequest(run_ids=[w.done_run], pattern="."),
+        "GetUsage": lambda: pb.UsageRequest(workspace="default"),   # the runs' workspace: only an admin's or its own
         "Join": lambda: pb.JoinRequest(name=f"joiner-{n()}", cluster="elsewhere",
                                        csr=pki.node_csr("joiner", pki.new_key())),
         "Connect": lambda: [],
@@ -173,11 +174,11 @@ ALLOWED = {
     "RevokeToken": OK, "CreateJoinToken": OK, "RemoveNode": OK, "ApproveNode": EXISTS, "ListAudit": OK, "Join": OK,
     "Connect": INVALID, "FetchSnapshot": OK, "UploadOutputs": INVALID,
     "CreateEnvironment": OK, "ListEnvironments": OK, "GetEnvironment": OK, "BuildEnvironment": OK,
-    "ListExperiments": OK, "SearchLogs": OK,
+    "ListExperiments": OK, "SearchLogs": OK, "GetUsage": OK,
 }
 ANOTHER_WORKSPACE = {"Submit": PRECONDITION, "GetRun": NOT_FOUND, "Cancel": NOT_FOUND, "StreamLogs": NOT_FOUND,
                      "GetMetrics": NOT_FOUND, "Download": NOT_FOUND, "GetEnvironment": NOT_FOUND,
-                     "BuildEnvironment": NOT_FOUND, "SearchLogs": NOT_FOUND}
+                     "BuildEnvironment": NOT_FOUND, "SearchLogs": NOT_FOUND, "GetUsage": DENIED}
 ANOTHER_NODE = {"FetchSnapshot": NOT_FOUND, "UploadOutputs": NOT_FOUND}
 
 

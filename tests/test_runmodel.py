@@ -176,6 +176,15 @@ def test_only_the_first_stop_terminates_and_its_reason_is_reported() -> None:
                             detail="exit code 143 (cut_off): cut off from the head for 240.0s")
 
 
+def test_a_run_its_memory_ended_is_reported_oom_killed_with_its_peak() -> None:
+    model = model_in(S.RUNNING)
+    model.handle(ProcessExited(137, oom_detail="used 1.2G at its peak, over its 256.0M memory request"))
+    model.handle(OutputDrained())
+    (report,) = model.handle(Uploaded(""))
+    assert report == Report(Phase.EXITED, exit_code=137, reason=Reason.OOM_KILLED,
+                            detail="exit code 137 (oom_killed): used 1.2G at its peak, over its 256.0M memory request")
+
+
 def test_the_failing_rank_of_a_distributed_run_is_named() -> None:
     model = model_in(S.RUNNING)
     model.handle(ProcessExited(7, rank=3))
@@ -210,7 +219,7 @@ def test_no_time_limit_arms_no_timer() -> None:
 @pytest.mark.parametrize(("value", "reason"), [
     (pb.REASON_UNSPECIFIED, Reason.CANCELED_BY_USER), (pb.REASON_STALE, Reason.STALE),
     (pb.REASON_SIBLING_FAILED, Reason.SIBLING_FAILED), (pb.REASON_PARENT_CANCELED, Reason.PARENT_CANCELED),
-    (pb.REASON_OOM_KILLED, None), (999, None),
+    (pb.REASON_UNSCHEDULABLE, None), (999, None),
 ])
 def test_stop_reasons_from_the_head(value: int, reason: Reason | None) -> None:
     assert reason_from_pb(value) == reason

@@ -11,6 +11,7 @@
     credentials.py  workspaces, users' tokens, join tokens, node keys, snapshot grants, the audit trail
     environments.py registered environments, each version immutable
     tracking.py     the MLflow API's reads: experiments, run searches, latest metrics, metric histories
+    usage.py        runs' system metrics (the agents' samples), their peaks and means, CPU- and GPU-hours
 
 Callers import from here only (`from scheduler.store import Store, Conflict, ...`); names with a leading
 underscore in the part modules are shared among the parts, not with the rest of the head.
@@ -37,9 +38,11 @@ from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
 from scheduler.store.runs import ExperimentRow, LiveRow, QueuedRow, RendezvousRange, RunQuery, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 from scheduler.store.tracked import END_WORDS, Applied, TrackedStore, TrackingRecord  # noqa: F401
 from scheduler.store.tracking import TrackingStore
+from scheduler.store.usage import SYSTEM_PREFIX, UsagePoint, UsageRow, UsageStore, UsageSummary  # noqa: F401
 
 
-class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore, TrackingStore):
+class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore, TrackingStore,
+            UsageStore):
     """Reads and writes of the head's database. Create with `await Store.open(data_dir)`."""
 
     def __init__(
