@@ -36,7 +36,7 @@ from agent.environments import Environments
 from agent.interpreters import Interpreter, candidates, find_interpreters, versions
 from agent.errors import AgentError, ContainmentUnavailable
 from agent.link import HeadLink
-from agent.metrics import AgentMetrics, NoUsage, serve_metrics
+from agent.metrics import AgentMetrics, serve_metrics
 from agent.outbox import Outbox
 from agent.reach import may_execute
 from agent.rundirs import RunRoot, close_run_root, open_run_root, remove_leftovers
@@ -160,7 +160,8 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()       # systemd's, under Type=notify; taken out of the environment runs inherit from
     link: HeadLink | None = None
-    metrics = AgentMetrics(usage=NoUsage(), outbox=outbox, connected=lambda: link is not None and link.connected.is_set())
+    sampler = RunSampler(outbox=outbox, probe=gpu_probe(config), clock=clock, interval_s=config.usage_interval_s)
+    metrics = AgentMetrics(usage=sampler, outbox=outbox, connected=lambda: link is not None and link.connected.is_set())
     monitor = await serve_metrics(metrics, config.metrics_listen)
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -170,8 +171,6 @@ async def _serve_tracked(config: AgentConfig, clock: Clock, containment: Contain
                                     tuple(config.pip_find_links)),
                 containment=containment, tasks=tasks, platform=node_platform(), max_bytes=config.env_cache_max_bytes,
                 timeout_s=config.env_build_timeout_s)
-            sampler = RunSampler(outbox=outbox, probe=gpu_probe(config), clock=clock,
-                                 interval_s=config.usage_interval_s)
             supervisor = Supervisor(config=config, outbox=outbox, files=_LazyFiles(lambda: link), tasks=tasks,
                                     clock=clock, containment=containment, users=users, root=root,
                                     environments=environments, tracking=tracking, sampler=sampler)

@@ -63,13 +63,6 @@ class UsageSource(Protocol):
     def latest(self) -> Sequence[RunUsage]: ...
 
 
-class NoUsage:
-    """A usage source with nothing to report: the agent's until a sampler of runs is wired in."""
-
-    def latest(self) -> Sequence[RunUsage]:
-        return ()
-
-
 class Backlog(Protocol):
     """The outbox as the metrics read it."""
 

@@ -107,3 +107,31 @@ def test_head_and_agent_serve_metrics_health_and_readiness(one_node: Cluster, pr
     assert one_node.head.metrics_url == head_url
     wait_until("the agent to be ready again", lambda: get(agent_base + "/readyz")[0] == 200)
     assert get(head_url.removesuffix("/metrics") + "/readyz") == (200, "ready\n")
+
+
+def test_the_agent_exports_each_live_runs_use_with_its_labels(tmp_path: Path) -> None:
+    cluster = Cluster.start(tmp_path / "cluster", agents=1, fake_gpus=1, usage_interval_s=0.2)
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "hold.py").write_text("import time\nx = bytearray(64 << 20)\nx[::4096] = b'1' * len(x[::4096])\n"
+                                      "time.sleep(60)\n")
+        run_id = cluster.cli("submit", "-d", "-q", "--gpus", "1", str(work), "--", "python", "hold.py",
+                             check=True).stdout.strip()
+        url = agent_metrics_url(cluster.agents[0])
+
+        def sampled() -> str | None:
+            text = get(url)[1]
+            try:
+                held = sample(text, "runyard_run_memory_bytes", run_id=run_id, workspace="default")
+            except AssertionError:
+                return None
+            return text if held >= 64 << 20 else None
+        text = str(wait_until("the agent to export the run's memory", sampled))
+        assert sample(text, "runyard_run_cpu_seconds_total", run_id=run_id, workspace="default") > 0
+        gpu = sample(text, "runyard_run_gpu_utilization_ratio", gpu="0", run_id=run_id, workspace="default")
+        assert 0 <= gpu <= 1
+        check_with_promtool(text)
+        cluster.cli("cancel", run_id, check=True)
+    finally:
+        cluster.stop()

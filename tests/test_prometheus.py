@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import AgentMetrics, NoUsage
+from agent.metrics import AgentMetrics
 from runyard.monitoring import MonitoringServer
 from scheduler.config import HeadConfig
 from scheduler.metrics import HeadMetrics
@@ -208,8 +208,13 @@ def test_agent_metrics_report_each_run_like_dcgm_exporter() -> None:
     assert_named_by_convention(text)
 
 
-def test_agent_without_a_usage_source_reports_no_runs() -> None:
-    metrics = AgentMetrics(usage=NoUsage(), outbox=FakeOutbox(0, 0), connected=lambda: False)
+class NoRuns:
+    def latest(self) -> tuple[()]:
+        return ()
+
+
+def test_agent_without_a_live_run_reports_no_run() -> None:
+    metrics = AgentMetrics(usage=NoRuns(), outbox=FakeOutbox(0, 0), connected=lambda: False)
     text = generate_latest(metrics.registry).decode()
     assert not [k for k in samples_of(text) if k[0].startswith("runyard_run_")]
     assert value(text, "runyard_head_connected") == 0
