@@ -33,12 +33,19 @@ class Record:
 
     seq: int  # 0-based line number in the file
     ts: float
-    metrics: tuple[tuple[str, float, int], ...]  # (key, value, step)
+    keys: list[str]  # its metric points as columns, one entry per point
+    values: list[float]
+    steps: list[int]
     params: dict[str, str]
     tags: dict[str, str]
     run: str  # "" for the run itself, else the id of a child run
     child: tuple[str, str] | None  # (child_id, name) when this line announces a child of `run`
     end: str = ""  # FINISHED, FAILED or KILLED: the child run `run` ended
+
+    @property
+    def metrics(self) -> tuple[tuple[str, float, int], ...]:
+        """Its points as (key, value, step)."""
+        return tuple(zip(self.keys, self.values, self.steps))
 
 
 class _Malformed(ValueError):
@@ -148,20 +155,27 @@ class RecordTail:
         )
 
 
+_DECODE = json.JSONDecoder().decode      # json.loads, less its per-call checks of the argument's type
+
+
 def _parse(seq: int, line: bytes) -> Record:
-    obj = json.loads(line)
-    if not isinstance(obj, dict):
+    obj = _DECODE(line.decode("utf-8"))
+    if type(obj) is not dict:
         raise _Malformed(f"expected a JSON object, got {type(obj).__name__}")
-    child = obj.get("child")
+    get = obj.get
+    child, params, tags, run = get("child"), get("params"), get("tags"), get("run")
+    keys, values, steps = _points(get("k", []), get("v", []), get("s", []))
     return Record(
         seq=seq,
-        ts=_timestamp(obj.get("ts")),
-        metrics=tuple(_metric(item) for item in _list(obj.get("metrics", []), "metrics")),
-        params=_text_map(obj.get("params", {}), "params"),
-        tags=_text_map(obj.get("tags", {}), "tags"),
-        run=_text(obj.get("run", ""), "run"),
+        ts=_timestamp(get("ts")),
+        keys=keys,
+        values=values,
+        steps=steps,
+        params={} if params is None else _text_map(params, "params"),
+        tags={} if tags is None else _text_map(tags, "tags"),
+        run="" if run is None else _text(run, "run"),
         child=None if child is None else _child(child),
-        end=_end(obj.get("end", "")),
+        end=_end(get("end", "")),
     )
 
 
@@ -181,31 +195,44 @@ def _timestamp(value: Any) -> float:
 # Metric keys already seen valid: a script logs the same few keys again and again.
 _GOOD_KEYS: set[str] = set()
 _MAX_GOOD_KEYS = 10_000
+_FLOAT_ONLY = {float}
+_INT_ONLY = {int}
 
 
-def _metric(item: Any) -> tuple[str, float, int]:
-    """(key, value, step) of one metric; the common shape (a known key, a float, an int step) checked at once."""
-    if type(item) is dict:
-        key, value, step = item.get("k"), item.get("v"), item.get("s")
-        if type(key) is str and key in _GOOD_KEYS and type(value) is float and type(step) is int \
-                and _STEP_MIN <= step <= _STEP_MAX:
-            return key, value, step
-    found = _checked_metric(item)
-    if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
-        _GOOD_KEYS.add(found[0])
-    return found
+def _points(keys: Any, values: Any, steps: Any) -> tuple[list[str], list[float], list[int]]:
+    """The columns of a line's points: keys, values and steps (one step for all, or one per point). The common
+    shape (known keys, float values, int steps) is checked column by column at C speed."""
+    if type(keys) is not list or type(values) is not list or len(values) != len(keys):
+        raise _Malformed("metric keys k and values v must be lists of the same length")
+    if type(steps) is int:
+        steps = [steps] * len(keys)
+    elif type(steps) is not list or len(steps) != len(keys):
+        raise _Malformed("metric steps s must be an integer or a list as long as k")
+    if not keys:
+        return keys, values, steps
+    try:
+        known = _GOOD_KEYS.issuperset(keys)
+    except TypeError:       # an unhashable key: the checks below say what is wrong with it
+        known = False
+    if not known:
+        for key in keys:
+            _metric_key(key)
+    if set(map(type, values)) != _FLOAT_ONLY:
+        values = [_number(value, f"metric {key!r} value") for key, value in zip(keys, values)]
+    if set(map(type, steps)) != _INT_ONLY or min(steps) < _STEP_MIN or max(steps) > _STEP_MAX:
+        for key, step in zip(keys, steps):
+            if type(step) is not int or not _STEP_MIN <= step <= _STEP_MAX:
+                raise _Malformed(f"metric {key!r}: step must be a signed 64-bit integer")
+    return keys, values, steps
 
 
-def _checked_metric(item: Any) -> tuple[str, float, int]:
-    if not isinstance(item, dict):
-        raise _Malformed("each metric must be an object with k, v and s")
-    key = _text(item.get("k"), "metric key")
+def _metric_key(key: Any) -> str:
+    key = _text(key, "metric key")
     if not key:
         raise _Malformed("metric key must not be empty")
-    step = item.get("s")
-    if isinstance(step, bool) or not isinstance(step, int) or not _STEP_MIN <= step <= _STEP_MAX:
-        raise _Malformed(f"metric {key!r}: step must be a signed 64-bit integer")
-    return key, _number(item.get("v"), f"metric {key!r} value"), step
+    if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
+        _GOOD_KEYS.add(key)
+    return key
 
 
 def _child(value: Any) -> tuple[str, str]:
@@ -224,12 +251,6 @@ def _number(value: Any, what: str) -> float:
         return float(value)
     except OverflowError as err:
         raise _Malformed(f"{what} is too large") from err
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _Malformed(f"{what} must be a list")
-    return value
 
 
 def _text_map(value: Any, what: str) -> dict[str, str]:

@@ -160,13 +160,11 @@ class MetricShipper:
         records = self._tail.read_new()
         batch = pb.MetricBatch(run_id=self._asg.run_id, attempt=self._asg.attempt)
         for r in records:
-            shipped = batch.records.add(
+            batch.records.add(
                 seq=r.seq, params=r.params, tags=r.tags, rank=self.rank, run_id=r.run, end=r.end, ts=r.ts,
                 child=pb.TrackedChild(id=r.child[0], name=r.child[1]) if r.child else None,
+                keys=r.keys, values=r.values, steps=r.steps,
             )
-            add = shipped.points.add
-            for k, v, s in r.metrics:
-                add(key=k, value=v, step=s, ts=r.ts)
         if records:
             self._outbox.put(pb.AgentMessage(metrics=batch))
         return len(records)

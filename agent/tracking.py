@@ -557,11 +557,14 @@ def _write_batch(tracked: _Tracked, run: _Run, points: list[tuple[str, float, in
                            f"value cannot change (tried {text[:100]!r})")
     where = {"run": run.id} if run.parent else {}
     lines: list[dict[str, Any]] = []
-    by_ts: dict[int, list[dict[str, Any]]] = {}
+    by_ts: dict[int, tuple[list[str], list[float], list[int]]] = {}
     for key, value, ts_ms, step in points:
-        by_ts.setdefault(ts_ms, []).append({"k": key, "v": value, "s": step})
-    for ts_ms, metrics in by_ts.items():
-        lines.append({"ts": ts_ms / 1000, **where, "metrics": metrics})
+        keys, values, steps = by_ts.setdefault(ts_ms, ([], [], []))
+        keys.append(key)
+        values.append(value)
+        steps.append(step)
+    for ts_ms, (keys, values, steps) in by_ts.items():
+        lines.append({"ts": ts_ms / 1000, **where, "k": keys, "v": values, "s": steps})
     if params or tags:
         extra = {**({"params": params} if params else {}), **({"tags": tags} if tags else {})}
         if lines:

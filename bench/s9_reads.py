@@ -66,12 +66,13 @@ def write_points(db: Path, run_id: str, points: int) -> None:
         conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("BEGIN IMMEDIATE")
         t0 = time.time() - points
-        for key_index, key in enumerate((KEY, *OTHER_KEYS)):
-            rows = [(run_id, 1, 0, step, key, step,
-                     float("nan") if step % 10007 == 5 else (float("inf") if step % 20011 == 7 else rng.random()),
-                     t0 + step) for step in range(points)]
-            conn.executemany("INSERT INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        for key in (KEY, *OTHER_KEYS):
+            series = conn.execute("INSERT INTO metric_series (run_id, key, rank) VALUES (?, ?, 0)", (run_id, key)).lastrowid
+            rows = [(series, step, t0 + step, 1, step,
+                     float("nan") if step % 10007 == 5 else (float("inf") if step % 20011 == 7 else rng.random()))
+                    for step in range(points)]
+            conn.executemany("INSERT INTO metric_points (series, step, ts, attempt, seq, value) VALUES (?, ?, ?, ?, ?, ?)",
+                             rows)
         conn.execute("COMMIT")
     finally:
         conn.close()

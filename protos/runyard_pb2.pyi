@@ -357,7 +357,7 @@ class MetricPoint(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class MetricRecord(_message.Message):
-    __slots__ = ("seq", "points", "params", "tags", "rank", "run_id", "child", "end", "ts")
+    __slots__ = ("seq", "params", "tags", "rank", "run_id", "child", "end", "ts", "keys", "values", "steps")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -373,7 +373,6 @@ class MetricRecord(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SEQ_FIELD_NUMBER: _ClassVar[int]
-    POINTS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -381,8 +380,10 @@ class MetricRecord(_message.Message):
     CHILD_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     seq: int
-    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     params: _containers.ScalarMap[str, str]
     tags: _containers.ScalarMap[str, str]
     rank: int
@@ -390,7 +391,10 @@ class MetricRecord(_message.Message):
     child: TrackedChild
     end: str
     ts: float
-    def __init__(self, seq: _Optional[int] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., rank: _Optional[int] = ..., run_id: _Optional[str] = ..., child: _Optional[_Union[TrackedChild, _Mapping]] = ..., end: _Optional[str] = ..., ts: _Optional[float] = ...) -> None: ...
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., rank: _Optional[int] = ..., run_id: _Optional[str] = ..., child: _Optional[_Union[TrackedChild, _Mapping]] = ..., end: _Optional[str] = ..., ts: _Optional[float] = ..., keys: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TrackedChild(_message.Message):
     __slots__ = ("id", "name")

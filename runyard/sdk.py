@@ -10,10 +10,12 @@ records go to `./runyard-offline/<id>.jsonl`.
 
 One line of the records file (written with `json.dumps(..., allow_nan=True, separators=(",", ":"))`):
 
-    {"ts": 1717000000.5, "metrics": [{"k": "loss", "v": 0.31, "s": 120}], "params": {"lr": "0.1"},
+    {"ts": 1717000000.5, "k": ["loss", "acc"], "v": [0.31, 0.9], "s": 120, "params": {"lr": "0.1"},
      "tags": {"team": "cv"}, "run": "<child id>", "child": {"id": "<child id>", "name": "fold-1"}}
 
-`metrics`, `params`, `tags` and `run` are left out when empty; `child` only appears on the line announcing a
+The metric points are columns: keys `k`, values `v` and steps `s`, one step for every point or a list of one per
+point (columns cost a third of an object per point to write and to read). `k`/`v`/`s`, `params`, `tags` and `run`
+are left out when empty; `child` only appears on the line announcing a
 child run; `{"ts": ..., "run": "<child id>", "end": "FINISHED"}` (or `FAILED`, `KILLED`: MLflow's words, which the
 agent's MLflow endpoint writes too) ends a child run, which otherwise ends with the run's process; NaN and +-inf are written as the JSON extensions `NaN`, `Infinity`, `-Infinity`.
 
@@ -84,6 +86,7 @@ def _check_name(kind: str, name: object) -> str:
 
 # Metric names already checked: a training loop logs the same few names again and again.
 _GOOD_METRIC_NAMES: set[str] = set()
+_FLOAT_ONLY = {float}
 _MAX_GOOD_NAMES = 10_000
 
 
@@ -358,19 +361,24 @@ class Run:
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping of name to value, got {type(metrics).__name__}")
         explicit = None if step is None else _metric_step(step)
-        checked = [(key if key in _GOOD_METRIC_NAMES else _good_metric_name(key), _metric_value(key, value))
-                   for key, value in metrics.items()]
-        if not checked:
+        keys = list(metrics)
+        if not keys:
             return
+        if not _GOOD_METRIC_NAMES.issuperset(keys):
+            keys = [_good_metric_name(key) for key in keys]
+        values = list(metrics.values())
+        if set(map(type, values)) != _FLOAT_ONLY:    # the common case: every value a float already
+            values = [_metric_value(key, value) for key, value in zip(keys, values)]
         with self._records.lock:
+            steps: int | list[int]
             if explicit is None:
-                points = [(key, value, self._take_step(key, None)) for key, value in checked]
+                steps = [self._take_step(key, None) for key in keys]
             else:   # one step for all: no per-key bookkeeping but the next step of each
-                points = [(key, value, explicit) for key, value in checked]
-                self._next_steps.update(dict.fromkeys([key for key, _ in checked], min(explicit + 1, _STEP_MAX)))
-            self._put({"metrics": [{"k": key, "v": value, "s": s} for key, value, s in points]})
+                steps = explicit
+                self._next_steps.update(dict.fromkeys(keys, min(explicit + 1, _STEP_MAX)))
+            self._put({"k": keys, "v": values, "s": steps})
         if self._echo_prefix:
-            self._echo(_describe_points(points))
+            self._echo(_describe_points(keys, values, steps))
 
     def log_param(self, key: str, value: object) -> None:
         """Record a parameter; the value is stored as `str(value)`."""
@@ -443,8 +451,8 @@ class Run:
         return f"Run(id={self.id!r}, offline={self._offline})"
 
 
-def _describe_points(points: list[tuple[str, float, int]]) -> str:
-    steps = {step for _, _, step in points}
-    if len(steps) == 1:
-        return " ".join(f"{key}={_format_value(value)}" for key, value, _ in points) + f" step={steps.pop()}"
-    return " ".join(f"{key}={_format_value(value)} (step {step})" for key, value, step in points)
+def _describe_points(keys: list[str], values: list[float], steps: int | list[int]) -> str:
+    if isinstance(steps, int) or len(set(steps)) == 1:
+        step = steps if isinstance(steps, int) else steps[0]
+        return " ".join(f"{key}={_format_value(value)}" for key, value in zip(keys, values)) + f" step={step}"
+    return " ".join(f"{key}={_format_value(value)} (step {step})" for key, value, step in zip(keys, values, steps))

@@ -195,7 +195,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
     async def _apply_metrics(self, run: RunRecord, batch: pb.MetricBatch) -> None:
         """The run's records and those of the tracked runs its script started (the store checks they are its)."""
         records = [TrackingRecord(rank=rec.rank, seq=rec.seq, run_id=rec.run_id, ts=rec.ts,
-                                  points=tuple([(p.key, p.step, p.value, p.ts) for p in rec.points]),
+                                  keys=rec.keys, steps=rec.steps, values=rec.values,
                                   params=dict(rec.params) if rec.params else {},
                                   tags=dict(rec.tags) if rec.tags else {},
                                   child=(rec.child.id, rec.child.name) if rec.HasField("child") else None,

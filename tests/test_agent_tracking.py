@@ -98,6 +98,13 @@ async def endpoint(tmp_path: Path) -> AsyncIterator[Endpoint]:
         await server.close()
 
 
+def _points(line: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """A records line's metric points as (key, value, step)."""
+    steps = line.get("s", [])
+    keys = line.get("k", [])
+    return list(zip(keys, line.get("v", []), [steps] * len(keys) if isinstance(steps, int) else steps))
+
+
 async def _python(code: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env, cwd=cwd,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -113,7 +120,7 @@ async def test_the_mlflow_client_logs_into_the_records_file(endpoint: Endpoint, 
     lines = endpoint.lines()
 
     own = [line for line in lines if "run" not in line and "child" not in line]
-    points = [(m["k"], m["v"], m["s"]) for line in own for m in line.get("metrics", [])]
+    points = [point for line in own for point in _points(line)]
     assert points[:5] == [("loss", 1.0 / (s + 1), s) for s in range(5)]
     assert ("acc", 0.5, 7) in points and ("f1", 0.25, 7) in points
     params = {k: v for line in own for k, v in line.get("params", {}).items()}
@@ -121,17 +128,15 @@ async def test_the_mlflow_client_logs_into_the_records_file(endpoint: Endpoint, 
     assert params == {"lr": "0.1", "batch": "32"}
     assert tags["team"] == "cv" and tags["phase"] == "warmup"
     # a batch keeps each point's own timestamp: one line per distinct timestamp
-    batch = [line for line in own if any(m["k"] == "b" for m in line.get("metrics", []))]
-    assert [(line["ts"], line["metrics"]) for line in batch] == [(1.0, [{"k": "b", "v": 1.0, "s": 1}]),
-                                                                 (2.0, [{"k": "b", "v": 2.0, "s": 2}])]
+    batch = [line for line in own if "b" in line.get("k", [])]
+    assert [(line["ts"], _points(line)) for line in batch] == [(1.0, [("b", 1.0, 1)]), (2.0, [("b", 2.0, 2)])]
     assert [line for line in batch if "params" in line][0]["params"] == {"batch": "32"}
 
     announced = [line["child"] | {"under": line.get("run", "")} for line in lines if "child" in line]
     assert announced[0] == {"id": inner, "name": "inner", "under": ""}
     deeper = announced[1]["id"]
     assert announced[1] == {"id": deeper, "name": "deeper", "under": inner}
-    assert {"run": inner, "metrics": [{"k": "inner_acc", "v": 0.9, "s": 0}]}.items() <= {
-        k: v for line in lines if line.get("run") == inner and "metrics" in line for k, v in line.items()}.items()
+    assert [_points(line) for line in lines if line.get("run") == inner and "k" in line] == [[("inner_acc", 0.9, 0)]]
     assert [line["end"] for line in lines if "end" in line and line["run"] == deeper] == ["FINISHED"]
     assert [line["end"] for line in lines if "end" in line and line["run"] == inner] == ["FINISHED"]
     assert not any("end" in line and "run" not in line for line in lines)   # the attempt's run: its process says
@@ -271,7 +276,7 @@ async def test_a_param_keeps_its_first_value_and_a_terminal_update_of_the_run_it
         {"key": "x", "value": "-Infinity", "timestamp": 7000, "step": 2}]})
     assert status == 200
     assert endpoint.records.read_text().splitlines()[-1] == (
-        '{"ts":7.0,"metrics":[{"k":"x","v":NaN,"s":1},{"k":"x","v":-Infinity,"s":2}]}')
+        '{"ts":7.0,"k":["x","x"],"v":[NaN,-Infinity],"s":[1,2]}')
 
 
 def test_a_run_gets_the_endpoint_its_token_run_and_experiment_and_nothing_overrides_them(tmp_path: Path) -> None:

@@ -120,8 +120,8 @@ async def test_a_run_uses_what_only_its_environment_has_and_sees_its_build(
     assert build_lines[0].startswith("==> create the venv (python 3.11")
     assert "==> install 1 pip requirement" in build_lines and " + tinyalpha==1.0" in build_lines
     assert f"environment {key[:12]}: building it on this node" in head.log_lines("with-env", pb.SYSTEM)
-    metrics = [p.key for m in head.messages if m.WhichOneof("body") == "metrics" for r in m.metrics.records
-               for p in r.points]
+    metrics = [key for m in head.messages if m.WhichOneof("body") == "metrics" for r in m.metrics.records
+               for key in r.keys]
     assert metrics == ["alpha_loaded"], "the SDK works in the environment without being installed there"
     assert bare.exit_code == 1 and "No module named 'tinyalpha'" in "\n".join(head.log_lines("without", pb.STDERR))
     hello = head.hello()

@@ -131,7 +131,7 @@ def test_an_mlflow_script_logs_into_its_run(cluster: Cluster, project: Path, tmp
     cluster.cli("download", run_id, "--outputs", str(out), check=True)
     lines = [json.loads(line) for line in (out / "records-copy.jsonl").read_text().splitlines()]
     assert {"id": inner, "name": "inner"} in [line["child"] for line in lines if "child" in line]
-    assert [m["k"] for line in lines if line.get("run") == inner for m in line.get("metrics", [])] == ["inner_acc"]
+    assert [key for line in lines if line.get("run") == inner for key in line.get("k", [])] == ["inner_acc"]
     assert [line["end"] for line in lines if line.get("run") == inner and "end" in line] == ["FINISHED"]
     assert (out / "curve.txt").read_text() == "curve"
     assert (out / "figures" / "curve.txt").read_text() == "curve"

@@ -162,8 +162,11 @@ def db() -> Iterator[sqlite3.Connection]:
     connection.execute(
         "INSERT INTO runs (id, workspace, experiment, display_name, state, spec, snapshot_sha256, created_at) "
         "VALUES ('elsewhere', 'w2', 'e', 'alpha', 'Completed', '{}', '', 1.0)")
-    connection.executemany("INSERT INTO metrics (run_id, attempt, rank, seq, key, step, value, ts) "
-                           "VALUES (?, 1, ?, ?, ?, ?, ?, ?)", METRICS)
+    for rid, rank, seq, key, step, value, ts in METRICS:
+        connection.execute("INSERT OR IGNORE INTO metric_series (run_id, key, rank) VALUES (?, ?, ?)", (rid, key, rank))
+        connection.execute("INSERT INTO metric_points (series, step, ts, attempt, seq, value) SELECT id, ?, ?, 1, ?, ? "
+                           "FROM metric_series WHERE run_id = ? AND key = ? AND rank = ?",
+                           (step, ts, seq, value, rid, key, rank))
     connection.executemany("INSERT INTO params (run_id, key, value) VALUES (?, ?, ?)", PARAMS)
     yield connection
     connection.close()

@@ -26,15 +26,15 @@ def test_missing_file_returns_nothing_until_it_appears(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     tail = RecordTail(path)
     assert tail.read_new() == []
-    _append(path, _line(metrics=[{"k": "loss", "v": 0.5, "s": 3}]))
-    assert tail.read_new() == [Record(0, 1.0, (("loss", 0.5, 3),), {}, {}, "", None)]
+    _append(path, _line(k=["loss"], v=[0.5], s=3))
+    assert tail.read_new() == [Record(0, 1.0, ["loss"], [0.5], [3], {}, {}, "", None)]
 
 
 def test_full_record_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     _append(
         path,
-        b'{"ts":2.5,"metrics":[{"k":"a","v":NaN,"s":0},{"k":"b","v":-Infinity,"s":-1},{"k":"c","v":7,"s":2}],'
+        b'{"ts":2.5,"k":["a","b","c"],"v":[NaN,-Infinity,7],"s":[0,-1,2],'
         b'"params":{"lr":"0.1"},"tags":{"team":"cv"},"run":"child1"}\n'
         b'{"ts":3,"child":{"id":"child1","name":"fold-1"}}\n',
     )
@@ -45,13 +45,13 @@ def test_full_record_is_parsed(tmp_path: Path) -> None:
     assert metric_b == ("b", -math.inf, -1)
     assert metric_c == ("c", 7.0, 2) and isinstance(metric_c[1], float)
     assert first.params == {"lr": "0.1"} and first.tags == {"team": "cv"}
-    assert second == Record(1, 3.0, (), {}, {}, "", ("child1", "fold-1"))
+    assert second == Record(1, 3.0, [], [], [], {}, {}, "", ("child1", "fold-1"))
 
 
 def test_partial_line_is_held_back_until_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     tail = RecordTail(path)
-    whole = _line(metrics=[{"k": "loss", "v": 1.5, "s": 0}])
+    whole = _line(k=["loss"], v=[1.5], s=[0])
     _append(path, whole[:10])
     assert tail.read_new() == []
     _append(path, whole[10:-1])
@@ -67,19 +67,24 @@ BAD_LINES = {
     "not json": b"not json",
     "empty": b"",
     "array": b"[1, 2]",
-    "no ts": b'{"metrics": []}',
+    "no ts": b'{"k": []}',
     "ts string": b'{"ts": "1"}',
     "ts nan": b'{"ts": NaN}',
     "ts bool": b'{"ts": true}',
-    "metrics not list": b'{"ts": 1, "metrics": {"k": "a", "v": 1, "s": 0}}',
-    "metric not object": b'{"ts": 1, "metrics": [1]}',
-    "metric key missing": b'{"ts": 1, "metrics": [{"v": 1, "s": 0}]}',
-    "metric key empty": b'{"ts": 1, "metrics": [{"k": "", "v": 1, "s": 0}]}',
-    "metric value string": b'{"ts": 1, "metrics": [{"k": "a", "v": "1", "s": 0}]}',
-    "metric value bool": b'{"ts": 1, "metrics": [{"k": "a", "v": true, "s": 0}]}',
-    "metric value huge int": b'{"ts": 1, "metrics": [{"k": "a", "v": 1' + b"0" * 400 + b', "s": 0}]}',
-    "metric step float": b'{"ts": 1, "metrics": [{"k": "a", "v": 1, "s": 1.5}]}',
-    "metric step over int64": b'{"ts": 1, "metrics": [{"k": "a", "v": 1, "s": 9223372036854775808}]}',
+    "keys not list": b'{"ts": 1, "k": "a", "v": [1], "s": 0}',
+    "values missing": b'{"ts": 1, "k": ["a"], "s": 0}',
+    "columns of two lengths": b'{"ts": 1, "k": ["a", "b"], "v": [1], "s": 0}',
+    "steps of another length": b'{"ts": 1, "k": ["a", "b"], "v": [1, 2], "s": [0]}',
+    "metric key not text": b'{"ts": 1, "k": [1], "v": [1], "s": 0}',
+    "metric key a list": b'{"ts": 1, "k": [["a"]], "v": [1], "s": 0}',
+    "metric key empty": b'{"ts": 1, "k": [""], "v": [1], "s": 0}',
+    "metric value string": b'{"ts": 1, "k": ["a"], "v": ["1"], "s": 0}',
+    "metric value bool": b'{"ts": 1, "k": ["a"], "v": [true], "s": 0}',
+    "metric value huge int": b'{"ts": 1, "k": ["a"], "v": [1' + b"0" * 400 + b'], "s": 0}',
+    "metric step float": b'{"ts": 1, "k": ["a"], "v": [1], "s": 1.5}',
+    "metric step float in a list": b'{"ts": 1, "k": ["a", "b"], "v": [1, 2], "s": [0, 1.5]}',
+    "metric step bool": b'{"ts": 1, "k": ["a"], "v": [1], "s": [true]}',
+    "metric step over int64": b'{"ts": 1, "k": ["a"], "v": [1], "s": 9223372036854775808}',
     "param value int": b'{"ts": 1, "params": {"lr": 0.1}}',
     "tags list": b'{"ts": 1, "tags": ["a"]}',
     "run int": b'{"ts": 1, "run": 5}',

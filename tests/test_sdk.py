@@ -123,8 +123,8 @@ def test_records_arrive_exactly_with_only_the_stdlib(sdk_dir: Path, tmp_path: Pa
     assert (key, step) == ("x", 0) and math.isnan(value)
     assert all(started <= r.ts <= time.time() for r in records)
     first_line, *_ = records_file.read_text().splitlines()
-    assert set(json.loads(first_line)) == {"ts", "metrics"}
-    assert '"v":NaN' in records_file.read_text()
+    assert set(json.loads(first_line)) == {"ts", "k", "v", "s"}
+    assert '"v":[NaN]' in records_file.read_text()
 
 
 def test_flush_thread_delivers_while_the_script_runs(sdk_dir: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def child(seq: int, child_id: str, name: str, *, of: str = "") -> TrackingRecord
 
 
 def point(seq: int, key: str, value: float, *, of: str = "", step: int = 0) -> TrackingRecord:
-    return TrackingRecord(rank=0, seq=seq, run_id=of, points=((key, step, value, 11.0),), ts=11.0)
+    return TrackingRecord(rank=0, seq=seq, run_id=of, keys=(key,), steps=(step,), values=(value,), ts=11.0)
 
 
 def end(seq: int, of: str, word: str = "FINISHED") -> TrackingRecord:

@@ -129,17 +129,26 @@ CREATE TABLE "logs" (
 CREATE UNIQUE INDEX logs_key ON logs (run_id, attempt, rank, stream, seq);
 CREATE INDEX logs_run ON logs (run_id, id);
 
-CREATE TABLE "metrics" (
+CREATE TABLE metric_series (
+    id       INTEGER PRIMARY KEY,
     run_id   TEXT NOT NULL,
     key      TEXT NOT NULL,
     rank     INTEGER NOT NULL,
+    UNIQUE (run_id, key, rank)
+);
+CREATE TABLE metric_points (
+    series   INTEGER NOT NULL,            -- metric_series.id
     step     INTEGER NOT NULL,
     ts       REAL NOT NULL,
     attempt  INTEGER NOT NULL,
     seq      INTEGER NOT NULL,
     value    REAL,                        -- NULL stores NaN (SQLite turns NaN into NULL)
-    PRIMARY KEY (run_id, key, rank, step, ts, attempt, seq)
+    PRIMARY KEY (series, step, ts, attempt, seq)
 ) WITHOUT ROWID;
+-- Points in the shape reads want: one series (a chart, a summary) is one range scan of metric_points.
+CREATE VIEW metrics AS
+    SELECT s.run_id, s.key, s.rank, p.step, p.ts, p.attempt, p.seq, p.value
+    FROM metric_series AS s JOIN metric_points AS p ON p.series = s.id;
 CREATE TABLE metric_records (
     run_id   TEXT NOT NULL,
     attempt  INTEGER NOT NULL,

@@ -22,6 +22,7 @@ from array import array
 from operator import itemgetter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, TypeVar, cast
 
 from scheduler.group_commit import Effects
@@ -113,13 +114,16 @@ def _only(args: list[Any], rank: int | None, stream: int | None) -> str:
     return sql
 
 
-def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
-                   points: Sequence[tuple[int, int, str, int, float, float]], params: Mapping[str, str],
-                   tags: Mapping[str, str]) -> None:
-    """In a write transaction: append one run's (rank, seq, key, step, value, ts) points (those of a record line
-    already stored, a resent one, are ignored), upsert its params, merge its tags."""
-    if points:
-        _insert_points(w, run_id, attempt, points)
+# One record line's metric points as columns: (rank, seq, ts, keys, steps, values); every point has the line's ts.
+MetricLine = tuple[int, int, float, Sequence[str], Sequence[int], Sequence[float]]
+
+
+def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int, lines: Sequence[MetricLine],
+                   params: Mapping[str, str], tags: Mapping[str, str]) -> None:
+    """In a write transaction: append the points of one run's record lines (those of a line already stored, a
+    resent one, are ignored), upsert its params, merge its tags."""
+    if lines:
+        _insert_points(w, run_id, attempt, lines)
     if params:
         w.executemany("INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?, ?, ?)",
                       [(run_id, k, v) for k, v in params.items()])
@@ -127,28 +131,43 @@ def _write_metrics(w: sqlite3.Connection, run_id: str, attempt: int,
         w.execute("UPDATE runs SET tags = json_patch(tags, ?) WHERE id = ?", (json.dumps(dict(tags)), run_id))
 
 
-def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int,
-                   points: Sequence[tuple[int, int, str, int, float, float]]) -> None:
+def _insert_points(w: sqlite3.Connection, run_id: str, attempt: int, lines: Sequence[MetricLine]) -> None:
     """The points of the record lines (rank, seq) not stored yet, and a `metric_records` row for each such line:
-    one range read per rank tells which lines of the batch were stored before (a resent batch: all of them)."""
-    lines: dict[int, set[int]] = {}
-    for rank, seq in {(point[0], point[1]) for point in points}:
-        lines.setdefault(rank, set()).add(seq)
+    one range read per rank tells which lines of the batch were stored before (a resent batch: all of them).
+    Each point's row names its series by id (`metric_series`), looked up once per series of the batch."""
+    by_rank: dict[int, set[int]] = {}
+    for line in lines:
+        by_rank.setdefault(line[0], set()).add(line[1])
     stored: set[tuple[int, int]] = set()
-    for rank, seqs in lines.items():
+    for rank, seqs in by_rank.items():
         stored.update((rank, seq) for (seq,) in w.execute(
             "SELECT seq FROM metric_records WHERE run_id = ? AND attempt = ? AND rank = ? AND seq BETWEEN ? AND ?",
             (run_id, attempt, rank, min(seqs), max(seqs))))
-    w.executemany("INSERT INTO metric_records (run_id, attempt, rank, seq) VALUES (?, ?, ?, ?)",
-                  [(run_id, attempt, rank, seq) for rank, seqs in lines.items() for seq in seqs
-                   if (rank, seq) not in stored])
-    # OR IGNORE: a line holding one key twice at one step and time keeps the first (at two steps, both)
-    at = (run_id, attempt)
-    w.executemany(
-        "INSERT OR IGNORE INTO metrics (rank, seq, key, step, value, ts, run_id, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [point + at for point in points if (point[0], point[1]) not in stored] if stored else
-        [point + at for point in points],
-    )
+    new = [line for line in lines if (line[0], line[1]) not in stored] if stored else lines
+    w.executemany("INSERT OR IGNORE INTO metric_records (run_id, attempt, rank, seq) VALUES (?, ?, ?, ?)",
+                  [(run_id, attempt, line[0], line[1]) for line in new])
+    ids: dict[int, dict[str, int]] = {}
+    rows: list[tuple[int, int, float, int, int, float]] = []
+    for rank, seq, ts, keys, steps, values in new:
+        series = ids.get(rank)
+        if series is None:
+            series = ids[rank] = {}
+        for key in set(keys).difference(series):
+            series[key] = _series_id(w, run_id, key, rank)
+        rows.extend(zip(map(series.__getitem__, keys), steps, repeat(ts), repeat(attempt), repeat(seq), values))
+    # OR IGNORE: a line holding one key twice at one step keeps the first (at two steps, both)
+    w.executemany("INSERT OR IGNORE INTO metric_points (series, step, ts, attempt, seq, value) VALUES (?, ?, ?, ?, ?, ?)",
+                  rows)
+
+
+def _series_id(w: sqlite3.Connection, run_id: str, key: str, rank: int) -> int:
+    row = w.execute("SELECT id FROM metric_series WHERE run_id = ? AND key = ? AND rank = ?",
+                    (run_id, key, rank)).fetchone()
+    if row is not None:
+        return int(row[0])
+    cursor = w.execute("INSERT INTO metric_series (run_id, key, rank) VALUES (?, ?, ?)", (run_id, key, rank))
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 def _chunks(records: Sequence[LogTuple]) -> list[list[LogTuple]]:
@@ -363,10 +382,18 @@ class RecordStore(StoreBase):
         params: dict[str, str],
         tags: dict[str, str],
     ) -> None:
-        """Append (rank, seq, key, step, value, ts) points; a resent point is ignored. Params and tags are upserted."""
+        """Append (rank, seq, key, step, value, ts) points, a record line per (rank, seq); a resent line is
+        ignored. Params and tags are upserted."""
+        grouped: dict[tuple[int, int], tuple[float, list[str], list[int], list[float]]] = {}
+        for rank, seq, key, step, value, ts in points:
+            _, keys, steps, values = grouped.setdefault((rank, seq), (ts, [], [], []))
+            keys.append(key)
+            steps.append(step)
+            values.append(value)
+        lines = [(rank, seq, *columns) for (rank, seq), columns in grouped.items()]
 
         def work(w: sqlite3.Connection, effects: Effects) -> None:
-            _write_metrics(w, run_id, attempt, points, params, tags)
+            _write_metrics(w, run_id, attempt, lines, params, tags)
         await self._write(work)
 
     async def read_metrics(self, run_id: str | Sequence[str], key: str = "", rank: int | None = None) -> list[MetricRow]:

@@ -27,7 +27,7 @@ from scheduler.core.lifecycle import RunState, Trigger, next_state
 from scheduler.group_commit import Effects
 from scheduler.model import TRACKED_PROPERTY, RunSpec
 from scheduler.store.base import StoreBase
-from scheduler.store.records import _write_metrics
+from scheduler.store.records import MetricLine, _write_metrics
 
 _RUN_ID = re.compile(r"^[0-9a-hjkmnp-tv-z]{18}$")     # runyard.ids.new_run_id
 _MAX_DEPTH = 32                                       # nested runs below a run, at most
@@ -45,7 +45,9 @@ class TrackingRecord:
     rank: int
     seq: int
     run_id: str                                   # "" for the attempt's run, else one of its tracked runs
-    points: tuple[tuple[str, int, float, float], ...] = ()   # (key, step, value, ts)
+    keys: Sequence[str] = ()                      # its metric points as columns; each at the record's ts
+    steps: Sequence[int] = ()
+    values: Sequence[float] = ()
     params: dict[str, str] = dataclasses.field(default_factory=dict)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     child: tuple[str, str] | None = None          # (id, name): starts a tracked child of `run_id`
@@ -75,7 +77,7 @@ class TrackedStore(StoreBase):
             if own is None:
                 return Applied(frozenset(), len(records))
             ours, theirs = {run_id}, set()
-            points: dict[str, list[tuple[int, int, str, int, float, float]]] = {}
+            points: dict[str, list[MetricLine]] = {}
             params: dict[str, dict[str, str]] = {}
             tags: dict[str, dict[str, str]] = {}
             dropped = 0
@@ -92,8 +94,8 @@ class TrackedStore(StoreBase):
                         dropped += 1
                     else:
                         ours.add(child)
-                for key, step, value, ts in rec.points:
-                    points.setdefault(target, []).append((rec.rank, rec.seq, key, step, value, ts))
+                if rec.keys:
+                    points.setdefault(target, []).append((rec.rank, rec.seq, rec.ts, rec.keys, rec.steps, rec.values))
                 if rec.params:
                     params.setdefault(target, {}).update(rec.params)
                 if rec.tags:
