@@ -208,7 +208,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         if not batch.records:
             return
         applied = await self._store.apply_records(batch.run_id, batch.attempt, records)
-        self.on_ingest(0, sum(len(rec.points) for rec in records))
+        self.on_ingest(0, sum(len(rec.keys) for rec in records))
         if applied.dropped:
             log.warning("records naming runs that are not the attempt's own were dropped",
                         extra={"run_id": batch.run_id, "attempt": batch.attempt, "dropped": applied.dropped})
