@@ -170,7 +170,7 @@ async def test_a_failing_handler_is_logged_and_the_stream_goes_on(head: FakeHead
     link._on_assign = broken
     head.send(pb.HeadMessage(assign=pb.Assignment(run_id="r", attempt=1)))
     head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id="r", attempt=1, reason=pb.REASON_SIBLING_FAILED)))
-    head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id="r", attempt=1, reason=pb.REASON_OOM_KILLED)))   # a reason this agent does not stop for
+    head.send(pb.HeadMessage(cancel=pb.CancelRun(run_id="r", attempt=1, reason=pb.REASON_UNSCHEDULABLE)))   # a reason this agent does not stop for
     task = asyncio.create_task(link.run())
     try:
         await eventually("both cancels", lambda: len(recorder.stopped) == 2)
