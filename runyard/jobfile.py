@@ -17,8 +17,10 @@ This module only reads the job file: it must not talk to the head, snapshot the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -379,6 +381,40 @@ _MESSAGES = {
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The section (model) that holds the mapping at `loc` of a job file, None where no section is (a free map)."""
+    current: object = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field_info = current.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field_info is None:
+            return None
+        current = _section_in(field_info.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _section_in(annotation: object) -> object:
+    """The first model an annotation names (`Resources | None` -> Resources); None if it names none."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for inner in typing.get_args(annotation):
+        found = _section_in(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _closest_key(loc: Sequence[int | str]) -> str:
+    """`; did you mean command?` for an unknown key close to one its section has, else ''."""
+    section = _model_at(JobFile, loc[:-1])
+    if section is None or not loc:
+        return ""
+    known = [info.alias or name for name, info in section.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def explain(error: ValidationError) -> tuple[str, str]:
     """The first fault of a validation as (YAML path with dots, one plain line)."""
     first = error.errors(include_url=False)[0]
@@ -386,6 +422,8 @@ def explain(error: ValidationError) -> tuple[str, str]:
     if kind == "invalid_key" or loc[-1:] == ["[key]"]:  # the key itself is at fault: name it, not an index
         loc = [*loc[:-1], str(loc[-1])] if kind == "invalid_key" else [*loc[:-2], str(loc[-2])]
         message = "key must be a string; quote it"
+    elif kind == "extra_forbidden":
+        message = _MESSAGES[kind] + _closest_key(loc)
     elif kind in _MESSAGES:
         message = _MESSAGES[kind]
     elif bound := _BOUNDS.keys() & ctx.keys():
@@ -411,7 +449,21 @@ def load_job_file(path: Path, sets: Sequence[str] = ()) -> JobFile:
         return JobFile.model_validate(raw)
     except ValidationError as err:
         where, message = explain(err)
+        flag = _set_of(sets, where)
+        if flag is not None:    # the flag put the fault there, not the file: name it
+            raise UsageError(f"--set {flag}: " + (message if flag.partition("=")[0].strip() == where
+                                                    else f"{where}: {message}")) from None
         raise JobFileError(source, where, message) from None
+
+
+def _set_of(sets: Sequence[str], where: str) -> str | None:
+    """The last `--set` that wrote at or under the YAML path `where` (or above it), if any."""
+    for item in reversed(sets):
+        key = item.partition("=")[0].strip()
+        if where and (key == where or key.startswith(where + ".") or where.startswith(key + ".")
+                      or where.startswith(key + "[")):
+            return item
+    return None
 
 
 @dataclass(frozen=True, slots=True)
