@@ -49,3 +49,8 @@ def parse_duration(text: str) -> float:
     if value < 0 or value != value:
         raise ValueError(f"{text!r} is not a duration; say e.g. 90s, 30m, 1h, 7d")
     return value * _DURATION_UNITS[unit]
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 node`, `2 nodes`, `0 nodes`: the count and the word in the form it takes (`words` when not `word` + s)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
