@@ -100,7 +100,7 @@ class Listing:
     total_bytes: int
     largest: list[tuple[str, int]]
     stats_digest: str
-    newest_change_ns: int  # the latest mtime or ctime of a member: see `SnapshotCache.RACY_NS`
+    newest_change_ns: int  # the latest mtime or ctime of a member: see `SnapshotCache`
 
 
 # --- create -------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class SnapshotCache:
     """The snapshot hash of each directory zipped lately, by the digest of its listing (`Listing.stats_digest`),
     in one small JSON file of the user's (`$XDG_CACHE_HOME/runyard/snapshots.json`, else `~/.cache/runyard/`).
 
-    A listing any of whose files changed within `RACY_NS` of being listed is not remembered: a file written again
+    A listing any of whose files changed within `racy_ns` (2 s) of being listed is not remembered: a file written again
     within the file system's timestamp granularity could keep its mtime and ctime (git's "racily clean" entries).
     A cache that cannot be read or written is as good as empty: it only saves work.
     """
@@ -255,8 +255,9 @@ class SnapshotCache:
     RACY_NS = 2_000_000_000
     MAX_DIRECTORIES = 64
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, racy_ns: int = RACY_NS) -> None:
         self.path = path or default_cache_dir() / "snapshots.json"
+        self.racy_ns = racy_ns
 
     def get(self, listing: Listing) -> CachedSnapshot | None:
         entry = self._load().get(str(listing.directory.resolve()))
@@ -268,7 +269,7 @@ class SnapshotCache:
             return None
 
     def put(self, listing: Listing, snapshot: Snapshot) -> None:
-        if time.time_ns() - listing.newest_change_ns < self.RACY_NS:
+        if time.time_ns() - listing.newest_change_ns < self.racy_ns:
             return
         entries = self._load()
         key = str(listing.directory.resolve())
