@@ -1,7 +1,12 @@
 """`runyard`: the command line. Each command is a thin shell over `Client`; errors become one line and an exit code.
 
-Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a failed or refused operation;
-2 a usage mistake; 130 interrupted (for `submit`, Ctrl-C detaches and the run goes on).
+Exit codes: 0 ok; a run's own exit code for `submit` that waited for it (and `logs -f`); 1 a failed or refused
+operation; 2 a usage mistake, click's included, said in the same one line `runyard: ...`; 130 interrupted (for
+`submit`, Ctrl-C detaches and the run goes on).
+
+A command imports what it needs in its body (gRPC and the protos to talk to the head, rich to draw a table,
+pydantic for `submit`'s job file), and the admin and environment commands are imported only when named
+(`LazyGroup`): `runyard runs --help` imports click and no more. Must not: import any of those at module level.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import sys
 
 # gRPC's C core logs a failed TLS handshake at INFO on stderr; the one-line error below says it for people.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# The job file's schema is ours alone: no pydantic plugin observes it, so pydantic need not scan every installed
+# package's entry points for one (a third of `submit`'s start-up). Set before any command imports pydantic.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 import importlib
 import re
 import time

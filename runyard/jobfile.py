@@ -17,7 +17,7 @@ This module only reads the job file: it must not talk to the head, snapshot the 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import os
 import re
 import typing
@@ -25,9 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
 
@@ -35,6 +34,9 @@ from runyard import envspec, priorities
 from runyard.envspec import EnvSpec
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_MEMORY_BYTES = 1024**3
 MAX_MEMORY_BYTES = 64 * 1024**4
@@ -268,24 +270,28 @@ def render_command(command: str, inputs: Mapping[str, object]) -> str:
     return _EXPRESSION.sub(substitute, command)
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that keeps dates as the text written and refuses a key given twice in one mapping."""
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """Safe YAML that keeps dates as the text written and refuses a key given twice in one mapping. Made (and yaml
+    imported) on first use: `runyard submit` without a job file reads no YAML."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+    class _Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
 
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    _Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return _Loader
 
 
 def read_mapping(path: Path, source: str, what: str = "job file",
@@ -296,8 +302,10 @@ def read_mapping(path: Path, source: str, what: str = "job file",
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise UsageError(f"cannot read {what} {source}: {why}") from None
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else 0
         raise JobFileError(source, "", f"invalid YAML at line {line}: {err.problem or err.context}") from None
@@ -319,8 +327,10 @@ def _parse_scalar(text: str) -> object:
     """A `--set` value as a YAML scalar (`2` an int, `true` a bool); anything else stays the text given."""
     if not text:
         return ""
+    import yaml
+
     try:
-        value = yaml.load(text, Loader=_Loader)
+        value = yaml.load(text, Loader=_loader())
     except yaml.YAMLError:
         return text
     return value if value is None or isinstance(value, str | int | float | bool) else text
@@ -410,6 +420,8 @@ def _closest_key(loc: Sequence[int | str]) -> str:
     section = _model_at(JobFile, loc[:-1])
     if section is None or not loc:
         return ""
+    import difflib
+
     known = [info.alias or name for name, info in section.model_fields.items()]
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f"; did you mean {close[0]}?" if close else ""

@@ -34,13 +34,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
-
-import pathspec
 
 from runyard.errors import SnapshotInvalid, SnapshotTooDeep, SnapshotTooLarge, UsageError
 from runyard.private import write_private
+
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILES = (".runyardignore", ".amlignore", ".gitignore")
 # Path components per entry: deeper trees are refused when built and when checked, so that extraction (one
@@ -159,6 +160,8 @@ def _ignore_file(directory: Path) -> tuple[pathspec.GitIgnoreSpec | None, str]:
         candidate = directory / name
         if candidate.is_file():
             text = candidate.read_text(encoding="utf-8", errors="replace")
+            import pathspec     # only for a directory with an ignore file
+
             return pathspec.GitIgnoreSpec.from_lines(text.splitlines()), f"{name}\0{text}"
     return None, ""
 

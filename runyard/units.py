@@ -1,4 +1,5 @@
-"""Parsing and printing of sizes and durations as people write them (`16G`, `512Mi`, `90s`)."""
+"""Parsing and printing of sizes and durations as people write them (`16G`, `512Mi`, `90s`), and counts with their
+noun in the form it takes (`1 node`, `2 nodes`)."""
 
 from __future__ import annotations
 

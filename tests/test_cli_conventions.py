@@ -71,10 +71,13 @@ def test_an_unchanged_directory_is_submitted_in_one_call_and_any_change_zips_it_
     hello = project / "hello.py"
 
     def submitted() -> tuple[list[str], str]:
-        with Recording(cluster) as client:
+        client = Recording(cluster)
+        try:
             assert submit_run(client, request, detach=True, quiet=True, cache=cache) == 0
-            run_id = capsys.readouterr().out.strip()
-            return client.calls, cluster.run(run_id)["snapshot_sha256"]
+        finally:
+            client.close()
+        run_id = capsys.readouterr().out.strip()
+        return client.calls, cluster.run(run_id)["snapshot_sha256"]
 
     calls, first = submitted()
     assert calls == ["HasSnapshot", "UploadSnapshot", "Submit"]

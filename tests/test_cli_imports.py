@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("click", "grpc", "google.protobuf", "rich", "pydantic", "yaml", "protos.runyard_pb2", "runyard.sdk")
+HEAVY = ("click", "grpc", "google.protobuf", "rich", "pydantic", "yaml", "pathspec", "protos.runyard_pb2",
+         "runyard.sdk", "runyard.cli_admin", "runyard.cli_env")
 
 
-def imported(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+def imported(*args: str, env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     """Run `runyard ARGS` in a fresh interpreter; the heavy modules it imported, and what it printed."""
     script = textwrap.dedent(f"""
         import atexit, json, sys
@@ -29,7 +30,8 @@ def imported(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
         main()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(ROOT / "nowhere")})
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(ROOT / "nowhere"),
+                               **(env or {})})
     line = [x for x in done.stderr.splitlines() if x.startswith("MODULES ")][-1]
     return set(json.loads(line.removeprefix("MODULES "))), done
 
@@ -55,6 +57,18 @@ def test_only_submit_imports_the_job_file() -> None:
     assert done.returncode == 0 and modules == {"click"}       # its help only parses options
     modules, done = imported("submit", "-f", "nosuch.yml", "-d")
     assert done.returncode == 2 and done.stderr.startswith("runyard: ") and "pydantic" in modules
+
+
+@pytest.mark.timeout(120)
+def test_submit_without_a_job_file_reads_no_yaml_and_draws_nothing(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print(1)\n")
+    nowhere = {"RUNYARD_ADDRESS": "127.0.0.1:9", "RUNYARD_TOKEN": "t", "RUNYARD_INSECURE": "1",
+               "RUNYARD_CONFIG": str(tmp_path / "none.toml"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    modules, done = imported("submit", "-d", str(code), "--", "true", env=nowhere)
+    assert done.returncode == 1 and done.stderr.startswith("runyard: cannot reach the head at 127.0.0.1:9")
+    assert modules == {"click", "grpc", "google.protobuf", "pydantic", "protos.runyard_pb2"}
 
 
 @pytest.mark.timeout(120)
