@@ -76,3 +76,9 @@ def test_a_usage_mistake_imports_nothing_heavy() -> None:
     modules, done = imported("runs", "--state")
     assert done.returncode == 2 and modules == {"click"}
     assert done.stderr.splitlines()[0] == "runyard: Option '--state' requires an argument. (see runyard runs --help)"
+
+
+def test_the_stream_names_logs_takes_are_renders() -> None:
+    from runyard import cli, render
+
+    assert sorted(cli.STREAM_NAMES) == sorted(render.STREAMS)
