@@ -9,8 +9,6 @@ map entries sorted.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import sys
 import time
@@ -127,6 +125,8 @@ def metrics_dict(found: pb.MetricsResponse) -> dict[str, Any]:
 
 
 def print_json(value: Any) -> None:
+    import json     # here and below: a table needs neither json nor csv
+
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
@@ -134,6 +134,8 @@ def print_metrics_json(found: pb.MetricsResponse) -> None:
     """`metrics -o json`: as `print_json(metrics_dict(found))` prints it but each point on a line of its own, written
     by the C encoder (an indented dump of 100k points takes the pure-Python one, several times slower). A point
     holds only numbers, fixed names and a metric key (no braces in one), so "}, {" only ever separates points."""
+    import json
+
     shown = metrics_dict(found)
     points = shown.pop("points")
     text = json.dumps({**shown, "points": []}, indent=2, default=str)
@@ -168,6 +170,8 @@ def print_events(events: Sequence[pb.ClusterEvent]) -> None:
 
 
 def print_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    import csv
+
     writer = csv.writer(sys.stdout)
     writer.writerow(columns)
     writer.writerows(rows)
