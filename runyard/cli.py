@@ -1,7 +1,12 @@
 """`runyard`: the command line. Each command is a thin shell over `Client`; errors become one line and an exit code.
 
-Exit codes: 0 ok; a run's own exit code for `submit` that waited for it; 1 a failed or refused operation;
-2 a usage mistake; 130 interrupted (for `submit`, Ctrl-C detaches and the run goes on).
+Exit codes: 0 ok; a run's own exit code for `submit` that waited for it (and `logs -f`); 1 a failed or refused
+operation; 2 a usage mistake, click's included, said in the same one line `runyard: ...`; 130 interrupted (for
+`submit`, Ctrl-C detaches and the run goes on).
+
+A command imports what it needs in its body (gRPC and the protos to talk to the head, rich to draw a table,
+pydantic for `submit`'s job file), and the admin and environment commands are imported only when named
+(`LazyGroup`): `runyard runs --help` imports click and no more. Must not: import any of those at module level.
 """
 
 from __future__ import annotations
@@ -12,36 +17,85 @@ import sys
 
 # gRPC's C core logs a failed TLS handshake at INFO on stderr; the one-line error below says it for people.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# The job file's schema is ours alone: no pydantic plugin observes it, so pydantic need not scan every installed
+# package's entry points for one (a third of `submit`'s start-up). Set before any command imports pydantic.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+import importlib
 import re
-import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from protos import runyard_pb2 as pb
-from runyard import cli_admin as admin
-from runyard import cli_env, cli_usage
-from runyard.cli_usage import usage_fields
-from runyard import priorities, render, vocabulary
-from runyard.client import Client
-from runyard.config import ClientConfig, load_client_config
 from runyard.errors import RunyardError, UsageError
-from runyard.jobfile import CliOptions, build_request
-from runyard.units import format_size
+
+if TYPE_CHECKING:
+    from protos import runyard_pb2 as pb
+    from runyard.client import Client
+    from runyard.config import ClientConfig
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+# The names `logs --stream` takes: render.STREAMS's keys, written out so that parsing the options needs no protos.
+STREAM_NAMES = ("build", "stderr", "stdout", "system")
 
 
 def connect() -> Client:
+    from runyard.client import Client
+    from runyard.config import load_client_config
+
     return Client(load_client_config())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="runyard")
+class LazyGroup(click.Group):
+    """A group whose commands from other modules are imported only when named: `lazy` maps a command's name to
+    `module:attribute`. `runyard runs` does not import the admin or environment commands (nor what they import)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            found = getattr(importlib.import_module(module), attribute)
+            if not isinstance(found, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(found, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """An unknown command names the closest known one, in the one line every usage error takes."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise click.UsageError(f"no command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`--version` with other arguments (alone, `runyard.__main__` answers it without importing this module)."""
+    if value and not ctx.resilient_parsing:
+        from runyard.__main__ import version_line
+
+        click.echo(version_line())
+        ctx.exit()
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+             lazy={"login": "runyard.cli_admin:login", "workspace": "runyard.cli_admin:workspace",
+                   "token": "runyard.cli_admin:token", "audit": "runyard.cli_admin:audit",
+                   "env": "runyard.cli_env:env", "usage": "runyard.cli_usage:usage"})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and exit.")
 def cli() -> None:
     """Runyard: queue, run and follow ML training runs on your own machines."""
 
@@ -60,6 +114,9 @@ def cli() -> None:
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="head port (0: any free port)")
 def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data_dir: Path | None, port: int) -> None:
     """Run a local cluster (a head and its agents) in the foreground; Ctrl-C stops it."""
+    from protos import runyard_pb2 as pb
+    from runyard import render
+    from runyard.client import Client
     from runyard.cluster import LocalCluster, default_data_dir, run_local_cluster
 
     def ready_nodes(config: ClientConfig) -> int:
@@ -79,6 +136,8 @@ def up(agents: int, max_agents: int, idle_time: float, gpus_per_agent: int, data
 @cli.command("mlflow-env")
 def mlflow_env() -> None:
     """Print the `export` lines that point MLflow's client at the head: eval "$(runyard mlflow-env)"."""
+    from runyard.config import load_client_config
+
     config = load_client_config()
     lines = [("MLFLOW_TRACKING_URI", config.mlflow_tracking_uri()), ("MLFLOW_TRACKING_TOKEN", config.token)]
     if not config.insecure:
@@ -112,14 +171,16 @@ def mlflow_env() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a job file key, e.g. inputs.lr=0.1")
 @click.option("--priority", metavar="low|medium|high", help="queue priority; admins may give an integer")
 @click.option("--timeout", type=float, help="seconds")
-@click.option("-d", "--detach", is_flag=True, help="return once the run is queued")
-@click.option("-q", "--quiet", is_flag=True, help="print only the run id")
+@click.option("-d", "--detach", is_flag=True, help="return once the run is queued, printing its id on stdout")
+@click.option("-q", "--quiet", "--parsable", "quiet", is_flag=True,
+              help="print only the run id (and, without -d, the run's own output)")
 @click.pass_context
 def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, experiment: str | None,
            display_name: str | None, compute: str | None, cpus: float | None, memory: str | None, gpus: int | None,
            nodes: int | None, procs_per_node: int | None, distribution: str | None, env: tuple[str, ...], conda_file: Path | None, sets: tuple[str, ...],
            priority: str | None, timeout: float | None, detach: bool, quiet: bool) -> None:
     """Snapshot DIRECTORY and run a command on the cluster: runyard submit [DIR] [-f job.yml] -- COMMAND..."""
+    from runyard.jobfile import CliOptions, build_request
     from runyard.submit import submit_run
 
     request = build_request(CliOptions(
@@ -143,6 +204,8 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_time(flag: str, text: str, now: float | None = None) -> float:
     """A time given on the command line, in unix seconds: a duration ago (`30m`, `2h`, `3d`, `1w`, `90s`) or an
     ISO date or date and time (`2026-11-30`, `2026-11-30T14:00`, local time unless it names a zone)."""
+    from datetime import datetime
+
     matched = _DURATION.match(text)
     if matched:
         return (time.time() if now is None else now) - float(matched[1]) * _SECONDS[matched[2].lower()]
@@ -155,6 +218,8 @@ def parse_time(flag: str, text: str, now: float | None = None) -> float:
 
 def parse_states(values: Sequence[str]) -> list[pb.RunState]:
     """Run states, any case, each flag repeatable or comma-separated: `--state running,queued --state FAILED`."""
+    from runyard import vocabulary
+
     words = [w for value in values for w in value.split(",") if w.strip()]
     try:
         return list(dict.fromkeys(vocabulary.run_state(w) for w in words))
@@ -191,6 +256,9 @@ def parse_tags(values: Sequence[str]) -> list[tuple[str, str | None]]:
 def runs(experiment: str, states: tuple[str, ...], user: str, tags: tuple[str, ...], since: str, until: str,
          parent: str, compute: str, node: str, limit: int, output: str) -> None:
     """List runs, newest first; children under their parent when both are listed."""
+    from runyard import render
+    from runyard import vocabulary
+
     now = time.time()
     after = parse_time("--since", since, now) if since else 0.0
     before = parse_time("--until", until, now) if until else 0.0
@@ -208,6 +276,11 @@ def runs(experiment: str, states: tuple[str, ...], user: str, tags: tuple[str, .
     if output == "json":
         render.print_json([render.as_dict(r) for r in found])
         return
+    if not found:
+        filtered = experiment or states or user or tags or since or until or parent or compute or node
+        render.say("no run matched these filters" if filtered else "no runs yet: `runyard submit DIR -- COMMAND` "
+                   "queues one")
+        return
     render.print_table(
         ("RUN", "NAME", "EXPERIMENT", "STATE", "EXIT", "NODE", "SUBMITTER", "CREATED", "DURATION"),
         ((branch + r.id, r.display_name, r.experiment, vocabulary.word("RunState", r.state), render.outcome(r),
@@ -219,6 +292,8 @@ def runs(experiment: str, states: tuple[str, ...], user: str, tags: tuple[str, .
 @OUTPUT
 def experiments(output: str) -> None:
     """List the experiments of your workspace with their runs per state, the most recently active first."""
+    from runyard import render
+
     with connect() as client:
         found = client.experiments()
     if output == "json":
@@ -239,6 +314,11 @@ def experiments(output: str) -> None:
 @OUTPUT
 def show(run_id: str, output: str) -> None:
     """Show one run: its configuration, state, and the history of its state changes."""
+    from protos import runyard_pb2 as pb
+    from runyard import priorities
+    from runyard import render
+    from runyard import vocabulary
+
     with connect() as client:
         run = client.get_run(run_id)
     if output == "json":
@@ -260,6 +340,8 @@ def show(run_id: str, output: str) -> None:
         ("snapshot", run.snapshot_sha256[:16]), ("outputs", run.outputs_sha256[:16] or "-"),
         ("created", render.when(run.created_at)), ("duration", render.duration(run)),
     ]
+    from runyard.cli_usage import usage_fields
+
     fields += usage_fields(run)
     fields += [(f"tag {k}", v) for k, v in sorted(run.tags.items())]
     fields += [(f"param {k}", v) for k, v in sorted(run.params.items())]
@@ -279,7 +361,7 @@ def show(run_id: str, output: str) -> None:
 @click.option("--rank", type=int, help="only this rank: a distributed run's global process rank (default: 0), "
               "else a multi-node run's node rank")
 @click.option("--all-ranks", is_flag=True, help="a distributed run: every rank's lines, each marked [rank R]")
-@click.option("--stream", type=click.Choice(sorted(render.STREAMS)),
+@click.option("--stream", type=click.Choice(STREAM_NAMES),
               help="only this stream: build is the output of building the run's environment")
 @click.option("--grep", "pattern", metavar="PATTERN",
               help="search the stored logs of every RUN for lines matching PATTERN (a Python regular expression) "
@@ -291,6 +373,9 @@ def logs(run_ids: tuple[str, ...], follow: bool, tail: int, rank: int | None, al
          pattern: str | None, ignore_case: bool, max_matches: int) -> None:
     """Print a run's output (stdout to stdout, stderr, runyard's and the build's lines to stderr); with --grep,
     search the logs of several runs."""
+    from protos import runyard_pb2 as pb
+    from runyard import render
+
     wanted = render.STREAMS[stream] if stream else pb.STREAM_UNSPECIFIED
     if pattern is not None:
         if follow or tail or rank is not None or all_ranks:
@@ -314,9 +399,16 @@ def logs(run_ids: tuple[str, ...], follow: bool, tail: int, rank: int | None, al
                 writer.write(chunk)
         except KeyboardInterrupt:
             sys.exit(130)
+        if follow:      # the run ended: end as `submit` does, with its exit code
+            from runyard.submit import outcome
+
+            sys.exit(outcome(client, run_id, say=render.say))
 
 
 def _grep(run_ids: Sequence[str], pattern: str, ignore_case: bool, stream: pb.Stream, max_matches: int) -> None:
+    from runyard import render
+    from runyard.units import plural
+
     with connect() as client:
         found = client.search_logs(run_ids, pattern, ignore_case=ignore_case, stream=stream, max_matches=max_matches)
     for match in found.matches:
@@ -324,8 +416,8 @@ def _grep(run_ids: Sequence[str], pattern: str, ignore_case: bool, stream: pb.St
     if found.stopped:
         render.err_console.print(f"runyard: {found.stopped}", markup=False, soft_wrap=True)
     elif not found.matches:
-        render.err_console.print(f"no line of {len(run_ids)} run(s) matches {pattern!r} ({found.scanned:,} log "
-                                 "records searched)", markup=False, soft_wrap=True)
+        render.say(f"no line of {plural(len(run_ids), 'run')} matches {pattern!r} "
+                   f"({plural(found.scanned, 'log record')} searched)")
 
 
 @cli.command()
@@ -345,6 +437,8 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
     that key across them: a row per run."""
     if system and (len(run_ids) > 1 or all_ranks or rank is not None or points):
         raise UsageError("--system shows one run's samples: give one RUN, without --rank, --all-ranks or --points")
+    from runyard import render
+
     if all_ranks and rank is not None:
         raise UsageError("give --rank R or --all-ranks, not both")
     if len(run_ids) > 1:
@@ -392,6 +486,8 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
 
 def _compare(run_ids: Sequence[str], key: str, rank: int | None, output: str) -> None:
     """One row per run of `key`'s summary, from one GetMetrics call per run; a run without it says so."""
+    from runyard import render
+
     rows: list[tuple[str, pb.MetricSummary]] = []
     with connect() as client:
         for run_id in run_ids:
@@ -421,6 +517,10 @@ def _compare(run_ids: Sequence[str], key: str, rank: int | None, output: str) ->
 @OUTPUT
 def cancel(run_ids: tuple[str, ...], output: str) -> None:
     """Cancel runs: queued ones at once, running ones are stopped (SIGTERM, grace, SIGKILL)."""
+    from protos import runyard_pb2 as pb
+    from runyard import render
+    from runyard import vocabulary
+
     with connect() as client:
         found = client.cancel(list(run_ids))
     if output == "json":
@@ -436,11 +536,19 @@ def cancel(run_ids: tuple[str, ...], output: str) -> None:
 @cli.command()
 @click.argument("run_id")
 @click.argument("dest", required=False, type=click.Path(path_type=Path))
-@click.option("--outputs", "what", flag_value="outputs", default=True, help="the files the run wrote to ./outputs")
-@click.option("--snapshot", "what", flag_value="snapshot", help="the code the run was submitted with")
-def download(run_id: str, dest: Path | None, what: str) -> None:
+@click.option("--outputs", is_flag=True, help="the files the run wrote to ./outputs (the default)")
+@click.option("--snapshot", is_flag=True, help="the code the run was submitted with")
+def download(run_id: str, dest: Path | None, outputs: bool, snapshot: bool) -> None:
     """Download a run's outputs (default) or snapshot into DEST (a new or empty directory)."""
+    if outputs and snapshot:
+        raise UsageError("--outputs and --snapshot: give one (one download is one archive)")
+    what = "snapshot" if snapshot else "outputs"
+    import tempfile
+
+    from protos import runyard_pb2 as pb
+    from runyard import render
     from runyard.snapshot import safe_extract
+    from runyard.units import format_size
 
     if dest is not None and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UsageError(f"{dest} exists and is not an empty directory; name a new one")
@@ -462,6 +570,10 @@ def download(run_id: str, dest: Path | None, what: str) -> None:
 def nodes(name: str | None, output: str) -> None:
     """List the cluster's nodes with their capacity and what is allocated on them; with NAME, one node and the
     history of its state and schedule."""
+    from runyard import render
+    from runyard import vocabulary
+    from runyard.units import format_size
+
     if name:
         _show_node(name, output)
         return
@@ -481,6 +593,10 @@ def nodes(name: str | None, output: str) -> None:
 
 
 def _show_node(name: str, output: str) -> None:
+    from runyard import render
+    from runyard import vocabulary
+    from runyard.units import format_size
+
     with connect() as client:
         found = client.get_node(name)
     if output == "json":
@@ -500,12 +616,15 @@ def _show_node(name: str, output: str) -> None:
     )
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy={"token": "runyard.cli_admin:node_token", "remove": "runyard.cli_admin:node_remove",
+                                "approve": "runyard.cli_admin:node_approve"})
 def node() -> None:
     """Admin: enroll, approve and remove nodes; take them out of scheduling and back."""
 
 
 def _schedule(name: str, action: pb.NodeScheduleRequest.Action) -> None:
+    from runyard import render
+
     with connect() as client:
         found = client.set_node_schedule(name, action)
     render.console.print(f"{found.name}: {render.schedule(found)} ({len(found.running)} runs on it)")
@@ -515,6 +634,8 @@ def _schedule(name: str, action: pb.NodeScheduleRequest.Action) -> None:
 @click.argument("name")
 def drain(name: str) -> None:
     """No new runs on NAME; the running ones finish."""
+    from protos import runyard_pb2 as pb
+
     _schedule(name, pb.NodeScheduleRequest.DRAIN)
 
 
@@ -522,6 +643,8 @@ def drain(name: str) -> None:
 @click.argument("name")
 def cordon(name: str) -> None:
     """No new runs on NAME."""
+    from protos import runyard_pb2 as pb
+
     _schedule(name, pb.NodeScheduleRequest.CORDON)
 
 
@@ -529,6 +652,8 @@ def cordon(name: str) -> None:
 @click.argument("name")
 def uncordon(name: str) -> None:
     """NAME takes new runs again."""
+    from protos import runyard_pb2 as pb
+
     _schedule(name, pb.NodeScheduleRequest.UNCORDON)
 
 
@@ -537,6 +662,9 @@ def uncordon(name: str) -> None:
 @OUTPUT
 def queue(compute: str, output: str) -> None:
     """List queued runs in the order they will be considered, each with why it is waiting."""
+    from runyard import priorities
+    from runyard import render
+
     with connect() as client:
         reply = client.queue(compute)
     found = reply.runs
@@ -554,10 +682,32 @@ def queue(compute: str, output: str) -> None:
     render.print_events(reply.events)
 
 
-for command in (admin.login, admin.workspace, admin.token, admin.audit, cli_env.env, cli_usage.usage):
-    cli.add_command(command)
-for command in (admin.node_token, admin.node_remove, admin.node_approve):
-    node.add_command(command)
+def usage_line(err: click.UsageError, args: Sequence[str]) -> str:
+    """A usage mistake as every other error reads: one line, with the command's --help to see."""
+    message = " ".join(err.format_message().split())
+    return f"runyard: {message} (see {_command_path(args) if err.ctx is None else err.ctx.command_path} --help)"
+
+
+def _command_path(args: Sequence[str]) -> str:
+    """`runyard node drain` of the arguments, for a mistake click reports without its command's context."""
+    path, group = ["runyard"], cli
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        if arg not in group.commands and arg not in group.lazy:
+            break
+        path.append(arg)
+        found = group.commands.get(arg)
+        if not isinstance(found, LazyGroup):
+            break
+        group = found
+    return " ".join(path)
+
+
+def say_error(text: str) -> None:
+    """One line on stderr, as written (no markup, no wrapping)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -571,13 +721,19 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="runyard", obj=command, standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:
+    except click.exceptions.NoArgsIsHelpError as err:   # `runyard` or `runyard node` alone: the help it asks for
         err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:
+        say_error(usage_line(err, args))
+        sys.exit(2)
+    except click.ClickException as err:
+        say_error(f"runyard: {' '.join(err.format_message().split())}")
         sys.exit(err.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
     except RunyardError as err:
-        render.err_console.print(f"runyard: {err}", markup=False, soft_wrap=True)
+        say_error(f"runyard: {err}")
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -18,7 +18,7 @@ from runyard import render, vocabulary
 from runyard.client import Client
 from runyard.config import ClientConfig, config_path, fingerprint, is_loopback, load_client_config, write_client_config
 from runyard.errors import ConfigError, UsageError
-from runyard.units import parse_duration
+from runyard.units import parse_duration, plural
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 _ROLES = {"viewer": pb.ROLE_VIEWER, "user": pb.ROLE_USER, "admin": pb.ROLE_ADMIN}
@@ -204,7 +204,7 @@ def node_token_create(uses: int, ttl: str) -> None:
     """Create a join token; its secret is printed once, on the last line."""
     with connect() as client:
         reply = client.create_join_token(uses, _seconds(ttl, "--ttl"))
-    click.echo(f"join token {reply.id}: {uses} enrollment(s) until {render.when(reply.expires_at)}. In agent.toml:\n"
+    click.echo(f"join token {reply.id}: {plural(uses, 'enrollment')} until {render.when(reply.expires_at)}. In agent.toml:\n"
                f'  head_ca_fingerprint = "{reply.ca_fingerprint}"\n  join_token_file = "/etc/runyard/join.token"\n'
                "The secret (shown once), for the join token file:", err=True)
     _secret(reply.secret)

@@ -17,6 +17,7 @@ from runyard.client import Client
 from runyard.config import load_client_config
 from runyard.envfile import load_environment_file
 from runyard.envwire import env_to_pb
+from runyard.units import plural
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 
@@ -118,4 +119,4 @@ def build(ref: str, nodes: str) -> None:
     wanted = [n.strip() for n in nodes.split(",") if n.strip()]
     with connect() as client:
         asked = client.build_environment(ref, wanted)
-    render.console.print(f"build of {ref} asked of {len(asked)} node(s): {', '.join(asked)}", markup=False)
+    render.console.print(f"build of {ref} asked of {plural(len(asked), 'node')}: {', '.join(asked)}", markup=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,6 +102,8 @@ class Client:
     @_translated
     def submit(self, request: pb.SubmitRequest) -> pb.SubmitResponse:
         if not request.idempotency_key:
+            import uuid
+
             request.idempotency_key = uuid.uuid4().hex
         return self._stub.Submit(request, **self._kw())
 

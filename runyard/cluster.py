@@ -30,6 +30,7 @@ import psutil
 from runyard.config import ClientConfig, write_client_config
 from runyard.datadir import DataDirLock
 from runyard.errors import RunyardError
+from runyard.units import plural
 
 START_TIMEOUT_S = 30.0
 
@@ -148,9 +149,9 @@ def _run(cluster: LocalCluster, head_dir: Path, *, say: Callable[[str], None],
         say(f"  MLFLOW_TRACKING_SERVER_CERT_PATH={ready['ca_file']}")
         if ready.get("metrics_url"):
             say(f"Prometheus metrics on {ready['metrics_url']} (health: /healthz, /readyz)")
-        _wait_for(f"{cluster.agents} agents connecting", lambda: nodes_ready(config) >= cluster.agents, head)
+        _wait_for(f"{plural(cluster.agents, 'agent')} connecting", lambda: nodes_ready(config) >= cluster.agents, head)
         grows = f", growing to {cluster.max_agents} with the queue" if cluster.max_agents > cluster.agents else ""
-        say(f"cluster ready: {cluster.agents} agents{grows}. Try: runyard submit examples/quickstart -- python train.py")
+        say(f"cluster ready: {plural(cluster.agents, 'agent')}{grows}. Try: runyard submit examples/quickstart -- python train.py")
         say("press Ctrl-C to stop")
         while proc.poll() is None:
             time.sleep(0.2)

@@ -17,15 +17,16 @@ This module only reads the job file: it must not talk to the head, snapshot the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from pydantic import field_validator, model_validator
 
@@ -33,6 +34,9 @@ from runyard import envspec, priorities
 from runyard.envspec import EnvSpec
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_MEMORY_BYTES = 1024**3
 MAX_MEMORY_BYTES = 64 * 1024**4
@@ -266,24 +270,28 @@ def render_command(command: str, inputs: Mapping[str, object]) -> str:
     return _EXPRESSION.sub(substitute, command)
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that keeps dates as the text written and refuses a key given twice in one mapping."""
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """Safe YAML that keeps dates as the text written and refuses a key given twice in one mapping. Made (and yaml
+    imported) on first use: `runyard submit` without a job file reads no YAML."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+    class _Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key_node.value!r} is given twice", key_node.start_mark)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
 
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    _Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return _Loader
 
 
 def read_mapping(path: Path, source: str, what: str = "job file",
@@ -294,8 +302,10 @@ def read_mapping(path: Path, source: str, what: str = "job file",
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise UsageError(f"cannot read {what} {source}: {why}") from None
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else 0
         raise JobFileError(source, "", f"invalid YAML at line {line}: {err.problem or err.context}") from None
@@ -317,8 +327,10 @@ def _parse_scalar(text: str) -> object:
     """A `--set` value as a YAML scalar (`2` an int, `true` a bool); anything else stays the text given."""
     if not text:
         return ""
+    import yaml
+
     try:
-        value = yaml.load(text, Loader=_Loader)
+        value = yaml.load(text, Loader=_loader())
     except yaml.YAMLError:
         return text
     return value if value is None or isinstance(value, str | int | float | bool) else text
@@ -379,6 +391,42 @@ _MESSAGES = {
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The section (model) that holds the mapping at `loc` of a job file, None where no section is (a free map)."""
+    current: object = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field_info = current.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field_info is None:
+            return None
+        current = _section_in(field_info.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _section_in(annotation: object) -> object:
+    """The first model an annotation names (`Resources | None` -> Resources); None if it names none."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for inner in typing.get_args(annotation):
+        found = _section_in(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _closest_key(loc: Sequence[int | str]) -> str:
+    """`; did you mean command?` for an unknown key close to one its section has, else ''."""
+    section = _model_at(JobFile, loc[:-1])
+    if section is None or not loc:
+        return ""
+    import difflib
+
+    known = [info.alias or name for name, info in section.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def explain(error: ValidationError) -> tuple[str, str]:
     """The first fault of a validation as (YAML path with dots, one plain line)."""
     first = error.errors(include_url=False)[0]
@@ -386,6 +434,8 @@ def explain(error: ValidationError) -> tuple[str, str]:
     if kind == "invalid_key" or loc[-1:] == ["[key]"]:  # the key itself is at fault: name it, not an index
         loc = [*loc[:-1], str(loc[-1])] if kind == "invalid_key" else [*loc[:-2], str(loc[-2])]
         message = "key must be a string; quote it"
+    elif kind == "extra_forbidden":
+        message = _MESSAGES[kind] + _closest_key(loc)
     elif kind in _MESSAGES:
         message = _MESSAGES[kind]
     elif bound := _BOUNDS.keys() & ctx.keys():
@@ -411,7 +461,21 @@ def load_job_file(path: Path, sets: Sequence[str] = ()) -> JobFile:
         return JobFile.model_validate(raw)
     except ValidationError as err:
         where, message = explain(err)
+        flag = _set_of(sets, where)
+        if flag is not None:    # the flag put the fault there, not the file: name it
+            raise UsageError(f"--set {flag}: " + (message if flag.partition("=")[0].strip() == where
+                                                    else f"{where}: {message}")) from None
         raise JobFileError(source, where, message) from None
+
+
+def _set_of(sets: Sequence[str], where: str) -> str | None:
+    """The last `--set` that wrote at or under the YAML path `where` (or above it), if any."""
+    for item in reversed(sets):
+        key = item.partition("=")[0].strip()
+        if where and (key == where or key.startswith(where + ".") or where.startswith(key + ".")
+                      or where.startswith(key + "[")):
+            return item
+    return None
 
 
 @dataclass(frozen=True, slots=True)

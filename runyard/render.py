@@ -1,34 +1,94 @@
 """How the CLI shows things: tables for people (rich), JSON and CSV for scripts, log lines as written, runs as the
-tree of their parents and children."""
+tree of their parents and children.
+
+rich is imported only when a table or a styled line is drawn: `console` and `err_console` are made on first use,
+so a command that prints JSON or a plain line does not pay for it. In `-o json`, integers are JSON numbers (protobuf's
+JSON mapping writes 64-bit ones as strings) and keys come in a stable order: fields as the message declares them,
+map entries sorted.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from rich.console import Console
-from rich.table import Table
 
 from protos import runyard_pb2 as pb
 from runyard import vocabulary
 from runyard.units import format_size
 
-# Piped output is for scripts and logs: never wrap or cut it at 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_CONSOLES: dict[str, Console] = {}
+
+
+def __getattr__(name: str) -> Console:
+    """`render.console` (stdout) and `render.err_console` (stderr), made on first use."""
+    if name not in ("console", "err_console"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Console:
+    """Piped output is for scripts and logs: never wrap or cut it at 80 columns."""
+    if name not in _CONSOLES:
+        from rich.console import Console
+
+        stream = sys.stderr if name == "err_console" else sys.stdout
+        _CONSOLES[name] = Console(stderr=name == "err_console", highlight=False,
+                                  width=None if stream.isatty() else 1000)
+    return _CONSOLES[name]
+
+
+def say(text: str) -> None:
+    """A plain line for people on stderr (progress, "nothing matched"), written as is, without rich."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    """A message for `-o json`, with states and reasons as words (`"state": "Completed"`)."""
-    return vocabulary.readable(
-        MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+    """A message for `-o json`, with states and reasons as words (`"state": "Completed"`), 64-bit integers as
+    numbers, and map entries sorted by key."""
+    from google.protobuf.json_format import MessageToDict
+
+    shown = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return vocabulary.readable(_numbers(cast(Descriptor, message.DESCRIPTOR), shown))
+
+
+def _numbers(descriptor: Descriptor, shown: dict[str, Any]) -> dict[str, Any]:
+    """`shown` (MessageToDict of a `descriptor` message) with its 64-bit integers, which protobuf's JSON mapping
+    writes as strings, back as numbers, and its maps' keys in order; nested messages too."""
+    for field in descriptor.fields:
+        if field.name not in shown:
+            continue
+        value = shown[field.name]
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            shown[field.name] = {k: _field_value(value_field, v) for k, v in sorted(value.items())}
+        elif isinstance(value, list):
+            shown[field.name] = [_field_value(field, v) for v in value]
+        else:
+            shown[field.name] = _field_value(field, value)
+    return shown
+
+
+def _field_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.type in _INT64 and isinstance(value, str):
+        return int(value)
+    if field.message_type is not None and isinstance(value, dict):
+        return _numbers(field.message_type, value)
+    return value
 
 
 def series_rows(series: pb.MetricSeries, buckets: bool) -> Iterator[tuple[Any, ...]]:
@@ -48,23 +108,25 @@ def _number(value: float) -> float | str:
 
 def metrics_dict(found: pb.MetricsResponse) -> dict[str, Any]:
     """`metrics -o json`: summaries and params as `as_dict` gives them, and the series' points one dict each
-    (`points`, as before series came as columns; int64 as strings like every other int64 of `-o json`)."""
+    (`points`, as before series came as columns; integers as numbers like every other integer of `-o json`)."""
     shown = as_dict(pb.MetricsResponse(summaries=found.summaries, params=found.params))
     shown.pop("series", None)       # shown as `points`
     points: list[dict[str, Any]] = []
     for series in found.series:
         if series.first_steps:
-            points.extend({"key": series.key, "value": _number(v), "step": str(s), "ts": t, "rank": series.rank,
-                           "min": _number(lo), "max": _number(hi), "first_step": str(f), "count": str(n)}
+            points.extend({"key": series.key, "value": _number(v), "step": s, "ts": t, "rank": series.rank,
+                           "min": _number(lo), "max": _number(hi), "first_step": f, "count": n}
                           for s, v, t, lo, hi, f, n in series_rows(series, True))
         else:
-            points.extend({"key": series.key, "value": _number(v), "step": str(s), "ts": t, "rank": series.rank}
+            points.extend({"key": series.key, "value": _number(v), "step": s, "ts": t, "rank": series.rank}
                           for s, v, t in zip(series.steps, series.values, series.ts))
     shown["points"] = points
     return shown
 
 
 def print_json(value: Any) -> None:
+    import json     # here and below: a table needs neither json nor csv
+
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
@@ -72,6 +134,8 @@ def print_metrics_json(found: pb.MetricsResponse) -> None:
     """`metrics -o json`: as `print_json(metrics_dict(found))` prints it but each point on a line of its own, written
     by the C encoder (an indented dump of 100k points takes the pure-Python one, several times slower). A point
     holds only numbers, fixed names and a metric key (no braces in one), so "}, {" only ever separates points."""
+    import json
+
     shown = metrics_dict(found)
     points = shown.pop("points")
     text = json.dumps({**shown, "points": []}, indent=2, default=str)
@@ -85,25 +149,29 @@ _NEVER_WRAP = {"RUN", "NODE", "STATE", "CREATED", "WHEN"}
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
     table = Table(title=title, box=None, header_style="bold", pad_edge=False)
     for column in columns:
         table.add_column(column, no_wrap=column in _NEVER_WRAP)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+    _console("console").print(table)
 
 
 def print_events(events: Sequence[pb.ClusterEvent]) -> None:
     """The head's latest decisions about nodes (autoscaler, quarantine), under a table."""
     if not events:
         return
-    console.print("\n[bold]Recent decisions[/]")
+    _console("console").print("\n[bold]Recent decisions[/]")
     for e in events:
         stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
-        console.print(f"{stamp}  {e.kind:<10}  cluster {e.cluster}: {e.detail}", markup=False, soft_wrap=True)
+        _console("console").print(f"{stamp}  {e.kind:<10}  cluster {e.cluster}: {e.detail}", markup=False, soft_wrap=True)
 
 
 def print_csv(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    import csv
+
     writer = csv.writer(sys.stdout)
     writer.writerow(columns)
     writer.writerows(rows)

@@ -6,7 +6,8 @@ writes what is left. The node agent tails that file and ships each complete line
 number as the sequence number. Each process of a distributed run has a records file of its own: a file name
 with `{RANK}` in it (what the agent gives a `torchrun` launcher, whose workers share its environment) is the
 process's own once `{RANK}` is replaced by its RANK variable. Outside Runyard the run is offline: each call prints one short line and the same
-records go to `./runyard-offline/<id>.jsonl`.
+records go to `./runyard-offline/<id>/records.jsonl`, said once, on stderr, when the run is made (not a line per
+call).
 
 One line of the records file (written with `json.dumps(..., allow_nan=True, separators=(",", ":"))`):
 
@@ -49,6 +50,7 @@ __all__ = ["Run"]
 RUN_ID_ENV = "RUNYARD_RUN_ID"
 RECORDS_FILE_ENV = "RUNYARD_RECORDS_FILE"
 OFFLINE_DIR_NAME = "runyard-offline"
+OFFLINE_RECORDS_NAME = "records.jsonl"
 _END_STATUSES = {"completed": "FINISHED", "failed": "FAILED", "canceled": "KILLED"}
 
 FLUSH_INTERVAL_S = 0.2
@@ -217,7 +219,7 @@ class _RecordFile:
             with self.lock:
                 left = len(self._buffer) + self._unwritten.count(b"\n")
         if left:
-            _warn(f"{left} record(s) could not be written to {self.path}")
+            _warn(f"{left} record{_s(left)} could not be written to {self.path}")
 
     def _flush_locked(self) -> None:
         with self.lock:
@@ -276,7 +278,8 @@ class _RecordFile:
         with self.lock:
             dropped = self._dropped
         if dropped > self._dropped_reported and not self._unwritten:
-            _warn(f"dropped the {dropped - self._dropped_reported} oldest record(s) for {self.path}: the buffer was full")
+            lost = dropped - self._dropped_reported
+            _warn(f"dropped the {lost} oldest record{_s(lost)} for {self.path}: the buffer was full")
             self._dropped_reported = dropped
 
 
@@ -300,8 +303,9 @@ if hasattr(os, "register_at_fork"):
 # The run as a script sees it.
 
 
-def _format_value(value: float) -> str:
-    return format(value, ".6g")
+def _s(count: int) -> str:
+    """The plural ending of a count's noun (this module imports only the standard library: not `runyard.units`)."""
+    return "" if count == 1 else "s"
 
 
 def _offline_id(now_s: float) -> str:
@@ -318,13 +322,11 @@ class Run:
     _context: ClassVar[Run | None] = None
     _context_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, run_id: str, *, records: _RecordFile, offline: bool, child_id: str = "",
-                 echo_prefix: str = "") -> None:
+    def __init__(self, run_id: str, *, records: _RecordFile, offline: bool, child_id: str = "") -> None:
         self.id = run_id
         self._records = records
         self._offline = offline
         self._child_id = child_id  # "" for the run itself; records of a child carry its id as "run"
-        self._echo_prefix = echo_prefix
         self._next_steps: dict[str, int] = {}
 
     @classmethod
@@ -343,13 +345,16 @@ class Run:
             own = records_file.replace("{RANK}", environ.get("RANK", "0"))
             return cls(run_id, records=_RecordFile(Path(own), create_parent=False), offline=False)
         offline_id = _offline_id(time.time())
-        path = cwd / OFFLINE_DIR_NAME / f"{offline_id}.jsonl"
-        return cls(offline_id, records=_RecordFile(path, create_parent=True), offline=True,
-                   echo_prefix="[runyard offline] ")
+        where = Path(OFFLINE_DIR_NAME) / offline_id
+        if sys.stderr is not None:
+            print(f"runyard: not inside a Runyard run; offline run {offline_id}: its records go to ./{where}/",
+                  file=sys.stderr, flush=True)
+        return cls(offline_id, records=_RecordFile(cwd / where / OFFLINE_RECORDS_NAME, create_parent=True),
+                   offline=True)
 
     @property
     def offline(self) -> bool:
-        """True outside Runyard: records are printed and written to ./runyard-offline/<id>.jsonl."""
+        """True outside Runyard: records are written to ./runyard-offline/<id>/records.jsonl."""
         return self._offline
 
     def log(self, key: str, value: float, step: int | None = None) -> None:
@@ -377,8 +382,6 @@ class Run:
                 steps = explicit
                 self._next_steps.update(dict.fromkeys(keys, min(explicit + 1, _STEP_MAX)))
             self._put({"k": keys, "v": values, "s": steps})
-        if self._echo_prefix:
-            self._echo(_describe_points(keys, values, steps))
 
     def log_param(self, key: str, value: object) -> None:
         """Record a parameter; the value is stored as `str(value)`."""
@@ -398,10 +401,7 @@ class Run:
         child_id = new_run_id()
         with self._records.lock:
             self._put({"child": {"id": child_id, "name": name}})
-        prefix = f"{self._echo_prefix}[{name}] " if self._echo_prefix else ""
-        if prefix:
-            self._echo(f"child run {name} ({child_id})")
-        return Run(child_id, records=self._records, offline=self._offline, child_id=child_id, echo_prefix=prefix)
+        return Run(child_id, records=self._records, offline=self._offline, child_id=child_id)
 
     def end(self, state: str = "Completed") -> None:
         """End this child run as `Completed`, `Failed` or `Canceled` (any case). A child left open ends with the
@@ -413,8 +413,6 @@ class Run:
             raise ValueError(f"a child run ends Completed, Failed or Canceled, not {state!r}")
         with self._records.lock:
             self._put({"end": status})
-        if self._echo_prefix:
-            self._echo(f"ended {state.capitalize()}")
 
     def __enter__(self) -> Run:
         return self
@@ -429,8 +427,6 @@ class Run:
         text = _text_value(kind, key, value)
         with self._records.lock:
             self._put({field: {key: text}})
-        if self._echo_prefix:
-            self._echo(f"{kind} {key}={text}")
 
     def _take_step(self, key: str, explicit: int | None) -> int:
         step = self._next_steps.get(key, 0) if explicit is None else explicit
@@ -443,16 +439,5 @@ class Run:
             record["run"] = self._child_id
         self._records.put(record)
 
-    def _echo(self, text: str) -> None:
-        if sys.stdout is not None:
-            print(f"{self._echo_prefix}{text}", file=sys.stdout, flush=True)
-
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, offline={self._offline})"
-
-
-def _describe_points(keys: list[str], values: list[float], steps: int | list[int]) -> str:
-    if isinstance(steps, int) or len(set(steps)) == 1:
-        step = steps if isinstance(steps, int) else steps[0]
-        return " ".join(f"{key}={_format_value(value)}" for key, value in zip(keys, values)) + f" step={step}"
-    return " ".join(f"{key}={_format_value(value)} (step {step})" for key, value, step in zip(keys, values, steps))

@@ -1,6 +1,8 @@
 """The snapshot format: a deterministic zip of the submitted directory, and the only code that opens one.
 
-The client builds snapshots (`create_snapshot`, `git_properties`); the head checks every upload
+The client builds snapshots (`create_snapshot`, or `scan_directory` then `write_snapshot`; `git_properties`) and
+remembers the hash of each directory it zipped (`SnapshotCache`): an unchanged directory (every file's path, size,
+mtime, ctime, inode and mode as before) is not zipped again. The head checks every upload
 (`validate_archive`) and the agent unpacks one into a run directory (`safe_extract`). The same directory gives
 the same bytes, so the head can deduplicate by sha256.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,18 +27,21 @@ import stat
 import struct
 import subprocess
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-import pathspec
-
 from runyard.errors import SnapshotInvalid, SnapshotTooDeep, SnapshotTooLarge, UsageError
+from runyard.private import write_private
+
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILES = (".runyardignore", ".amlignore", ".gitignore")
 # Path components per entry: deeper trees are refused when built and when checked, so that extraction (one
@@ -63,6 +69,7 @@ _MAX_NAME_BYTES = 4096
 _MAX_EXTRA_BYTES = 256
 _MAX_RECORD_BYTES = _CENTRAL.size + _MAX_NAME_BYTES + _MAX_EXTRA_BYTES
 _FOREIGN = "not a snapshot Runyard wrote"
+_FORMAT = "runyard-snapshot-1"  # in every listing's digest: a change to what `_write_zip` writes must change it
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,21 @@ class _Member:
     source: Path  # where to read the bytes from (a link to a file reads its target)
     size_bytes: int
     mode: int  # permission bits only
+    stats: tuple[int, ...] = ()  # (size, mtime_ns, ctime_ns, inode, device, st_mode) of the file read: see `Listing`
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What a snapshot of `directory` holds, found by walking it without reading a file: the members and, in
+    `stats_digest`, a digest of each member's path and stat (size, mtime_ns, ctime_ns, inode, device, mode) and of
+    the ignore file. Equal digests mean an unchanged directory: writing to a file changes its ctime even when its
+    size and mtime are put back."""
+    directory: Path
+    members: tuple[_Member, ...]
+    total_bytes: int
+    largest: list[tuple[str, int]]
+    stats_digest: str
+    newest_change_ns: int  # the latest mtime or ctime of a member: see `SnapshotCache`
 
 
 # --- create -------------------------------------------------------------------------------------------------
@@ -88,16 +110,34 @@ class _Member:
 def create_snapshot(directory: Path, dest_dir: Path, *, max_bytes: int = 300_000_000) -> Snapshot:
     """Zip `directory` into a new file in `dest_dir`; raise `SnapshotTooLarge` before writing if over `max_bytes`,
     `SnapshotTooDeep` if a file lies more than `MAX_DEPTH` path components down."""
+    return write_snapshot(scan_directory(directory, max_bytes=max_bytes), dest_dir, max_bytes=max_bytes)
+
+
+def scan_directory(directory: Path, *, max_bytes: int = 300_000_000) -> Listing:
+    """Walk `directory` as `create_snapshot` does and stat every file it would take, reading none; raise
+    `SnapshotTooLarge` if they hold more than `max_bytes`, `SnapshotTooDeep` for a path too deep."""
     directory = Path(directory)
     if not directory.exists():
         raise UsageError(f"{directory} does not exist; pass the directory holding your code")
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory; pass the directory holding your code")
-    members = _collect(directory, _ignore_spec(directory))
+    spec, ignore_text = _ignore_file(directory)
+    members = _collect(directory, spec)
     total = sum(m.size_bytes for m in members)
     largest = [(m.name, m.size_bytes) for m in sorted(members, key=lambda m: (-m.size_bytes, m.name))[:5]]
     if total > max_bytes:
         raise SnapshotTooLarge(str(directory), total, max_bytes, largest)
+    digest = hashlib.sha256(f"{_FORMAT}\0{zlib.ZLIB_RUNTIME_VERSION}\0".encode())
+    digest.update(hashlib.sha256(ignore_text.encode("utf-8", "surrogateescape")).digest())
+    for member in members:
+        digest.update(f"{member.name}\0{member.stats}\n".encode("utf-8", "surrogateescape"))
+    newest = max((max(m.stats[1], m.stats[2]) for m in members), default=0)
+    return Listing(directory, tuple(members), total, largest, digest.hexdigest(), newest)
+
+
+def write_snapshot(listing: Listing, dest_dir: Path, *, max_bytes: int = 300_000_000) -> Snapshot:
+    """Zip the members of `listing` into a new file in `dest_dir`."""
+    directory, members, largest = listing.directory, list(listing.members), listing.largest
     fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".zip", dir=dest_dir)
     path = Path(name)
     try:
@@ -113,14 +153,17 @@ def create_snapshot(directory: Path, dest_dir: Path, *, max_bytes: int = 300_000
     return Snapshot(path, digest, path.stat().st_size, len(members), written)
 
 
-def _ignore_spec(directory: Path) -> pathspec.GitIgnoreSpec | None:
-    """The first ignore file that exists at the root wins; the others are not read (Azure ML's rule)."""
+def _ignore_file(directory: Path) -> tuple[pathspec.GitIgnoreSpec | None, str]:
+    """The first ignore file that exists at the root wins; the others are not read (Azure ML's rule). Returns its
+    spec and which file it is with its text (what the listing's digest takes of it)."""
     for name in IGNORE_FILES:
         candidate = directory / name
         if candidate.is_file():
-            lines = candidate.read_text(encoding="utf-8", errors="replace").splitlines()
-            return pathspec.GitIgnoreSpec.from_lines(lines)
-    return None
+            text = candidate.read_text(encoding="utf-8", errors="replace")
+            import pathspec     # only for a directory with an ignore file
+
+            return pathspec.GitIgnoreSpec.from_lines(text.splitlines()), f"{name}\0{text}"
+    return None, ""
 
 
 def _collect(root: Path, spec: pathspec.GitIgnoreSpec | None) -> list[_Member]:
@@ -170,7 +213,8 @@ def _member(entry: os.DirEntry[str], rel: str) -> _Member | None:
         raise UsageError(f"file name {rel!r} is not valid UTF-8; rename it or list it in .runyardignore") from exc
     # Only "executable or not" is kept, so that the same code hashes the same whatever the submitter's umask.
     mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
-    return _Member(rel, Path(entry.path), info.st_size, mode)
+    stats = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev, info.st_mode)
+    return _Member(rel, Path(entry.path), info.st_size, mode, stats)
 
 
 def _write_zip(raw: BinaryIO, members: list[_Member]) -> int:
@@ -192,22 +236,89 @@ def _write_zip(raw: BinaryIO, members: list[_Member]) -> int:
     return written
 
 
+# --- the hashes of directories zipped before ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSnapshot:
+    sha256: str
+    size_bytes: int
+    file_count: int
+
+
+class SnapshotCache:
+    """The snapshot hash of each directory zipped lately, by the digest of its listing (`Listing.stats_digest`),
+    in one small JSON file of the user's (`$XDG_CACHE_HOME/runyard/snapshots.json`, else `~/.cache/runyard/`).
+
+    A listing any of whose files changed within `racy_ns` (2 s) of being listed is not remembered: a file written again
+    within the file system's timestamp granularity could keep its mtime and ctime (git's "racily clean" entries).
+    A cache that cannot be read or written is as good as empty: it only saves work.
+    """
+
+    RACY_NS = 2_000_000_000
+    MAX_DIRECTORIES = 64
+
+    def __init__(self, path: Path | None = None, *, racy_ns: int = RACY_NS) -> None:
+        self.path = path or default_cache_dir() / "snapshots.json"
+        self.racy_ns = racy_ns
+
+    def get(self, listing: Listing) -> CachedSnapshot | None:
+        entry = self._load().get(str(listing.directory.resolve()))
+        if not isinstance(entry, dict) or entry.get("stats") != listing.stats_digest:
+            return None
+        try:
+            return CachedSnapshot(str(entry["sha256"]), int(entry["size_bytes"]), int(entry["file_count"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put(self, listing: Listing, snapshot: Snapshot) -> None:
+        if time.time_ns() - listing.newest_change_ns < self.racy_ns:
+            return
+        entries = self._load()
+        key = str(listing.directory.resolve())
+        entries.pop(key, None)
+        entries[key] = {"stats": listing.stats_digest, "sha256": snapshot.sha256, "size_bytes": snapshot.size_bytes,
+                        "file_count": snapshot.file_count}
+        kept = dict(list(entries.items())[-self.MAX_DIRECTORIES:])   # the most recently zipped
+        try:
+            write_private(self.path, json.dumps(kept, separators=(",", ":")).encode())
+        except OSError:
+            pass
+
+    def _load(self) -> dict[str, object]:
+        try:
+            found = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "runyard"
+
+
 # --- git ----------------------------------------------------------------------------------------------------
 
 
 def git_properties(directory: Path) -> dict[str, str]:
-    """Repository URL, branch, commit and dirty flag of the work tree holding `directory`; `{}` when there is none."""
-    if _git(directory, "rev-parse", "--is-inside-work-tree") != "true":
+    """Repository URL, branch, commit and dirty flag of the work tree holding `directory`; `{}` when there is none.
+
+    One `git status --porcelain=v2 --branch` gives the commit, the branch and whether the tree is dirty, and fails
+    outside a work tree; a second call reads the remote's URL."""
+    status = _git(directory, "status", "--porcelain=v2", "--branch")
+    if status is None:
         return {}
-    commit = _git(directory, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    if not commit:
-        return {}
-    status = _git(directory, "status", "--porcelain")
+    heads = dict(line[2:].partition(" ")[::2] for line in status.splitlines() if line.startswith("# "))
+    commit = heads.get("branch.oid", "")
+    if not re.fullmatch(r"[0-9a-f]{40,64}", commit):
+        return {}   # "(initial)": no commit yet
+    branch = heads.get("branch.head", "")
     props = {
         "git.repository_url": _without_credentials(_git(directory, "config", "--get", "remote.origin.url") or ""),
-        "git.branch": _git(directory, "rev-parse", "--abbrev-ref", "HEAD") or "HEAD",
+        "git.branch": "HEAD" if branch in ("", "(detached)") else branch,
         "git.commit": commit,
-        "git.dirty": "" if status is None else ("true" if status else "false"),
+        "git.dirty": "true" if any(not line.startswith("# ") for line in status.splitlines()) else "false",
     }
     return {key: value for key, value in props.items() if value}
 

@@ -1,5 +1,10 @@
 """`runyard submit`: snapshot the directory, upload it unless the head has it, queue the run, follow it.
 
+A directory zipped before and unchanged since (`SnapshotCache`) is neither zipped nor hashed again: the run is
+submitted at once with the hash it had, one round trip; only when the head no longer has that snapshot is the
+directory zipped and uploaded. With `-d`, the run id is printed on stdout (as `sbatch` does; `--parsable` prints
+nothing else); progress lines go to stderr.
+
 Following streams the run's output as it was written and ends with the run's exit code, like `sbatch -W`.
 While the run waits in the queue, the reason it waits is printed to stderr each time it changes (`QueueWatch`).
 Ctrl-C while following detaches: the run goes on.
@@ -14,17 +19,18 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
-
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from typing import TYPE_CHECKING, Protocol
 
 from protos import runyard_pb2 as pb
 from runyard import render, vocabulary
 from runyard.client import Client
 from runyard.envwire import env_to_pb
-from runyard.errors import RunyardError
-from runyard.jobfile import RunRequest
-from runyard.snapshot import create_snapshot, git_properties
+from runyard.errors import FailedPrecondition, RunyardError
+from runyard.snapshot import Listing, SnapshotCache, git_properties, scan_directory, write_snapshot
+from runyard.units import plural
+
+if TYPE_CHECKING:
+    from runyard.jobfile import RunRequest
 
 SNAPSHOT_MAX_BYTES = int(os.environ.get("RUNYARD_SNAPSHOT_MAX_BYTES", 300_000_000))
 PROGRESS_FROM_BYTES = 5 * 1024 * 1024
@@ -37,6 +43,8 @@ def _upload(client: Client, path: Path, sha256: str, size: int) -> None:
     if size < PROGRESS_FROM_BYTES or not sys.stderr.isatty():
         client.upload_snapshot(path, sha256)
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     with Progress("uploading snapshot", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=render.err_console, transient=True) as progress:
         task = progress.add_task("upload", total=size)
@@ -62,30 +70,53 @@ def _spec(request: RunRequest) -> pb.RunSpec:
     )
 
 
-def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool) -> int:
+def submit_run(client: Client, request: RunRequest, *, detach: bool, quiet: bool,
+               cache: SnapshotCache | None = None) -> int:
     """Submit `request`; returns the exit code for the CLI."""
-    say = (lambda text: None) if quiet else (lambda text: render.err_console.print(text, markup=False, soft_wrap=True))
-    with tempfile.TemporaryDirectory(prefix="runyard-") as tmp:
-        with render.err_console.status("packing snapshot", spinner="dots") if not quiet else contextlib.nullcontext():
-            snapshot = create_snapshot(request.code_dir, Path(tmp), max_bytes=SNAPSHOT_MAX_BYTES)
-        if client.has_snapshot(snapshot.sha256):
-            say(f"snapshot {snapshot.sha256[:12]} unchanged ({snapshot.file_count} files); nothing to upload")
-        else:
-            _upload(client, snapshot.path, snapshot.sha256, snapshot.size_bytes)
-            say(f"snapshot {snapshot.sha256[:12]} uploaded ({snapshot.file_count} files, {snapshot.size_bytes} bytes)")
-    properties = git_properties(request.code_dir)
-    reply = client.submit(pb.SubmitRequest(
-        experiment=request.experiment, display_name=request.display_name, tags=request.tags, properties=properties,
-        snapshot_sha256=snapshot.sha256, spec=_spec(request), priority=request.priority,
-    ))
-    if quiet:
+    say = (lambda text: None) if quiet else render.say
+    cache = cache or SnapshotCache()
+    listing = scan_directory(request.code_dir, max_bytes=SNAPSHOT_MAX_BYTES)
+    submit = pb.SubmitRequest(
+        experiment=request.experiment, display_name=request.display_name, tags=request.tags,
+        properties=git_properties(request.code_dir), spec=_spec(request), priority=request.priority,
+    )
+    reply = None
+    known = cache.get(listing)
+    if known is not None:
+        submit.snapshot_sha256 = known.sha256
+        try:
+            reply = client.submit(submit)
+            say(f"snapshot {known.sha256[:12]} unchanged ({plural(known.file_count, 'file')}); nothing to upload")
+        except FailedPrecondition:
+            if client.has_snapshot(known.sha256):
+                raise   # refused for another reason than the snapshot
+    if reply is None:
+        submit.snapshot_sha256 = _upload_snapshot(client, listing, cache, say, quiet=quiet)
+        reply = client.submit(submit)   # the same idempotency key: a retry is the same run
+    if detach or quiet:
         print(reply.run_id, flush=True)
     say(f"run {reply.run_id} queued in experiment {request.experiment}")
     if detach:
-        if not quiet:
-            say(f"follow it with: runyard logs -f {reply.run_id}")
+        say(f"follow it with: runyard logs -f {reply.run_id}")
         return 0
     return follow(client, reply.run_id, say=say, watch_queue=not quiet)
+
+
+def _upload_snapshot(client: Client, listing: Listing, cache: SnapshotCache, say: Callable[[str], None], *,
+                     quiet: bool) -> str:
+    """Zip the listed directory, upload it unless the head has it, remember its hash; returns the hash."""
+    with tempfile.TemporaryDirectory(prefix="runyard-") as tmp:
+        packing = not quiet and sys.stderr.isatty()
+        with render.err_console.status("packing snapshot", spinner="dots") if packing else contextlib.nullcontext():
+            snapshot = write_snapshot(listing, Path(tmp), max_bytes=SNAPSHOT_MAX_BYTES)
+        files = plural(snapshot.file_count, "file")
+        if client.has_snapshot(snapshot.sha256):
+            say(f"snapshot {snapshot.sha256[:12]} unchanged ({files}); nothing to upload")
+        else:
+            _upload(client, snapshot.path, snapshot.sha256, snapshot.size_bytes)
+            say(f"snapshot {snapshot.sha256[:12]} uploaded ({files}, {plural(snapshot.size_bytes, 'byte')})")
+        cache.put(listing, snapshot)
+    return snapshot.sha256
 
 
 class RunLookup(Protocol):
@@ -160,14 +191,19 @@ def follow(client: Client, run_id: str, *, say: Callable[[str], None], watch_que
         if watch is not None:
             watch.stop()
             watch.join()
+    return outcome(client, run_id, say=say)
+
+
+def outcome(client: RunLookup, run_id: str, *, say: Callable[[str], None]) -> int:
+    """Say how the run ended; its exit code for the CLI (`submit` and `logs -f` end with it): 0 completed, the
+    run's own exit code when it failed with one, else 1."""
     run = client.get_run(run_id)
     if run.state == pb.RUN_STATE_COMPLETED:
-        say(f"run {run_id} completed")
+        say(f"run {run.id} completed")
         return 0
     if run.state == pb.RUN_STATE_CANCELED:
-        say(f"run {run_id} was canceled")
+        say(f"run {run.id} was canceled")
         return 1
     detail = run.events[-1].detail if run.events else ""
-    say(f"run {run_id} failed: {vocabulary.word('Reason', run.reason)}" + (f" ({detail})" if detail else ""))
+    say(f"run {run.id} failed: {vocabulary.word('Reason', run.reason)}" + (f" ({detail})" if detail else ""))
     return run.exit_code if run.has_exit_code and run.exit_code > 0 else 1
-

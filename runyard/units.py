@@ -1,4 +1,5 @@
-"""Parsing and printing of sizes and durations as people write them (`16G`, `512Mi`, `90s`)."""
+"""Parsing and printing of sizes and durations as people write them (`16G`, `512Mi`, `90s`), and counts with their
+noun in the form it takes (`1 node`, `2 nodes`)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ def parse_duration(text: str) -> float:
     if value < 0 or value != value:
         raise ValueError(f"{text!r} is not a duration; say e.g. 90s, 30m, 1h, 7d")
     return value * _DURATION_UNITS[unit]
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 node`, `2 nodes`, `0 nodes`: the count and the word in the form it takes (`words` when not `word` + s)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"

@@ -23,6 +23,7 @@ from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
 from runyard import priorities
 from runyard.errors import SnapshotInvalid
+from runyard.units import plural
 from scheduler.agent_api import receive_blob
 from scheduler.artifacts import ArtifactStore
 from scheduler.admin_api import AdminMethods
@@ -129,7 +130,7 @@ def validate_spec(spec: RunSpec) -> None:
     if spec.gpus and spec.procs_per_node > spec.gpus:
         if spec.distribution is Distribution.TENSORFLOW:
             raise InvalidArgument(f"{spec.workers + spec.parameter_servers} tensorflow processes on "
-                                  f"{spec.instance_count} node(s) put {spec.procs_per_node} on a node, more than the "
+                                  f"{plural(spec.instance_count, 'node')} put {spec.procs_per_node} on a node, more than the "
                                   f"{spec.gpus} GPUs per node it requests; ask for gpus: {spec.procs_per_node} or "
                                   "more nodes")
         raise InvalidArgument(f"process_count_per_instance {spec.procs_per_node} is more than the {spec.gpus} GPUs "

@@ -27,7 +27,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from runyard.units import format_size
+from runyard.units import format_size, plural
 from scheduler.core.lifecycle import Pending, PendingKind
 
 CONDA_BUILDERS = frozenset({"micromamba", "conda"})
@@ -309,7 +309,7 @@ def place(
                     blocked[req.cluster] = _Blocked(req.run_id, _reserved_start(req, pool, releases.get(req.cluster, ())))
                 continue
             ahead.behind += 1
-            runs = f"{ahead.behind} run(s) ahead"
+            runs = f"{plural(ahead.behind, 'run')} ahead"
             pending[req.run_id] = (Pending(PendingKind.BEHIND, f"{runs} in cluster {req.cluster}; cannot backfill: {why_not}")
                                    if fits_now else Pending(own.kind, f"{own.text}; {runs}"))
             continue
@@ -412,7 +412,8 @@ def never_fits(req: Request, nodes: Sequence[NodeView]) -> str:
         return missing
     nodes = [n for n in nodes if n.can_build(req)]
     if able:
-        return f"cluster {req.cluster} has only {able} node(s) that can hold {_describe(req)}; the run asks for {req.nodes}"
+        return (f"cluster {req.cluster} has only {plural(able, 'node')} that can hold {_describe(req)}; the run asks "
+                f"for {req.nodes}")
     if req.labels and not any(n.has_labels(req) for n in nodes):
         wanted = ", ".join(f"{k}={v}" for k, v in req.labels)
         return f"no node in cluster {req.cluster} has the labels {wanted}"

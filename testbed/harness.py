@@ -234,6 +234,7 @@ class Cluster:
     def env(self, **extra: str) -> dict[str, str]:
         return {**_env(), "RUNYARD_ADDRESS": self.head.address, "RUNYARD_TOKEN": self.head.token,
                 "RUNYARD_CA_FILE": str(self.head.ca_file), "RUNYARD_CONFIG": str(self.root / "no-config.toml"),
+                "XDG_CACHE_HOME": str(self.root / "cache"),     # the CLI's snapshot cache, the cluster's own
                 **({"RUNYARD_INSECURE": "1"} if self.head.plaintext else {}), **extra}
 
     def cli(self, *args: str, cwd: Path | None = None, timeout_s: float = 60, env: dict[str, str] | None = None,

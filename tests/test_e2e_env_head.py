@@ -235,7 +235,7 @@ def test_env_build_reaches_the_nodes_and_show_names_those_that_have_it_built(set
     assert (node["capacity"]["platform"], node["capacity"]["builders"]) == (PLATFORM, ["micromamba", "uv"])
 
     asked = cluster.cli("env", "build", "warm", "--nodes", "fresh-1", check=True)
-    assert asked.stdout.strip() == "build of warm asked of 1 node(s): fresh-1"
+    assert asked.stdout.strip() == "build of warm asked of 1 node: fresh-1"
     build = wait_until("fresh-1 to be asked to build", lambda: next(iter(setup.fresh.builds()), None))
     assert (build.env, build.env_hash) == (env_to_pb(WARM), WARM_HASH)
     setup.fresh.built([WARM_HASH])
@@ -244,7 +244,7 @@ def test_env_build_reaches_the_nodes_and_show_names_those_that_have_it_built(set
 
     # Every Ready node that can build it: the real agent node-1 has a python 3.11 too.
     assert cluster.cli("env", "build", "warm", check=True).stdout.strip() == \
-        "build of warm asked of 3 node(s): built-1, fresh-1, node-1"
+        "build of warm asked of 3 nodes: built-1, fresh-1, node-1"
     cluster.client().create_environment(pb.Environment(name="new-python", spec=pb.EnvironmentSpec(python="3.13")))
     one_line_refusal(cluster.cli("env", "build", "new-python", "--nodes", "fresh-1"),
                      "node fresh-1 cannot build new-python:1: it has no python 3.13 (it has 3.10, 3.11)")

@@ -103,7 +103,7 @@ def test_the_head_refuses_a_distribution_it_does_not_know(cluster: Cluster) -> N
     ("{type: pytorch, process_count_per_instance: 4}",
      "process_count_per_instance 4 is more than the 2 GPUs per node it requests; ask for gpus: 4 or fewer processes"),
     ("{type: tensorflow, worker_count: 5, parameter_server_count: 1}",
-     "6 tensorflow processes on 2 node(s) put 3 on a node, more than the 2 GPUs per node it requests; "
+     "6 tensorflow processes on 2 nodes put 3 on a node, more than the 2 GPUs per node it requests; "
      "ask for gpus: 3 or more nodes")])
 def test_more_processes_per_node_than_its_gpus_is_refused_at_submit(cluster: Cluster, project: Path,
                                                                      distribution: str, message: str) -> None:

@@ -77,7 +77,7 @@ async def test_a_gang_whose_node_has_no_free_port_is_refused(store: Store) -> No
     narrow = [RendezvousRange("10.0.0.5", 29500, 29500), RendezvousRange("10.0.0.6", 29500, 29500)]
     await store.assign_gang(first, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
 
-    with pytest.raises(Conflict, match=re.escape("no block of 1 rendezvous port(s) free")):
+    with pytest.raises(Conflict, match=re.escape("no block of 1 rendezvous port free")):
         await store.assign_gang(second, [("n1", ()), ("n2", ())], detail="placed", rendezvous=narrow)
 
 
@@ -205,7 +205,7 @@ async def test_the_block_fits_in_every_member_s_range(store: Store) -> None:
 async def test_a_tensorflow_gang_whose_block_fits_no_member_s_range_is_refused(store: Store) -> None:
     tf_gang = await submit(store, spec_from_pb(tf_pb(3, 1, 2)))
 
-    with pytest.raises(Conflict, match=re.escape("no block of 2 rendezvous port(s) free on every node")):
+    with pytest.raises(Conflict, match=re.escape("no block of 2 rendezvous ports free on every node")):
         await store.assign_gang(tf_gang, [("n1", ()), ("n2", ())], detail="placed",
                                 rendezvous=[member("10.0.0.5", 29500, 29999), member("10.0.0.6", 29600, 29600)])
     (queued,) = await store.queued()

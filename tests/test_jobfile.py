@@ -113,7 +113,8 @@ def test_unsupported_azure_keys_are_refused_by_name(tmp_path: Path, text: str, p
     ("text", "path", "message"),
     [
         ("foo: 1", "foo", "unknown key"),
-        ("resources: {properties: {gpuz: 1}}", "resources.properties.gpuz", "unknown key"),
+        ("resources: {properties: {gpuz: 1}}", "resources.properties.gpuz", "unknown key; did you mean gpus?"),
+        ("comand: python x.py", "comand", "unknown key; did you mean command?"),
         ("limits: {timeout: 60, retries: 2}", "limits.retries", "unknown key"),
         ("resources: {properties: {gpus: -1}}", "resources.properties.gpus", "must be >= 0"),
         ("resources: {properties: {gpus: 65}}", "resources.properties.gpus", "must be <= 64"),
@@ -289,11 +290,23 @@ def test_set_overrides_apply_before_validation(
     assert getattr(request, field) == expected
 
 
-def test_set_value_is_validated_like_the_file(tmp_path: Path) -> None:
-    error = job_error(tmp_path, "command: x\n", sets=("resources.properties.gpus=-1",))
+def test_set_value_is_validated_like_the_file_and_its_error_names_the_flag(tmp_path: Path) -> None:
+    path = write_job(tmp_path, "command: x\n")
+    for sets, said in [
+        (("resources.properties.gpus=-1",), "--set resources.properties.gpus=-1: must be >= 0"),
+        (("resources.properties.gpuz=1",), "--set resources.properties.gpuz=1: unknown key; did you mean gpus?"),
+        (("inputs.lr=0.1", "resources={}"), "--set resources={}: must be a mapping"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            load_job_file(path, sets)
+        assert not isinstance(caught.value, JobFileError)      # the flag is at fault, not the file
+        assert str(caught.value) == said
 
-    assert error.path == "resources.properties.gpus"
-    assert error.message == "must be >= 0"
+
+def test_an_error_of_the_file_beside_a_set_names_the_file(tmp_path: Path) -> None:
+    error = job_error(tmp_path, "command: x\ncolour: red\n", sets=("inputs.lr=0.1",))
+
+    assert (error.path, error.message) == ("colour", "unknown key")
 
 
 def test_set_creates_missing_and_empty_mappings(tmp_path: Path) -> None:

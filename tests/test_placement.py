@@ -244,8 +244,8 @@ def test_blocked_run_blocks_later_runs_of_its_cluster() -> None:
     queue = [run("big", cpus=4), run("small1", cpus=1), run("small2", cpus=1)]
     plan = checked_place(queue, nodes)
     assert plan.placements == ()
-    assert plan.pending["small1"].text == "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"
-    assert plan.pending["small2"].text == "2 run(s) ahead in cluster c; cannot backfill: it has no time limit"
+    assert plan.pending["small1"].text == "1 run ahead in cluster c; cannot backfill: it has no time limit"
+    assert plan.pending["small2"].text == "2 runs ahead in cluster c; cannot backfill: it has no time limit"
     assert "big" in plan.pending and "ahead" not in plan.pending["big"].text
     assert [plan.pending[r].kind for r in ("big", "small1", "small2")] == [
         PendingKind.CAPACITY, PendingKind.BEHIND, PendingKind.BEHIND]
@@ -256,7 +256,7 @@ def test_runs_before_the_blocked_one_are_placed() -> None:
     queue = [run("first", cpus=2), run("big", cpus=4), run("small", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"first": "n"}
-    assert plan.pending["small"].text.startswith("1 run(s) ahead in cluster c")
+    assert plan.pending["small"].text.startswith("1 run ahead in cluster c")
 
 
 def test_a_blocked_cluster_does_not_hold_up_another() -> None:
@@ -264,7 +264,7 @@ def test_a_blocked_cluster_does_not_hold_up_another() -> None:
     queue = [run("a-big", cluster="a", cpus=4), run("b-run", cluster="b", cpus=4), run("a-small", cluster="a", cpus=1)]
     plan = checked_place(queue, nodes)
     assert where(plan) == {"b-run": "b1"}
-    assert plan.pending["a-small"].text.startswith("1 run(s) ahead in cluster a")
+    assert plan.pending["a-small"].text.startswith("1 run ahead in cluster a")
 
 
 def test_runs_of_a_cluster_without_nodes_do_not_block_others() -> None:
@@ -397,12 +397,12 @@ def test_gang_that_does_not_fit_whole_takes_nothing() -> None:
     plan = checked_place([run("g", gpus=4, nodes=2), run("later", gpus=1)], nodes)
     assert plan.placements == ()
     assert plan.pending["g"].text == "waiting for 2 nodes with 1 CPUs, 1.0G, 4 GPUs each in cluster c; 1 fit now"
-    assert plan.pending["later"].text.startswith("1 run(s) ahead in cluster c")
+    assert plan.pending["later"].text.startswith("1 run ahead in cluster c")
 
 
 def test_gang_larger_than_the_cluster_never_fits() -> None:
     plan = checked_place([run("g", gpus=1, nodes=3)], [node("a", gpus=4), node("b", gpus=4)])
-    assert plan.pending["g"].text.startswith("cluster c has only 2 node(s) that can hold")
+    assert plan.pending["g"].text.startswith("cluster c has only 2 nodes that can hold")
     assert plan.pending["g"].kind is PendingKind.UNFIT, "a gang that can never fit reserves nothing"
 
 
@@ -459,16 +459,16 @@ BACKFILL_CASES: dict[str, tuple[list[Running], Request, str]] = {
     "ends exactly at the reserved start: backfills": (BUSY, run("small", gpus=2, timeout=100), ""),
     "would end after the reserved start: waits": (
         BUSY, run("small", gpus=2, timeout=101),
-        "1 run(s) ahead in cluster c; cannot backfill: its time limit would delay run big, reserved to start in 100s",
+        "1 run ahead in cluster c; cannot backfill: its time limit would delay run big, reserved to start in 100s",
     ),
-    "no time limit: waits": (BUSY, run("small", gpus=2), "1 run(s) ahead in cluster c; cannot backfill: it has no time limit"),
+    "no time limit: waits": (BUSY, run("small", gpus=2), "1 run ahead in cluster c; cannot backfill: it has no time limit"),
     "reservation waits on a run without a limit: nothing backfills": (
         [Running("id-n", "ws", "c", 1, GiB, (0, 1, 2, 3, 4, 5))], run("small", gpus=2, timeout=1),
-        "1 run(s) ahead in cluster c; cannot backfill: run big waits on runs without a time limit",
+        "1 run ahead in cluster c; cannot backfill: run big waits on runs without a time limit",
     ),
     "does not fit now either: its own reason and the runs ahead": (
         BUSY, run("small", gpus=3, timeout=10),
-        "waiting for 3 GPUs on one node in cluster c; largest free: 2 on n; 1 run(s) ahead",
+        "waiting for 3 GPUs on one node in cluster c; largest free: 2 on n; 1 run ahead",
     ),
 }
 

@@ -187,7 +187,7 @@ def test_unwritable_records_file_keeps_the_newest_records_until_it_works(sdk_dir
     warnings = stderr.splitlines()
     assert len(warnings) == 2, stderr
     assert warnings[0].startswith(f"runyard: cannot write records to {records_file}")
-    assert warnings[1].startswith("runyard: dropped the 3 oldest record(s)")
+    assert warnings[1].startswith("runyard: dropped the 3 oldest records")
 
     records += _read_until(tail, 1)
     assert [r.seq for r in records] == list(range(MAX_BUFFERED_RECORDS + 1))
@@ -196,7 +196,7 @@ def test_unwritable_records_file_keeps_the_newest_records_until_it_works(sdk_dir
     assert records[-1].metrics[0][1] == 2.0
 
 
-def test_offline_run_prints_and_writes_jsonl_in_its_cwd(sdk_dir: Path, tmp_path: Path) -> None:
+def test_offline_run_says_so_once_and_writes_its_records_in_its_cwd(sdk_dir: Path, tmp_path: Path) -> None:
     done = _run(
         """
         from runyard import Run
@@ -213,18 +213,14 @@ def test_offline_run_prints_and_writes_jsonl_in_its_cwd(sdk_dir: Path, tmp_path:
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    *printed, last = done.stdout.splitlines()
+    [last] = done.stdout.splitlines()      # nothing printed per call
     run_id, offline, child_id = last.split()
     assert run_id.startswith("offline-") and offline == "True"
-    assert printed == [
-        "[runyard offline] loss=0.5 step=1",
-        "[runyard offline] acc=0.75 lr=0.001 step=1",
-        "[runyard offline] param batch=32",
-        f"[runyard offline] child run fold-1 ({child_id})",
-        "[runyard offline] [fold-1] loss=0.25 step=0",
-    ]
-    assert [p.name for p in (tmp_path / "runyard-offline").iterdir()] == [f"{run_id}.jsonl"]
-    records = RecordTail(tmp_path / "runyard-offline" / f"{run_id}.jsonl").read_new()
+    assert done.stderr.splitlines() == [
+        f"runyard: not inside a Runyard run; offline run {run_id}: its records go to ./runyard-offline/{run_id}/"]
+    assert [p.name for p in (tmp_path / "runyard-offline").iterdir()] == [run_id]
+    assert [p.name for p in (tmp_path / "runyard-offline" / run_id).iterdir()] == ["records.jsonl"]
+    records = RecordTail(tmp_path / "runyard-offline" / run_id / "records.jsonl").read_new()
     assert [(r.seq, r.metrics, r.params, r.run, r.child) for r in records] == [
         (0, (("loss", 0.5, 1),), {}, "", None),
         (1, (("acc", 0.75, 1), ("lr", 0.001, 1)), {}, "", None),
@@ -248,11 +244,12 @@ def test_offline_run_in_an_unwritable_directory_warns_once(sdk_dir: Path, tmp_pa
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"[runyard offline] loss=0.5 step={step}" for step in range(3)]
-    warnings = done.stderr.splitlines()
+    assert done.stdout == ""
+    said, *warnings = done.stderr.splitlines()
+    assert said.startswith("runyard: not inside a Runyard run; offline run ")
     assert len(warnings) == 2, done.stderr
     assert warnings[0].startswith("runyard: cannot write records to ")
-    assert warnings[1].startswith("runyard: 3 record(s) could not be written to ")
+    assert warnings[1].startswith("runyard: 3 records could not be written to ")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from runyard import envspec
 from runyard.ids import new_run_id
+from runyard.units import plural
 from scheduler.errors import InvalidArgument, NotFound, shown
 from scheduler.group_commit import Effects
 from scheduler.core.lifecycle import (
@@ -569,7 +570,7 @@ class RunStore(StoreBase):
                 port = gangs.free_block(used, max(r.port_min for r in rendezvous), min(r.port_max for r in rendezvous),
                                         width)
                 if port is None:
-                    raise Conflict(f"no block of {width} rendezvous port(s) free on every node of run {parent_id}")
+                    raise Conflict(f"no block of {plural(width, 'rendezvous port')} free on every node of run {parent_id}")
                 meeting = gangs.Rendezvous(rendezvous[0].address, port)
             addresses = [r.address for r in rendezvous]
             children = []
