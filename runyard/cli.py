@@ -180,16 +180,20 @@ def submit(ctx: click.Context, directory: Path | None, job_file: Path | None, ex
            nodes: int | None, procs_per_node: int | None, distribution: str | None, env: tuple[str, ...], conda_file: Path | None, sets: tuple[str, ...],
            priority: str | None, timeout: float | None, detach: bool, quiet: bool) -> None:
     """Snapshot DIRECTORY and run a command on the cluster: runyard submit [DIR] [-f job.yml] -- COMMAND..."""
-    from runyard.jobfile import CliOptions, build_request
+    from runyard.runrequest import CliOptions, plain_request
     from runyard.submit import submit_run
 
-    request = build_request(CliOptions(
+    options = CliOptions(
         directory=directory, job_file=job_file, experiment=experiment, display_name=display_name, compute=compute,
         cpus=cpus, memory=memory, gpus=gpus, nodes=nodes, procs_per_node=procs_per_node,
         distribution=distribution, env=env, conda_file=conda_file, sets=sets,
         priority=priority, timeout_s=timeout,
         command=tuple(ctx.obj or ()),
-    ))
+    )
+    request = plain_request(options)
+    if request is None:
+        from runyard.jobfile import build_request   # pydantic: only for what the job file's model must check
+        request = build_request(options)
     with connect() as client:
         sys.exit(submit_run(client, request, detach=detach, quiet=quiet))
 

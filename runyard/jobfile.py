@@ -32,13 +32,13 @@ from pydantic import field_validator, model_validator
 
 from runyard import envspec, priorities
 from runyard.envspec import EnvSpec
+from runyard.runrequest import DEFAULT_MEMORY_BYTES, CliOptions, RunRequest
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
 
 if TYPE_CHECKING:
     import yaml
 
-DEFAULT_MEMORY_BYTES = 1024**3
 MAX_MEMORY_BYTES = 64 * 1024**4
 MAX_TIMEOUT_S = 30 * 24 * 3600
 
@@ -476,58 +476,6 @@ def _set_of(sets: Sequence[str], where: str) -> str | None:
                       or where.startswith(key + "[")):
             return item
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    """What `runyard submit` asks the head to run, after the job file and the flags are merged."""
-
-    code_dir: Path
-    argv: tuple[str, ...]
-    experiment: str
-    display_name: str
-    tags: dict[str, str]
-    environment: dict[str, str]
-    compute: str
-    cpus: float
-    memory_bytes: int
-    gpus: int
-    instance_count: int
-    timeout_s: float
-    priority: int
-    gpu_model: str = ""
-    gpu_memory_bytes: int = 0
-    node_labels: dict[str, str] = field(default_factory=dict)
-    max_retries: int | None = None
-    env: EnvSpec = EnvSpec()            # the software it runs in, normalized
-    env_ref: str = ""                   # or a registered environment, NAME:VERSION or NAME@latest
-    distribution: str = ""              # "pytorch", or '' for none
-    procs_per_node: int = 1             # processes per node of a distributed run
-    workers: int = 0                    # tensorflow: worker processes
-    parameter_servers: int = 0          # tensorflow: parameter server processes
-
-
-@dataclass(frozen=True, slots=True)
-class CliOptions:
-    """Everything the `runyard submit` flags can say; None = not given."""
-
-    directory: Path | None = None
-    job_file: Path | None = None
-    experiment: str | None = None
-    display_name: str | None = None
-    compute: str | None = None
-    cpus: float | None = None
-    memory: str | None = None
-    gpus: int | None = None
-    nodes: int | None = None
-    procs_per_node: int | None = None
-    distribution: str | None = None
-    env: tuple[str, ...] = ()           # KEY=VALUE variables, and at most one environment NAME[:VERSION|@latest]
-    conda_file: Path | None = None
-    sets: tuple[str, ...] = ()
-    priority: str | None = None
-    timeout_s: float | None = None
-    command: tuple[str, ...] = ()
 
 
 _FLAGS = {

@@ -30,7 +30,7 @@ from runyard.snapshot import Listing, SnapshotCache, git_properties, scan_direct
 from runyard.units import plural
 
 if TYPE_CHECKING:
-    from runyard.jobfile import RunRequest
+    from runyard.runrequest import RunRequest
 
 SNAPSHOT_MAX_BYTES = int(os.environ.get("RUNYARD_SNAPSHOT_MAX_BYTES", 300_000_000))
 PROGRESS_FROM_BYTES = 5 * 1024 * 1024

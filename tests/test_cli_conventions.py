@@ -16,7 +16,8 @@ import pytest
 
 from protos import runyard_pb2 as pb
 from runyard.client import Client
-from runyard.jobfile import CliOptions, build_request
+from runyard.jobfile import build_request
+from runyard.runrequest import CliOptions
 from runyard.snapshot import SnapshotCache, scan_directory
 from runyard.submit import submit_run
 from testbed.harness import Cluster

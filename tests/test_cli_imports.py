@@ -60,7 +60,7 @@ def test_only_submit_imports_the_job_file() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_submit_without_a_job_file_reads_no_yaml_and_draws_nothing(tmp_path: Path) -> None:
+def test_a_plain_submit_reads_no_yaml_validates_with_no_model_and_draws_nothing(tmp_path: Path) -> None:
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.py").write_text("print(1)\n")
@@ -68,7 +68,9 @@ def test_submit_without_a_job_file_reads_no_yaml_and_draws_nothing(tmp_path: Pat
                "RUNYARD_CONFIG": str(tmp_path / "none.toml"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     modules, done = imported("submit", "-d", str(code), "--", "true", env=nowhere)
     assert done.returncode == 1 and done.stderr.startswith("runyard: cannot reach the head at 127.0.0.1:9")
-    assert modules == {"click", "grpc", "google.protobuf", "pydantic", "protos.runyard_pb2"}
+    assert modules == {"click", "grpc", "google.protobuf", "protos.runyard_pb2"}      # no job file: no pydantic
+    with_flag, _ = imported("submit", "-d", "--cpus", "2", str(code), "--", "true", env=nowhere)
+    assert "pydantic" in with_flag                                              # a flag the job file's model checks
 
 
 @pytest.mark.timeout(120)

@@ -11,7 +11,8 @@ import pytest
 from runyard.envfile import NewEnvironment, load_environment_file
 from runyard.envspec import EnvSpec
 from runyard.errors import JobFileError, UsageError
-from runyard.jobfile import CliOptions, RunRequest, build_request, load_job_file
+from runyard.jobfile import build_request, load_job_file
+from runyard.runrequest import CliOptions, RunRequest, plain_request
 
 GiB = 1024**3
 
@@ -700,3 +701,30 @@ def test_distribution_flags_override_the_job_file(tmp_path: Path) -> None:
 
     assert (request.instance_count, request.distribution, request.procs_per_node) == (3, "pytorch", 4)
     assert (flags_only.distribution, flags_only.procs_per_node) == ("pytorch", 2)
+
+
+@pytest.mark.parametrize("options", [
+    CliOptions(command=("true",)),
+    CliOptions(command=("python", "train.py"), env=("A=1", "B=x=y", "C=")),
+], ids=["a command", "with variables"])
+def test_a_plain_submit_is_built_without_the_job_files_model_and_the_same(options: CliOptions, tmp_path: Path) -> None:
+    code = tmp_path / "Project"
+    code.mkdir()
+    for given in (options, dataclasses.replace(options, directory=code)):
+        assert plain_request(given) == build_request(given)
+
+
+@pytest.mark.parametrize("options", [
+    CliOptions(), CliOptions(command=("true",), cpus=2.0), CliOptions(command=("true",), memory="2G"),
+    CliOptions(command=("true",), experiment="e"), CliOptions(command=("true",), priority="high"),
+    CliOptions(command=("true",), env=("NAME:1",)), CliOptions(command=("true",), env=("=1",)),
+    CliOptions(command=("true",), job_file=Path("job.yml")), CliOptions(command=("true",), timeout_s=5.0),
+    CliOptions(command=("true",), distribution="pytorch"), CliOptions(command=("true",), conda_file=Path("c.yml")),
+])
+def test_any_other_submit_goes_through_the_job_files_model(options: CliOptions) -> None:
+    assert plain_request(options) is None
+
+
+def test_a_plain_submit_of_a_missing_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="is not a directory"):
+        plain_request(CliOptions(command=("true",), directory=tmp_path / "nowhere"))
