@@ -31,8 +31,9 @@ from common import clean, machine_info  # noqa: E402
 SCRIPT = re.compile(r"^s(\d+)_[A-Za-z0-9_]+\.py$")
 TAIL_CHARS = 3000
 # Scripts that need more than --timeout-s: S7 installs MLflow into bench/.cache on its first run and logs 500k
-# points per repeat into both; S9 submits 10,000 runs before it reads.
-MIN_TIMEOUT_S = {"s7_metrics.py": 2400.0, "s9_reads.py": 900.0}
+# points per repeat into both; S8 and S9 submit 10,000 runs before they measure; S10 stores 100,000 runs and 10M log
+# lines before its restarts.
+MIN_TIMEOUT_S = {"s7_metrics.py": 2400.0, "s8_footprint.py": 900.0, "s9_reads.py": 900.0, "s10_restart.py": 1800.0}
 
 
 def scripts() -> list[Path]:
