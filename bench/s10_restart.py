@@ -17,7 +17,10 @@ times. Each restart is timed from just before the head process is spawned to:
 - the first `ListRuns(limit=1)` answered over a new channel (polled from the spawn on, with a deadline).
 After the last restart every acknowledged run is read back (`GetRun`), the queue is counted (`ListQueue`) and
 the database's runs are counted read-only. The page cache is warm (the runs were just written, the machine is
-not rebooted): this measures the head's own start-up work, not the disk.
+not rebooted): this measures the head's own start-up work, not the disk. The head's bytecode is cached, as an
+installed package's is. On a shared machine the wall time follows the load: the head's own CPU seconds to
+serving are reported too, and, before each restart, a process that only imports the head's code is timed as the
+same run's reference (the start-up work no stored run or log line changes).
 Prints one JSON object on stdout; logs go to stderr.
 """
 
@@ -28,6 +31,7 @@ import asyncio
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 import uuid
@@ -140,6 +144,10 @@ def timed_start(head: Any, deadline_s: float) -> dict[str, float]:
 
     ready = head.data_dir / "ready.json"
     t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import scheduler.app"], check=True)
+    imports = time.perf_counter() - t0
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
     head.start()            # spawns the process and polls its ready file (every 20 ms)
     to_ready = time.perf_counter() - t0
     config = head.client_config()
@@ -160,7 +168,8 @@ def timed_start(head: Any, deadline_s: float) -> dict[str, float]:
     cpu = psutil.Process(head.proc.pid).cpu_times()
     if not ready.exists():
         raise RuntimeError("the head's ready file is gone")
-    return {"ready_file_s": to_ready, "serving_s": serving, "head_cpu_s": cpu.user + cpu.system}
+    return {"ready_file_s": to_ready, "serving_s": serving, "head_cpu_s": cpu.user + cpu.system,
+            "imports_only_s": imports, "loadavg_1m": load}
 
 
 def submit(stub: Any, md: Any, sha: str, count: int, tag: str) -> list[str]:
@@ -248,12 +257,13 @@ def main() -> None:
     serving = [s["serving_s"] for s in starts]
     ready = [s["ready_file_s"] for s in starts]
     cpu = [s["head_cpu_s"] for s in starts]
+    imports = [s["imports_only_s"] for s in starts]
     lost = len(missing) + max(0, stored["runs"] + len(acked) - after["runs"])
     result: dict[str, Any] = {
         "scenario": "S10", "what": f"head restart with {args.runs:,} runs and {args.lines:,} log lines stored",
         "figures": {
             "serving_s": summarize(serving), "ready_file_s": summarize(ready),
-            "head_cpu_to_serving_s": summarize(cpu), "restarts": starts,
+            "head_cpu_to_serving_s": summarize(cpu), "imports_only_s": summarize(imports), "restarts": starts,
             "first_start_s": first, "acknowledged": len(acked), "acknowledged_missing": missing[:20],
             "lost": lost, "queue_after": queue, "stored_before": stored, "stored_after": after,
             "fill": filled, "states": states,
@@ -262,16 +272,22 @@ def main() -> None:
                    "acked_per_restart": args.acked, "restarts": args.restarts, "kill": "SIGKILL",
                    "serving": "first ListRuns(limit=1) answered, timed from just before the head is spawned",
                    "page_cache": "warm", "bytecode": "cached (PYTHONPYCACHEPREFIX, written by the first start)",
-                   "head_cpu": "the head's user + system CPU seconds when its first ListRuns was answered"},
+                   "head_cpu": "the head's user + system CPU seconds when its first ListRuns was answered",
+                   "imports_only": "`python -c 'import scheduler.app'` timed just before each restart: the part of "
+                                   "the start no stored run or log line can change"},
         "machine": machine,
     }
     result["table"] = [
         row(f"restart to serving, {args.runs // 1000}k runs + {args.lines / 1e6:g}M log lines (median)",
-            result["figures"]["serving_s"]["median"], "s", GOAL_S, "<=", digits=3),
+            result["figures"]["serving_s"]["median"], "s", GOAL_S, "<=", digits=3,
+            peer="importing the head's code alone", peer_ratio=common.ratio(
+                result["figures"]["serving_s"]["median"], result["figures"]["imports_only_s"]["median"])),
+        row("head CPU to serving (median)", result["figures"]["head_cpu_to_serving_s"]["median"], "s", GOAL_S, "<=",
+            digits=3),
         row("acknowledged runs lost", lost, "runs", 0, "<=", digits=0),
     ]
     # A goal of 0 has no ratio; say met or not outright.
-    result["table"][1].update(ratio_to_goal=None, meets=lost == 0)
+    result["table"][2].update(ratio_to_goal=None, meets=lost == 0)
     result["met"] = bool(result["table"][0]["meets"]) and lost == 0
     log(f"S10: serving in {result['figures']['serving_s']} (head CPU {result['figures']['head_cpu_to_serving_s']}); "
         f"acknowledged {len(acked)}, lost {lost}; queue after {queue}")
