@@ -31,10 +31,11 @@ from common import clean, machine_info  # noqa: E402
 SCRIPT = re.compile(r"^s(\d+)_[A-Za-z0-9_]+\.py$")
 TAIL_CHARS = 3000
 # Scripts that need more than --timeout-s: S7 installs MLflow into bench/.cache on its first run and logs 500k
-# points per repeat into both; S9 submits 10,000 runs before it reads; S13 (the CLI as processes: `--version`,
-# `runs`, `show`, `nodes`, and 100 serial submits beside as many of Slurm's `sbatch` or `python -c pass`) starts
-# about 200 processes, each a second or more on a loaded machine.
-MIN_TIMEOUT_S = {"s7_metrics.py": 2400.0, "s9_reads.py": 900.0, "s13_cli.py": 900.0}
+# points per repeat into both; S8 and S9 submit 10,000 runs before they measure; S10 stores 100,000 runs and 10M log
+# lines before its restarts; S13 (the CLI as processes: `--version`, `runs`, `show`, `nodes`, and 100 serial submits
+# beside as many of Slurm's `sbatch` or `python -c pass`) starts about 200 processes.
+MIN_TIMEOUT_S = {"s7_metrics.py": 2400.0, "s8_footprint.py": 900.0, "s9_reads.py": 900.0, "s10_restart.py": 1800.0,
+                 "s13_cli.py": 900.0}
 
 
 def scripts() -> list[Path]:

@@ -14,7 +14,7 @@ from scheduler.core.lifecycle import Trigger
 from scheduler.errors import InvalidArgument, NotFound
 from scheduler.model import NewRun, RunSpec
 from scheduler.store import LOG_CONTINUED, LOG_GAP, RunQuery, Store
-from scheduler.store.runs import MAX_CANDIDATES, PREFIX_SQL
+from scheduler.store.runs import GPU_USAGE_SQL, MAX_CANDIDATES, PREFIX_SQL
 from tests.test_store import manual_clock
 
 pytestmark = pytest.mark.timeout(60)
@@ -89,6 +89,40 @@ def test_the_prefix_query_walks_the_primary_key(tmp_path: Path) -> None:
     plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {PREFIX_SQL}", ("01ab", "01ac", "w", 11)))
     conn.close()
     assert "USING INDEX sqlite_autoindex_runs_1 (id>? AND id<?)" in plan, plan
+
+
+# --- fair share's GPU usage ------------------------------------------------------------------------------------
+
+async def test_gpu_usage_is_the_live_gpu_attempts_and_those_ended_after_the_time(store: Store, tmp_path: Path) -> None:
+    runs = {name: await submit(store, compute="gpu-pool") for name in
+            ("live", "ended_late", "ended_early", "cpu_live", "never_started", "requeued_unstarted")}
+    rows = {  # gpu_indices, node_id, started_at, ended_at
+        "live": ("[0, 1]", "n1", 100.0, None), "ended_late": ("[2]", "n1", 100.0, 500.0),
+        "ended_early": ("[3]", "n1", 100.0, 200.0), "cpu_live": ("[]", "n1", 100.0, None),
+        "never_started": ("[4]", "n1", None, None), "requeued_unstarted": ("[5]", None, 100.0, None),
+    }
+    conn = sqlite3.connect(tmp_path / "head" / "runyard.db", isolation_level=None)
+    try:
+        for name, (gpus, node, started, ended) in rows.items():
+            conn.execute("UPDATE runs SET gpu_indices = ?, node_id = ?, started_at = ?, ended_at = ? WHERE id = ?",
+                         (gpus, node, started, ended, runs[name]))
+    finally:
+        conn.close()
+    assert sorted(await store.gpu_usage(since=300.0)) == [
+        ("default", "gpu-pool", 1, 100.0, 500.0), ("default", "gpu-pool", 2, 100.0, None)]
+    assert len(await store.gpu_usage(since=0.0)) == 3
+
+
+def test_the_gpu_usage_query_walks_only_the_gpu_runs_index(tmp_path: Path) -> None:
+    from scheduler import db
+
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    conn.executescript(db.fresh_schema())
+    plan = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {GPU_USAGE_SQL}", (0.0,))]
+    conn.close()
+    assert "SEARCH runs USING INDEX runs_gpu_held (ended_at>?)" in plan, plan
+    assert "SEARCH runs USING INDEX runs_gpu_held (ended_at=?)" in plan, plan
+    assert not any(step.startswith("SCAN runs") for step in plan), plan
 
 
 # --- list_runs filters --------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ CREATE INDEX runs_workspace_submitter ON runs (workspace, submitter, created_at)
 CREATE INDEX runs_workspace_experiment ON runs (workspace, experiment, created_at);
 CREATE INDEX runs_workspace_state ON runs (workspace, state, created_at);
 CREATE INDEX runs_node ON runs (node_id, created_at) WHERE node_id IS NOT NULL;
+CREATE INDEX runs_gpu_held ON runs (ended_at) WHERE gpu_indices != '[]';
 
 CREATE TABLE run_events (
     id         INTEGER PRIMARY KEY,

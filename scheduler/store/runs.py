@@ -49,6 +49,13 @@ _LIVE_STATES = frozenset({RunState.QUEUED}) | ACTIVE
 _ENDS = frozenset({Trigger.COMPLETE, Trigger.FAIL, Trigger.CANCEL})
 
 
+# Two ranges of the partial index `runs_gpu_held` (its condition word for word): the GPU attempts that ended after
+# the time, and the live ones (not ended). `+node_id`: never walk every run that ever had a node instead.
+_GPU_HELD = ("SELECT workspace, json_extract(spec, '$.compute'), json_array_length(gpu_indices), started_at, ended_at "
+             "FROM runs WHERE gpu_indices != '[]' AND started_at IS NOT NULL AND +node_id IS NOT NULL AND ")
+GPU_USAGE_SQL = f"{_GPU_HELD}ended_at > ? UNION ALL {_GPU_HELD}ended_at IS NULL"
+
+
 MIN_PREFIX = 4         # characters of a run id that `find_run` resolves as a prefix
 MAX_CANDIDATES = 10    # ids an ambiguous prefix's refusal names
 # `+workspace`: the workspace is checked on the rows of the id range, never taken as the index to walk.
@@ -380,11 +387,7 @@ class RunStore(StoreBase):
 
     async def gpu_usage(self, since: float) -> list[tuple[str, str, int, float, float | None]]:
         """(workspace, compute, gpus, started_at, ended_at) of attempts that held GPUs at some time after `since`."""
-        return await self._all(
-            "SELECT workspace, json_extract(spec, '$.compute'), json_array_length(gpu_indices), started_at, ended_at "
-            "FROM runs WHERE started_at IS NOT NULL AND node_id IS NOT NULL AND gpu_indices != '[]' "
-            "AND (ended_at IS NULL OR ended_at > ?)", (since,),
-        )
+        return await self._all(GPU_USAGE_SQL, (since,))
 
     async def run_events(self, run_id: str) -> list[RunEventRecord]:
         rows = await self._all(
