@@ -58,6 +58,7 @@ MAX_BUFFERED_RECORDS = 100_000
 MAX_NAME_CHARS = 250
 MAX_VALUE_CHARS = 6000
 _RECORDS_PER_WRITE = 10_000
+_CATCH_UP_RECORDS = 2 * _RECORDS_PER_WRITE      # buffered records past which the logging thread writes itself
 _STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
 
 # MLflow's rule: word characters (Unicode letters, digits, "_"), "-", ".", " " and "/".
@@ -161,7 +162,8 @@ class _RecordFile:
     `lock` guards the buffer and is what a Run holds while it turns a call into a record, so that its step
     counters and the buffer's order agree. Writes are serialised by a second lock: the flush thread, `flush()`
     and `atexit` may race. A batch that was only partly written keeps its unwritten bytes and is finished before
-    anything else is written, so a line is never split by another. If the file cannot be written, one warning
+    anything else is written, so a line is never split by another. A loop that logs faster than the flush thread
+    writes is held back (`keep_up`: the caller writes), not dropped. If the file cannot be written, one warning
     goes to stderr, the buffer keeps at most `max_buffered` records (oldest dropped and counted) and every
     flush tries again.
     """
@@ -183,6 +185,7 @@ class _RecordFile:
         self._dropped = 0
         self._dropped_reported = 0
         self._warned = False
+        self._failing = False  # the last write failed: the buffer is capped instead of the caller held back
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -201,6 +204,12 @@ class _RecordFile:
         if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._flush_loop, name="runyard-records", daemon=True)
             self._thread.start()
+
+    def keep_up(self) -> None:
+        """When the flush thread has fallen behind (a loop logging faster than one thread encodes and writes), write
+        in the caller's thread: a short wait on a local file instead of records dropped. The caller holds no lock."""
+        if len(self._buffer) >= _CATCH_UP_RECORDS and not self._failing:
+            self.flush()
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL_S):
@@ -249,8 +258,10 @@ class _RecordFile:
             while self._unwritten:
                 written = os.write(self._fd, self._unwritten)
                 self._unwritten = self._unwritten[written:]
+            self._failing = False
         except OSError as err:
             self._close_fd()
+            self._failing = True
             if not self._warned:
                 self._warned = True
                 _warn(
@@ -382,6 +393,7 @@ class Run:
                 steps = explicit
                 self._next_steps.update(dict.fromkeys(keys, min(explicit + 1, _STEP_MAX)))
             self._put({"k": keys, "v": values, "s": steps})
+        self._records.keep_up()
 
     def log_param(self, key: str, value: object) -> None:
         """Record a parameter; the value is stored as `str(value)`."""
@@ -427,6 +439,7 @@ class Run:
         text = _text_value(kind, key, value)
         with self._records.lock:
             self._put({field: {key: text}})
+        self._records.keep_up()
 
     def _take_step(self, key: str, explicit: int | None) -> int:
         step = self._next_steps.get(key, 0) if explicit is None else explicit

@@ -372,3 +372,18 @@ def test_a_records_file_named_for_any_rank_becomes_the_process_own(tmp_path: Pat
     run.log("loss", 0.5)
     run.flush()
     assert [r.metrics for r in RecordTail(tmp_path / "records.rank-3.jsonl").read_new()] == [(("loss", 0.5, 0),)]
+
+
+def test_a_loop_logging_faster_than_the_flush_thread_writes_is_held_back_not_dropped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "records.jsonl"
+    run = Run._from_environ({"RUNYARD_RUN_ID": "r1", "RUNYARD_RECORDS_FILE": str(path)}, cwd=tmp_path)
+    records = run._records
+    records._stop.set()                 # no flush thread at all: the slowest writer there can be
+    records._max_buffered = 30_000      # a cap the loop below passes three times over
+    for step in range(100_000):
+        run.log("loss", 0.5, step=step)
+    run.flush()
+    tail = RecordTail(path, max_lines_per_call=1_000_000)
+    assert [r.metrics[0][2] for r in tail.read_new()] == list(range(100_000))
+    assert "dropped" not in capsys.readouterr().err
