@@ -38,7 +38,7 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
 from scheduler.core.lifecycle import Reason
 from scheduler.model import RunRecord
-from scheduler.store import END_WORDS, LOG_CONTINUED, LOG_GAP, SYSTEM_PREFIX, Store, TrackingRecord
+from scheduler.store import END_WORDS, LOG_CONTINUED, NO_TEXTS, LOG_GAP, SYSTEM_PREFIX, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         """The run's records and those of the tracked runs its script started (the store checks they are its)."""
         records = [TrackingRecord(rank=rec.rank, seq=rec.seq, run_id=rec.run_id, ts=rec.ts,
                                   keys=rec.keys, steps=rec.steps, values=rec.values,
-                                  params=dict(rec.params) if rec.params else {},
-                                  tags=dict(rec.tags) if rec.tags else {},
+                                  params=dict(rec.params) if rec.params else NO_TEXTS,
+                                  tags=dict(rec.tags) if rec.tags else NO_TEXTS,
                                   child=(rec.child.id, rec.child.name) if rec.HasField("child") else None,
                                   end=rec.end if rec.end in END_WORDS else "")
                    for rec in batch.records]
