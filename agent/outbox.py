@@ -12,6 +12,7 @@ Must not: do I/O; `link.py` drains it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 
@@ -28,9 +29,16 @@ class Outbox:
         self._seq = itertools.count(1)
         self._acked = 0
         self.changed = asyncio.Event()
+        self._room = asyncio.Event()        # set while not full
+        self._room.set()
 
     def full(self) -> bool:
         return len(self._pending) >= self._max or self._bytes >= self._max_bytes
+
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Return once the outbox is not full (an ack made room), or after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), timeout_s)
 
     @property
     def bytes(self) -> int:
@@ -50,6 +58,8 @@ class Outbox:
         self._sizes.append(size)
         self._bytes += size
         self.changed.set()
+        if self.full():
+            self._room.clear()
 
     @property
     def acked(self) -> int:
@@ -61,6 +71,8 @@ class Outbox:
         while self._pending and self._pending[0].msg_seq <= msg_seq:
             self._pending.popleft()
             self._bytes -= self._sizes.popleft()
+        if not self.full():
+            self._room.set()
 
     def after(self, msg_seq: int) -> list[pb.AgentMessage]:
         """Pending messages numbered above `msg_seq`, in order."""
@@ -72,6 +84,8 @@ class Outbox:
         self._pending = deque(m for m, _ in kept)
         self._sizes = deque(size for _, size in kept)
         self._bytes = sum(self._sizes)
+        if not self.full():
+            self._room.set()
 
     def attempts(self) -> set[tuple[str, int]]:
         """Attempts with reports still waiting for the head."""

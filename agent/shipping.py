@@ -139,6 +139,11 @@ class LogShipper:
                 stream.spool.discard()
 
 
+# Record lines per metric batch: several batches fit in the outbox's bytes, so that reading the next overlaps the
+# head's storing of the last.
+METRIC_BATCH_LINES = 2_000
+
+
 class MetricShipper:
     """Tails the SDK's record file of one process of an attempt (its global `rank`) into metric batches in the
     outbox: the run's own records and those of the tracked child runs its script started (the head checks that
@@ -170,8 +175,21 @@ class MetricShipper:
         return len(records)
 
     async def run(self) -> None:
-        while not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), self._poll_s)
-            while self.ship():
+        """Ship while the outbox has room, until closed; then ship what is left, waiting for room. The records file
+        is the spool: what the outbox cannot hold yet waits in it, so the agent's memory does not grow with the
+        rate a script logs at."""
+        while True:
+            closed = self._closed.is_set()
+            drained = False
+            while not self._outbox.full():
+                if not self.ship():
+                    drained = True
+                    break
                 await asyncio.sleep(0)    # let the link send this batch while the next one is read
+            if closed and drained:
+                return
+            if self._outbox.full():
+                await self._outbox.wait_for_room(self._poll_s)
+            elif not closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self._poll_s)

@@ -68,7 +68,7 @@ from agent.runmodel import (
     StartProcess, StopRequested, SystemLine, Terminate, TimeLimitReached, Uploaded, UploadOutputs, WatchProcess,
 )
 from agent.wire import env_spec_from_pb, reason_to_pb
-from agent.shipping import LogShipper, MetricShipper
+from agent.shipping import METRIC_BATCH_LINES, LogShipper, MetricShipper
 from agent.snapshots import HeadFiles, SnapshotCache
 from agent.spool import Spool, SpoolBudget, copy_pipe, make_spool_dir
 from agent.tracking import TrackingServer, artifact_sources, new_token
@@ -468,7 +468,8 @@ class Supervisor:
         """Copy each process's output into its spool (`spool.py`) as fast as it comes, ship the spools' records,
         and each records file as metrics, carrying its rank (one process: rank 0, as ever)."""
         logs = LogShipper(a.assignment, self._outbox, flush_s=self._config.log_flush_s)
-        metrics = [MetricShipper(a.assignment, self._outbox, RecordTail(path), rank=rank) for rank, path in records]
+        metrics = [MetricShipper(a.assignment, self._outbox,
+                                 RecordTail(path, max_lines_per_call=METRIC_BATCH_LINES), rank=rank) for rank, path in records]
         size = self._config.log_record_bytes
         spool_dir = make_spool_dir(a.dirs.spool)
         budget = SpoolBudget(self._config.log_spool_max_bytes)

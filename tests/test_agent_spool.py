@@ -13,7 +13,8 @@ import pytest
 from agent.containment import spawn_piped
 from agent.outbox import Outbox
 from agent.output import Cutter
-from agent.shipping import LogShipper
+from agent.records import RecordTail
+from agent.shipping import LogShipper, MetricShipper
 from agent.spool import Spool, SpoolBudget, copy_pipe, make_spool_dir
 from protos import runyard_pb2 as pb
 from tests.fakes import eventually
@@ -196,3 +197,28 @@ def test_the_outbox_is_full_in_bytes_too() -> None:
     assert not outbox.full() and 6000 < outbox.bytes < 7000
     outbox.drop_attempt("r", 1)
     assert outbox.bytes == 0
+
+
+@pytest.mark.timeout(60)
+async def test_metric_records_wait_in_their_file_while_the_outbox_is_full_and_all_arrive_in_order(
+        tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    lines = 3_000
+    path.write_bytes(b"".join(b'{"ts":1.0,"k":["loss"],"v":[%d.0],"s":%d}\n' % (i, i) for i in range(lines)))
+    outbox = Outbox(max_messages=2)
+    shipper = MetricShipper(assignment(), outbox, RecordTail(path, max_lines_per_call=100), poll_s=0.01)
+    task = asyncio.create_task(shipper.run())
+    await eventually("the outbox to fill", outbox.full)
+    await asyncio.sleep(0.05)
+    assert len(outbox) == 2                    # held back: the rest waits in the file, not in memory
+
+    taken: list[int] = []
+    shipper.close()                            # the run ended: everything left goes, as the head makes room
+    while not task.done() or len(outbox):
+        pending = outbox.after(outbox.acked)
+        taken.extend(int(r.seq) for m in pending for r in m.metrics.records)
+        if pending:
+            outbox.ack(pending[-1].msg_seq)
+        await asyncio.sleep(0.001)
+    await task
+    assert taken == list(range(lines))
