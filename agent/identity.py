@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from agent.config import AgentConfig
-from runyard.config import fingerprint
+from agent.keytool import make_csr
+from runyard.config import fetch_ca, fingerprint
 from runyard.private import write_private
 from runyard.errors import UsageError
 
@@ -39,8 +40,7 @@ class NodeIdentity:
         expected = config.head_ca_fingerprint.strip().lower()
         if self._ca_file.exists() and fingerprint(self._ca_file.read_bytes()) == expected:
             return self._ca_file.read_bytes()
-        from runyard import pki     # cryptography: only to enroll, not in a running agent's memory
-        ca = pki.fetch_ca(config.head_address)
+        ca = fetch_ca(config.head_address)
         found = fingerprint(ca)
         if found != expected:
             raise UsageError(f"the head at {config.head_address} presents CA {found}, not head_ca_fingerprint "
@@ -49,26 +49,19 @@ class NodeIdentity:
         return ca
 
     def key_pem(self) -> bytes:
-        """This node's private key (PEM), made on first use."""
-        if self.key_file.exists():
-            return self.key_file.read_bytes()
-        from cryptography.hazmat.primitives import serialization
-        from runyard import pki
-        key = pki.new_key()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        self._config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self.key_file, pem)
-        log.info("node key created", extra={"path": str(self.key_file)})
-        return pem
+        """This node's private key (PEM), made on first use (`keytool`)."""
+        if not self.key_file.exists():
+            make_csr(self.key_file, self._config.name)
+            log.info("node key created", extra={"path": str(self.key_file)})
+        return self.key_file.read_bytes()
 
     def csr(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from runyard import pki
-        key = serialization.load_pem_private_key(self.key_pem(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return pki.node_csr(self._config.name, key)
+        """The node's certificate signing request, its key made first when it has none (`keytool`)."""
+        created = not self.key_file.exists()
+        csr = make_csr(self.key_file, self._config.name)
+        if created:
+            log.info("node key created", extra={"path": str(self.key_file)})
+        return csr
 
     def certificate(self) -> bytes | None:
         return self.cert_file.read_bytes() if self.cert_file.exists() else None

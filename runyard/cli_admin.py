@@ -84,9 +84,9 @@ def login(address: str, ca_file: Path | None, expected: str | None, token: str |
         if expected and found != expected.lower():
             raise UsageError(f"--ca {ca_file} has fingerprint {found}, not {expected}")
     else:
-        from runyard import pki
+        from runyard.config import fetch_ca
 
-        ca_pem = pki.fetch_ca(address)
+        ca_pem = fetch_ca(address)
         found = fingerprint(ca_pem)
         if expected:
             if found != expected.lower():

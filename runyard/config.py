@@ -14,11 +14,13 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import socket
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runyard.errors import ConfigError
+from runyard.errors import CertificateError, ConfigError
 from runyard.private import write_private
 
 
@@ -131,3 +133,23 @@ def write_client_config(config: ClientConfig, path: Path | None = None) -> Path:
         lines += [f"ca_file = {_quoted(str(ca_file))}", f"ca_fingerprint = {_quoted(fingerprint(config.ca_pem))}"]
     write_private(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def fetch_ca(address: str, timeout_s: float = 10.0) -> bytes:
+    """The CA certificate at the end of the chain a head presents at `address` (host:port), NOT verified: the
+    caller must compare its fingerprint with one obtained out of band before trusting it."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=host or None) as tls:
+                chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]  # public in 3.13
+    except (OSError, ValueError) as err:
+        raise CertificateError(f"cannot read the certificate of {address}: {err}") from None
+    if not chain or len(chain) < 2:
+        raise CertificateError(f"{address} does not present a Runyard cluster certificate chain")
+    return ssl.DER_cert_to_PEM_cert(chain[-1].public_bytes(ssl._ssl.ENCODING_DER)).encode()  # type: ignore[attr-defined]

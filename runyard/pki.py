@@ -19,7 +19,6 @@ import datetime
 import hashlib
 import ipaddress
 import socket
-import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -203,23 +202,3 @@ def local_names(listen_host: str) -> list[str]:
     except Exception:  # an interface list is a convenience; the names above always work locally
         pass
     return list(dict.fromkeys(n.strip("[]") for n in names if n))
-
-
-def fetch_ca(address: str, timeout_s: float = 10.0) -> bytes:
-    """The CA certificate at the end of the chain a head presents at `address` (host:port), NOT verified: the
-    caller must compare its fingerprint with one obtained out of band before trusting it."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
-            with context.wrap_socket(raw, server_hostname=host or None) as tls:
-                chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]  # public in 3.13
-    except (OSError, ValueError) as err:
-        raise CertificateError(f"cannot read the certificate of {address}: {err}") from None
-    if not chain or len(chain) < 2:
-        raise CertificateError(f"{address} does not present a Runyard cluster certificate chain")
-    return ssl.DER_cert_to_PEM_cert(chain[-1].public_bytes(ssl._ssl.ENCODING_DER)).encode()  # type: ignore[attr-defined]

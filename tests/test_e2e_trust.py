@@ -144,3 +144,14 @@ def test_a_node_advertising_more_than_the_admin_limits_is_refused(tmp_path: Path
         assert cluster.nodes() == []
     finally:
         cluster.stop()
+
+
+def test_an_enrolled_agent_holds_no_cryptography_library(cluster: Cluster, project: Path) -> None:
+    """The node's key and CSR are made by `agent.keytool` in a process of its own: the agent's memory never maps
+    cryptography's native library, not even right after enrolling."""
+    agent = cluster.agents[0]
+    assert (agent.data_dir / "node.key").exists() and (agent.data_dir / "node.crt").exists()
+    assert cluster.cli("submit", str(project), "--", "python", "hello.py").returncode == 0
+    maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+    assert "cygrpc" in maps                     # the agent's own map, gRPC loaded
+    assert "cryptography" not in maps
