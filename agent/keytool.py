@@ -17,8 +17,9 @@ _TIMEOUT_S = 60.0
 
 def make_csr(key_file: Path, node_name: str) -> bytes:
     """The CSR of the node's key (made first when `key_file` is missing), from a process of its own."""
+    # A session of its own: a signal to the agent's process group (its stop) does not cut it short; it is quick.
     done = subprocess.run([sys.executable, "-m", "agent.keytool", str(key_file), node_name], capture_output=True,
-                          timeout=_TIMEOUT_S, check=False)
+                          timeout=_TIMEOUT_S, check=False, start_new_session=True)
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
         raise OSError(f"cannot make the node's key and certificate request: {said[-1] if said else done.returncode}")

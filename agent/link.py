@@ -147,7 +147,7 @@ class HeadLink:
         if not secret:
             raise JoinRefused("this node is not enrolled and has no join token: set join_token_file in the agent "
                               "config (an admin creates one with `runyard node token create`)")
-        csr = self._identity.csr()
+        csr = await asyncio.to_thread(self._identity.csr)     # a process of its own (`keytool`)
         if self._config.insecure_plaintext:
             if not is_loopback(self._config.head_address):
                 raise UsageError("insecure_plaintext is for a head on loopback only")
