@@ -12,7 +12,6 @@ Must not: sample anything itself (the usage source does, off the event loop), no
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -20,11 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runyard.config import is_loopback
-from runyard.errors import UsageError
-from runyard.monitoring import MonitoringServer, disabled
+from runyard import monitoring
+from runyard.monitoring import MonitoringServer
 
-log = logging.getLogger(__name__)
 
 BUILD_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -127,20 +124,6 @@ class AgentMetrics:
 
 
 async def serve_metrics(metrics: AgentMetrics, address: str) -> MonitoringServer | None:
-    """Serve `/metrics`, `/healthz` and `/readyz` (ready once connected to the head) on `address` and log the URL;
-    None when `address` is "" or "off"."""
-    if disabled(address):
-        return None
-    server = MonitoringServer(metrics.registry,
-                              readiness=lambda: "" if metrics.connected() else "not connected to the head")
-    try:
-        url = await server.start(address)
-    except ValueError as err:
-        raise UsageError(f"config: {err}") from None
-    except OSError as err:
-        raise UsageError(f"cannot serve metrics on metrics_listen {address}: {err.strerror or err}") from None
-    if not is_loopback(address):
-        log.warning("metrics endpoint is plain HTTP on a non-loopback address; keep it behind the network's "
-                    "protection", extra={"metrics_url": url})
-    log.info("metrics endpoint listening", extra={"metrics_url": url})
-    return server
+    """Serve `/metrics`, `/healthz` and `/readyz` (ready once connected to the head) on `address`; None when off."""
+    return await monitoring.serve_metrics(
+        metrics.registry, address, readiness=lambda: "" if metrics.connected() else "not connected to the head")

@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from runyard.config import is_loopback
+from runyard.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 REFRESH_TIMEOUT_S = 5.0     # a scrape waits this long for the daemon's state; then it serves what it has
@@ -33,6 +36,29 @@ def disabled(address: str) -> bool:
 
 async def _nothing() -> None:
     return None
+
+
+async def start_site(runner: web.AppRunner, address: str, context: ssl.SSLContext | None, setting: str) -> str:
+    """Serve `runner`'s application on `address` (host:port, port 0 for a free one); returns the base URL clients
+    use (`http(s)://host:port`). ValueError, naming the `setting`, for an address that is not host:port; OSError
+    when it cannot be bound (the runner is cleaned up)."""
+    host, _, port = address.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"{setting} must be host:port, not {address!r}") from None
+    if not host or not 0 <= number < 65536:
+        raise ValueError(f"{setting} must be host:port, not {address!r}")
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]"), number, ssl_context=context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    return f"{'https' if context else 'http'}://{shown}:{bound}"
 
 
 class MonitoringServer:
@@ -53,23 +79,7 @@ class MonitoringServer:
     async def start(self, address: str, context: ssl.SSLContext | None = None) -> str:
         """Listen on `address` (host:port, port 0 for a free one); returns the URL of `/metrics`.
         Raises ValueError for an address that is not host:port, OSError when it cannot be bound."""
-        host, _, port = address.rpartition(":")
-        try:
-            number = int(port)
-        except ValueError:
-            raise ValueError(f"metrics_listen must be host:port, not {address!r}") from None
-        if not host or not 0 <= number < 65536:
-            raise ValueError(f"metrics_listen must be host:port, not {address!r}")
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), number, ssl_context=context)
-        try:
-            await site.start()
-        except BaseException:
-            await self._runner.cleanup()
-            raise
-        bound = self._runner.addresses[0][1]
-        shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
-        self.url = f"{'https' if context else 'http'}://{shown}:{bound}/metrics"
+        self.url = await start_site(self._runner, address, context, "metrics_listen") + "/metrics"
         return self.url
 
     async def stop(self) -> None:
@@ -94,3 +104,24 @@ class MonitoringServer:
         if why:
             return web.Response(status=503, text=f"not ready: {why}\n")
         return web.Response(text="ready\n")
+
+
+async def serve_metrics(registry: CollectorRegistry, address: str, *, readiness: Readiness,
+                        refresh: Refresh = _nothing) -> MonitoringServer | None:
+    """Serve a daemon's `/metrics`, `/healthz` and `/readyz` on `address` and log the URL; None when `address` is
+    "" or "off". UsageError for an address that is not host:port or cannot be bound."""
+    if disabled(address):
+        log.info("metrics endpoint off")
+        return None
+    server = MonitoringServer(registry, readiness=readiness, refresh=refresh)
+    try:
+        url = await server.start(address)
+    except ValueError as err:
+        raise UsageError(f"config: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot serve metrics on metrics_listen {address}: {err.strerror or err}") from None
+    if not is_loopback(address):
+        log.warning("metrics endpoint is plain HTTP on a non-loopback address; keep it behind the network's "
+                    "protection", extra={"metrics_url": url})
+    log.info("metrics endpoint listening", extra={"metrics_url": url})
+    return server

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -27,14 +26,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from runyard.config import is_loopback
-from runyard.errors import RunyardError, UsageError
-from runyard.monitoring import MonitoringServer, disabled
+from runyard import monitoring
+from runyard.monitoring import MonitoringServer
 from scheduler.core.lifecycle import ACTIVE, TERMINAL, RunState
 from scheduler.core.nodes import NodeState, Schedule
 from scheduler.store import Store
 
-log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 2.0       # a scrape reads the store at most this often; scrapes in between see the same figures
 LIVE = (RunState.QUEUED, *sorted(ACTIVE))
@@ -238,19 +235,6 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
 async def serve_metrics(metrics: HeadMetrics, address: str, *, readiness: Callable[[], str]) -> MonitoringServer | None:
     """Serve `/metrics`, `/healthz` and `/readyz` on `address` (plain HTTP; loopback unless the operator chose
-    otherwise) and log the URL; None when `address` is "off"."""
-    if disabled(address):
-        log.info("metrics endpoint off")
-        return None
-    server = MonitoringServer(metrics.registry, readiness=readiness, refresh=metrics.collector.refresh)
-    try:
-        url = await server.start(address)
-    except ValueError as err:
-        raise UsageError(f"config: {err}") from None
-    except OSError as err:
-        raise RunyardError(f"cannot listen on {address} for metrics: {err.strerror or err}") from None
-    if not is_loopback(address):
-        log.warning("metrics endpoint is plain HTTP on a non-loopback address; keep it behind the network's "
-                    "protection", extra={"metrics_url": url})
-    log.info("metrics endpoint listening", extra={"metrics_url": url})
-    return server
+    otherwise); None when `address` is "off"."""
+    return await monitoring.serve_metrics(metrics.registry, address, readiness=readiness,
+                                          refresh=metrics.collector.refresh)

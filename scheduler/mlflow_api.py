@@ -30,6 +30,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from runyard.mlflowwire import error_json, metric_json
+from runyard.monitoring import start_site
 from scheduler import mlflow_search as search
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import Credentials, Rule
@@ -494,21 +495,7 @@ class MlflowServer:
 
     async def start(self, address: str, context: ssl.SSLContext | None) -> str:
         """Listen on `address` (host:port, 0 for a free port); returns the URL clients use."""
-        host, _, port = address.rpartition(":")
-        try:
-            number = int(port)
-        except ValueError:
-            raise ValueError(f"mlflow_listen must be host:port, not {address!r}") from None
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), number, ssl_context=context)
-        try:
-            await site.start()
-        except BaseException:
-            await self._runner.cleanup()
-            raise
-        bound = self._runner.addresses[0][1]
-        shown_host = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
-        self.url = f"{'https' if context else 'http'}://{shown_host}:{bound}"
+        self.url = await start_site(self._runner, address, context, "mlflow_listen")
         return self.url
 
     async def stop(self) -> None:
