@@ -11,6 +11,7 @@ pydantic for `submit`'s job file), and the admin and environment commands are im
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -458,6 +459,8 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
                                summaries_only=output == "table" and not key, system=system)
     if key and not found.series:
         render.err_console.print(f"no metric {key!r} in run {run_id}", markup=False)
+        if output == "table":
+            return
     if output == "json":
         render.print_metrics_json(found)
         return
@@ -481,11 +484,20 @@ def metrics(run_ids: tuple[str, ...], key: str, rank: int | None, all_ranks: boo
         return
     render.print_table(
         ("KEY", *(c.upper() for c in ranked), "LAST", "MIN", "MAX", "COUNT", "LAST STEP"),
-        ((s.key, *((s.rank,) if all_ranks else ()), f"{s.last:.6g}", f"{s.min:.6g}", f"{s.max:.6g}", s.count,
-          s.last_step) for s in found.summaries),
+        ((s.key, *((s.rank,) if all_ranks else ()), *(_metric_value(s.key, v) for v in (s.last, s.min, s.max)),
+          s.count, s.last_step) for s in found.summaries),
     )
     if found.params:
         render.print_table(("PARAM", "VALUE"), sorted(found.params.items()))
+
+
+def _metric_value(key: str, value: float) -> str:
+    """A value as a table shows it: a size for a key in bytes (`system/memory_bytes`), else 6 significant digits."""
+    if key.endswith("_bytes") and math.isfinite(value) and value >= 0:
+        from runyard.units import format_size
+
+        return format_size(int(value))
+    return f"{value:.6g}"
 
 
 def _compare(run_ids: Sequence[str], key: str, rank: int | None, output: str) -> None:

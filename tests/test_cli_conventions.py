@@ -148,6 +148,7 @@ def test_an_empty_answer_says_so(cluster: Cluster, project: Path) -> None:
     run_id = cluster.cli("submit", "-d", "-q", str(project), "--", "true", check=True).stdout.strip()
     missing = cluster.cli("metrics", run_id, "--key", "nosuchkey")
     assert missing.returncode == 0 and f"no metric 'nosuchkey' in run {run_id}" in missing.stderr
+    assert missing.stdout == ""                 # no empty table under the message
 
 
 @pytest.mark.timeout(120)

@@ -3,6 +3,7 @@ mean in `show`, CPU- and GPU-hours in `usage`, and a run over its memory request
 
 from __future__ import annotations
 
+import re
 import json
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_system_metrics_show_and_usage(tmp_path: Path, project: Path, shared: Pa
         assert not any(p["key"].startswith("system/") for p in own["points"])    # not mixed into the run's own
         table = cluster.cli("metrics", run_id, "--system", check=True).stdout
         assert "system/memory_bytes" in table
+        memory_row = next(line for line in table.splitlines() if line.startswith("system/memory_bytes "))
+        assert re.search(r"\s\d+(\.\d)?M\s", memory_row), memory_row     # bytes shown as a size, as in `show`
 
         usage = {u["key"]: u for u in cluster.json("show", run_id)["usage"]}
         assert usage["system/memory_bytes"]["peak"] >= 120 * MIB
