@@ -22,7 +22,8 @@ agent's MLflow endpoint writes too) ends a child run, which otherwise ends with 
 
 What this module must not do:
 - import anything but the standard library and `runyard.ids`: it runs where no dependency is installed;
-- talk to the network, or block the training loop on I/O (only `flush()` and process exit write);
+- talk to the network, or block the training loop on I/O (only `flush()`, process exit and a loop 20,000 records
+  ahead of the flush thread write: that loop writes its own, to a local file);
 - raise into the training loop because the file cannot be written. A bad name or value is the user's mistake
   and raises at once (ValueError, TypeError), before anything is buffered.
 """
