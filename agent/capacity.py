@@ -9,13 +9,14 @@ now (`use()`, read by `usage.RunSampler`). `app.py` picks one. All calls block: 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
-
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 
@@ -56,48 +57,45 @@ class NvmlProbe:
     """GPUs as the NVIDIA driver reports them; none when the NVML library or driver is missing."""
 
     def gpus(self) -> list[Gpu]:
-        if ctypes.util.find_library("nvidia-ml") is None:   # no driver: spare the agent pynvml's 3 MB of bindings
-            log.info("no nvidia gpus", extra={"why": "the NVML library (libnvidia-ml) is not installed"})
-            return []
-        import pynvml
-
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as err:
-            log.info("no nvidia gpus", extra={"why": str(err)})
-            return []
-        try:
-            found = []
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                uuid = pynvml.nvmlDeviceGetUUID(handle)
-                name = pynvml.nvmlDeviceGetName(handle)
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-                found.append(Gpu(index, _text(uuid), _text(name), int(memory)))
-            return found
-        finally:
-            pynvml.nvmlShutdown()
+        with _nvml_devices(say_why=True) as (nvml, handles):
+            return [Gpu(index, _text(nvml.nvmlDeviceGetUUID(handle)), _text(nvml.nvmlDeviceGetName(handle)),
+                        int(nvml.nvmlDeviceGetMemoryInfo(handle).total)) for index, handle in enumerate(handles)]
 
     def use(self) -> list[GpuUse]:
-        if ctypes.util.find_library("nvidia-ml") is None:
-            return []
-        import pynvml
+        with _nvml_devices(say_why=False) as (nvml, handles):
+            return [GpuUse(index, _text(nvml.nvmlDeviceGetUUID(handle)),
+                           float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                           int(nvml.nvmlDeviceGetMemoryInfo(handle).used)) for index, handle in enumerate(handles)]
 
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError:
-            return []
-        try:
-            found = []
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                found.append(GpuUse(index, _text(pynvml.nvmlDeviceGetUUID(handle)), float(rates.gpu),
-                                    int(memory.used)))
-            return found
-        finally:
-            pynvml.nvmlShutdown()
+
+@functools.cache
+def _nvml_installed() -> bool:
+    """Whether libnvidia-ml is on this machine: asked once (`find_library` runs ldconfig), not at every sample."""
+    return ctypes.util.find_library("nvidia-ml") is not None
+
+
+@contextlib.contextmanager
+def _nvml_devices(*, say_why: bool) -> Iterator[tuple[Any, list[Any]]]:
+    """pynvml and the handle of every NVIDIA GPU, with NVML initialised around the block; (None, []) when the
+    library or the driver is missing (said in the log when `say_why`)."""
+    if not _nvml_installed():     # no driver: spare the agent pynvml's 3 MB of bindings
+        if say_why:
+            log.info("no nvidia gpus", extra={"why": "the NVML library (libnvidia-ml) is not installed"})
+        yield None, []
+        return
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        if say_why:
+            log.info("no nvidia gpus", extra={"why": str(err)})
+        yield None, []
+        return
+    try:
+        yield pynvml, [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(pynvml.nvmlDeviceGetCount())]
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def _text(value: str | bytes) -> str:
