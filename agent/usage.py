@@ -113,14 +113,14 @@ def _add(readings: Iterable[Reading]) -> Reading:
 
 def _read_cgroup(cgroup: Path) -> Reading:
     stat = _keyed(cgroup / "cpu.stat")
-    current = _int(cgroup / "memory.current")
+    has_memory = (cgroup / "memory.current").exists()     # no memory controller: the processes' RSS instead
     pids: list[int] = []
-    if "usage_usec" not in stat or not (cgroup / "memory.current").exists():
+    if "usage_usec" not in stat or not has_memory:
         with contextlib.suppress(OSError, ValueError):
             pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
     cpu_tree, rss = _processes(pids) if pids else (0.0, 0)
     cpu = stat["usage_usec"] / 1e6 if "usage_usec" in stat else cpu_tree
-    memory = current if (cgroup / "memory.current").exists() else rss
+    memory = _int(cgroup / "memory.current") if has_memory else rss
     return Reading(cpu, memory, _int(cgroup / "memory.peak"))
 
 
@@ -224,10 +224,6 @@ class RunSampler:
         if watched is None:
             return 0
         return max(watched.peak, watched.source.kernel_peak())
-
-    def peak(self, run_id: str, attempt: int) -> int:
-        watched = self._watched.get((run_id, attempt))
-        return 0 if watched is None else max(watched.peak, watched.source.kernel_peak())
 
     def latest(self) -> Sequence[RunUsageSample]:
         """The latest sample of each attempt being watched (those not sampled yet are left out)."""
