@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -106,3 +106,10 @@ class StoreBase:
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return list(await self._r.execute_fetchall(sql, args))
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the reader's own thread with its sqlite3 connection, to its end, as one job (as `_all`
+        does): a long series is turned into columns there, not row by row on the event loop. aiosqlite has no
+        public call for this; its `_execute` is what its own `execute_fetchall` uses."""
+        reader = self._r
+        return cast(T, await reader._execute(lambda: work(reader._conn)))

@@ -20,16 +20,15 @@ import math
 import sqlite3
 from array import array
 from operator import itemgetter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from scheduler.group_commit import Effects
 from scheduler.model import LogRow, MetricRow
 from scheduler.store.base import StoreBase
 
-T = TypeVar("T")
 # Bits of a log record's `flags`: the line goes on in the next record (it was cut at the record cap); the record
 # stands for records the agent dropped (its `data` says how many).
 LOG_CONTINUED = 1
@@ -271,13 +270,6 @@ def _expand(row: tuple[Any, ...], skip: int, take: int) -> list[LogRow]:
 
 class RecordStore(StoreBase):
     """Appends and reads of logs, metrics and params; part of `Store`."""
-
-    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` on the reader's own thread with its sqlite3 connection, to its end, as one job (see
-        `StoreBase._all`): a long series is turned into columns there, not row by row on the event loop.
-        aiosqlite has no public call for this; its `_execute` is what its own `execute_fetchall` uses."""
-        reader = self._r
-        return cast(T, await reader._execute(lambda: work(reader._conn)))
 
     async def append_logs(self, run_id: str, attempt: int, records: Sequence[LogTuple]) -> int:
         """Append (rank, stream, seq, ts, flags, data) records; a resent record is ignored. Returns records added."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from scheduler.group_commit import Effects
 from scheduler.store.base import StoreBase
+from scheduler.store.records import _real
 
-T = TypeVar("T")
 SYSTEM_PREFIX = "system/"               # every key of a system metric starts with it
 CPU_SECONDS = "system/cpu_seconds"      # agent/usage.py's key: the run's CPU time since its start, per attempt
 
@@ -50,10 +50,6 @@ class UsageRow:
     cpu_hours: float = 0.0
     cpu_hours_allocated: float = 0.0
     gpu_hours: float = 0.0
-
-
-def _real(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
 
 
 class UsageStore(StoreBase):
@@ -119,9 +115,5 @@ class UsageStore(StoreBase):
                     ran[run_id].cpu_hours += max(0.0, (before_until or 0.0) - (before_since or 0.0)) / 3600
             return sorted(found.values(), key=lambda r: (r.workspace, r.user))
 
-        return await self._on_reader(work)
+        return await self._read(work)
 
-    async def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` to its end on the reader's thread, as `RecordStore._read` does."""
-        reader = self._r
-        return cast(T, await reader._execute(lambda: work(reader._conn)))
