@@ -22,7 +22,6 @@ import os
 import re
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -32,7 +31,7 @@ from pydantic import field_validator, model_validator
 
 from runyard import envspec, priorities
 from runyard.envspec import EnvSpec
-from runyard.runrequest import DEFAULT_MEMORY_BYTES, CliOptions, RunRequest
+from runyard.runrequest import DEFAULT_MEMORY_BYTES, CliOptions, RunRequest, env_items
 from runyard.errors import JobFileError, UsageError
 from runyard.units import parse_size
 
@@ -487,19 +486,6 @@ _FLAGS = {
 }
 
 
-def _env_items(items: Sequence[str]) -> dict[str, str]:
-    """The variables among `--env` items (KEY=VALUE); the others name an environment (`_env_refs`)."""
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            continue
-        if not key:
-            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
-        env[key] = value
-    return env
-
-
 def _env_ref(items: Sequence[str]) -> str:
     """The registered environment an `--env` item without `=` names ('' when none does), as NAME:VERSION or
     NAME@latest."""
@@ -522,7 +508,7 @@ def _validate_flags(options: CliOptions) -> JobFile:
     """The flags as a job file of their own, so they get the job file's checks; a fault names the flag."""
     raw = {
         "experiment_name": options.experiment, "display_name": options.display_name, "compute": options.compute,
-        "environment_variables": _env_items(options.env),
+        "environment_variables": env_items(options.env),
         "resources": {"instance_count": options.nodes, "properties": {
             "cpus": options.cpus, "memory": options.memory, "gpus": options.gpus}},
         "limits": {"timeout": options.timeout_s},

@@ -9,6 +9,7 @@ without importing pydantic (a test holds the two equal). This module must not im
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,19 @@ class CliOptions:
     command: tuple[str, ...] = ()
 
 
+def env_items(items: Sequence[str]) -> dict[str, str]:
+    """The variables among `--env` items (KEY=VALUE); the others name an environment (`jobfile._env_ref`)."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            continue
+        if not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
 def plain_request(options: CliOptions) -> RunRequest | None:
     """The request of a submit that gives a command, maybe a directory and `--env KEY=VALUE` variables, and
     nothing the job file's model checks; None for any other (`jobfile.build_request` makes those)."""
@@ -88,7 +102,7 @@ def plain_request(options: CliOptions) -> RunRequest | None:
             raise UsageError(f"{options.directory} is not a directory")
     return RunRequest(
         code_dir=code_dir, argv=tuple(options.command), experiment=code_dir.name.lower() or "default",
-        display_name="", tags={}, environment=dict(item.partition("=")[::2] for item in options.env),
+        display_name="", tags={}, environment=env_items(options.env),
         compute="default", cpus=1.0, memory_bytes=DEFAULT_MEMORY_BYTES, gpus=0, instance_count=1, timeout_s=0.0,
         priority=priorities.parse("medium"),
     )
