@@ -40,11 +40,12 @@ def wait_until(what: str, condition: Callable[[], Any], timeout_s: float = DEADL
 
 
 def process_gone(pid: int) -> bool:
-    """True when `pid` has exited: no such process, or a zombie not yet reaped (init may reap orphans late)."""
+    """True when `pid` has exited: no such process, or a zombie not yet reaped (init may reap orphans late). A
+    process that is reaped between opening its stat and reading it reads as ESRCH: gone too."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
     return data[data.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
 

@@ -22,6 +22,7 @@ from agent.errors import EnvironmentUnavailable
 from agent.interpreters import Interpreter, candidates, find_interpreters
 from runyard.envspec import EnvSpec, identity, node_platform
 from tests.fakes import eventually
+from testbed.harness import process_gone
 
 GAMMA = EnvSpec(python="3.11", pip=("tinygamma",))
 
@@ -179,7 +180,7 @@ async def test_a_build_past_its_time_limit_is_killed_and_removed(make_node: obje
             await node.envs.acquire(GAMMA, "", watcher=Seen().watcher())
     assert not caught.value.node_fault and "longer than env_build_timeout_s (1s)" in caught.value.detail
     pid = int(started.read_text())
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert process_gone(pid)
     assert node.builds() == []
 
 

@@ -24,7 +24,7 @@ from runyard.envspec import EnvSpec, identity, node_platform
 from tests.fakehead import FakeHead, zip_of
 from tests.fakes import eventually
 from tests.places import run_root
-from testbed.harness import start_agent_process, terminate
+from testbed.harness import process_gone, start_agent_process, terminate
 
 CHECK = """\
 import os, subprocess, sys
@@ -205,7 +205,7 @@ async def test_an_agent_killed_mid_build_leaves_nothing_a_later_run_uses(
         agent.send_signal(signal.SIGKILL)
         agent.wait()
     stuck = int(pids.read_text().split()[0])
-    await eventually("the builder to die with its agent", lambda: not _alive(stuck))
+    await eventually("the builder to die with its agent", lambda: process_gone(stuck))
 
     agent = start_agent(head, agent_dir, wheelhouse)
     try:
@@ -222,13 +222,6 @@ async def test_an_agent_killed_mid_build_leaves_nothing_a_later_run_uses(
     assert build not in half_built, "the half-built environment was removed, never used"
     assert head.log_lines("second", pb.STDOUT)[0].endswith(build)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.timeout(120)
