@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.descriptors import DIR_FLAGS, open_below
+from runyard.descriptors import DIR_FLAGS, open_below
 from agent.digest import file_sha256
 
 log = logging.getLogger(__name__)

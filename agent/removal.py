@@ -19,7 +19,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from runyard.descriptors import DIR_FLAGS
+
 _RESCANS = 3  # a directory that keeps refilling while it is removed is an error after this many scans
 
 
@@ -80,7 +81,7 @@ def _remove_dir(top_parent_fd: int, top_name: str) -> None:
                 continue
             # Every entry of this directory is gone: climb to its parent and remove it there.
             levels.pop()
-            up = os.open("..", _DIR_FLAGS, dir_fd=fd) if levels else os.dup(top_parent_fd)
+            up = os.open("..", DIR_FLAGS, dir_fd=fd) if levels else os.dup(top_parent_fd)
             os.close(fd)
             fd = up
             _check_is(fd, (levels[-1].dev, levels[-1].ino) if levels else (top_parent.st_dev, top_parent.st_ino),
@@ -139,7 +140,7 @@ def _scan(fd: int, level: _Level) -> None:
 
 def _open_dir(name: str, parent_fd: int) -> int:
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except PermissionError:
         # A directory the run made unsearchable: give its owner access back through a descriptor that cannot
         # be a link (O_PATH | O_NOFOLLOW), then enter it.
@@ -148,7 +149,7 @@ def _open_dir(name: str, parent_fd: int) -> int:
             os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
         finally:
             os.close(path_fd)
-        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
 
 
 def _unlink(name: str, dir_fd: int) -> None:

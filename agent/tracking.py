@@ -51,7 +51,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.descriptors import DIR_FLAGS, open_below
+from runyard.descriptors import DIR_FLAGS, open_below
 from runyard.ids import new_run_id
 from runyard.mlflowwire import error_json, metric_json
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
+from runyard.descriptors import open_below
 from runyard.errors import SnapshotInvalid, SnapshotTooDeep, SnapshotTooLarge, UsageError
 from runyard.private import write_private
 
@@ -593,25 +594,12 @@ def _extract_all(archive: zipfile.ZipFile, entries: list[tuple[zipfile.ZipInfo, 
 
 def _open_dirs(root_fd: int, parts: list[str], entry: str) -> int:
     """Create and open each directory below `root_fd` relative to a directory fd, refusing links at every step."""
-    fd = os.dup(root_fd)
     try:
-        for part in parts:
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                raise SnapshotInvalid(entry, f"{part!r} is not a directory") from exc
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_below(root_fd, parts, create=True, mode=0o755)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise SnapshotInvalid(entry, f"{exc.filename!r} is not a directory") from exc
 
 
 def _extract_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, parent_fd: int, total: int,
