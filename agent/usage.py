@@ -7,7 +7,7 @@ blocks: one `asyncio.to_thread` per round for every run at once.
 
 Each sample is kept as the run's latest (`latest()`, for a metrics exporter) and put in the outbox as the
 attempt's system metrics (`pb.UsageSample`, numbered per attempt so that a resent one is stored once), with
-keys of their own, apart from the run's metrics:
+keys of their own (`runyard.usagekeys`), apart from the run's metrics:
 
     system/cpu_seconds                       CPU time of the run's processes since its start
     system/cpu_utilization_percentage        since the previous sample; 100 = one CPU busy
@@ -39,20 +39,9 @@ from agent.outbox import Outbox
 from protos import runyard_pb2 as pb
 from runyard.clock import Clock
 from runyard.units import format_size
+from runyard.usagekeys import CPU_PERCENT, CPU_SECONDS, MEMORY, MEMORY_PEAK, gpu_keys
 
 log = logging.getLogger(__name__)
-
-PREFIX = "system/"
-CPU_SECONDS = PREFIX + "cpu_seconds"
-CPU_PERCENT = PREFIX + "cpu_utilization_percentage"
-MEMORY = PREFIX + "memory_bytes"
-MEMORY_PEAK = PREFIX + "memory_peak_bytes"
-
-
-def gpu_keys(index: int) -> tuple[str, str]:
-    """The keys of one GPU's utilisation and memory."""
-    return f"{PREFIX}gpu_{index}_utilization_percentage", f"{PREFIX}gpu_{index}_memory_bytes"
-
 
 @dataclass(frozen=True, slots=True)
 class RunUsageSample:
@@ -132,7 +121,6 @@ def _keyed(path: Path) -> dict[str, int]:
             with contextlib.suppress(ValueError):
                 found[name] = int(value)
     return found
-
 
 
 def _int(path: Path) -> int:
@@ -281,4 +269,4 @@ class RunSampler:
             w.over_limit(w.peak)
 
 
-__all__ = ["GpuUse", "Reading", "RunSampler", "RunUsageSample", "Source", "describe_over", "gpu_keys"]
+__all__ = ["GpuUse", "Reading", "RunSampler", "RunUsageSample", "Source", "describe_over"]

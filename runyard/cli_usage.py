@@ -13,11 +13,8 @@ from protos import runyard_pb2 as pb
 from runyard import render
 from runyard.errors import UsageError
 from runyard.units import format_size
+from runyard.usagekeys import CPU_PERCENT, GPU_MEMORY_SUFFIX, GPU_PREFIX, GPU_UTIL_SUFFIX, MEMORY, MEMORY_PEAK
 
-_CPU = "system/cpu_utilization_percentage"
-_MEMORY = "system/memory_bytes"
-_MEMORY_PEAK = "system/memory_peak_bytes"
-_GPU = "system/gpu_"
 
 
 def usage_fields(run: pb.Run) -> list[tuple[str, str]]:
@@ -25,17 +22,17 @@ def usage_fields(run: pb.Run) -> list[tuple[str, str]]:
     the first sample."""
     by_key = {u.key: u for u in run.usage}
     fields: list[tuple[str, str]] = []
-    if _CPU in by_key:
-        cpu = by_key[_CPU]
+    if CPU_PERCENT in by_key:
+        cpu = by_key[CPU_PERCENT]
         fields.append(("cpu", f"peak {cpu.peak:.0f}%, mean {cpu.mean:.0f}% (100% = one CPU busy)"))
-    if _MEMORY in by_key:
-        peak = max(by_key[_MEMORY].peak, by_key[_MEMORY_PEAK].peak if _MEMORY_PEAK in by_key else 0.0)
-        fields.append(("memory", f"peak {format_size(int(peak))}, mean {format_size(int(by_key[_MEMORY].mean))}"))
-    for key in sorted(k for k in by_key if k.startswith(_GPU) and k.endswith("_utilization_percentage")):
-        index = key[len(_GPU):].split("_", 1)[0]
+    if MEMORY in by_key:
+        peak = max(by_key[MEMORY].peak, by_key[MEMORY_PEAK].peak if MEMORY_PEAK in by_key else 0.0)
+        fields.append(("memory", f"peak {format_size(int(peak))}, mean {format_size(int(by_key[MEMORY].mean))}"))
+    for key in sorted(k for k in by_key if k.startswith(GPU_PREFIX) and k.endswith(GPU_UTIL_SUFFIX)):
+        index = key[len(GPU_PREFIX):].split("_", 1)[0]
         util = by_key[key]
         line = f"peak {util.peak:.0f}%, mean {util.mean:.0f}%"
-        memory = by_key.get(f"{_GPU}{index}_memory_bytes")
+        memory = by_key.get(f"{GPU_PREFIX}{index}{GPU_MEMORY_SUFFIX}")
         if memory is not None:
             line += f"; memory peak {format_size(int(memory.peak))}, mean {format_size(int(memory.mean))}"
         fields.append((f"gpu {index}", line))

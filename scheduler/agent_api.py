@@ -26,6 +26,7 @@ import grpc
 
 from protos import runyard_pb2 as pb
 from protos import runyard_pb2_grpc as pb_grpc
+from runyard import usagekeys
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import caller
 from scheduler.convert import capacity_from_pb, env_hashes_from_pb, outbound_to_pb, report_from_pb
@@ -38,7 +39,7 @@ from scheduler.reactor import Reactor
 from scheduler.sessions import CLOSE, Ack, Session, Sessions, StopAttempt
 from scheduler.core.lifecycle import Reason
 from scheduler.model import RunRecord
-from scheduler.store import END_WORDS, LOG_CONTINUED, NO_TEXTS, LOG_GAP, SYSTEM_PREFIX, Store, TrackingRecord
+from scheduler.store import END_WORDS, LOG_CONTINUED, NO_TEXTS, LOG_GAP, Store, TrackingRecord
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
                    for rec in batch.records]
         if batch.usage:     # the agent's samples of the attempt's use of its node: its system metrics
             await self._store.append_usage(batch.run_id, batch.attempt, [
-                (sample.seq, sample.ts, [(p.key, p.value) for p in sample.points if p.key.startswith(SYSTEM_PREFIX)])
+                (sample.seq, sample.ts, [(p.key, p.value) for p in sample.points if p.key.startswith(usagekeys.PREFIX)])
                 for sample in batch.usage])
         if not batch.records:
             return

@@ -14,7 +14,8 @@ import pytest
 from agent.capacity import FakeGpuProbe
 from agent.cgroups import limit_memory
 from agent.outbox import Outbox
-from agent.usage import CPU_SECONDS, MEMORY, MEMORY_PEAK, RunSampler, Source, describe_over, gpu_keys
+from agent.usage import RunSampler, Source, describe_over
+from runyard.usagekeys import CPU_SECONDS, MEMORY, MEMORY_PEAK, gpu_keys
 from runyard.clock import MonotonicClock
 
 MIB = 2**20

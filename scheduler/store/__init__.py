@@ -38,7 +38,7 @@ from scheduler.store.records import LOG_CONTINUED, LOG_GAP, RecordStore
 from scheduler.store.runs import ExperimentRow, LiveRow, QueuedRow, RendezvousRange, RunQuery, RunStore, _spec_json  # noqa: F401  (its test imports it from here)
 from scheduler.store.tracked import END_WORDS, NO_TEXTS, Applied, TrackedStore, TrackingRecord  # noqa: F401
 from scheduler.store.tracking import TrackingStore
-from scheduler.store.usage import SYSTEM_PREFIX, UsagePoint, UsageRow, UsageStore, UsageSummary  # noqa: F401
+from scheduler.store.usage import UsagePoint, UsageRow, UsageStore, UsageSummary  # noqa: F401
 
 
 class Store(RunStore, NodeStore, RecordStore, TrackedStore, CredentialStore, EnvironmentStore, TrackingStore,

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runyard.usagekeys import CPU_SECONDS
 from scheduler.group_commit import Effects
 from scheduler.store.base import StoreBase
 from scheduler.store.records import _real
 
-SYSTEM_PREFIX = "system/"               # every key of a system metric starts with it
-CPU_SECONDS = "system/cpu_seconds"      # agent/usage.py's key: the run's CPU time since its start, per attempt
 
 
 @dataclass(frozen=True, slots=True)
