@@ -12,6 +12,7 @@ or know about gRPC.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -31,6 +32,11 @@ _RUN_COLUMNS = (
 )
 _NODE_COLUMNS = "id, name, cluster, labels, capacity, state, last_seen, schedule, failures_in_row, approved"
 T = TypeVar("T")
+
+
+def stored_real(value: float | None) -> float:
+    """A stored real: SQLite stores NaN as NULL."""
+    return math.nan if value is None else value
 
 
 def _run(row: Sequence[Any]) -> RunRecord:

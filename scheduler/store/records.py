@@ -27,7 +27,7 @@ from typing import Any
 
 from scheduler.group_commit import Effects
 from scheduler.model import LogRow, MetricRow
-from scheduler.store.base import StoreBase
+from scheduler.store.base import StoreBase, stored_real
 
 # Bits of a log record's `flags`: the line goes on in the next record (it was cut at the record cap); the record
 # stands for records the agent dropped (its `data` says how many).
@@ -85,11 +85,6 @@ class MetricSeries:
             max=max((v for v in highs if v == v), default=math.nan),
             last=self.values[-1] if self.values else math.nan, last_step=self.steps[-1] if self.steps else 0,
         )
-
-
-def _real(value: float | None) -> float:
-    """A stored value: SQLite stores NaN as NULL."""
-    return math.nan if value is None else value
 
 
 def _columns(rows: list[Any], width: int) -> list[list[Any]]:
@@ -418,8 +413,8 @@ class RecordStore(StoreBase):
                f"SELECT g.*, (SELECT value FROM metrics m WHERE m.run_id = g.run_id AND m.key = g.key "
                f"AND m.rank = g.rank AND m.step = g.last_step ORDER BY m.ts DESC LIMIT 1) "
                f"FROM g ORDER BY key, rank, run_id")
-        return [MetricSummary(run_id=i, key=k, rank=r, count=n, min=_real(lo), max=_real(hi), last=_real(last),
-                              last_step=last_step)
+        return [MetricSummary(run_id=i, key=k, rank=r, count=n, min=stored_real(lo), max=stored_real(hi),
+                              last=stored_real(last), last_step=last_step)
                 for i, k, r, n, lo, hi, last_step, last in await self._all(sql, args)]
 
     async def metric_series_names(

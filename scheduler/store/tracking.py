@@ -10,13 +10,12 @@ Must not: parse filters, write, decide anything, or know about HTTP or gRPC.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from scheduler.model import RunRecord
-from scheduler.store.base import _RUN_COLUMNS, StoreBase, _run
+from scheduler.store.base import _RUN_COLUMNS, StoreBase, _run, stored_real
 
 _R_COLUMNS = ", ".join("r." + c.strip() for c in _RUN_COLUMNS.split(","))
 _LATEST = """
@@ -50,10 +49,6 @@ class Point:
     ts: float
     attempt: int = 0
     seq: int = 0
-
-
-def _value(v: float | None) -> float:
-    return math.nan if v is None else v
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:
@@ -104,7 +99,7 @@ class TrackingStore(StoreBase):
         found: dict[str, list[Point]] = {}
         for ids in _chunks(run_ids):
             for run_id, key, value, step, ts in await self._all(_LATEST, (json.dumps(ids),)):
-                found.setdefault(run_id, []).append(Point(run_id, key, _value(value), step, ts))
+                found.setdefault(run_id, []).append(Point(run_id, key, stored_real(value), step, ts))
         return found
 
     async def params_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -124,7 +119,7 @@ class TrackingStore(StoreBase):
             args += list(after)
         sql += " ORDER BY step, ts, attempt, seq LIMIT ?"
         rows = await self._all(sql, [*args, limit])
-        return [Point(run_id, key, _value(v), step, ts, attempt, seq) for v, step, ts, attempt, seq in rows]
+        return [Point(run_id, key, stored_real(v), step, ts, attempt, seq) for v, step, ts, attempt, seq in rows]
 
     async def metric_steps(self, run_id: str, key: str, start: int | None, end: int | None) -> list[int]:
         """The distinct steps of one series (rank 0) within [start, end], ascending."""
@@ -144,6 +139,6 @@ class TrackingStore(StoreBase):
         for chunk in [list(steps[i:i + MAX_IN]) for i in range(0, len(steps), MAX_IN)]:
             sql = (f"SELECT value, step, ts FROM metrics WHERE run_id = ? AND key = ? AND rank = 0 "
                    f"AND step IN ({', '.join('?' * len(chunk))}) ORDER BY step, ts, attempt, seq")
-            found += [Point(run_id, key, _value(v), step, ts) for v, step, ts in
+            found += [Point(run_id, key, stored_real(v), step, ts) for v, step, ts in
                       await self._all(sql, [run_id, key, *chunk])]
         return found

@@ -17,8 +17,7 @@ from typing import Any
 
 from runyard.usagekeys import CPU_SECONDS
 from scheduler.group_commit import Effects
-from scheduler.store.base import StoreBase
-from scheduler.store.records import _real
+from scheduler.store.base import StoreBase, stored_real
 
 
 
@@ -74,13 +73,13 @@ class UsageStore(StoreBase):
             sql += " AND key = ?"
             args.append(key)
         rows = await self._all(sql + " ORDER BY key, attempt, seq", args)
-        return [UsagePoint(k, attempt, seq, ts, _real(value)) for k, attempt, seq, ts, value in rows]
+        return [UsagePoint(k, attempt, seq, ts, stored_real(value)) for k, attempt, seq, ts, value in rows]
 
     async def usage_summaries(self, run_id: str) -> list[UsageSummary]:
         """Per key of the run's samples: the highest value, the mean and how many, aggregated in SQL."""
         rows = await self._all("SELECT key, max(value), avg(value), count(*) FROM system_metrics WHERE run_id = ? "
                                "GROUP BY key ORDER BY key", [run_id])
-        return [UsageSummary(key, _real(peak), _real(mean), count) for key, peak, mean, count in rows]
+        return [UsageSummary(key, stored_real(peak), stored_real(mean), count) for key, peak, mean, count in rows]
 
     async def usage_report(self, *, since: float, until: float, now: float,
                            workspace: str | None = None) -> list[UsageRow]:
