@@ -43,6 +43,7 @@ from runyard.usagekeys import CPU_PERCENT, CPU_SECONDS, MEMORY, MEMORY_PEAK, gpu
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class RunUsageSample:
     """What one attempt used when it was last sampled."""
